@@ -1,0 +1,46 @@
+"""fal queue client for the Sora 2 Pro image-to-video endpoint (pure httpx; no Dagster import)."""
+
+from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient, QueueHandle, QueueStatus
+from sora_pipeline.fal.errors import (
+    AmbiguousSubmitError,
+    AuthenticationError,
+    FalError,
+    InputValidationError,
+    RateLimitedError,
+    RequestFailedError,
+    ResultGoneError,
+    TransientError,
+    WaitTimeoutError,
+)
+from sora_pipeline.fal.models import (
+    DEFAULT_ENDPOINT_ID,
+    AspectRatio,
+    Duration,
+    ImageToVideoInput,
+    ImageToVideoOutput,
+    Resolution,
+    VideoFile,
+)
+
+__all__ = [
+    "DEFAULT_ENDPOINT_ID",
+    "AmbiguousSubmitError",
+    "AspectRatio",
+    "AsyncFalQueueClient",
+    "AuthenticationError",
+    "Duration",
+    "FalError",
+    "FalQueueClient",
+    "ImageToVideoInput",
+    "ImageToVideoOutput",
+    "InputValidationError",
+    "QueueHandle",
+    "QueueStatus",
+    "RateLimitedError",
+    "RequestFailedError",
+    "Resolution",
+    "ResultGoneError",
+    "TransientError",
+    "VideoFile",
+    "WaitTimeoutError",
+]
