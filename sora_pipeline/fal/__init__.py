@@ -1,6 +1,7 @@
 """fal queue client for the Sora 2 Pro image-to-video endpoint (pure httpx; no Dagster import)."""
 
-from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient, QueueHandle, QueueStatus
+from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
+from sora_pipeline.fal.protocol import PollPolicy, QueueHandle, QueueStatus, RetryPolicy
 from sora_pipeline.fal.errors import (
     AmbiguousSubmitError,
     AuthenticationError,
@@ -34,6 +35,8 @@ __all__ = [
     "ImageToVideoInput",
     "ImageToVideoOutput",
     "InputValidationError",
+    "PollPolicy",
+    "RetryPolicy",
     "QueueHandle",
     "QueueStatus",
     "RateLimitedError",

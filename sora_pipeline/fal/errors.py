@@ -12,8 +12,9 @@ class FalError(Exception):
     error_type: str = "fal_error"
 
     def __init__(self, message: str, *, status_code: int | None = None, request_id: str | None = None,
-                 detail: Any = None, retryable: bool | None = None) -> None:
+                 detail: Any = None, retryable: bool | None = None, fal_error_type: str | None = None) -> None:
         super().__init__(message)
+        self.fal_error_type = fal_error_type  # fal's own error type, e.g. content_policy_violation
         self.message = message
         self.status_code = status_code
         self.request_id = request_id

@@ -1,0 +1,232 @@
+"""Sync and async clients for fal's queue: submit → status (with logs) → result, cancel, and wait/subscribe.
+
+Both share `QueueProtocol` (what to send, how to read answers) and one retry policy (tenacity); they differ only
+in how bytes move. Pass `transport=` (an httpx transport) to test pinpoint faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+
+from sora_pipeline.fal.errors import FalError, RequestFailedError, WaitTimeoutError
+from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID, ImageToVideoInput, ImageToVideoOutput
+from sora_pipeline.fal.protocol import (
+    OutgoingRequest,
+    PollPolicy,
+    QueueHandle,
+    QueueProtocol,
+    QueueStatus,
+    RetryPolicy,
+    RetrySignal,
+)
+
+log = logging.getLogger("sora_pipeline.fal")
+DEFAULT_QUEUE_URL = "https://queue.fal.run"
+StatusCallback = Callable[[QueueHandle, QueueStatus], Any]
+
+
+class _ClientBase:
+    def __init__(self, *, key: str | SecretStr | None, base_url: str = DEFAULT_QUEUE_URL,
+                 endpoint_id: str = DEFAULT_ENDPOINT_ID, retry: RetryPolicy | None = None,
+                 poll: PollPolicy | None = None, timeout: float = 30.0, connect_timeout: float = 10.0,
+                 priority: str | None = None, start_timeout: float | None = None, webhook_url: str | None = None,
+                 max_connections: int = 100) -> None:
+        self.protocol = QueueProtocol(base_url=base_url, endpoint_id=endpoint_id, key=key, priority=priority,
+                                      start_timeout=start_timeout, webhook_url=webhook_url)
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=None)
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+
+    @property
+    def base_url(self) -> str:
+        return self.protocol.base_url
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.protocol.endpoint_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.protocol!r})"
+
+    def _retry_kwargs(self, req: OutgoingRequest) -> dict[str, Any]:
+        policy = self.retry
+
+        def wait(state) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return policy.backoff(state.attempt_number, getattr(exc, "retry_after", None))
+
+        def before_sleep(state) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("fal %s: %s; retrying (attempt %d of %d)", req.phase, getattr(exc, "error", exc),
+                        state.attempt_number + 1, policy.max_attempts)
+
+        return dict(stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.total_timeout),
+                    wait=wait, retry=retry_if_exception_type(RetrySignal), before_sleep=before_sleep, reraise=True)
+
+    def _request_kwargs(self, req: OutgoingRequest) -> dict[str, Any]:
+        return {"json": req.json, "headers": req.headers, "params": req.params}
+
+    def _wait_step(self, handle: QueueHandle, status: QueueStatus, started: float, timeout: float | None,
+                   previous: float | None) -> float:
+        elapsed = time.monotonic() - started
+        if timeout is not None and elapsed > timeout:
+            raise WaitTimeoutError(f"request still {status.status} after {elapsed:.0f}s (it may still finish)",
+                                   request_id=handle.request_id)
+        return self.poll.next_delay(elapsed, previous)
+
+    @staticmethod
+    def _check_completed(handle: QueueHandle, status: QueueStatus) -> None:
+        if status.error:
+            raise RequestFailedError(f"request failed: {status.error}", request_id=handle.request_id,
+                                     fal_error_type=status.error_type, retryable=False)
+
+
+class FalQueueClient(_ClientBase):
+    """Blocking client. Use as a context manager or call `close()`."""
+
+    def __init__(self, *, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._http = httpx.Client(timeout=self._timeout, limits=self._limits, transport=transport,
+                                  headers=self.protocol.headers())
+
+    def __enter__(self) -> FalQueueClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, req: OutgoingRequest, parse: Callable[[httpx.Response], Any], request_id: str | None = None):
+        try:
+            for attempt in Retrying(**self._retry_kwargs(req)):
+                with attempt:
+                    try:
+                        response = self._http.request(req.method, req.url, **self._request_kwargs(req))
+                    except httpx.HTTPError as exc:
+                        raise self.protocol.network_error(exc, req.phase, request_id) from None
+                    return parse(response)
+        except RetrySignal as signal:
+            raise signal.error from None
+
+    def submit(self, arguments: ImageToVideoInput | dict[str, Any]) -> QueueHandle:
+        return self._send(self.protocol.submit(arguments), self.protocol.parse_submit)
+
+    def status(self, handle: QueueHandle, *, logs: bool = True) -> QueueStatus:
+        return self._send(self.protocol.status(handle, logs=logs),
+                          lambda r: self.protocol.parse_status(r, handle.request_id), handle.request_id)
+
+    def result(self, handle: QueueHandle) -> ImageToVideoOutput:
+        return self._send(self.protocol.result(handle), lambda r: self.protocol.parse_result(r, handle.request_id),
+                          handle.request_id)
+
+    def cancel(self, handle: QueueHandle) -> str:
+        return self._send(self.protocol.cancel(handle), lambda r: self.protocol.parse_cancel(r, handle.request_id),
+                          handle.request_id)
+
+    def wait(self, handle: QueueHandle, *, timeout: float | None = None,
+             on_status: StatusCallback | None = None) -> QueueStatus:
+        """Poll until COMPLETED (sleeping first, so a request finishing within L costs ⌈L/interval⌉ polls)."""
+        started, delay = time.monotonic(), self.poll.interval
+        while True:
+            time.sleep(delay)
+            status = self.status(handle)
+            if on_status:
+                on_status(handle, status)
+            if status.done:
+                self._check_completed(handle, status)
+                return status
+            delay = self._wait_step(handle, status, started, timeout, delay)
+
+    def subscribe(self, arguments: ImageToVideoInput | dict[str, Any], *, timeout: float | None = None,
+                  on_enqueue: Callable[[QueueHandle], Any] | None = None,
+                  on_status: StatusCallback | None = None) -> ImageToVideoOutput:
+        handle = self.submit(arguments)
+        if on_enqueue:
+            on_enqueue(handle)
+        self.wait(handle, timeout=timeout, on_status=on_status)
+        return self.result(handle)
+
+
+class AsyncFalQueueClient(_ClientBase):
+    """asyncio client on httpx.AsyncClient; same protocol, retries and errors as `FalQueueClient`."""
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._http = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, transport=transport,
+                                       headers=self.protocol.headers())
+
+    async def __aenter__(self) -> AsyncFalQueueClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, req: OutgoingRequest, parse: Callable[[httpx.Response], Any],
+                    request_id: str | None = None):
+        try:
+            async for attempt in AsyncRetrying(**self._retry_kwargs(req)):
+                with attempt:
+                    try:
+                        response = await self._http.request(req.method, req.url, **self._request_kwargs(req))
+                    except httpx.HTTPError as exc:
+                        raise self.protocol.network_error(exc, req.phase, request_id) from None
+                    return parse(response)
+        except RetrySignal as signal:
+            raise signal.error from None
+
+    async def submit(self, arguments: ImageToVideoInput | dict[str, Any]) -> QueueHandle:
+        return await self._send(self.protocol.submit(arguments), self.protocol.parse_submit)
+
+    async def status(self, handle: QueueHandle, *, logs: bool = True) -> QueueStatus:
+        return await self._send(self.protocol.status(handle, logs=logs),
+                                lambda r: self.protocol.parse_status(r, handle.request_id), handle.request_id)
+
+    async def result(self, handle: QueueHandle) -> ImageToVideoOutput:
+        return await self._send(self.protocol.result(handle),
+                                lambda r: self.protocol.parse_result(r, handle.request_id), handle.request_id)
+
+    async def cancel(self, handle: QueueHandle) -> str:
+        return await self._send(self.protocol.cancel(handle),
+                                lambda r: self.protocol.parse_cancel(r, handle.request_id), handle.request_id)
+
+    async def wait(self, handle: QueueHandle, *, timeout: float | None = None,
+                   on_status: Callable[[QueueHandle, QueueStatus], Any | Awaitable[Any]] | None = None
+                   ) -> QueueStatus:
+        started, delay = time.monotonic(), self.poll.interval
+        while True:
+            await asyncio.sleep(delay)
+            status = await self.status(handle)
+            if on_status:
+                outcome = on_status(handle, status)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+            if status.done:
+                self._check_completed(handle, status)
+                return status
+            delay = self._wait_step(handle, status, started, timeout, delay)
+
+    async def subscribe(self, arguments: ImageToVideoInput | dict[str, Any], *, timeout: float | None = None,
+                        on_enqueue: Callable[[QueueHandle], Any] | None = None,
+                        on_status: StatusCallback | None = None) -> ImageToVideoOutput:
+        handle = await self.submit(arguments)
+        if on_enqueue:
+            on_enqueue(handle)
+        await self.wait(handle, timeout=timeout, on_status=on_status)
+        return await self.result(handle)
+
+
+__all__ = ["AsyncFalQueueClient", "FalError", "FalQueueClient", "PollPolicy", "QueueHandle", "QueueStatus",
+           "RetryPolicy"]

@@ -1,0 +1,127 @@
+"""`FalVideoResource`: the configured fal endpoint (or the embedded simulator when no key and no URL are set)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr, field_validator
+
+from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
+from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
+from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy, check_base_url, split_endpoint
+from sora_pipeline.settings import DEFAULT_POLL_INTERVAL
+
+SIMULATOR_KEY = "simulator-local-key"  # the simulator wants *a* key; this one is not a secret
+log = logging.getLogger("sora_pipeline")
+
+
+class FalVideoResource(dg.ConfigurableResource):
+    """fal's queue API for one endpoint. With neither `fal_key` nor `queue_url`, an embedded simulator is
+    started on a free loopback port for the duration of the step (`backend == "simulator"`)."""
+
+    endpoint_id: str = Field(default=DEFAULT_ENDPOINT_ID, description="fal model endpoint id")
+    queue_url: str | None = Field(default=None, description="queue base URL (https://queue.fal.run for fal)")
+    fal_key: str | None = Field(default=None, description="fal API key; pass EnvVar('FAL_KEY')")
+    openai_api_key: str | None = Field(default=None, description="optional OpenAI key sent as `api_key`")
+    max_concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
+    poll_interval: float = Field(default=DEFAULT_POLL_INTERVAL, gt=0, description="seconds between polls")
+    max_poll_interval: float = Field(default=10.0, gt=0, description="poll interval cap once backing off")
+    poll_backoff_after: float = Field(default=30.0, ge=0, description="seconds of running before backing off")
+    request_timeout: float = Field(default=30.0, gt=0, description="per HTTP call timeout (seconds)")
+    total_timeout: float = Field(default=3600.0, gt=0, description="give up waiting on one request after this")
+    retry_max_attempts: int = Field(default=6, ge=1, description="attempts per HTTP call")
+    retry_total_timeout: float = Field(default=120.0, gt=0, description="seconds of retrying per HTTP call")
+    queue_priority: str | None = Field(default=None, description="X-Fal-Queue-Priority: normal or low")
+    start_timeout: float | None = Field(default=None, description="X-Fal-Request-Timeout (seconds to start)")
+    archive_videos: bool = Field(default=True, description="copy videos into <warehouse>/videos/")
+    simulator_run_latency: float = Field(default=1.0, ge=0, description="embedded simulator: seconds per job")
+    simulator_include_metadata: bool = Field(default=True,
+                                             description="embedded simulator: put width/height/… in results")
+
+    _simulator: Any = PrivateAttr(default=None)
+    _base_url: str | None = PrivateAttr(default=None)
+
+    @field_validator("queue_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                check_base_url(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc}") from None
+        return value or None
+
+    @field_validator("endpoint_id")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        split_endpoint(value)
+        return value
+
+    @field_validator("queue_priority")
+    @classmethod
+    def _check_priority(cls, value: str | None) -> str | None:
+        if value not in (None, "", "normal", "low"):
+            raise ValueError("queue_priority must be 'normal' or 'low'")
+        return value or None
+
+    def __repr__(self) -> str:  # never show keys
+        return (f"FalVideoResource(endpoint_id={self.endpoint_id!r}, queue_url={self.queue_url!r}, "
+                f"fal_key={'set' if self.fal_key else 'unset'}, backend={self.backend!r})")
+
+    __str__ = __repr__
+
+    @property
+    def backend(self) -> str:
+        return "simulator" if not self.fal_key else "fal"
+
+    @property
+    def uses_embedded_simulator(self) -> bool:
+        return not self.fal_key and not self.queue_url
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url:
+            return self._base_url
+        if self.queue_url:
+            return self.queue_url.rstrip("/")
+        if self.fal_key:
+            return "https://queue.fal.run"
+        raise RuntimeError("the embedded simulator is not running; use the resource inside a Dagster step")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.uses_embedded_simulator:
+            from sora_pipeline.simulator import SimulatorConfig, SimulatorServer
+
+            config = SimulatorConfig(run_latency=self.simulator_run_latency,
+                                     include_metadata=self.simulator_include_metadata)
+            self._simulator = SimulatorServer(config)
+            self._simulator.start()
+            self._base_url = self._simulator.base_url
+            message = (f"NO FAL_KEY SET: using the EMBEDDED fal SIMULATOR at {self._base_url} — videos are "
+                       "synthetic and nothing is billed. Set FAL_KEY to call fal.")
+            (context.log or log).warning(message)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._simulator is not None:
+            self._simulator.stop()
+            self._simulator = None
+            self._base_url = None
+
+    # -- clients -------------------------------------------------------------------------------------
+    def client_kwargs(self) -> dict[str, Any]:
+        return dict(
+            key=self.fal_key or SIMULATOR_KEY, base_url=self.base_url, endpoint_id=self.endpoint_id,
+            retry=RetryPolicy(max_attempts=self.retry_max_attempts, total_timeout=self.retry_total_timeout),
+            poll=PollPolicy(interval=self.poll_interval, max_interval=max(self.max_poll_interval,
+                                                                           self.poll_interval),
+                            backoff_after=self.poll_backoff_after),
+            timeout=self.request_timeout, priority=self.queue_priority, start_timeout=self.start_timeout,
+            max_connections=max(2 * self.max_concurrency, 16))
+
+    def async_client(self) -> AsyncFalQueueClient:
+        return AsyncFalQueueClient(**self.client_kwargs())
+
+    def sync_client(self) -> FalQueueClient:
+        return FalQueueClient(**self.client_kwargs())

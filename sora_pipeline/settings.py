@@ -1,0 +1,99 @@
+"""Pipeline settings read from the environment (CONTRACT.md's table), validated once, with errors that say
+what to set. Secrets are not read here: the Dagster layer passes them as `EnvVar`s so only names are stored."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from urllib.parse import urlsplit
+
+from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
+from sora_pipeline.fal.protocol import split_endpoint
+
+DEFAULT_POLL_INTERVAL = 1.0  # seconds; backs off for long generations, never below this
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the variable and what to set it to."""
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    catalog_uri: str = "data/catalog"
+    warehouse_uri: str = "data/warehouse"
+    ledger_url: str | None = None
+    endpoint_id: str = DEFAULT_ENDPOINT_ID
+    queue_url: str | None = None
+    has_fal_key: bool = False
+    has_openai_key: bool = False
+    max_concurrency: int = 8
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    image_roots: tuple[str, ...] = field(default_factory=tuple)
+    partitions_start: str = "2026-01-01"
+
+    @property
+    def backend(self) -> str:
+        return "fal" if self.has_fal_key and not self.uses_embedded_simulator else "simulator"
+
+    @property
+    def uses_embedded_simulator(self) -> bool:
+        return not self.has_fal_key and not self.queue_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineSettings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value and value.strip() else None
+
+        queue_url = get("SORA_FAL_QUEUE_URL")
+        if queue_url is not None:
+            parts = urlsplit(queue_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"SORA_FAL_QUEUE_URL={queue_url!r} is not an http(s) URL; set it to "
+                                  "https://queue.fal.run for fal, or unset it to use the embedded simulator")
+        has_key = get("FAL_KEY") is not None
+        if has_key and queue_url is None:
+            queue_url = "https://queue.fal.run"
+        endpoint_id = get("SORA_ENDPOINT_ID") or DEFAULT_ENDPOINT_ID
+        try:
+            split_endpoint(endpoint_id)
+        except ValueError:
+            raise ConfigError(f"SORA_ENDPOINT_ID={endpoint_id!r} must look like owner/alias/path, "
+                              f"e.g. {DEFAULT_ENDPOINT_ID}") from None
+        start = get("SORA_PARTITIONS_START") or "2026-01-01"
+        try:
+            date.fromisoformat(start)
+        except ValueError:
+            raise ConfigError(f"SORA_PARTITIONS_START={start!r} must be a date like 2026-01-01") from None
+        roots = tuple(r.strip() for r in (get("SORA_IMAGE_ROOTS") or "").split(",") if r.strip())
+        return cls(
+            catalog_uri=get("SORA_CATALOG_URI") or "data/catalog",
+            warehouse_uri=get("SORA_WAREHOUSE_URI") or "data/warehouse",
+            ledger_url=get("SORA_LEDGER_URL"),
+            endpoint_id=endpoint_id,
+            queue_url=queue_url,
+            has_fal_key=has_key,
+            has_openai_key=get("SORA_OPENAI_API_KEY") is not None,
+            max_concurrency=_number(get, "SORA_MAX_CONCURRENCY", int, 8, minimum=1),
+            poll_interval=_number(get, "SORA_POLL_INTERVAL", float, DEFAULT_POLL_INTERVAL, minimum=0.01),
+            image_roots=roots,
+            partitions_start=start,
+        )
+
+
+def _number(get, name: str, kind: type, default, *, minimum):
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}; "
+                          f"set it to a value ≥ {minimum} (default {default})") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be ≥ {minimum} (default {default})")
+    return value
