@@ -1,0 +1,353 @@
+"""The simulator's ASGI app (Starlette): fal's queue URL shapes, real MP4 results, stats and fault injection.
+
+Routes: `POST /{owner}/{alias}/{path}` (submit), `GET …/requests/{id}/status[?logs=1]`, `GET …/requests/{id}/status/
+stream` (SSE), `GET …/requests/{id}` (result), `PUT …/requests/{id}/cancel`, `GET /_simulator/files/{name}`,
+`GET /_simulator/stats`, `POST /_simulator/reset`. Encoding runs in a thread pool so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from sora_pipeline.simulator._models import ImageToVideoInput
+from sora_pipeline.simulator.config import SimulatorConfig
+from sora_pipeline.simulator.faults import PRE_RECORD_KINDS, FaultInjector, fault_response, request_error_response
+from sora_pipeline.simulator.jobs import ClipInfo, Job, JobBook
+from sora_pipeline.simulator.video import cached_clip, dimensions, image_size, load_image_bytes
+
+_RAW_SEND = "sora_sim.raw_send"
+_FILE_NAME = re.compile(r"^[0-9a-f]{64}\.mp4$")
+_TERMINAL = ("COMPLETED", "CANCELLED")
+
+
+def _clip_failed(fut: Future | None) -> bool:
+    return fut is not None and fut.done() and (fut.cancelled() or fut.exception() is not None)
+
+
+class Simulator:
+    """State shared by the handlers: the job book, the fault injector, the encoder pool and the clip cache."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.book = JobBook(config)
+        self.faults = FaultInjector(config)
+        self._own_cache = config.video_cache_dir is None
+        self.cache_dir = config.video_cache_dir or tempfile.mkdtemp(prefix="sora-sim-videos-")
+        os.makedirs(self.cache_dir, exist_ok=True)
+        workers = config.encode_workers or max(2, min(4, os.cpu_count() or 2))
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sora-sim-encode")
+        self._clips: dict[tuple[Any, ...], Future] = {}
+
+    def stats(self) -> dict[str, Any]:
+        return self.book.stats()
+
+    def reset(self) -> None:
+        with self.book.lock:
+            self.book.reset()
+            self.faults.reset()
+            self._clips.clear()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self._own_cache:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+    def clip_for(self, payload: dict[str, Any]) -> Future:
+        """The (shared) future of the clip for an input; identical inputs share one encode."""
+        key = (payload["image_url"], payload["resolution"], payload["aspect_ratio"], payload["duration"])
+        with self.book.lock:
+            fut = self._clips.get(key)
+            if fut is None or _clip_failed(fut):
+                fut = self.executor.submit(self._render, *key)
+                self._clips[key] = fut
+            return fut
+
+    def _render(self, image_url: str, resolution: str, aspect_ratio: str, duration: int) -> ClipInfo:
+        image = load_image_bytes(image_url)
+        size = image_size(image) or (None, None)
+        width, height = dimensions(resolution, aspect_ratio, *size)
+        fps, seed = self.config.fps, self.config.seed
+        path = cached_clip(self.cache_dir, image, width, height, duration, fps, seed)
+        return ClipInfo(name=path.name, path=str(path), width=width, height=height, fps=fps,
+                        num_frames=int(round(duration * fps)), duration=float(duration),
+                        file_size=path.stat().st_size)
+
+
+def _detail(status: int, detail: Any, **headers: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def _drop(request: Request) -> Response:
+    """Close the connection without any response (uvicorn: abort the transport, mark the cycle disconnected)."""
+    send = request.scope.get(_RAW_SEND)
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise RuntimeError("simulated connection drop")
+    cycle.disconnected = True  # uvicorn then discards whatever the app sends
+    transport.abort()
+    await asyncio.sleep(0)
+    return Response(status_code=500)
+
+
+class SimulatorApp(Starlette):
+    """Starlette that remembers the server's raw `send` (needed to drop connections)."""
+
+    sim: Simulator
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
+        if scope["type"] == "http":
+            scope[_RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
+def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
+    """The simulator as an ASGI app; its state is `app.sim` (a `Simulator`)."""
+    config = config or SimulatorConfig()
+    sim = Simulator(config)
+    book, faults = sim.book, sim.faults
+
+    def auth_error(request: Request) -> Response | None:
+        if not config.auth_required:
+            return None
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme != "Key" or not key.strip():
+            return _detail(401, "Missing or invalid Authorization header; expected 'Authorization: Key <FAL_KEY>'")
+        if config.accepted_keys is not None and key.strip() not in config.accepted_keys:
+            return _detail(403, "The provided key is not authorized to access this application")
+        return None
+
+    def draw_fault(call: str) -> str | None:
+        with book.lock:
+            kind = faults.pick(call)
+        if kind:
+            book.count_fault(kind)
+        return kind
+
+    async def serve_fault(request: Request, kind: str | None) -> Response | None:
+        """For non-submit calls: the fault's response, or None to answer normally (after `slow`)."""
+        if kind is None:
+            return None
+        if kind == "drop":
+            return await _drop(request)
+        if kind == "slow":
+            await asyncio.sleep(config.slow_seconds)
+            return None
+        return fault_response(kind, config)
+
+    async def gate(request: Request, call: str) -> Response | None:
+        book.count_call(call)
+        return auth_error(request) or await serve_fault(request, draw_fault(call))
+
+    def urls(base: str, job: Job) -> dict[str, str]:
+        root = f"{base}/{job.owner}/{job.alias}/requests/{job.id}"
+        return {"status_url": f"{root}/status", "response_url": root, "cancel_url": f"{root}/cancel"}
+
+    def status_body(job: Job, base: str, with_logs: bool) -> tuple[int, dict[str, Any]]:
+        now = time.monotonic()
+        u = urls(base, job)
+        body: dict[str, Any] = {"status": job.state, "request_id": job.id, "response_url": u["response_url"],
+                                "status_url": u["status_url"], "cancel_url": u["cancel_url"]}
+        if job.state == "IN_QUEUE":
+            body["queue_position"] = book.queue_position(job)
+            return 202, body
+        body["logs"] = job.logs(now) if with_logs else None
+        if job.state == "IN_PROGRESS":
+            return 202, body
+        body["status"] = "COMPLETED"
+        body["metrics"] = {"inference_time": job.inference_time} if job.state == "COMPLETED" else {}
+        if job.state == "CANCELLED":
+            body.update(error="Request was cancelled", error_type="request_cancelled")
+        elif job.failure or _clip_failed(job.clip):
+            body.update(error=f"Request failed: {job.failure or 'video encoding failed'}",
+                        error_type=job.failure or "internal_server_error")
+        return 200, body
+
+    async def submit(request: Request) -> Response:
+        p = request.path_params
+        book.count_call("submit")
+        if (resp := auth_error(request)) is not None:
+            return resp
+        endpoint = "/".join(x for x in (p["owner"], p["alias"], p.get("path", "").strip("/")) if x)
+        if endpoint not in config.endpoint_ids:
+            return _detail(404, f"Application '{endpoint}' not found")
+        kind = draw_fault("submit")
+        if kind in PRE_RECORD_KINDS:  # answered before anything is recorded
+            return fault_response(kind, config)
+        try:
+            data = json.loads(await request.body() or b"null")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return _detail(422, [{"loc": ["body"], "msg": "Input should be a JSON object", "type": "json_invalid"}])
+        try:
+            inp = ImageToVideoInput.model_validate(data)
+        except ValidationError as exc:
+            errors = [{"loc": ["body", *err.get("loc", ())], "msg": err.get("msg", "invalid"),
+                       "type": err.get("type", "value_error")}
+                      for err in exc.errors(include_input=False, include_url=False, include_context=False)]
+            return _detail(422, errors)
+        payload = inp.to_payload()
+        payload.pop("api_key", None)
+        with book.lock:
+            job_faults = faults.for_job()
+        if job_faults.request_error:
+            book.count_fault("request_error")
+        failure = job_faults.request_error
+        token = config.fail_prompts_containing
+        if token and token in inp.prompt:
+            failure = "simulated_model_error"
+        rid, gid = book.new_ids()
+        now = time.monotonic()
+        job = Job(id=rid, gateway_id=gid, owner=p["owner"], alias=p["alias"], endpoint=endpoint, seq=0,
+                  payload=payload, submitted_at=now, wall_at_submit=time.time(),
+                  eligible_at=now + config.queue_latency, faults=job_faults, failure=failure,
+                  webhook=request.query_params.get("fal_webhook"))
+        if failure is None:
+            job.clip = sim.clip_for(payload)
+            job.clip.add_done_callback(lambda _f, j=job: setattr(j, "clip_ready_at", time.monotonic()))
+        position = book.add(job)
+        body = {"request_id": rid, "gateway_request_id": gid, **urls(_base(request), job),
+                "queue_position": position}
+        if kind in ("drop", "slow", "malformed"):  # recorded: the job runs, the client just does not hear it
+            if (resp := await serve_fault(request, kind)) is not None:
+                return resp
+        return JSONResponse(body, headers={"x-fal-request-id": rid})
+
+    async def status(request: Request) -> Response:
+        p = request.path_params
+        if (resp := await gate(request, "status")) is not None:
+            return resp
+        job = book.get(p["owner"], p["alias"], p["request_id"])
+        if job is None:
+            return _detail(404, "Request not found")
+        with_logs = request.query_params.get("logs", "0").lower() in ("1", "true")
+        code, body = status_body(job, _base(request), with_logs)
+        return JSONResponse(body, status_code=code, headers={"x-fal-request-id": job.id})
+
+    async def status_stream(request: Request) -> Response:
+        p = request.path_params
+        if (resp := await gate(request, "status")) is not None:
+            return resp
+        job = book.get(p["owner"], p["alias"], p["request_id"])
+        if job is None:
+            return _detail(404, "Request not found")
+        with_logs = request.query_params.get("logs", "0").lower() in ("1", "true")
+        base = _base(request)
+
+        async def events():
+            while True:
+                book.advance(time.monotonic())
+                code, body = status_body(job, base, with_logs)
+                yield f"data: {json.dumps(body)}\n\n".encode()
+                if code == 200:
+                    return
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def result(request: Request) -> Response:
+        p = request.path_params
+        if (resp := await gate(request, "result")) is not None:
+            return resp
+        job = book.get(p["owner"], p["alias"], p["request_id"])
+        if job is None:
+            return _detail(404, "Request not found")
+        headers = {"x-fal-request-id": job.id}
+        if job.state == "CANCELLED":
+            return _detail(400, "Request was cancelled", **headers)
+        if job.state != "COMPLETED":
+            return _detail(400, "Request is still in progress", **headers)
+        if job.faults.result_404_once and not job.result_404_served:
+            job.result_404_served = True
+            book.count_fault("result_404_once")
+            return _detail(404, "Request not found", **headers)
+        if job.failure == "simulated_model_error":
+            err = [{"loc": ["body", "prompt"], "type": "simulated_model_error",
+                    "msg": f"Simulated model failure (prompt contains {config.fail_prompts_containing!r})"}]
+            return _detail(422, err, **headers, **{"X-Fal-Retryable": "false"})
+        if job.failure:
+            resp = request_error_response(job.failure)
+            resp.headers["x-fal-request-id"] = job.id
+            return resp
+        if job.clip is None or _clip_failed(job.clip):
+            return JSONResponse({"detail": "Video encoding failed (simulator)", "error_type": "internal_server_error"},
+                                status_code=500, headers={**headers, "X-Fal-Error-Type": "internal_server_error"})
+        clip: ClipInfo = job.clip.result()
+        video: dict[str, Any] = {"url": f"{_base(request)}/_simulator/files/{clip.name}", "content_type": "video/mp4"}
+        if config.include_metadata:
+            video.update(file_name=clip.name, file_size=clip.file_size, width=clip.width, height=clip.height,
+                         fps=clip.fps, num_frames=clip.num_frames, duration=clip.duration)
+        video_id = "video_" + hashlib.sha256(job.id.encode()).hexdigest()[:24]
+        headers["x-fal-billable-units"] = str(clip.duration)
+        return JSONResponse({"video": video, "video_id": video_id}, headers=headers)
+
+    async def cancel(request: Request) -> Response:
+        p = request.path_params
+        if (resp := await gate(request, "cancel")) is not None:
+            return resp
+        job = book.get(p["owner"], p["alias"], p["request_id"])
+        if job is None:
+            return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+        if book.cancel(job):
+            return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+
+    async def files(request: Request) -> Response:
+        book.count_call("file")
+        if (resp := await serve_fault(request, draw_fault("file"))) is not None:
+            return resp
+        name = request.path_params["name"]
+        path = os.path.join(sim.cache_dir, name)
+        if not _FILE_NAME.match(name) or not os.path.isfile(path):
+            return _detail(404, "File not found")
+        return FileResponse(path, media_type="video/mp4", filename=None)
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(sim.stats())
+
+    async def reset(request: Request) -> Response:
+        sim.reset()
+        return JSONResponse({"status": "OK"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.to_thread(sim.close)
+
+    req = "/{owner}/{alias}/requests/{request_id}"
+    routes = [
+        Route("/_simulator/stats", stats, methods=["GET"]),
+        Route("/_simulator/reset", reset, methods=["POST"]),
+        Route("/_simulator/files/{name}", files, methods=["GET"]),
+        Route(req + "/status", status, methods=["GET"]),
+        Route(req + "/status/stream", status_stream, methods=["GET"]),
+        Route(req + "/cancel", cancel, methods=["PUT"]),
+        Route(req, result, methods=["GET"]),
+        Route("/{owner}/{alias}/{path:path}", submit, methods=["POST"]),
+        Route("/{owner}/{alias}", submit, methods=["POST"]),
+    ]
+    app = SimulatorApp(routes=routes, lifespan=lifespan)
+    app.sim = sim
+    app.state.sim = sim
+    return app

@@ -1,0 +1,250 @@
+"""Job bookkeeping of the simulator: a FIFO queue with optional concurrency limit, wall-clock progress, stats.
+
+Jobs move IN_QUEUE → IN_PROGRESS → COMPLETED by monotonic time from submit; `advance(now)` replays the events
+that happened since the last call in time order, so the schedule does not depend on how often anyone polls.
+All methods are guarded by one lock (the HTTP handlers and in-process `stats()` may run on different threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sora_pipeline.simulator.config import SimulatorConfig
+from sora_pipeline.simulator.faults import JobFaults
+
+CALLS = ("submit", "status", "result", "cancel", "file")
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """A rendered MP4 in the cache directory."""
+
+    name: str
+    path: str
+    width: int
+    height: int
+    fps: int
+    num_frames: int
+    duration: float
+    file_size: int
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    gateway_id: str
+    owner: str
+    alias: str
+    endpoint: str
+    seq: int
+    payload: dict[str, Any]  # to_payload() minus api_key
+    submitted_at: float
+    wall_at_submit: float
+    eligible_at: float
+    faults: JobFaults
+    failure: str | None = None  # simulated_model_error | content_policy_violation | runner_disconnected
+    webhook: str | None = None
+    state: str = "IN_QUEUE"  # IN_QUEUE | IN_PROGRESS | COMPLETED | CANCELLED
+    started_at: float | None = None
+    finished_at: float | None = None
+    clip: Future | None = None
+    clip_ready_at: float | None = None
+    result_404_served: bool = False
+    inference_time: float | None = None
+
+    def finish_time(self, run_latency: float) -> float:
+        assert self.started_at is not None
+        earliest = self.started_at + run_latency
+        if self.clip is None:
+            return earliest
+        if self.clip_ready_at is None:
+            return math.inf
+        return max(earliest, self.clip_ready_at)
+
+    def wall(self, t: float) -> str:
+        ts = self.wall_at_submit + (t - self.submitted_at)
+        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+    def logs(self, now: float) -> list[dict[str, str]]:
+        events: list[tuple[float, str, str, str]] = [(self.submitted_at, "INFO", "gateway", "Request queued")]
+        if self.started_at is not None:
+            d, r, a = self.payload["duration"], self.payload["resolution"], self.payload["aspect_ratio"]
+            events.append((self.started_at, "INFO", "user",
+                           f"Starting Sora 2 Pro image-to-video ({d}s, resolution={r}, aspect_ratio={a})"))
+            events.append((self.started_at, "INFO", "user", "Encoding video"))
+        if self.finished_at is not None and self.state == "COMPLETED":
+            if self.failure:
+                events.append((self.finished_at, "ERROR", "user", f"Generation failed: {self.failure}"))
+            else:
+                events.append((self.finished_at, "INFO", "user", "Video ready"))
+        if self.state == "CANCELLED" and self.finished_at is not None:
+            events.append((self.finished_at, "INFO", "gateway", "Request cancelled"))
+        return [{"message": m, "level": lvl, "source": src, "timestamp": self.wall(t)}
+                for t, lvl, src, m in events if t <= now]
+
+
+def input_hash(payload: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of an input (api_key removed, defaults filled in)."""
+    body = {k: v for k, v in payload.items() if k != "api_key"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class JobBook:
+    """The queue, the jobs and the counters behind `/_simulator/stats`."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self._rng = random.Random(f"sora-sim-ids:{self.config.seed}")
+            self.jobs: dict[str, Job] = {}
+            self._queue: list[Job] = []
+            self._running: list[Job] = []
+            self._slot_free_at = -math.inf
+            self._seq = 0
+            self.submits = 0
+            self.submits_by_input: dict[str, int] = {}
+            self.submits_by_prompt: dict[str, int] = {}
+            self.calls = {c: 0 for c in CALLS}
+            self.cancels = 0
+            self.faults: dict[str, int] = {}
+            self.completed = 0
+            self.failed = 0
+            self.cancelled = 0
+            self.max_running_seen = 0
+            self.webhooks: list[dict[str, str]] = []
+
+    # -- counters -------------------------------------------------------------------------------------------
+    def count_call(self, call: str) -> None:
+        with self.lock:
+            self.calls[call] = self.calls.get(call, 0) + 1
+
+    def count_fault(self, kind: str) -> None:
+        with self.lock:
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def new_ids(self) -> tuple[str, str]:
+        with self.lock:
+            rid = uuid.UUID(int=self._rng.getrandbits(128), version=4)
+            gid = uuid.UUID(int=self._rng.getrandbits(128), version=4)
+            return str(rid), str(gid)
+
+    def add(self, job: Job) -> int:
+        """Record an accepted submit; returns its 0-based queue position."""
+        with self.lock:
+            now = time.monotonic()
+            self.advance(now)
+            self._seq += 1
+            job.seq = self._seq
+            self.jobs[job.id] = job
+            self._queue.append(job)
+            self.submits += 1
+            h = input_hash(job.payload)
+            self.submits_by_input[h] = self.submits_by_input.get(h, 0) + 1
+            prompt = job.payload["prompt"]
+            self.submits_by_prompt[prompt] = self.submits_by_prompt.get(prompt, 0) + 1
+            if job.webhook:
+                self.webhooks.append({"request_id": job.id, "url": job.webhook})
+            self.advance(now)
+            return self.queue_position(job)
+
+    def get(self, owner: str, alias: str, request_id: str) -> Job | None:
+        with self.lock:
+            job = self.jobs.get(request_id)
+            if job is None or job.owner != owner or job.alias != alias:
+                return None
+            self.advance(time.monotonic())
+            return job
+
+    def queue_position(self, job: Job) -> int:
+        with self.lock:
+            try:
+                return self._queue.index(job)
+            except ValueError:
+                return 0
+
+    def cancel(self, job: Job) -> bool:
+        """Cancel a queued/running job; False if it already reached a terminal state."""
+        with self.lock:
+            now = time.monotonic()
+            self.advance(now)
+            if job.state in ("COMPLETED", "CANCELLED"):
+                return False
+            limit = self.config.max_running or math.inf
+            if job in self._queue:
+                self._queue.remove(job)
+            if job in self._running:
+                if len(self._running) >= limit:
+                    self._slot_free_at = now
+                self._running.remove(job)
+            job.state, job.finished_at = "CANCELLED", now
+            self.cancels += 1
+            self.cancelled += 1
+            self.advance(now)
+            return True
+
+    def advance(self, now: float) -> None:
+        """Replay starts and completions that happened up to `now`, in time order."""
+        with self.lock:
+            limit = self.config.max_running or math.inf
+            run_latency = self.config.run_latency
+            while True:
+                finish_job, finish_t = None, math.inf
+                for j in self._running:
+                    t = j.finish_time(run_latency)
+                    if t <= now and t < finish_t:
+                        finish_job, finish_t = j, t
+                start_t = math.inf
+                if self._queue and len(self._running) < limit:
+                    start_t = max(self._queue[0].eligible_at, self._slot_free_at)
+                    if start_t > now:
+                        start_t = math.inf
+                if finish_job is None and start_t == math.inf:
+                    return
+                if start_t <= finish_t:
+                    job = self._queue.pop(0)
+                    job.state, job.started_at = "IN_PROGRESS", start_t
+                    self._running.append(job)
+                    self.max_running_seen = max(self.max_running_seen, len(self._running))
+                else:
+                    if len(self._running) >= limit:
+                        self._slot_free_at = finish_t
+                    self._running.remove(finish_job)
+                    finish_job.state, finish_job.finished_at = "COMPLETED", finish_t
+                    finish_job.inference_time = round(finish_t - (finish_job.started_at or finish_t), 3)
+                    self.completed += 1
+                    if finish_job.failure or (finish_job.clip is not None and finish_job.clip.exception()):
+                        self.failed += 1
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            self.advance(time.monotonic())
+            return {
+                "submits": self.submits,
+                "submits_by_input": dict(self.submits_by_input),
+                "submits_by_prompt": dict(self.submits_by_prompt),
+                "calls": dict(self.calls),
+                "cancels": self.cancels,
+                "faults": dict(self.faults),
+                "completed": self.completed,
+                "failed": self.failed,
+                "cancelled": self.cancelled,
+                "in_queue": len(self._queue),
+                "in_progress": len(self._running),
+                "max_running_seen": self.max_running_seen,
+                "webhooks": list(self.webhooks),
+            }
