@@ -1,0 +1,109 @@
+"""The day's generations: every valid item goes through the request ledger and fal's queue (or the simulator).
+
+Writes `generations` (one row per item: what happened) and `failed_generations` (items without a video)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import dagster as dg
+from pydantic import Field
+
+from sora_pipeline.assets.lineage import arrow_rows, spec_metadata, table_metadata
+from sora_pipeline.costs import PriceTable
+from sora_pipeline.generation import GenerationConfig, GenerationRunner, Outcome, WorkItem
+from sora_pipeline.ledger import ResubmitPolicy
+from sora_pipeline.partitions import daily_partitions
+from sora_pipeline.resources import FalVideoResource
+from sora_pipeline.schemas import FAILED_GENERATIONS, GENERATIONS
+from sora_pipeline.warehouse import WarehouseResource
+
+GROUP = "generation"
+FAL_POOL = "fal_sora"
+
+
+class GenerationRunConfig(dg.Config):
+    """Per-run choices (set them in the launchpad or a backfill's config)."""
+
+    regenerate: bool = Field(default=False, description="force new generations for the selected day(s)")
+    resubmit_unknown: bool = Field(default=False, description="resubmit requests whose submit had no answer")
+    max_attempts: int = Field(default=3, ge=1, description="attempts per item, the first included")
+    dry_run: bool = Field(default=False, description="validate and price the day; submit nothing")
+    run_budget_usd: float | None = Field(default=None, ge=0, description="stop submitting beyond this per run")
+    day_budget_usd: float | None = Field(default=None, ge=0, description="stop submitting beyond this per day")
+    progress_interval_seconds: float = Field(default=5.0, gt=0, description="cadence of progress log lines")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("generations", group_name=GROUP, code_version="1", deps=["catalog_items"],
+                     metadata=spec_metadata(GENERATIONS), kinds={"parquet", "fal"}, skippable=True,
+                     description="One row per valid item of the day: its request key, ledger attempt, what this "
+                                 "run did (submitted / resumed / reused / skipped), request id, result, archived "
+                                 "video and its sha256, timings, cost, and errors."),
+        dg.AssetSpec("failed_generations", group_name=GROUP, code_version="1", deps=["catalog_items"],
+                     metadata=spec_metadata(FAILED_GENERATIONS), kinds={"parquet"}, skippable=True,
+                     description="Items of the day that did not produce a video (failed, unknown, skipped by "
+                                 "the budget, still pending), each with a reason and its request key."),
+    ],
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    pool=FAL_POOL,
+)
+def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, fal: FalVideoResource,
+                warehouse: WarehouseResource):
+    day = context.partition_key
+    items = [WorkItem(item_id=r["item_id"], prompt=r["prompt"], image_ref=r["image_ref"],
+                      resolution=r["resolution"], aspect_ratio=r["aspect_ratio"], duration=int(r["duration"]),
+                      day=day) for r in arrow_rows(warehouse.read("catalog_items", day))]
+    ledger = warehouse.ledger()
+    context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}")
+    run_config = GenerationConfig(
+        endpoint_id=fal.endpoint_id, backend=fal.backend, queue_base_url=fal.base_url, owner=context.run_id,
+        day=day, max_concurrency=fal.max_concurrency, total_timeout=fal.total_timeout,
+        archive_root=warehouse.videos_uri(day) if fal.archive_videos else None,
+        storage_options=dict(warehouse.storage_options),
+        policy=ResubmitPolicy(max_attempts=config.max_attempts, resubmit_unknown=config.resubmit_unknown,
+                              regenerate=config.regenerate),
+        prices=PriceTable.from_env(), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
+        dry_run=config.dry_run, openai_api_key=fal.openai_api_key,
+        progress_interval=config.progress_interval_seconds)
+    runner = GenerationRunner(run_config, fal.async_client, ledger, emit=context.log.info,
+                              sync_client_factory=fal.sync_client)
+    outcomes = runner.run(items)
+    counts = Counter(o.status for o in outcomes)
+    decisions = Counter(o.decision for o in outcomes)
+    for o in outcomes:
+        if o.status not in ("completed", "planned"):
+            context.log.warning(f"{o.item_id}: {o.status} ({o.error_type}): {o.error_message}")
+    extra = {
+        "backend": fal.backend, "endpoint_id": fal.endpoint_id, "dry_run": config.dry_run,
+        "estimated_cost_usd": dg.MetadataValue.float(round(runner.estimated_total, 4)),
+        "actual_cost_usd": dg.MetadataValue.float(round(sum(o.actual_cost or 0 for o in outcomes), 4)),
+        "seconds_generated": dg.MetadataValue.float(sum(o.seconds_generated or 0 for o in outcomes
+                                                        if o.status == "completed")),
+        "status_counts": dict(counts), "decision_counts": dict(decisions),
+        "submitted": decisions.get("submitted", 0),
+    }
+    if config.dry_run:
+        # a dry run reports what it would do; it materializes nothing (downstream steps are skipped)
+        context.log.info(f"DRY RUN {day}: {dict(decisions)}; estimated cost ${runner.estimated_total:,.2f}")
+        yield dg.AssetObservation(asset_key="generations", partition=day, metadata=extra)
+        return
+    rows = [outcome_row(o) for o in outcomes]
+    failed = [failed_row(o) for o in outcomes if o.status != "completed"]
+    uri = warehouse.write(GENERATIONS, day, rows)
+    failed_uri = warehouse.write(FAILED_GENERATIONS, day, failed)
+    yield dg.MaterializeResult(asset_key="generations", metadata=table_metadata(GENERATIONS, uri, len(rows),
+                                                                                extra=extra))
+    yield dg.MaterializeResult(asset_key="failed_generations", metadata=table_metadata(
+        FAILED_GENERATIONS, failed_uri, len(failed),
+        extra={"by_status": dict(Counter(r["status"] for r in failed))}))
+
+
+def outcome_row(o: Outcome) -> dict:
+    return dict(vars(o))
+
+
+def failed_row(o: Outcome) -> dict:
+    return dict(vars(o), reason=o.error_message)

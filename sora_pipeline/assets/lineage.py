@@ -1,0 +1,46 @@
+"""Materialization metadata every table reports: row count, column schema, column lineage, table name and URI."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow as pa
+
+from sora_pipeline.schemas import TableDef
+
+_ARROW_TO_DAGSTER = {"string": "string", "large_string": "string", "int32": "int", "int64": "int",
+                     "double": "float", "float": "float", "bool": "bool", "date32[day]": "date"}
+
+
+def column_schema(table: TableDef) -> dg.TableSchema:
+    return dg.TableSchema(columns=[
+        dg.TableColumn(c.name, _ARROW_TO_DAGSTER.get(str(c.type), str(c.type)), description=c.description)
+        for c in table.columns])
+
+
+def column_lineage(table: TableDef, upstream: str = "catalog_items") -> dg.TableColumnLineage:
+    return dg.TableColumnLineage(deps_by_column={
+        c.name: [dg.TableColumnDep(asset_key=dg.AssetKey(upstream), column_name=src) for src in c.derives_from]
+        for c in table.columns if c.derives_from})
+
+
+def table_metadata(table: TableDef, uri: str, row_count: int, *, upstream: str | None = "catalog_items",
+                   extra: dict | None = None) -> dict:
+    metadata = {
+        "dagster/row_count": dg.MetadataValue.int(row_count),
+        "dagster/column_schema": column_schema(table),
+        "dagster/table_name": table.name,
+        "dagster/uri": dg.MetadataValue.path(uri),
+    }
+    if upstream:
+        metadata["dagster/column_lineage"] = column_lineage(table, upstream)
+    metadata.update(extra or {})
+    return metadata
+
+
+def spec_metadata(table: TableDef) -> dict:
+    """Static metadata for the asset definition (shown before the first materialization)."""
+    return {"dagster/column_schema": column_schema(table), "dagster/table_name": table.name}
+
+
+def arrow_rows(data: pa.Table | None) -> list[dict]:
+    return [] if data is None else data.to_pylist()

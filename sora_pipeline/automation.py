@@ -1,0 +1,45 @@
+"""The daily job and its schedule, and a sensor that requests days whose catalog rows are new or changed."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from sora_pipeline.catalog import catalog_fingerprints
+from sora_pipeline.partitions import daily_partitions
+from sora_pipeline.warehouse import WarehouseResource
+
+daily_generation_job = dg.define_asset_job(
+    "daily_generation_job",
+    selection=dg.AssetSelection.assets("generation_daily_stats").upstream()
+    - dg.AssetSelection.assets("catalog"),
+    partitions_def=daily_partitions,
+    description="Catalog slice → generations → video_metadata → daily stats for one day.",
+)
+
+# STOPPED by default: turning it on spends money when FAL_KEY is set. Start it in the UI (Automation) or with
+# `dagster schedule start daily_generation_schedule`.
+daily_generation_schedule = dg.build_schedule_from_partitioned_job(
+    daily_generation_job, hour_of_day=0, minute_of_hour=15, default_status=dg.DefaultScheduleStatus.STOPPED)
+
+
+@dg.sensor(job=daily_generation_job, minimum_interval_seconds=300,
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Requests a run for every catalog day whose rows are new or changed since the sensor "
+                       "last looked (cursor: a fingerprint per day). Re-running a day is safe: the ledger reuses "
+                       "finished videos and only submits what changed.")
+def catalog_change_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    current = catalog_fingerprints(warehouse.catalog_uri, storage_options=warehouse.storage_options or None)
+    valid_days = set(daily_partitions.get_partition_keys())
+    requests = []
+    for day, fingerprint in sorted(current.items()):
+        if seen.get(day) == fingerprint or day not in valid_days:
+            continue
+        requests.append(dg.RunRequest(run_key=f"{day}:{fingerprint}", partition_key=day,
+                                      tags={"sora/trigger": "catalog_change"}))
+    context.update_cursor(json.dumps(current, sort_keys=True))
+    if not requests:
+        return dg.SkipReason(f"no new or changed catalog days among {len(current)}")
+    return requests

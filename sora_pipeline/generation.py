@@ -1,0 +1,433 @@
+"""One day's generations without Dagster: plan in the ledger, then per item claim → submit or resume → poll →
+result → download/archive/probe, with bounded concurrency, a cost guard, live progress, and cancellation of
+in-flight requests when the run is interrupted.
+
+The ledger sits between "decide to submit" and "submit": the intent is written before the HTTP call and the
+request id right after it returns, so no crash can make us pay twice or lose a result we paid for."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from sora_pipeline.costs import BudgetGuard, PriceTable, actual_cost, estimate_cost
+from sora_pipeline.download import archive_file, download_video
+from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
+from sora_pipeline.fal.errors import AmbiguousSubmitError, FalError, WaitTimeoutError
+from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
+from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
+from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
+from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, RequestSpec, RequestState, ResubmitPolicy
+from sora_pipeline.media import MediaProbeError, probe_video
+from sora_pipeline.progress import Progress
+
+log = logging.getLogger("sora_pipeline.generation")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A valid catalog row, as the generation step needs it."""
+
+    item_id: str
+    prompt: str
+    image_ref: str
+    resolution: str
+    aspect_ratio: str
+    duration: int
+    day: str
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    endpoint_id: str
+    backend: str
+    queue_base_url: str
+    owner: str  # the Dagster run id (claims are per owner)
+    day: str
+    max_concurrency: int = 8
+    download_concurrency: int = 8
+    total_timeout: float = 3600.0
+    archive_root: str | None = None  # <warehouse>/videos/date=<day>; None = do not archive
+    storage_options: dict = field(default_factory=dict)
+    policy: ResubmitPolicy = field(default_factory=ResubmitPolicy)
+    prices: PriceTable = field(default_factory=PriceTable)
+    run_budget: float | None = None
+    day_budget: float | None = None
+    dry_run: bool = False
+    openai_api_key: str | None = field(default=None, repr=False)
+    progress_interval: float = 5.0
+    cancel_timeout: float = 15.0
+
+
+@dataclass
+class Outcome:
+    """One row of the `generations` table."""
+
+    item_id: str
+    request_key: str | None
+    resolution: str
+    aspect_ratio: str
+    requested_duration: int
+    endpoint_id: str
+    backend: str
+    status: str = "pending"
+    decision: str = "skipped"
+    attempt: int | None = None
+    request_id: str | None = None
+    video_id: str | None = None
+    video_url: str | None = None
+    content_type: str | None = None
+    api_json: str | None = None
+    archive_uri: str | None = None
+    sha256: str | None = None
+    file_size: int | None = None
+    probe_json: str | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    retryable: bool | None = None
+    estimated_cost: float | None = None
+    actual_cost: float | None = None
+    seconds_generated: float | None = None
+    used_openai_key: bool = False
+
+    def fail(self, status: str, error_type: str, message: str, retryable: bool | None = None) -> Outcome:
+        self.status, self.error_type, self.error_message, self.retryable = status, error_type, message, retryable
+        return self
+
+
+@dataclass(frozen=True)
+class _Planned:
+    item: WorkItem
+    spec: RequestSpec | None
+    image: ImageInput | None
+    error: str | None = None
+
+
+def would_submit(entry: LedgerEntry | None, policy: ResubmitPolicy) -> bool:
+    """Whether `Ledger.claim` would submit this entry (for dry runs and budget reservations)."""
+    if entry is None or entry.state == RequestState.PLANNED:
+        return True
+    if entry.state == RequestState.COMPLETED:
+        return policy.regenerate
+    if entry.state in (RequestState.FAILED, RequestState.CANCELLED):
+        return (entry.state == RequestState.CANCELLED or bool(entry.retryable)) and entry.attempt < policy.max_attempts
+    if entry.state == RequestState.UNKNOWN:
+        return policy.resubmit_unknown
+    return False
+
+
+class GenerationRunner:
+    """Runs one day's items through the ledger and the fal queue. Call `run(items)` (blocking)."""
+
+    def __init__(self, config: GenerationConfig, client_factory: Callable[[], AsyncFalQueueClient],
+                 ledger: Ledger, *, emit: Callable[[str], None] | None = None,
+                 sync_client_factory: Callable[[], FalQueueClient] | None = None) -> None:
+        self.config = config
+        self._client_factory = client_factory
+        self._sync_client_factory = sync_client_factory
+        self.ledger = ledger
+        self._emit = emit or log.info
+        self._in_flight: dict[str, tuple[int, QueueHandle]] = {}
+        self.progress: Progress | None = None
+        self.estimated_total = 0.0
+        self.stats: dict[str, Any] = {}
+
+    # -- entry point ---------------------------------------------------------------------------------
+    def run(self, items: Iterable[WorkItem]) -> list[Outcome]:
+        items = list(items)
+        try:
+            return asyncio.run(self._run(items))
+        except BaseException:
+            self.cancel_in_flight()
+            raise
+
+    def plan(self, items: list[WorkItem]) -> list[_Planned]:
+        """Read/verify every image once (cached by reference), compute request keys, record PLANNED rows."""
+        cache: dict[str, ImageInput | str] = {}
+        byo = self.config.openai_api_key is not None
+
+        def load(ref: str) -> ImageInput | str:
+            try:
+                return load_image_input(ref, storage_options=self.config.storage_options)
+            except ImageInputError as exc:
+                return str(exc)
+
+        refs = list(dict.fromkeys(i.image_ref for i in items))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            cache.update(zip(refs, pool.map(load, refs)))
+        planned = []
+        for item in items:
+            image = cache[item.image_ref]
+            if isinstance(image, str):
+                planned.append(_Planned(item, None, None, f"image_uri: {image}"))
+                continue
+            cost = estimate_cost(self.config.prices, resolution=item.resolution, duration_s=item.duration,
+                                 byo_openai_key=byo)
+            spec = RequestSpec.create(self.config.endpoint_id, item_id=item.item_id, day=item.day,
+                                      prompt=item.prompt, resolution=item.resolution,
+                                      aspect_ratio=item.aspect_ratio, duration=item.duration,
+                                      image_sha256=image.sha256, used_openai_key=byo, estimated_cost=cost)
+            planned.append(_Planned(item, spec, image))
+        self.ledger.plan([p.spec for p in planned if p.spec is not None])
+        return planned
+
+    async def _run(self, items: list[WorkItem]) -> list[Outcome]:
+        cfg = self.config
+        planned = await asyncio.to_thread(self.plan, items)
+        self.progress = Progress(len(planned), emit=self._emit, interval=cfg.progress_interval)
+        entries = {p.spec.request_key: self.ledger.get(p.spec.request_key) for p in planned if p.spec}
+        to_submit = [p for p in planned if p.spec and would_submit(entries[p.spec.request_key], cfg.policy)]
+        self.estimated_total = sum(p.spec.estimated_cost for p in to_submit)
+        spent = await asyncio.to_thread(self.ledger.spent, cfg.day)
+        self._emit(f"{len(planned)} items for {cfg.day}: {len(to_submit)} to submit "
+                   f"(estimated ${self.estimated_total:,.2f}), {len(planned) - len(to_submit)} reuse/resume/skip; "
+                   f"already spent today ${spent:,.2f}" + (" [DRY RUN: nothing is submitted]" if cfg.dry_run
+                                                           else ""))
+        if cfg.dry_run:
+            return [self._dry_outcome(p, entries.get(p.spec.request_key) if p.spec else None) for p in planned]
+        self._budget = BudgetGuard(per_run_cap=cfg.run_budget, per_day_cap=cfg.day_budget,
+                                   already_spent_today=spent)
+        self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self._downloads = asyncio.Semaphore(cfg.download_concurrency)
+        async with self._client_factory() as client, httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
+            self._client, self._http = client, http
+            outcomes = await asyncio.gather(*(self._process(p) for p in planned))
+        self.progress.maybe_log(force=True)
+        return list(outcomes)
+
+    # -- per item ------------------------------------------------------------------------------------
+    def _outcome(self, p: _Planned) -> Outcome:
+        i = p.item
+        return Outcome(item_id=i.item_id, request_key=p.spec.request_key if p.spec else None,
+                       resolution=i.resolution, aspect_ratio=i.aspect_ratio, requested_duration=i.duration,
+                       endpoint_id=self.config.endpoint_id, backend=self.config.backend,
+                       estimated_cost=p.spec.estimated_cost if p.spec else None,
+                       used_openai_key=bool(p.spec and p.spec.used_openai_key))
+
+    def _dry_outcome(self, p: _Planned, entry: LedgerEntry | None) -> Outcome:
+        out = self._outcome(p)
+        if p.error:
+            return out.fail("failed", "invalid_image", p.error, False)
+        out.status = "planned"
+        out.decision = "would_submit" if would_submit(entry, self.config.policy) else f"would_{entry.state.value}"
+        return out
+
+    async def _process(self, p: _Planned) -> Outcome:
+        out = self._outcome(p)
+        progress = self.progress
+        if p.error:
+            progress.set(p.item.item_id, "failed")
+            return out.fail("failed", "invalid_image", p.error, False)
+        try:
+            async with self._slots:
+                entry = await self._claim_and_wait(p, out)
+            if entry is not None and out.status == "completed":
+                await self._fetch_video(p, out, entry)
+        except FalError as exc:
+            out.fail("failed", exc.error_type, str(exc), exc.retryable)
+        except Exception as exc:  # one item never fails the day
+            log.exception("item %s failed unexpectedly", p.item.item_id)
+            out.fail("failed", type(exc).__name__, f"unexpected error: {exc}", True)
+        progress.set(p.item.item_id, out.status if out.status != "pending" else "unknown")
+        return out
+
+    async def _claim_and_wait(self, p: _Planned, out: Outcome) -> LedgerEntry | None:
+        cfg, key, item = self.config, p.spec.request_key, p.item
+        entry = await asyncio.to_thread(self.ledger.get, key)
+        if would_submit(entry, cfg.policy) and not self._budget.try_reserve(p.spec.estimated_cost):
+            out.fail("skipped", "budget", f"item {item.item_id}: skipped, the budget cap would be exceeded by "
+                     f"${p.spec.estimated_cost:,.2f} (remaining ${self._budget.remaining():,.2f})")
+            return None
+        started = time.monotonic()
+        while True:
+            decision, entry = await asyncio.to_thread(self.ledger.claim, key, owner=cfg.owner, policy=cfg.policy)
+            if decision != Decision.BUSY or time.monotonic() - started > cfg.policy.submit_lease_seconds:
+                break
+            await asyncio.sleep(self._client.poll.interval)
+        out.attempt = entry.attempt
+        if decision == Decision.REUSE:
+            self.progress.reused += 1
+            out.decision = "reused"
+            return self._fill_completed(out, entry)
+        if decision in (Decision.SKIP_UNKNOWN, Decision.SKIP_FAILED, Decision.BUSY):
+            out.decision = "skipped"
+            self._fill_from_entry(out, entry)
+            status = {Decision.SKIP_UNKNOWN: "unknown", Decision.SKIP_FAILED: "failed"}.get(decision, "pending")
+            reason = entry.error_message or f"ledger state {entry.state.value}"
+            if decision == Decision.SKIP_UNKNOWN:
+                reason = (f"{reason} — not resubmitted automatically (request_key {key}); set "
+                          "resubmit_unknown to submit it again")
+            if decision == Decision.BUSY:
+                reason = "another run holds the submit claim for this item"
+            out.fail(status, entry.error_type or status, reason, entry.retryable)
+            return None
+        if decision == Decision.SUBMIT:
+            handle = await self._submit(p, out, entry.attempt)
+            if handle is None:
+                return None
+        else:  # RESUME
+            self.progress.resumed += 1
+            out.decision = "resumed"
+            handle = QueueHandle(entry.request_id, entry.status_url, entry.response_url, entry.cancel_url)
+            out.request_id, out.submitted_at = entry.request_id, entry.submitted_at
+        return await self._wait_for_result(p, out, entry.attempt, handle)
+
+    async def _submit(self, p: _Planned, out: Outcome, attempt: int) -> QueueHandle | None:
+        key, item = p.spec.request_key, p.item
+        arguments = ImageToVideoInput(prompt=item.prompt, image_url=p.image.url, resolution=item.resolution,
+                                      aspect_ratio=item.aspect_ratio, duration=item.duration,
+                                      api_key=self.config.openai_api_key)
+        self.progress.set(item.item_id, "submitting")
+        out.decision = "submitted"
+        try:
+            handle = await self._client.submit(arguments)
+        except AmbiguousSubmitError as exc:
+            await asyncio.to_thread(self.ledger.mark_unknown, key, attempt, error_message=str(exc))
+            out.fail("unknown", exc.error_type, f"{exc} (request_key {key}; not resubmitted automatically)")
+            return None
+        except FalError as exc:
+            await asyncio.to_thread(self.ledger.mark_failed, key, attempt, error_type=exc.error_type,
+                                    error_message=str(exc), retryable=exc.retryable)
+            out.fail("failed", exc.error_type, str(exc), exc.retryable)
+            return None
+        now = datetime.now(UTC)
+        await asyncio.to_thread(self.ledger.mark_submitted, key, attempt, request_id=handle.request_id,
+                                status_url=handle.status_url, response_url=handle.response_url,
+                                cancel_url=handle.cancel_url, submitted_at=now)
+        self.progress.submitted += 1
+        out.request_id, out.submitted_at = handle.request_id, now
+        return handle
+
+    async def _wait_for_result(self, p: _Planned, out: Outcome, attempt: int,
+                               handle: QueueHandle) -> LedgerEntry | None:
+        key, item_id = p.spec.request_key, p.item.item_id
+        self._in_flight[key] = (attempt, handle)
+        seen_logs = 0
+
+        def on_status(_h: QueueHandle, status: QueueStatus) -> None:
+            nonlocal seen_logs
+            if status.status == "IN_PROGRESS" and out.started_at is None:
+                out.started_at = datetime.now(UTC)
+            phase = {"IN_QUEUE": "in_queue", "IN_PROGRESS": "in_progress"}.get(status.status, "in_progress")
+            self.progress.set(item_id, phase, queue_position=status.queue_position)
+            for entry in status.logs[seen_logs:]:
+                log.debug("fal log [%s %s] %s", item_id, handle.request_id, entry.get("message"))
+            seen_logs = max(seen_logs, len(status.logs))
+
+        self.progress.set(item_id, "in_queue")
+        try:
+            await self._client.wait(handle, timeout=self.config.total_timeout, on_status=on_status)
+            output = await self._client.result(handle)
+        except WaitTimeoutError as exc:
+            out.fail("pending", exc.error_type, f"{exc}; the next run resumes polling it", True)
+            return None
+        except FalError as exc:
+            await asyncio.to_thread(self.ledger.mark_failed, key, attempt, error_type=exc.fal_error_type
+                                    or exc.error_type, error_message=str(exc), retryable=exc.retryable)
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+        completed_at = datetime.now(UTC)
+        seconds = output.video.duration or float(p.item.duration)
+        cost = actual_cost(self.config.prices, resolution=p.item.resolution, height=output.video.height,
+                           width=output.video.width, seconds_generated=seconds,
+                           byo_openai_key=p.spec.used_openai_key)
+        document = output.model_dump(mode="json", exclude_none=True)
+        await asyncio.to_thread(self.ledger.mark_completed, key, attempt, output=document,
+                                completed_at=completed_at, seconds_generated=seconds, actual_cost=cost)
+        entry = await asyncio.to_thread(self.ledger.get, key)
+        return self._fill_completed(out, entry)
+
+    def _fill_from_entry(self, out: Outcome, entry: LedgerEntry) -> None:
+        out.attempt, out.request_id, out.submitted_at = entry.attempt, entry.request_id, entry.submitted_at
+
+    def _fill_completed(self, out: Outcome, entry: LedgerEntry) -> LedgerEntry:
+        self._fill_from_entry(out, entry)
+        output = ImageToVideoOutput.model_validate(entry.output)
+        out.status, out.completed_at = "completed", entry.completed_at
+        out.video_id, out.video_url = output.video_id, output.video.url
+        out.content_type = output.video.content_type
+        out.api_json = output.video.model_dump_json(exclude_none=True)
+        out.seconds_generated, out.actual_cost = entry.seconds_generated, entry.actual_cost
+        return entry
+
+    async def _fetch_video(self, p: _Planned, out: Outcome, entry: LedgerEntry) -> None:
+        """Download (or reuse the archived copy), hash and probe; record the artifacts in the ledger."""
+        artifacts = entry.artifacts or {}
+        if artifacts.get("probe") and (artifacts.get("archive_uri") or not self.config.archive_root):
+            self._apply_artifacts(out, artifacts)
+            return
+        self.progress.set(p.item.item_id, "downloading")
+        async with self._downloads:
+            artifacts = await self._download_and_probe(p, out)
+        await asyncio.to_thread(self.ledger.set_artifacts, p.spec.request_key, entry.attempt, artifacts)
+        self._apply_artifacts(out, artifacts)
+
+    async def _download_and_probe(self, p: _Planned, out: Outcome) -> dict[str, Any]:
+        cfg = self.config
+        tmp_dir = None
+        if cfg.archive_root and "://" not in cfg.archive_root:
+            tmp_dir = os.path.join(cfg.archive_root, ".incoming")
+            os.makedirs(tmp_dir, exist_ok=True)
+        file = await download_video(self._http, out.video_url, queue_base_url=cfg.queue_base_url, tmp_dir=tmp_dir)
+        try:
+            try:
+                probe = await asyncio.to_thread(probe_video, file.path)
+            except MediaProbeError as exc:
+                raise FalError(f"the video of {p.item.item_id} is not a readable MP4: {exc}") from None
+            archive_uri = None
+            if cfg.archive_root:
+                target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}-{file.sha256[:12]}.mp4"
+                archive_uri = await asyncio.to_thread(archive_file, file.path, target, cfg.storage_options)
+        finally:
+            if os.path.exists(file.path):
+                os.unlink(file.path)
+        return {"archive_uri": archive_uri, "sha256": file.sha256, "file_size": file.size,
+                "content_type": file.content_type, "probe": asdict(probe),
+                "started_at": out.started_at.isoformat() if out.started_at else None}
+
+    def _apply_artifacts(self, out: Outcome, artifacts: dict[str, Any]) -> None:
+        out.archive_uri, out.sha256 = artifacts.get("archive_uri"), artifacts.get("sha256")
+        out.file_size = artifacts.get("file_size")
+        out.content_type = out.content_type or artifacts.get("content_type")
+        out.probe_json = json.dumps(artifacts.get("probe"), sort_keys=True) if artifacts.get("probe") else None
+        if artifacts.get("started_at") and out.started_at is None:
+            out.started_at = datetime.fromisoformat(artifacts["started_at"])
+
+    # -- interruption --------------------------------------------------------------------------------
+    def cancel_in_flight(self) -> int:
+        """Best effort, bounded: cancel every request this run is waiting on and record it in the ledger."""
+        pending = dict(self._in_flight)
+        if not pending or self._sync_client_factory is None:
+            return 0
+        deadline = time.monotonic() + self.config.cancel_timeout
+
+        def cancel(key: str, attempt: int, handle: QueueHandle) -> None:
+            if time.monotonic() > deadline:
+                return
+            try:
+                with self._sync_client_factory() as client:
+                    answer = client.cancel(handle)
+                self.ledger.mark_cancelled(key, attempt, reason=f"run {self.config.owner} terminated; "
+                                           f"cancel answered {answer}")
+            except Exception as exc:  # keep cancelling the others
+                log.warning("could not cancel %s: %s", handle.request_id, exc)
+
+        with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
+            for key, (attempt, handle) in pending.items():
+                pool.submit(cancel, key, attempt, handle)
+        self._emit(f"run interrupted: asked fal to cancel {len(pending)} in-flight request(s)")
+        return len(pending)

@@ -1,0 +1,55 @@
+"""`WarehouseResource`: where the catalog is read from, where tables, videos and the request ledger live."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import Field, PrivateAttr
+
+from sora_pipeline import tables
+from sora_pipeline.ledger import Ledger, default_ledger_url
+from sora_pipeline.schemas import TableDef
+
+_LEDGERS: dict[str, Ledger] = {}  # one engine per URL and process
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """Catalog and warehouse locations (local paths or any fsspec URI) and the ledger's SQLAlchemy URL."""
+
+    catalog_uri: str = Field(default="data/catalog", description="catalog Parquet dataset (SORA_CATALOG_URI)")
+    warehouse_uri: str = Field(default="data/warehouse", description="output root (SORA_WAREHOUSE_URI)")
+    ledger_url: str | None = Field(default=None, description="SQLAlchemy URL of the ledger (SORA_LEDGER_URL)")
+    image_roots: list[str] = Field(default_factory=list, description="extra local image folders")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
+
+    _resolved_ledger_url: str | None = PrivateAttr(default=None)
+
+    def resolved_ledger_url(self) -> str:
+        if self._resolved_ledger_url is None:
+            self._resolved_ledger_url = self.ledger_url or default_ledger_url(self.warehouse_uri,
+                                                                              os.environ.get("DAGSTER_HOME"))
+        return self._resolved_ledger_url
+
+    def ledger(self) -> Ledger:
+        url = self.resolved_ledger_url()
+        if url not in _LEDGERS:
+            _LEDGERS[url] = Ledger(url)
+        return _LEDGERS[url]
+
+    def table_uri(self, table: str) -> str:
+        return tables.table_uri(self.warehouse_uri, table)
+
+    def videos_uri(self, day: str) -> str:
+        return tables.file_uri_for(self.warehouse_uri, "videos", f"date={day}")
+
+    def write(self, table: TableDef, day: str, rows: list[dict] | pa.Table) -> str:
+        data = rows if isinstance(rows, pa.Table) else table.from_rows(rows)
+        return tables.write_day_partition(self.warehouse_uri, table.name, day, data,
+                                          storage_options=self.storage_options or None)
+
+    def read(self, table: str, day: str) -> pa.Table | None:
+        return tables.read_day_partition(self.warehouse_uri, table, day,
+                                         storage_options=self.storage_options or None)
