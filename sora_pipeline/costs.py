@@ -1,0 +1,198 @@
+"""Price table, cost estimates and a thread-safe budget guard for paid Sora generations (fal bills per second)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PRICE_TABLE_ENV = "SORA_PRICE_TABLE"
+_TIER_RE = re.compile(r"^(\d+)p$")
+_EPS = 1e-9
+
+
+class PriceTableError(ValueError):
+    """`SORA_PRICE_TABLE` (or a table given in code) is malformed."""
+
+
+class PriceTable(BaseModel):
+    """USD per generated second by resolution; `auto` costs `auto` if set, else the most expensive tier."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_second: dict[str, float] = Field(default_factory=lambda: {"720p": 0.30, "1080p": 0.50})
+    auto: float | None = None
+    currency: str = "USD"
+
+    @field_validator("per_second")
+    @classmethod
+    def _check_tiers(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("per_second needs at least one resolution")
+        for name, price in value.items():
+            if not _TIER_RE.match(name):
+                raise ValueError(f"resolution {name!r} must look like '720p'")
+            if not math.isfinite(price) or price < 0:
+                raise ValueError(f"price of {name} must be a finite number >= 0")
+        return value
+
+    @field_validator("auto")
+    @classmethod
+    def _check_auto(cls, value: float | None) -> float | None:
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ValueError("auto price must be a finite number >= 0")
+        return value
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PriceTable:
+        """Defaults overridden by `SORA_PRICE_TABLE`: a JSON object of per-second prices, e.g.
+        `{"720p": 0.3, "1080p": 0.5, "auto": 0.5}`, or a full `{"per_second": {...}, "auto": ..., "currency": ...}`.
+        """
+        raw = (os.environ if env is None else env).get(PRICE_TABLE_ENV)
+        if raw is None or not raw.strip():
+            return cls()
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise PriceTableError(f"{PRICE_TABLE_ENV} is not valid JSON ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(data, dict):
+            raise PriceTableError(f'{PRICE_TABLE_ENV} must be a JSON object like {{"720p": 0.3, "1080p": 0.5}}')
+        if "per_second" not in data:
+            data = dict(data)
+            fields = {k: data.pop(k) for k in ("auto", "currency") if k in data}
+            data = {"per_second": data, **fields}
+        if not isinstance(data.get("per_second"), dict):
+            raise PriceTableError(f"{PRICE_TABLE_ENV}: per_second must be a JSON object")
+        for name, price in data["per_second"].items():
+            if not _TIER_RE.match(str(name)):
+                raise PriceTableError(f"{PRICE_TABLE_ENV}: resolution {name!r} must look like '720p'")
+            if isinstance(price, bool) or not isinstance(price, (int, float)):
+                raise PriceTableError(f"{PRICE_TABLE_ENV}: price of {name!r} must be a number")
+        data["per_second"] = cls().per_second | data["per_second"]
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            msgs = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'table'}: {e['msg']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise PriceTableError(f"{PRICE_TABLE_ENV} is invalid: {msgs}") from None
+
+    def _tiers(self) -> list[tuple[int, str]]:
+        return sorted((int(_TIER_RE.match(k).group(1)), k) for k in self.per_second)  # type: ignore[union-attr]
+
+    def rate(self, resolution: str | Enum) -> float:
+        """Price per second for a requested resolution ("720p", "1080p" or "auto")."""
+        name = str(resolution.value if isinstance(resolution, Enum) else resolution).strip().lower()
+        if name == "auto":
+            return self.auto if self.auto is not None else max(self.per_second.values())
+        if name not in self.per_second:
+            raise KeyError(f"no price for resolution {name!r} (known: {', '.join(sorted(self.per_second))})")
+        return self.per_second[name]
+
+    def rate_for_pixels(self, short_side: int) -> float:
+        """Price per second of an output whose shorter side is `short_side` pixels (1080 or more -> 1080p)."""
+        tiers = self._tiers()
+        chosen = tiers[0][1]
+        for lines, name in tiers:
+            if short_side >= lines:
+                chosen = name
+        return self.per_second[chosen]
+
+
+def estimate_cost(prices: PriceTable, *, resolution: str | Enum, duration_s: float, byo_openai_key: bool) -> float:
+    """Expected charge of one generation; 0 when the user's own OpenAI key is used (fal does not bill)."""
+    if duration_s < 0:
+        raise ValueError("duration_s must be >= 0")
+    if byo_openai_key:
+        return 0.0
+    return round(prices.rate(resolution) * float(duration_s), 6)
+
+
+def actual_cost(
+    prices: PriceTable, *, seconds_generated: float | None, byo_openai_key: bool, height: int | None = None,
+    width: int | None = None, resolution: str | Enum | None = None,
+) -> float | None:
+    """Charge of a finished generation, priced by the probed output size when known.
+
+    The tier comes from the shorter side of the frame (so a 720x1280 portrait clip is 720p): `min(width, height)`
+    when both are given, else `height`; without a size, the requested `resolution` ("auto" = the auto price).
+    Returns None when the generated seconds are unknown (and it is not a BYO-key request).
+    """
+    if byo_openai_key:
+        return 0.0
+    if seconds_generated is None:
+        return None
+    sides = [s for s in (height, width) if s]
+    if sides:
+        rate = prices.rate_for_pixels(min(sides))
+    elif resolution is not None:
+        rate = prices.rate(resolution)
+    else:
+        rate = prices.rate("auto")
+    return round(rate * float(seconds_generated), 6)
+
+
+class BudgetGuard:
+    """Thread-safe reservations against a per-run and a per-day cap (None = no cap). Zero-cost work always fits."""
+
+    def __init__(self, per_run_cap: float | None, per_day_cap: float | None, already_spent_today: float = 0.0) -> None:
+        for name, cap in (("per_run_cap", per_run_cap), ("per_day_cap", per_day_cap)):
+            if cap is not None and (not math.isfinite(cap) or cap < 0):
+                raise ValueError(f"{name} must be a finite number >= 0 or None")
+        self.per_run_cap = per_run_cap
+        self.per_day_cap = per_day_cap
+        self.already_spent_today = float(already_spent_today)
+        self._reserved = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def reserved(self) -> float:
+        with self._lock:
+            return self._reserved
+
+    def _remaining_locked(self) -> float:
+        left = math.inf
+        if self.per_run_cap is not None:
+            left = min(left, self.per_run_cap - self._reserved)
+        if self.per_day_cap is not None:
+            left = min(left, self.per_day_cap - self.already_spent_today - self._reserved)
+        return max(left, 0.0)
+
+    def remaining(self) -> float:
+        """Money still reservable under both caps (`math.inf` when uncapped)."""
+        with self._lock:
+            return self._remaining_locked()
+
+    def try_reserve(self, amount: float) -> bool:
+        """Reserve `amount` if no cap would be exceeded; returns whether it was reserved."""
+        if not math.isfinite(amount) or amount < 0:
+            raise ValueError("amount must be a finite number >= 0")
+        with self._lock:
+            if amount > 0 and amount > self._remaining_locked() + _EPS:
+                return False
+            self._reserved += amount
+            return True
+
+    def release(self, amount: float) -> None:
+        """Give back a reservation whose submit was refused before reaching fal (so it was never billed)."""
+        if not math.isfinite(amount) or amount < 0:
+            raise ValueError("amount must be a finite number >= 0")
+        with self._lock:
+            self._reserved = max(0.0, self._reserved - amount)
+
+    def __repr__(self) -> str:
+        return (f"BudgetGuard(per_run_cap={self.per_run_cap}, per_day_cap={self.per_day_cap}, "
+                f"already_spent_today={self.already_spent_today}, reserved={self.reserved})")
+
+
+def describe(prices: PriceTable) -> dict[str, Any]:
+    """The table as plain data (for run metadata)."""
+    return {"currency": prices.currency, "per_second": dict(prices.per_second), "auto": prices.rate("auto")}

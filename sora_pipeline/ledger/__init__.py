@@ -1,0 +1,30 @@
+"""Durable request ledger: one row per request key, one history row per paid attempt.
+
+The ledger sits between "decide to submit" and "submit" so that a video is never paid for twice and a paid result
+is never lost. Flow: `plan()` the specs, `claim()` each key (only one caller across threads, processes and runs
+gets `Decision.SUBMIT` for an attempt), persist the fal request id with `mark_submitted()` right after the submit
+call returns, then `mark_completed()` / `mark_failed()` / `mark_cancelled()` / `mark_unknown()` and
+`set_artifacts()`. Every `mark_*` is guarded by the attempt number: a stale worker never overwrites a newer
+attempt (its facts land only on its own history row, and `LedgerConflict(recorded=True)` is raised).
+
+Claim rules (`claim(key, owner=..., policy=...)`):
+  planned -> SUBMIT; completed -> REUSE, or SUBMIT when `policy.regenerate` and the completed attempt was made by
+  another owner (so one run regenerates at most once); submitted -> RESUME; submitting by another owner within
+  `submit_lease_seconds` -> BUSY; submitting past the lease or by the same owner -> marked UNKNOWN, then the
+  unknown rule; unknown -> SKIP_UNKNOWN, or SUBMIT when `policy.resubmit_unknown` and under the cap;
+  failed -> SUBMIT when retryable and under the cap, else SKIP_FAILED; cancelled -> SUBMIT under the cap, else
+  SKIP_FAILED. The cap `max_attempts` counts attempts since the latest completed attempt (all attempts if none).
+"""
+
+from .model import (
+    AttemptRecord, Decision, LedgerConflict, LedgerEntry, LedgerError, RequestNotPlanned, RequestSpec,
+    RequestState, ResubmitPolicy, default_ledger_url, normalized_spec, request_key,
+)
+from .schema import LATEST_VERSION as SCHEMA_VERSION
+from .store import UNCONFIRMED_SUBMIT, Ledger
+
+__all__ = [
+    "SCHEMA_VERSION", "UNCONFIRMED_SUBMIT", "AttemptRecord", "Decision", "Ledger", "LedgerConflict", "LedgerEntry",
+    "LedgerError", "RequestNotPlanned", "RequestSpec", "RequestState", "ResubmitPolicy", "default_ledger_url",
+    "normalized_spec", "request_key",
+]

@@ -1,0 +1,262 @@
+"""Value types of the ledger: request keys, states, decisions, specs, entries and the resubmit policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy.engine import URL
+
+from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
+
+KEY_VERSION = 1
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class RequestState(str, Enum):
+    PLANNED = "planned"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+class Decision(str, Enum):
+    """What `Ledger.claim` tells the caller to do."""
+
+    REUSE = "reuse"  # completed: use the stored output, do not submit
+    RESUME = "resume"  # submitted: poll the recorded request id
+    SUBMIT = "submit"  # the caller won the claim: state is SUBMITTING under a new attempt number
+    SKIP_UNKNOWN = "skip_unknown"  # a submit may have been sent without a recorded id: needs a human
+    SKIP_FAILED = "skip_failed"  # not retryable, or the attempt cap is reached
+    BUSY = "busy"  # another live owner is submitting: wait and claim again
+
+
+class LedgerError(RuntimeError):
+    """Base class of ledger errors."""
+
+
+class LedgerConflict(LedgerError):
+    """A transition was refused because the request moved on (stale attempt or unexpected state).
+
+    `recorded` is True when the facts were still written to the attempt's own history row (e.g. the request id of
+    a stale attempt): that attempt is no longer the current one, and the caller may want to cancel its request.
+    """
+
+    def __init__(self, message: str, *, recorded: bool = False) -> None:
+        super().__init__(message)
+        self.recorded = recorded
+
+
+class RequestNotPlanned(LedgerError, KeyError):
+    """`claim` or a `mark_*` call named a request key that was never planned."""
+
+    def __str__(self) -> str:  # KeyError's str() would add quotes
+        return str(self.args[0]) if self.args else "request not planned"
+
+
+def _enum_value(enum_cls: type[Enum], value: Any) -> Any:
+    if isinstance(value, enum_cls):
+        return value.value
+    if isinstance(value, Enum):
+        value = value.value
+    return enum_cls(value.strip() if isinstance(value, str) else value).value
+
+
+def normalized_spec(
+    endpoint_id: str, *, item_id: str, prompt: str, resolution: Any, aspect_ratio: Any, duration: Any,
+    image_sha256: str,
+) -> dict[str, Any]:
+    """The normalized fields a request key is computed from (no secrets; validated)."""
+    if isinstance(duration, str) and duration.strip().isdigit():
+        duration = int(duration.strip())
+    prompt_n = str(prompt).strip()
+    if not prompt_n:
+        raise ValueError("prompt must not be blank")
+    sha = str(image_sha256).strip().lower()
+    if not _SHA256_RE.match(sha):
+        raise ValueError("image_sha256 must be 64 hex characters")
+    endpoint = str(endpoint_id).strip()
+    if not endpoint:
+        raise ValueError("endpoint_id must not be blank")
+    return {
+        "endpoint_id": endpoint,
+        "item_id": str(item_id),
+        "prompt": prompt_n,
+        "resolution": _enum_value(Resolution, resolution),
+        "aspect_ratio": _enum_value(AspectRatio, aspect_ratio),
+        "duration": int(_enum_value(Duration, duration)),
+        "image_sha256": sha,
+    }
+
+
+def request_key(
+    endpoint_id: str, *, item_id: str, prompt: str, resolution: str, aspect_ratio: str, duration: int,
+    image_sha256: str,
+) -> str:
+    """sha256 hex of the canonical JSON of the normalized request fields. There is deliberately no key parameter."""
+    fields = normalized_spec(
+        endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
+        duration=duration, image_sha256=image_sha256,
+    )
+    fields["key_version"] = KEY_VERSION
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One planned request. Build it with `RequestSpec.create` so the key always matches the fields."""
+
+    request_key: str
+    item_id: str
+    day: str
+    endpoint_id: str
+    prompt: str
+    resolution: str
+    aspect_ratio: str
+    duration: int
+    image_sha256: str
+    used_openai_key: bool
+    estimated_cost: float
+
+    @classmethod
+    def create(
+        cls, endpoint_id: str, *, item_id: str, day: str, prompt: str, resolution: Any, aspect_ratio: Any,
+        duration: Any, image_sha256: str, used_openai_key: bool, estimated_cost: float,
+    ) -> RequestSpec:
+        n = normalized_spec(
+            endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
+            duration=duration, image_sha256=image_sha256,
+        )
+        key = request_key(
+            endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
+            duration=duration, image_sha256=image_sha256,
+        )
+        return cls(
+            request_key=key, item_id=n["item_id"], day=str(day), endpoint_id=n["endpoint_id"], prompt=n["prompt"],
+            resolution=n["resolution"], aspect_ratio=n["aspect_ratio"], duration=n["duration"],
+            image_sha256=n["image_sha256"], used_openai_key=bool(used_openai_key),
+            estimated_cost=float(estimated_cost),
+        )
+
+    def spec_json(self) -> dict[str, Any]:
+        """The normalized input without secrets, plus `used_openai_key`; raises if the key does not match."""
+        n = normalized_spec(
+            self.endpoint_id, item_id=self.item_id, prompt=self.prompt, resolution=self.resolution,
+            aspect_ratio=self.aspect_ratio, duration=self.duration, image_sha256=self.image_sha256,
+        )
+        expected = request_key(
+            self.endpoint_id, item_id=self.item_id, prompt=self.prompt, resolution=self.resolution,
+            aspect_ratio=self.aspect_ratio, duration=self.duration, image_sha256=self.image_sha256,
+        )
+        if expected != self.request_key:
+            raise ValueError(f"request_key of item {self.item_id!r} does not match its fields")
+        return n | {"used_openai_key": bool(self.used_openai_key)}
+
+
+@dataclass(frozen=True)
+class ResubmitPolicy:
+    """How `claim` treats earlier attempts. `max_attempts` counts every attempt, the first included."""
+
+    max_attempts: int = 3
+    resubmit_unknown: bool = False
+    regenerate: bool = False
+    submit_lease_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.submit_lease_seconds <= 0:
+            raise ValueError("submit_lease_seconds must be > 0")
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One row of an attempt's history."""
+
+    request_key: str
+    attempt: int
+    state: RequestState
+    owner: str | None
+    estimated_cost: float | None
+    request_id: str | None
+    status_url: str | None
+    response_url: str | None
+    cancel_url: str | None
+    submitted_at: datetime | None
+    completed_at: datetime | None
+    output: dict[str, Any] | None
+    artifacts: dict[str, Any] | None
+    error_type: str | None
+    error_message: str | None
+    retryable: bool | None
+    seconds_generated: float | None
+    actual_cost: float | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A request row joined with its current attempt (attempt fields are None while only planned)."""
+
+    request_key: str
+    item_id: str
+    day: str
+    endpoint_id: str
+    state: RequestState
+    attempt: int
+    spec: dict[str, Any]
+    estimated_cost: float
+    created_at: datetime
+    updated_at: datetime
+    owner: str | None
+    claimed_at: datetime | None
+    request_id: str | None = None
+    status_url: str | None = None
+    response_url: str | None = None
+    cancel_url: str | None = None
+    submitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    output: dict[str, Any] | None = None
+    artifacts: dict[str, Any] | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    retryable: bool | None = None
+    seconds_generated: float | None = None
+    actual_cost: float | None = None
+    attempt_owner: str | None = None
+    attempt_state: RequestState | None = None
+
+    @property
+    def used_openai_key(self) -> bool:
+        return bool(self.spec.get("used_openai_key"))
+
+
+def default_ledger_url(warehouse_uri: str, dagster_home: str | None) -> str:
+    """Where the ledger lives by default; creates the parent directory.
+
+    A local warehouse (plain path or file:// URI) gets `<warehouse>/_ledger/ledger.sqlite`; otherwise
+    `<dagster_home>/sora_ledger.sqlite`; otherwise `./sora_ledger.sqlite`. `dagster_home` is taken as given
+    (pass `os.environ.get("DAGSTER_HOME")`).
+    """
+    parts = urlsplit(warehouse_uri) if warehouse_uri else None
+    if parts is not None and (parts.scheme == "file" or parts.scheme == "" or len(parts.scheme) == 1):
+        local = unquote(parts.path) if parts.scheme == "file" else warehouse_uri
+        path = Path(local).expanduser().resolve() / "_ledger" / "ledger.sqlite"
+    elif dagster_home:
+        path = Path(dagster_home).expanduser().resolve() / "sora_ledger.sqlite"
+    else:
+        path = Path.cwd() / "sora_ledger.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)

@@ -1,0 +1,174 @@
+"""Tables, engine setup (SQLite WAL + BEGIN IMMEDIATE, pooled PostgreSQL) and ordered schema migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON, Boolean, Column, DateTime, Engine, Float, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text,
+    create_engine, event, func, select, text,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.types import TypeDecorator
+
+SQLITE_BUSY_TIMEOUT_S = 60.0
+_PG_LOCK_ID = 0x50_52_41_4C  # advisory lock taken while migrating
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC; naive input is refused)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("ledger timestamps must be timezone-aware")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+requests = Table(
+    "requests", metadata,
+    Column("request_key", String(64), primary_key=True),
+    Column("item_id", Text, nullable=False),
+    Column("day", String(10), nullable=False, index=True),
+    Column("endpoint_id", Text, nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("spec_json", JSON(none_as_null=True), nullable=False),
+    Column("estimated_cost", Float, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("owner", Text),
+    Column("claimed_at", UTCDateTime),
+)
+
+attempts = Table(
+    "attempts", metadata,
+    Column("request_key", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("owner", Text),
+    Column("estimated_cost", Float),
+    Column("request_id", Text, index=True),
+    Column("status_url", Text),
+    Column("response_url", Text),
+    Column("cancel_url", Text),
+    Column("submitted_at", UTCDateTime),
+    Column("completed_at", UTCDateTime),
+    Column("output_json", JSON(none_as_null=True)),
+    Column("artifacts_json", JSON(none_as_null=True)),
+    Column("error_type", Text),
+    Column("error_message", Text),
+    Column("retryable", Boolean),
+    Column("seconds_generated", Float),
+    Column("actual_cost", Float),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("request_key", "attempt", name="pk_attempts"),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    """Initial schema: requests + attempts."""
+    metadata.create_all(conn, tables=[requests, attempts], checkfirst=True)
+
+
+# Append new migrations here; never edit an applied one. Each runs in the migrating transaction.
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def make_engine(url: str, engine_kwargs: dict[str, Any] | None = None) -> Engine:
+    """An engine whose `write()` transactions are serialized correctly on SQLite and pooled on PostgreSQL."""
+    kwargs = dict(engine_kwargs or {})
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database in (None, "", ":memory:"):
+            raise ValueError("the ledger needs a file-backed SQLite database (several connections share it)")
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+        connect_args.setdefault("check_same_thread", False)
+        engine = create_engine(u, connect_args=connect_args, **kwargs)
+        _install_sqlite_hooks(engine)
+    else:
+        kwargs.setdefault("pool_pre_ping", True)
+        kwargs.setdefault("pool_size", 5)
+        kwargs.setdefault("max_overflow", 10)
+        engine = create_engine(u, **kwargs)
+    return engine
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # take transaction control away from the sqlite3 module; SQLAlchemy's "begin" event emits BEGIN
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = FULL")  # a recorded request id must survive a power cut
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("ledger_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: BEGIN IMMEDIATE on SQLite (takes the write lock up front), plain BEGIN elsewhere."""
+    with engine.connect() as conn:
+        conn.execution_options(ledger_write=True)
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        with conn.begin():
+            yield conn
+
+
+def ensure_schema(engine: Engine) -> int:
+    """Create/upgrade the schema under a lock, applying pending migrations in one transaction; returns the version."""
+    with write(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+        metadata.create_all(conn, tables=[schema_version], checkfirst=True)
+        current = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
+        if current > LATEST_VERSION:
+            raise RuntimeError(f"ledger schema version {current} is newer than this code ({LATEST_VERSION})")
+        for version in range(current + 1, LATEST_VERSION + 1):
+            MIGRATIONS[version - 1](conn)
+            conn.execute(schema_version.insert().values(version=version, applied_at=utcnow()))
+        return LATEST_VERSION

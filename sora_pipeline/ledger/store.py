@@ -1,0 +1,373 @@
+"""`Ledger`: the durable record between "decide to submit" and "submit", safe across threads, processes and runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, func, not_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from .model import (
+    AttemptRecord, Decision, LedgerConflict, LedgerEntry, RequestNotPlanned, RequestSpec, RequestState,
+    ResubmitPolicy,
+)
+from .schema import attempts, ensure_schema, make_engine, read, requests, utcnow, write
+
+S = RequestState
+_A = attempts.c
+_R = requests.c
+_ATTEMPT_COLS = [
+    _A.state.label("attempt_state"), _A.owner.label("attempt_owner"), _A.request_id, _A.status_url,
+    _A.response_url, _A.cancel_url, _A.submitted_at, _A.completed_at, _A.output_json, _A.artifacts_json,
+    _A.error_type, _A.error_message, _A.retryable, _A.seconds_generated, _A.actual_cost,
+]
+_JOIN = requests.outerjoin(attempts, and_(_A.request_key == _R.request_key, _A.attempt == _R.attempt))
+_ENTRY_SELECT = select(*requests.c, *_ATTEMPT_COLS).select_from(_JOIN)
+UNCONFIRMED_SUBMIT = (
+    "the submit may have been sent but no request id was recorded (the submitter died or lost its claim); "
+    "check fal's dashboard before resubmitting"
+)
+_PLAN_CHUNK = 500
+
+
+class _LostRace(Exception):
+    """A compare-and-swap update matched no row: roll back and decide again."""
+
+
+def _entry(row: Row) -> LedgerEntry:
+    m = row._mapping
+    return LedgerEntry(
+        request_key=m["request_key"], item_id=m["item_id"], day=m["day"], endpoint_id=m["endpoint_id"],
+        state=S(m["state"]), attempt=m["attempt"], spec=dict(m["spec_json"] or {}),
+        estimated_cost=m["estimated_cost"], created_at=m["created_at"], updated_at=m["updated_at"],
+        owner=m["owner"], claimed_at=m["claimed_at"], request_id=m["request_id"], status_url=m["status_url"],
+        response_url=m["response_url"], cancel_url=m["cancel_url"], submitted_at=m["submitted_at"],
+        completed_at=m["completed_at"], output=m["output_json"], artifacts=m["artifacts_json"],
+        error_type=m["error_type"], error_message=m["error_message"], retryable=m["retryable"],
+        seconds_generated=m["seconds_generated"], actual_cost=m["actual_cost"], attempt_owner=m["attempt_owner"],
+        attempt_state=S(m["attempt_state"]) if m["attempt_state"] else None,
+    )
+
+
+def _attempt(row: Row) -> AttemptRecord:
+    m = row._mapping
+    return AttemptRecord(
+        request_key=m["request_key"], attempt=m["attempt"], state=S(m["state"]), owner=m["owner"],
+        estimated_cost=m["estimated_cost"], request_id=m["request_id"], status_url=m["status_url"],
+        response_url=m["response_url"], cancel_url=m["cancel_url"], submitted_at=m["submitted_at"],
+        completed_at=m["completed_at"], output=m["output_json"], artifacts=m["artifacts_json"],
+        error_type=m["error_type"], error_message=m["error_message"], retryable=m["retryable"],
+        seconds_generated=m["seconds_generated"], actual_cost=m["actual_cost"], created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return value
+
+
+class Ledger:
+    """Durable per-request state on SQLite (file) or PostgreSQL. Every method uses its own pooled connection."""
+
+    def __init__(self, url: str, *, engine_kwargs: dict[str, Any] | None = None) -> None:
+        self._engine = make_engine(url, engine_kwargs)
+        if self._engine.dialect.name not in ("sqlite", "postgresql"):
+            self._engine.dispose()
+            raise ValueError(f"unsupported ledger database: {self._engine.dialect.name}")
+        try:
+            self.schema_version = ensure_schema(self._engine)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Ledger:
+        return cls(url, **kwargs)
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    # ---------------------------------------------------------------- planning and claiming
+    def plan(self, specs: Iterable[RequestSpec]) -> None:
+        """Insert PLANNED rows for keys not present yet (idempotent; concurrent callers safe)."""
+        now = utcnow()
+        rows: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            if spec.request_key not in rows:
+                rows[spec.request_key] = dict(
+                    request_key=spec.request_key, item_id=spec.item_id, day=spec.day, endpoint_id=spec.endpoint_id,
+                    state=S.PLANNED.value, attempt=0, spec_json=spec.spec_json(),
+                    estimated_cost=float(spec.estimated_cost), created_at=now, updated_at=now, owner=None,
+                    claimed_at=None,
+                )
+        if not rows:
+            return
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        values = list(rows.values())
+        with write(self._engine) as conn:
+            for i in range(0, len(values), _PLAN_CHUNK):
+                stmt = insert(requests).values(values[i:i + _PLAN_CHUNK])
+                conn.execute(stmt.on_conflict_do_nothing(index_elements=["request_key"]))
+
+    def claim(
+        self, request_key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None,
+    ) -> tuple[Decision, LedgerEntry]:
+        """Atomically decide what the caller does with this request; see the module docs for the rules."""
+        if not owner:
+            raise ValueError("owner must be a non-empty run/worker id")
+        now = _aware(now, "now") or utcnow()
+        for _ in range(10):
+            try:
+                with write(self._engine) as conn:
+                    decision = self._decide(conn, request_key, owner, policy, now)
+                    entry = self._get(conn, request_key)
+                    assert entry is not None
+                    return decision, entry
+            except (_LostRace, IntegrityError):  # IntegrityError: the attempts PK caught a duplicate attempt
+                continue
+        raise LedgerConflict(f"could not claim request {request_key}: it kept changing under us")
+
+    def _decide(self, conn: Connection, key: str, owner: str, policy: ResubmitPolicy, now: datetime) -> Decision:
+        row = conn.execute(
+            _ENTRY_SELECT.where(_R.request_key == key).with_for_update(of=requests)
+        ).first()
+        if row is None:
+            raise RequestNotPlanned(f"request {key} was never planned")
+        e = _entry(row)
+        state, n = e.state, e.attempt
+        if state is S.SUBMITTING:
+            lease_ok = e.claimed_at is not None and (now - e.claimed_at).total_seconds() < policy.submit_lease_seconds
+            if e.owner != owner and lease_ok:
+                return Decision.BUSY
+            self._cas(conn, key, S.SUBMITTING, n, S.UNKNOWN, now)
+            conn.execute(
+                update(attempts).where(_A.request_key == key, _A.attempt == n, _A.state == S.SUBMITTING.value)
+                .values(state=S.UNKNOWN.value, error_type="unconfirmed_submit", error_message=UNCONFIRMED_SUBMIT,
+                        updated_at=now)
+            )
+            state = S.UNKNOWN
+        if state is S.PLANNED:
+            return self._submit(conn, e, state, owner, now)
+        if state is S.COMPLETED:
+            if policy.regenerate and e.attempt_owner != owner:
+                return self._submit(conn, e, state, owner, now)
+            return Decision.REUSE
+        if state is S.SUBMITTED:
+            return Decision.RESUME
+        used = n - self._last_completed(conn, key)
+        if state is S.UNKNOWN:
+            if policy.resubmit_unknown and used < policy.max_attempts:
+                return self._submit(conn, e, state, owner, now)
+            return Decision.SKIP_UNKNOWN
+        if state is S.FAILED:
+            if e.retryable and used < policy.max_attempts:
+                return self._submit(conn, e, state, owner, now)
+            return Decision.SKIP_FAILED
+        if state is S.CANCELLED:
+            if used < policy.max_attempts:
+                return self._submit(conn, e, state, owner, now)
+            return Decision.SKIP_FAILED
+        raise AssertionError(f"unhandled state {state}")
+
+    @staticmethod
+    def _cas(conn: Connection, key: str, expect_state: RequestState, expect_attempt: int, new: RequestState,
+             now: datetime, **values: Any) -> None:
+        res = conn.execute(
+            update(requests)
+            .where(_R.request_key == key, _R.state == expect_state.value, _R.attempt == expect_attempt)
+            .values(state=new.value, updated_at=now, **values)
+        )
+        if res.rowcount != 1:
+            raise _LostRace()
+
+    def _submit(self, conn: Connection, e: LedgerEntry, state: RequestState, owner: str, now: datetime) -> Decision:
+        new = e.attempt + 1
+        self._cas(conn, e.request_key, state, e.attempt, S.SUBMITTING, now, attempt=new, owner=owner, claimed_at=now)
+        conn.execute(attempts.insert().values(
+            request_key=e.request_key, attempt=new, state=S.SUBMITTING.value, owner=owner,
+            estimated_cost=e.estimated_cost, created_at=now, updated_at=now,
+        ))
+        return Decision.SUBMIT
+
+    @staticmethod
+    def _last_completed(conn: Connection, key: str) -> int:
+        """Attempt number of the latest completed attempt (0 if none): the attempt cap counts from there."""
+        q = select(func.max(_A.attempt)).where(_A.request_key == key, _A.state == S.COMPLETED.value)
+        return conn.execute(q).scalar() or 0
+
+    # ---------------------------------------------------------------- transitions of one attempt
+    def _transition(
+        self, key: str, attempt: int, target: RequestState, allowed: set[RequestState], values: dict[str, Any],
+        *, noop: Any = None,
+    ) -> None:
+        """Move attempt `attempt` to `target` (its history row always; the request row only if still current)."""
+        now = utcnow()
+        with write(self._engine) as conn:
+            req = conn.execute(
+                select(_R.state, _R.attempt).where(_R.request_key == key).with_for_update()
+            ).first()
+            if req is None:
+                raise RequestNotPlanned(f"request {key} was never planned")
+            att = conn.execute(
+                select(attempts).where(_A.request_key == key, _A.attempt == attempt).with_for_update()
+            ).first()
+            if att is None:
+                raise LedgerConflict(f"request {key} has no attempt {attempt}")
+            if noop is not None and noop(att):
+                return
+            if S(att.state) not in allowed:
+                raise LedgerConflict(
+                    f"attempt {attempt} of request {key} is {att.state}; it cannot become {target.value}"
+                )
+            conn.execute(
+                update(attempts).where(_A.request_key == key, _A.attempt == attempt)
+                .values(state=target.value, updated_at=now, **values)
+            )
+            current = req.attempt == attempt
+            if current:
+                conn.execute(
+                    update(requests).where(_R.request_key == key, _R.attempt == attempt)
+                    .values(state=target.value, updated_at=now)
+                )
+        if not current:
+            raise LedgerConflict(
+                f"attempt {attempt} of request {key} is stale (current attempt {req.attempt} is {req.state}); "
+                f"recorded as {target.value} in its history only",
+                recorded=True,
+            )
+
+    def mark_submitted(
+        self, request_key: str, attempt: int, *, request_id: str, status_url: str | None,
+        response_url: str | None, cancel_url: str | None, submitted_at: datetime | None = None,
+    ) -> None:
+        """Record the request id (SUBMITTING, or UNKNOWN after a lease expiry, -> SUBMITTED) in one transaction."""
+        if not request_id:
+            raise ValueError("request_id must not be empty")
+        self._transition(
+            request_key, attempt, S.SUBMITTED, {S.SUBMITTING, S.UNKNOWN},
+            dict(request_id=request_id, status_url=status_url, response_url=response_url, cancel_url=cancel_url,
+                 submitted_at=_aware(submitted_at, "submitted_at") or utcnow(), error_type=None,
+                 error_message=None),
+            noop=lambda a: a.state == S.SUBMITTED.value and a.request_id == request_id,
+        )
+
+    def mark_completed(
+        self, request_key: str, attempt: int, *, output: dict[str, Any], completed_at: datetime | None = None,
+        seconds_generated: float | None = None, actual_cost: float | None = None,
+    ) -> None:
+        """Record a paid result. Accepted from any non-completed state (a result must never be lost)."""
+        self._transition(
+            request_key, attempt, S.COMPLETED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.CANCELLED, S.FAILED},
+            dict(output_json=dict(output), completed_at=_aware(completed_at, "completed_at") or utcnow(),
+                 seconds_generated=seconds_generated, actual_cost=actual_cost, error_type=None, error_message=None,
+                 retryable=None),
+            noop=lambda a: a.state == S.COMPLETED.value,
+        )
+
+    def mark_failed(
+        self, request_key: str, attempt: int, *, error_type: str, error_message: str, retryable: bool,
+    ) -> None:
+        self._transition(
+            request_key, attempt, S.FAILED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.FAILED},
+            dict(error_type=error_type, error_message=error_message, retryable=bool(retryable)),
+        )
+
+    def mark_unknown(self, request_key: str, attempt: int, *, error_message: str) -> None:
+        self._transition(
+            request_key, attempt, S.UNKNOWN, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN},
+            dict(error_type="unknown", error_message=error_message),
+        )
+
+    def mark_cancelled(self, request_key: str, attempt: int, *, reason: str) -> None:
+        self._transition(
+            request_key, attempt, S.CANCELLED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.CANCELLED},
+            dict(error_type="cancelled", error_message=reason),
+        )
+
+    def set_artifacts(self, request_key: str, attempt: int, artifacts: dict[str, Any]) -> None:
+        """Merge `artifacts` into the attempt's artifacts (archive uri, sha256, probe, size)."""
+        with write(self._engine) as conn:
+            conn.execute(select(_R.attempt).where(_R.request_key == request_key).with_for_update()).first()
+            current = conn.execute(
+                select(_A.artifacts_json).where(_A.request_key == request_key, _A.attempt == attempt)
+                .with_for_update()
+            ).first()
+            if current is None:
+                raise LedgerConflict(f"request {request_key} has no attempt {attempt}")
+            merged = dict(current.artifacts_json or {}) | dict(artifacts)
+            conn.execute(
+                update(attempts).where(_A.request_key == request_key, _A.attempt == attempt)
+                .values(artifacts_json=merged, updated_at=utcnow())
+            )
+
+    # ---------------------------------------------------------------- queries
+    @staticmethod
+    def _get(conn: Connection, key: str) -> LedgerEntry | None:
+        row = conn.execute(_ENTRY_SELECT.where(_R.request_key == key)).first()
+        return None if row is None else _entry(row)
+
+    def get(self, request_key: str) -> LedgerEntry | None:
+        with read(self._engine) as conn:
+            return self._get(conn, request_key)
+
+    def history(self, request_key: str) -> list[AttemptRecord]:
+        with read(self._engine) as conn:
+            rows = conn.execute(select(attempts).where(_A.request_key == request_key).order_by(_A.attempt))
+            return [_attempt(r) for r in rows]
+
+    def entries_for_day(self, day: str, endpoint_id: str | None = None) -> list[LedgerEntry]:
+        q = _ENTRY_SELECT.where(_R.day == day)
+        if endpoint_id is not None:
+            q = q.where(_R.endpoint_id == endpoint_id)
+        with read(self._engine) as conn:
+            return [_entry(r) for r in conn.execute(q.order_by(_R.item_id, _R.request_key))]
+
+    def in_flight(self, owner: str | None = None) -> list[LedgerEntry]:
+        """SUBMITTED requests (those with a request id to poll or cancel), optionally only the given owner's."""
+        q = _ENTRY_SELECT.where(_R.state == S.SUBMITTED.value)
+        if owner is not None:
+            q = q.where(_R.owner == owner)
+        with read(self._engine) as conn:
+            return [_entry(r) for r in conn.execute(q.order_by(_R.claimed_at, _R.request_key))]
+
+    def counts_by_state(self, day: str | None = None) -> dict[str, int]:
+        q = select(_R.state, func.count()).group_by(_R.state)
+        if day is not None:
+            q = q.where(_R.day == day)
+        counts = {s.value: 0 for s in S}
+        with read(self._engine) as conn:
+            counts.update({state: int(n) for state, n in conn.execute(q)})
+        return counts
+
+    def spent(self, day: str) -> float:
+        """Estimated cost of the attempts claimed on UTC calendar day `day` that may have reached fal.
+
+        Only a failed attempt without a request id (the submit was refused) is left out; a SUBMITTING/UNKNOWN one
+        may have been billed and counts.
+        """
+        start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=timezone.utc)
+        q = select(func.coalesce(func.sum(_A.estimated_cost), 0.0)).where(
+            _A.created_at >= start, _A.created_at < start + timedelta(days=1),
+            not_(and_(_A.state == S.FAILED.value, _A.request_id.is_(None))),
+        )
+        with read(self._engine) as conn:
+            return float(conn.execute(q).scalar() or 0.0)

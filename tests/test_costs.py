@@ -1,0 +1,111 @@
+"""Price table, estimates, actual cost by probed size, and the budget guard."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from sora_pipeline.costs import (
+    PRICE_TABLE_ENV, BudgetGuard, PriceTable, PriceTableError, actual_cost, describe, estimate_cost,
+)
+from sora_pipeline.fal.models import Resolution
+
+
+def test_default_prices_and_estimates():
+    p = PriceTable()
+    assert p.per_second == {"720p": 0.30, "1080p": 0.50} and p.currency == "USD"
+    assert estimate_cost(p, resolution="720p", duration_s=4, byo_openai_key=False) == pytest.approx(1.2)
+    assert estimate_cost(p, resolution=Resolution.P1080, duration_s=12, byo_openai_key=False) == pytest.approx(6.0)
+    assert estimate_cost(p, resolution="auto", duration_s=8, byo_openai_key=False) == pytest.approx(4.0)
+    assert estimate_cost(p, resolution="1080p", duration_s=12, byo_openai_key=True) == 0.0
+    with pytest.raises(KeyError):
+        estimate_cost(p, resolution="4k", duration_s=4, byo_openai_key=False)
+    with pytest.raises(ValueError):
+        estimate_cost(p, resolution="720p", duration_s=-1, byo_openai_key=False)
+
+
+def test_auto_priced_high_or_configured():
+    assert PriceTable(per_second={"720p": 0.3, "1080p": 0.5, "480p": 0.1}).rate("auto") == 0.5
+    assert PriceTable(auto=0.4).rate("auto") == 0.4
+    assert describe(PriceTable())["auto"] == 0.5
+
+
+def test_actual_cost_by_output_size():
+    p = PriceTable()
+    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=1080, width=1920) == pytest.approx(2.0)
+    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=1920, width=1080) == pytest.approx(2.0)
+    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=720, width=1280) == pytest.approx(1.2)
+    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=1280, width=720) == pytest.approx(1.2)
+    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=1088) == pytest.approx(2.0)
+    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=480) == pytest.approx(1.2)
+    assert actual_cost(p, seconds_generated=8, byo_openai_key=False, resolution="720p") == pytest.approx(2.4)
+    assert actual_cost(p, seconds_generated=8, byo_openai_key=False) == pytest.approx(4.0)  # unknown size: auto
+    assert actual_cost(p, seconds_generated=None, byo_openai_key=False, height=1080) is None
+    assert actual_cost(p, seconds_generated=12, byo_openai_key=True, height=1080) == 0.0
+
+
+def test_from_env(monkeypatch):
+    monkeypatch.delenv(PRICE_TABLE_ENV, raising=False)
+    assert PriceTable.from_env() == PriceTable()
+    monkeypatch.setenv(PRICE_TABLE_ENV, '{"720p": 0.25, "1080p": 0.6}')
+    assert PriceTable.from_env().per_second == {"720p": 0.25, "1080p": 0.6}
+    assert PriceTable.from_env({PRICE_TABLE_ENV: '{"1080p": 0.7, "auto": 0.65}'}).rate("auto") == 0.65
+    full = PriceTable.from_env({PRICE_TABLE_ENV: '{"per_second": {"720p": 1}, "currency": "EUR"}'})
+    assert full.currency == "EUR" and full.rate("720p") == 1 and full.rate("1080p") == 0.5
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ("{720p: 0.3}", "not valid JSON"),
+    ("[0.3, 0.5]", "must be a JSON object"),
+    ('{"720p": "cheap"}', "must be a number"),
+    ('{"720p": -1}', ">= 0"),
+    ('{"720": 0.3}', "must look like"),
+    ('{"per_second": 3}', "per_second must be a JSON object"),
+    ('{"720p": 0.3, "colour": "red"}', "must look like"),
+])
+def test_from_env_errors_are_clear(raw, needle):
+    with pytest.raises(PriceTableError, match=PRICE_TABLE_ENV) as exc:
+        PriceTable.from_env({PRICE_TABLE_ENV: raw})
+    assert needle in str(exc.value)
+    assert isinstance(exc.value, ValueError)
+
+
+def test_budget_guard_caps():
+    g = BudgetGuard(per_run_cap=10.0, per_day_cap=None, already_spent_today=0.0)
+    assert g.try_reserve(6.0) and not g.try_reserve(4.5) and g.try_reserve(4.0)
+    assert g.reserved == pytest.approx(10.0) and g.remaining() == pytest.approx(0.0)
+    assert g.try_reserve(0.0)  # BYO-key work costs nothing
+    g.release(4.0)
+    assert g.remaining() == pytest.approx(4.0)
+    d = BudgetGuard(per_run_cap=100.0, per_day_cap=20.0, already_spent_today=15.0)
+    assert d.remaining() == pytest.approx(5.0) and not d.try_reserve(6.0) and d.try_reserve(5.0)
+    assert BudgetGuard(None, None).remaining() == math.inf and BudgetGuard(None, None).try_reserve(1e6)
+    over = BudgetGuard(per_run_cap=None, per_day_cap=5.0, already_spent_today=9.0)
+    assert over.remaining() == 0.0 and not over.try_reserve(0.01) and over.try_reserve(0)
+    with pytest.raises(ValueError):
+        g.try_reserve(-1)
+    with pytest.raises(ValueError):
+        BudgetGuard(per_run_cap=-1, per_day_cap=None)
+
+
+def test_budget_guard_threads():
+    g = BudgetGuard(per_run_cap=50.0, per_day_cap=80.0, already_spent_today=20.0)  # effective cap 50
+    granted: list[bool] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(16)
+
+    def run() -> None:
+        barrier.wait()
+        for _ in range(100):
+            ok = g.try_reserve(0.5)
+            with lock:
+                granted.append(ok)
+
+    threads = [threading.Thread(target=run) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 100 and g.reserved == pytest.approx(50.0) and g.remaining() == pytest.approx(0.0)
