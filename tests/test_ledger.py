@@ -381,16 +381,23 @@ def test_completed_after_cancel_or_failure_is_kept(ledger):
 
 def test_spent_per_day(ledger):
     t = datetime(2026, 3, 4, 23, 59, tzinfo=timezone.utc)
-    keys = [planned(ledger, i, cost=1.5) for i in range(4)]
+    keys = [planned(ledger, i, cost=1.5, day="2026-03-01") for i in range(4)]
+    other = planned(ledger, 9, cost=7.0, day="2026-03-02")
     for k in keys:
         submit(ledger, k, now=t)
     submitted(ledger, keys[0], 1)
     ledger.mark_failed(keys[1], 1, error_type="validation", error_message="422", retryable=False)  # never sent
     ledger.mark_unknown(keys[2], 1, error_message="timeout")  # may be billed
-    assert ledger.spent("2026-03-04") == pytest.approx(4.5)
-    assert ledger.spent("2026-03-05") == 0.0
+    assert ledger.spent("2026-03-01") == pytest.approx(4.5)  # keys[3] is SUBMITTING: counted
+    assert ledger.spent("2026-03-02") == 0.0
+    assert ledger.spent("2026-03-04", by="claimed_utc") == pytest.approx(4.5)
+    assert ledger.spent("2026-03-05", by="claimed_utc") == 0.0
     submit(ledger, keys[2], policy=ResubmitPolicy(resubmit_unknown=True), now=t + timedelta(minutes=2))
-    assert ledger.spent("2026-03-05") == pytest.approx(1.5)
+    submit(ledger, other, now=t + timedelta(minutes=2))
+    assert ledger.spent("2026-03-01") == pytest.approx(6.0) and ledger.spent("2026-03-02") == pytest.approx(7.0)
+    assert ledger.spent("2026-03-05", by="claimed_utc") == pytest.approx(8.5)
+    with pytest.raises(ValueError):
+        ledger.spent("2026-03-05", by="week")
 
 
 # ---------------------------------------------------------------- concurrency

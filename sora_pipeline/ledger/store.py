@@ -358,16 +358,23 @@ class Ledger:
             counts.update({state: int(n) for state, n in conn.execute(q)})
         return counts
 
-    def spent(self, day: str) -> float:
-        """Estimated cost of the attempts claimed on UTC calendar day `day` that may have reached fal.
+    def spent(self, day: str, *, by: str = "request_day") -> float:
+        """Estimated cost of the attempts that may have reached fal, for a per-day budget cap.
 
-        Only a failed attempt without a request id (the submit was refused) is left out; a SUBMITTING/UNKNOWN one
-        may have been billed and counts.
+        `by="request_day"` (default) counts attempts of requests planned for `day` (the pipeline's partition day);
+        `by="claimed_utc"` counts attempts claimed on UTC calendar date `day`, whatever their request's day. Only a
+        failed attempt without a request id (the submit was refused) is left out: SUBMITTING/UNKNOWN ones may have
+        been billed and count.
         """
         start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=timezone.utc)
         q = select(func.coalesce(func.sum(_A.estimated_cost), 0.0)).where(
-            _A.created_at >= start, _A.created_at < start + timedelta(days=1),
-            not_(and_(_A.state == S.FAILED.value, _A.request_id.is_(None))),
+            not_(and_(_A.state == S.FAILED.value, _A.request_id.is_(None)))
         )
+        if by == "request_day":
+            q = q.select_from(attempts.join(requests, _R.request_key == _A.request_key)).where(_R.day == day)
+        elif by == "claimed_utc":
+            q = q.where(_A.created_at >= start, _A.created_at < start + timedelta(days=1))
+        else:
+            raise ValueError("by must be 'request_day' or 'claimed_utc'")
         with read(self._engine) as conn:
             return float(conn.execute(q).scalar() or 0.0)
