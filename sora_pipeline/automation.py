@@ -1,6 +1,5 @@
 """The daily job and its schedule, and a sensor that requests days whose catalog rows are new or changed."""
 
-from __future__ import annotations
 
 import json
 

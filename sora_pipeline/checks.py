@@ -1,6 +1,5 @@
 """Asset checks: the videos are what was asked for, and the day's catalog slice is clean."""
 
-from __future__ import annotations
 
 from collections import Counter
 

@@ -30,7 +30,7 @@ def main() -> int:
         started = time.monotonic()
         result = dg.materialize(selection, partition_key=day, resources=resources, instance=instance,
                                 asset_checks=ALL_CHECKS, raise_on_error=False)
-        checks = [e.event_specific_data.asset_check_evaluation for e in result.all_events
+        checks = [e.event_specific_data for e in result.all_events
                   if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         failed_checks = [c.check_name for c in checks if not c.passed]
         print(f"  {day}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s; "

@@ -1,6 +1,5 @@
 """`generation_daily_stats`: one row per day summarizing what the pipeline did (counts, latency, cost, mix)."""
 
-from __future__ import annotations
 
 from datetime import date
 

@@ -1,6 +1,5 @@
 """The day's slice of the catalog: valid rows (`catalog_items`) and rows that break a rule (`rejected_items`)."""
 
-from __future__ import annotations
 
 from datetime import date
 
@@ -22,16 +21,15 @@ catalog_source = dg.AssetSpec(
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("catalog_items", group_name=GROUP, code_version="1", metadata=spec_metadata(CATALOG_ITEMS),
+        dg.AssetSpec("catalog_items", group_name=GROUP, deps=[catalog_source], code_version="1", metadata=spec_metadata(CATALOG_ITEMS),
                      description="Valid catalog rows scheduled for the day (scheduled_date filter pushed down "
                                  "into the Parquet scan), normalized (nulls → defaults, paths resolved).",
                      kinds={"parquet"}),
-        dg.AssetSpec("rejected_items", group_name=GROUP, code_version="1", metadata=spec_metadata(REJECTED_ITEMS),
+        dg.AssetSpec("rejected_items", group_name=GROUP, deps=[catalog_source], code_version="1", metadata=spec_metadata(REJECTED_ITEMS),
                      description="Catalog rows of the day that break a contract rule, each with a one-line "
                                  "reason naming the row and the field. They never stop the day.",
                      kinds={"parquet"}),
     ],
-    deps=[catalog_source],
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
 )

@@ -2,7 +2,6 @@
 
 Writes `generations` (one row per item: what happened) and `failed_generations` (items without a video)."""
 
-from __future__ import annotations
 
 from collections import Counter
 

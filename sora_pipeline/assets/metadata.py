@@ -1,6 +1,5 @@
 """`video_metadata`: one row per generated video of the day, media values reconciled between API and probe."""
 
-from __future__ import annotations
 
 import json
 

@@ -164,6 +164,10 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         return {"status_url": f"{root}/status", "response_url": root, "cancel_url": f"{root}/cancel"}
 
     def status_body(job: Job, base: str, with_logs: bool) -> tuple[int, dict[str, Any]]:
+        with book.lock:
+            return _status_body(job, base, with_logs)
+
+    def _status_body(job: Job, base: str, with_logs: bool) -> tuple[int, dict[str, Any]]:
         now = time.monotonic()
         u = urls(base, job)
         body: dict[str, Any] = {"status": job.state, "request_id": job.id, "response_url": u["response_url"],

@@ -1,0 +1,52 @@
+"""`python -m sora_pipeline.simulator --port 8765 --seed 1 --fault rate_limit=0.1` — run the simulator by hand."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from sora_pipeline.simulator.config import FAULT_KINDS, SimulatorConfig
+from sora_pipeline.simulator.server import SimulatorServer
+
+
+def _fault(text: str) -> tuple[str, float]:
+    kind, sep, p = text.partition("=")
+    if not sep or kind not in FAULT_KINDS:
+        raise argparse.ArgumentTypeError(f"expected KIND=PROBABILITY with KIND in {', '.join(FAULT_KINDS)}")
+    return kind, float(p)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m sora_pipeline.simulator", description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 = pick a free port")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--queue-latency", type=float, default=0.0)
+    ap.add_argument("--run-latency", type=float, default=0.5)
+    ap.add_argument("--max-running", type=int, default=None)
+    ap.add_argument("--fps", type=int, default=24)
+    ap.add_argument("--no-metadata", action="store_true", help="result video has only url + content_type")
+    ap.add_argument("--fault", type=_fault, action="append", default=[], metavar="KIND=P")
+    ap.add_argument("--slow-seconds", type=float, default=2.0)
+    ap.add_argument("--retry-after", type=float, default=0.2)
+    ap.add_argument("--key", action="append", default=None, help="accepted key (repeatable; default: any)")
+    ap.add_argument("--no-auth", action="store_true")
+    ap.add_argument("--video-cache-dir", default=None)
+    args = ap.parse_args(argv)
+    config = SimulatorConfig(
+        seed=args.seed, queue_latency=args.queue_latency, run_latency=args.run_latency,
+        max_running=args.max_running, fps=args.fps, include_metadata=not args.no_metadata,
+        faults=dict(args.fault), slow_seconds=args.slow_seconds, retry_after_seconds=args.retry_after,
+        accepted_keys=args.key, auth_required=not args.no_auth, video_cache_dir=args.video_cache_dir,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with SimulatorServer(config, host=args.host, port=args.port) as server:
+        print(server.base_url, flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()
