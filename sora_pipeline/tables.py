@@ -184,8 +184,12 @@ def _asides(ops: _Ops, tdir: str, d: str) -> list[str]:
     return [ops.join(tdir, STAGING, n) for n in names]
 
 
-def _recover(ops: _Ops, tdir: str, d: str) -> None:
-    """Finish an interrupted swap of day `d`: restore a moved-aside copy if `date=d` is missing, drop leftovers."""
+def _recover(ops: _Ops, tdir: str, d: str, *, writer: bool = False) -> None:
+    """Finish an interrupted swap of day `d`: restore a moved-aside copy if `date=d` is missing, drop leftovers.
+
+    The (single) writer of a day also deletes every unfinished staging folder of that day; readers delete only
+    local ones older than STALE_STAGING_SECONDS, since a writer may be filling one right now.
+    """
     target = ops.join(tdir, f"date={d}")
     asides = _asides(ops, tdir, d)
     if asides and not ops.exists(target):
@@ -197,12 +201,15 @@ def _recover(ops: _Ops, tdir: str, d: str) -> None:
     for aside in asides:
         if ops.exists(target):
             ops.rmtree(aside)
-    if ops.local:
-        staging = ops.join(tdir, STAGING)
-        for name in ops.listdir(staging):
-            path = os.path.join(staging, name)
-            if name.startswith(f"date={d}-") and time.time() - os.path.getmtime(path) > STALE_STAGING_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
+    staging = ops.join(tdir, STAGING)
+    for name in ops.listdir(staging):
+        if not name.startswith(f"date={d}-"):
+            continue
+        path = ops.join(staging, name)
+        if writer:
+            ops.rmtree(path)
+        elif ops.local and time.time() - os.path.getmtime(path) > STALE_STAGING_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _move_aside(ops: _Ops, target: str, aside: str) -> None:
@@ -226,7 +233,7 @@ def write_day_partition(warehouse_uri: str, table: str, day: date | str, data: p
         raise ValueError(f"table {table!r}: 'date' is the partition column and cannot be a data column")
     d = _day(day)
     ops, tdir = _locate(warehouse_uri, table, storage_options)
-    _recover(ops, tdir, d)
+    _recover(ops, tdir, d, writer=True)
     staging = ops.join(tdir, STAGING)
     stage = ops.join(staging, f"date={d}-{uuid.uuid4().hex}")
     ops.makedirs(stage)
