@@ -11,7 +11,7 @@ from sora_pipeline.warehouse import WarehouseResource
 
 daily_generation_job = dg.define_asset_job(
     "daily_generation_job",
-    selection=dg.AssetSelection.assets("generation_daily_stats").upstream()
+    selection=dg.AssetSelection.assets("generation_daily_stats").upstream().required_multi_asset_neighbors()
     - dg.AssetSelection.assets("catalog"),
     partitions_def=daily_partitions,
     description="Catalog slice → generations → video_metadata → daily stats for one day.",

@@ -127,12 +127,18 @@ def _is_local(fs: Any) -> bool:
     return bool(_LOCAL_PROTOCOLS & set(protocols))
 
 
-def _looks_hive(fs: Any, path: str) -> bool:
-    for entry in fs.ls(path, detail=True):
-        name = posixpath.basename(str(entry["name"]).rstrip("/"))
-        if entry.get("type") == "directory" and "=" in name and not name.startswith((".", "_")):
-            return True
-    return False
+_DATA_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
+def _data_files(fs: Any, path: str) -> list[str]:
+    """Parquet files under a catalog folder, skipping hidden/underscore names at any depth (e.g. `_SUCCESS`)."""
+    out = []
+    for f in sorted(fs.find(path)):
+        rel = posixpath.relpath(f, path) if not f.startswith(path) else f[len(path):].lstrip("/")
+        parts = rel.split("/")
+        if parts[-1].lower().endswith(_DATA_SUFFIXES) and not any(p.startswith((".", "_")) for p in parts):
+            out.append(f)
+    return out
 
 
 def _open(uri: str, storage_options: dict | None) -> _Catalog:
@@ -145,25 +151,29 @@ def _open(uri: str, storage_options: dict | None) -> _Catalog:
     is_dir = info.get("type") == "directory"
     afs = pafs.LocalFileSystem() if local else fs  # pyarrow wraps fsspec filesystems itself
     try:
-        if is_dir and _looks_hive(fs, path):
-            dataset = ds.dataset(path, filesystem=afs, format="parquet", partitioning="hive")
+        files = _data_files(fs, path) if is_dir else [path]
+        if not files:
+            raise CatalogError(f"catalog {uri!r} contains no Parquet files")
+        rels = [f[len(path):].lstrip("/").split("/") for f in files] if is_dir else []
+        if any(len(r) > 1 and "=" in r[0] for r in rels):  # hive-partitioned, e.g. scheduled_date=2026-11-20/
+            dataset = ds.dataset(files, filesystem=afs, format="parquet", partitioning="hive",
+                                 partition_base_dir=path)
             part_schema = dataset.partitioning.schema
             if "scheduled_date" in part_schema.names:  # partition values are inferred as strings: make it a date
                 idx = part_schema.get_field_index("scheduled_date")
                 typed = part_schema.set(idx, pa.field("scheduled_date", pa.date32()))
-                dataset = ds.dataset(dataset.files, filesystem=afs, format="parquet", partition_base_dir=path,
+                dataset = ds.dataset(files, filesystem=afs, format="parquet", partition_base_dir=path,
                                      partitioning=ds.partitioning(typed, flavor="hive"))
         else:
-            dataset = ds.dataset(path, filesystem=afs, format="parquet")
-        fragments = list(dataset.get_fragments())
-        if not fragments:
-            raise CatalogError(f"catalog {uri!r} contains no Parquet files")
-        # the first file's schema is not the catalog's: a column may appear only in later files
-        schema = pa.unify_schemas([f.physical_schema for f in fragments], promote_options="permissive")
-        for fld in dataset.schema:
-            if fld.name not in schema.names:
-                schema = schema.append(fld)
-        dataset = dataset.replace_schema(schema)
+            dataset = ds.dataset(files, filesystem=afs, format="parquet")
+        if len(files) > 1:
+            # the first file's schema is not the catalog's: a column may appear only in later files
+            schema = pa.unify_schemas([f.physical_schema for f in dataset.get_fragments()],
+                                      promote_options="permissive")
+            for fld in dataset.schema:
+                if fld.name not in schema.names:
+                    schema = schema.append(fld)
+            dataset = dataset.replace_schema(schema)
     except CatalogError:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -227,6 +237,8 @@ def _duration(value: Any) -> tuple[Duration | None, str | None]:
         number = int(value.strip())
     if number is not None and number in {int(d) for d in Duration}:
         return Duration(number), None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     shown = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _show(value)
     return None, f"{shown} is not one of {_ALLOWED_DUR}"
 
@@ -265,7 +277,7 @@ class _ImageResolver:
             protocol, rest = m.group(1).lower(), m.group(2)
             if protocol in _LOCAL_PROTOCOLS:
                 return self._local(uri, rest, relative_ok=False)
-            if protocol in _WRAPPER_PROTOCOLS or protocol not in fsspec.registry.known_implementations:
+            if protocol in _WRAPPER_PROTOCOLS or protocol not in fsspec.available_protocols():
                 return None, f"{_show(uri)} uses an unsupported protocol {protocol!r}"
             return uri, None
         if self.cat.local:
@@ -311,8 +323,11 @@ def _duplicates(dataset: ds.Dataset, ids: set[str]) -> dict[str, int]:
     typ = dataset.schema.field("item_id").type
     if not ids or not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
         return {}
-    found = dataset.to_table(columns=["item_id"],
-                             filter=ds.field("item_id").isin(pa.array(sorted(ids), type=typ)))
+    ordered = sorted(ids)
+    # the range lets row-group min/max statistics skip most of the column when ids are clustered
+    flt = ((ds.field("item_id") >= pa.scalar(ordered[0], typ)) & (ds.field("item_id") <= pa.scalar(ordered[-1], typ))
+           & ds.field("item_id").isin(pa.array(ordered, type=typ)))
+    found = dataset.to_table(columns=["item_id"], filter=flt)
     counts = pc.value_counts(found.column("item_id").combine_chunks())
     return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["counts"] > 1}
 
@@ -371,7 +386,7 @@ def read_catalog_day(uri: str, day: date, *, image_roots: Sequence[str] = (),
         if problem is not None:
             field, why = problem
             shown_id = _show(item_id) if item_id is not None else "None"
-            reason = " ".join(f"row {index} (item_id={shown_id}): {field}: {why}".split())
+            reason = re.sub(r"[\r\n\t]+", " ", f"row {index} (item_id={shown_id}): {field}: {why}")
             rejected.append(RejectedRow(item_id=item_id if isinstance(item_id, str) else None, scheduled_date=day,
                                         row_index=index, field=field, reason=reason, raw=_raw(row)))
             continue

@@ -26,6 +26,7 @@ from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
 from sora_pipeline.fal.errors import AmbiguousSubmitError, FalError, WaitTimeoutError
 from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
+from sora_pipeline.failpoints import failpoint
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, RequestSpec, RequestState, ResubmitPolicy
 from sora_pipeline.media import MediaProbeError, probe_video
@@ -292,6 +293,7 @@ class GenerationRunner:
                                       api_key=self.config.openai_api_key)
         self.progress.set(item.item_id, "submitting")
         out.decision = "submitted"
+        failpoint("before_submit")
         try:
             handle = await self._client.submit(arguments)
         except AmbiguousSubmitError as exc:
@@ -307,6 +309,7 @@ class GenerationRunner:
         await asyncio.to_thread(self.ledger.mark_submitted, key, attempt, request_id=handle.request_id,
                                 status_url=handle.status_url, response_url=handle.response_url,
                                 cancel_url=handle.cancel_url, submitted_at=now)
+        failpoint("after_submit")
         self.progress.submitted += 1
         out.request_id, out.submitted_at = handle.request_id, now
         return handle
@@ -321,6 +324,7 @@ class GenerationRunner:
             nonlocal seen_logs
             if status.status == "IN_PROGRESS" and out.started_at is None:
                 out.started_at = datetime.now(UTC)
+            failpoint("mid_poll")
             phase = {"IN_QUEUE": "in_queue", "IN_PROGRESS": "in_progress"}.get(status.status, "in_progress")
             self.progress.set(item_id, phase, queue_position=status.queue_position)
             for entry in status.logs[seen_logs:]:
@@ -383,6 +387,7 @@ class GenerationRunner:
             tmp_dir = os.path.join(cfg.archive_root, ".incoming")
             os.makedirs(tmp_dir, exist_ok=True)
         file = await download_video(self._http, out.video_url, queue_base_url=cfg.queue_base_url, tmp_dir=tmp_dir)
+        failpoint("mid_download")
         try:
             try:
                 probe = await asyncio.to_thread(probe_video, file.path)

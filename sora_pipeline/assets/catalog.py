@@ -5,7 +5,7 @@ from datetime import date
 
 import dagster as dg
 
-from sora_pipeline.assets.lineage import spec_metadata, table_metadata
+from sora_pipeline.assets.lineage import selected_results, spec_metadata, table_metadata
 from sora_pipeline.catalog import read_catalog_day
 from sora_pipeline.partitions import daily_partitions
 from sora_pipeline.schemas import CATALOG_ITEMS, REJECTED_ITEMS
@@ -32,6 +32,7 @@ catalog_source = dg.AssetSpec(
     ],
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
+    can_subset=True,  # both tables are always written; events only for the selected ones
 )
 def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
@@ -50,9 +51,9 @@ def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
                      f"{len(valid)} valid, {len(rejected)} rejected")
     valid_uri = warehouse.write(CATALOG_ITEMS, day, valid)
     rejected_uri = warehouse.write(REJECTED_ITEMS, day, rejected)
-    yield dg.MaterializeResult(asset_key="catalog_items", metadata=table_metadata(
-        CATALOG_ITEMS, valid_uri, len(valid), upstream="catalog",
-        extra={"catalog_uri": warehouse.catalog_uri, "rows_scanned": sl.rows_scanned}))
-    yield dg.MaterializeResult(asset_key="rejected_items", metadata=table_metadata(
-        REJECTED_ITEMS, rejected_uri, len(rejected), upstream=None,
-        extra={"reasons": dg.MetadataValue.md("\n".join(f"- {r['reason']}" for r in rejected) or "none")}))
+    yield from selected_results(context, {
+        "catalog_items": table_metadata(CATALOG_ITEMS, valid_uri, len(valid), upstream="catalog", extra={
+            "catalog_uri": warehouse.catalog_uri, "rows_scanned": sl.rows_scanned}),
+        "rejected_items": table_metadata(REJECTED_ITEMS, rejected_uri, len(rejected), upstream="catalog", extra={
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r['reason']}" for r in rejected) or "none")}),
+    })

@@ -8,7 +8,7 @@ from collections import Counter
 import dagster as dg
 from pydantic import Field
 
-from sora_pipeline.assets.lineage import arrow_rows, spec_metadata, table_metadata
+from sora_pipeline.assets.lineage import arrow_rows, selected_results, spec_metadata, table_metadata
 from sora_pipeline.costs import PriceTable
 from sora_pipeline.generation import GenerationConfig, GenerationRunner, Outcome, WorkItem
 from sora_pipeline.ledger import ResubmitPolicy
@@ -48,6 +48,7 @@ class GenerationRunConfig(dg.Config):
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     pool=FAL_POOL,
+    can_subset=True,  # both tables are always written; events only for the selected ones
 )
 def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, fal: FalVideoResource,
                 warehouse: WarehouseResource):
@@ -77,10 +78,10 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
             context.log.warning(f"{o.item_id}: {o.status} ({o.error_type}): {o.error_message}")
     extra = {
         "backend": fal.backend, "endpoint_id": fal.endpoint_id, "dry_run": config.dry_run,
-        "estimated_cost_usd": dg.MetadataValue.float(round(runner.estimated_total, 4)),
-        "actual_cost_usd": dg.MetadataValue.float(round(sum(o.actual_cost or 0 for o in outcomes), 4)),
-        "seconds_generated": dg.MetadataValue.float(sum(o.seconds_generated or 0 for o in outcomes
-                                                        if o.status == "completed")),
+        "estimated_cost_usd": dg.MetadataValue.float(float(round(runner.estimated_total, 4))),
+        "actual_cost_usd": dg.MetadataValue.float(float(round(sum(o.actual_cost or 0 for o in outcomes), 4))),
+        "seconds_generated": dg.MetadataValue.float(float(sum(o.seconds_generated or 0 for o in outcomes
+                                                              if o.status == "completed"))),
         "status_counts": dict(counts), "decision_counts": dict(decisions),
         "submitted": decisions.get("submitted", 0),
     }
@@ -93,11 +94,11 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     failed = [failed_row(o) for o in outcomes if o.status != "completed"]
     uri = warehouse.write(GENERATIONS, day, rows)
     failed_uri = warehouse.write(FAILED_GENERATIONS, day, failed)
-    yield dg.MaterializeResult(asset_key="generations", metadata=table_metadata(GENERATIONS, uri, len(rows),
-                                                                                extra=extra))
-    yield dg.MaterializeResult(asset_key="failed_generations", metadata=table_metadata(
-        FAILED_GENERATIONS, failed_uri, len(failed),
-        extra={"by_status": dict(Counter(r["status"] for r in failed))}))
+    yield from selected_results(context, {
+        "generations": table_metadata(GENERATIONS, uri, len(rows), extra=extra),
+        "failed_generations": table_metadata(FAILED_GENERATIONS, failed_uri, len(failed),
+                                             extra={"by_status": dict(Counter(r["status"] for r in failed))}),
+    })
 
 
 def outcome_row(o: Outcome) -> dict:

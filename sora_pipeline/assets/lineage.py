@@ -44,3 +44,13 @@ def spec_metadata(table: TableDef) -> dict:
 
 def arrow_rows(data: pa.Table | None) -> list[dict]:
     return [] if data is None else data.to_pylist()
+
+
+def selected_results(context: dg.AssetExecutionContext, metadata_by_key: dict[str, dict]):
+    """MaterializeResults for the selected keys of a subsettable multi-asset (the tables are written anyway)."""
+    selected = {k.to_user_string() for k in context.selected_asset_keys}
+    for key, metadata in metadata_by_key.items():
+        if key in selected:
+            yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+        else:
+            context.log.info(f"{key} table written too (not selected, so no materialization event)")
