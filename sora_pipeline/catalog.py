@@ -50,9 +50,9 @@ _SECRET_PATTERNS = [
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
     (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{16,}\b", re.I), "***"),
     (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "***"),
-    (re.compile(r"(?<![A-Za-z0-9+/_\-])(?=[A-Za-z0-9+/_\-]*\d)(?=[A-Za-z0-9+/_\-]*[A-Za-z])"
-                r"[A-Za-z0-9+/_\-]{40,}={0,2}"), "***"),  # long opaque tokens
 ]
+# long opaque tokens (letters and digits, 40+ chars): masked everywhere except in item_id, the row's name
+_OPAQUE = re.compile(r"(?<![A-Za-z0-9_])(?=[A-Za-z0-9_]*\d)(?=[A-Za-z0-9_]*[A-Za-z])[A-Za-z0-9_]{40,}")
 
 
 class CatalogError(ValueError):
@@ -134,8 +134,7 @@ def _data_files(fs: Any, path: str) -> list[str]:
     """Parquet files under a catalog folder, skipping hidden/underscore names at any depth (e.g. `_SUCCESS`)."""
     out = []
     for f in sorted(fs.find(path)):
-        rel = posixpath.relpath(f, path) if not f.startswith(path) else f[len(path):].lstrip("/")
-        parts = rel.split("/")
+        parts = f[len(path):].lstrip("/").split("/")
         if parts[-1].lower().endswith(_DATA_SUFFIXES) and not any(p.startswith((".", "_")) for p in parts):
             out.append(f)
     return out
@@ -184,6 +183,20 @@ def _open(uri: str, storage_options: dict | None) -> _Catalog:
     return _Catalog(uri, fs, path, local, is_dir, dataset)
 
 
+def _scan(cat: _Catalog, fn: Any) -> Any:
+    try:
+        return fn()
+    except (pa.ArrowException, OSError) as exc:
+        raise CatalogError(f"catalog {cat.uri!r} could not be scanned: {exc}") from exc
+
+
+def _batches(cat: _Catalog, columns: list[str]) -> Any:
+    try:
+        yield from cat.dataset.to_batches(columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise CatalogError(f"catalog {cat.uri!r} could not be scanned: {exc}") from exc
+
+
 def _day_filter(dataset: ds.Dataset, day: date) -> ds.Expression:
     typ = dataset.schema.field("scheduled_date").type
     if pa.types.is_date32(typ) or pa.types.is_date64(typ):
@@ -191,20 +204,22 @@ def _day_filter(dataset: ds.Dataset, day: date) -> ds.Expression:
     return ds.field("scheduled_date").cast(pa.date32()) == pa.scalar(day, type=pa.date32())
 
 
-def redact(text: str, limit: int = 200) -> str:
+def redact(text: str, limit: int = 200, *, opaque: bool = True) -> str:
     """Mask things that look like credentials and shorten long values (data URIs keep only their header)."""
     if text.startswith("data:") and "," in text:
         head, payload = text.split(",", 1)
         return f"{head[:80]},<{len(payload)} chars>"
     for pattern, repl in _SECRET_PATTERNS:
         text = pattern.sub(repl, text)
+    if opaque:
+        text = _OPAQUE.sub("***", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, *, opaque: bool = True) -> str:
     if isinstance(value, str):
-        return repr(redact(value, 80))
-    return redact(repr(value), 80)
+        return repr(redact(value, 80, opaque=opaque))
+    return redact(repr(value), 80, opaque=opaque)
 
 
 _ALLOWED_RES = ", ".join(r.value for r in Resolution)
@@ -314,7 +329,8 @@ def _raw(row: dict[str, Any]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for col in CONTRACT_COLUMNS:
         value = row.get(col)
-        out[col] = None if value is None else redact(value.isoformat() if isinstance(value, date) else str(value))
+        text = value.isoformat() if isinstance(value, date) else str(value)
+        out[col] = None if value is None else redact(text, opaque=col != "item_id")
     return out
 
 
@@ -349,10 +365,10 @@ def read_catalog_day(uri: str, day: date, *, image_roots: Sequence[str] = (),
     """
     cat = _open(uri, storage_options)
     columns = [c for c in CONTRACT_COLUMNS if c in cat.dataset.schema.names]
-    table = cat.dataset.to_table(columns=columns, filter=_day_filter(cat.dataset, day))
+    table = _scan(cat, lambda: cat.dataset.to_table(columns=columns, filter=_day_filter(cat.dataset, day)))
     rows = table.to_pylist()
     ids = {r["item_id"] for r in rows if isinstance(r.get("item_id"), str) and r["item_id"].strip()}
-    dups = _duplicates(cat.dataset, ids)
+    dups = _scan(cat, lambda: _duplicates(cat.dataset, ids))
     resolver = _ImageResolver(cat, image_roots)
     valid: list[CatalogItem] = []
     rejected: list[RejectedRow] = []
@@ -364,7 +380,7 @@ def read_catalog_day(uri: str, day: date, *, image_roots: Sequence[str] = (),
         elif not isinstance(item_id, str) or not item_id.strip():
             problem = ("item_id", "must be a non-empty string")
         elif item_id in dups:
-            problem = ("item_id", f"{_show(item_id)} is shared by {dups[item_id]} rows of the catalog "
+            problem = ("item_id", f"{_show(item_id, opaque=False)} is shared by {dups[item_id]} rows of the catalog "
                                   "(must be unique)")
         prompt = row.get("prompt")
         if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
@@ -385,7 +401,7 @@ def read_catalog_day(uri: str, day: date, *, image_roots: Sequence[str] = (),
             problem = ("duration", why)
         if problem is not None:
             field, why = problem
-            shown_id = _show(item_id) if item_id is not None else "None"
+            shown_id = _show(item_id, opaque=False) if item_id is not None else "None"
             reason = re.sub(r"[\r\n\t]+", " ", f"row {index} (item_id={shown_id}): {field}: {why}")
             rejected.append(RejectedRow(item_id=item_id if isinstance(item_id, str) else None, scheduled_date=day,
                                         row_index=index, field=field, reason=reason, raw=_raw(row)))
@@ -426,7 +442,7 @@ def catalog_fingerprints(uri: str, storage_options: dict | None = None) -> dict[
     cat = _open(uri, storage_options)
     columns = [c for c in CONTRACT_COLUMNS if c in cat.dataset.schema.names]
     per_day: dict[str, list[str]] = defaultdict(list)
-    for batch in cat.dataset.to_batches(columns=columns):
+    for batch in _batches(cat, columns):
         for row in batch.to_pylist():
             key = _day_key(row.get("scheduled_date"))
             if key is None:
