@@ -337,3 +337,22 @@ def test_fingerprints(data):
         k: v for k, v in first.items() if k != "2026-11-20"}
     write(cat / "more.parquet", [row("e", day=date(2026, 11, 23))])
     assert set(catalog_fingerprints(str(cat))) == {"2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"}
+
+
+def test_committed_sample_data_and_its_generator(tmp_path):
+    import runpy
+
+    repo = Path(__file__).resolve().parents[1]
+    per_day = {d: read_catalog_day(str(repo / "data" / "catalog"), d) for d in (D1, D2, D3)}
+    assert sum(len(s.valid) for s in per_day.values()) == 11
+    assert [r.field for s in per_day.values() for r in s.rejected] == ["duration"]
+    assert {i.image_ref for s in per_day.values() for i in s.valid} == {
+        str((repo / "data" / "images" / f"{n}.png").resolve()) for n in ("sunrise", "ocean", "city", "forest")}
+    module = runpy.run_path(str(repo / "scripts" / "make_sample_data.py"))
+    images, catalog = module["make"](tmp_path / "data")
+    assert pq.read_table(catalog).equals(pq.read_table(repo / "data" / "catalog" / "catalog.parquet"))
+    from PIL import Image
+
+    for image in images:  # deterministic drawings (compare pixels: PNG bytes may differ across zlib versions)
+        with Image.open(image) as new, Image.open(repo / "data" / "images" / image.name) as old:
+            assert (new.size, new.tobytes()) == (old.size, old.tobytes())
