@@ -242,9 +242,7 @@ def _duration(value: Any) -> tuple[Duration | None, str | None]:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return Duration.S4, None
     number: Any = None
-    if isinstance(value, bool):
-        number = None
-    elif isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
@@ -304,7 +302,7 @@ class _ImageResolver:
     def _local(self, uri: str, path: str, *, relative_ok: bool) -> tuple[str | None, str | None]:
         if not os.path.isabs(path):
             if not (relative_ok and self.cat.local):
-                return None, f"{_show(uri)} is a relative local path outside a local catalog"
+                return None, f"{_show(uri)} is a relative file:// URI (give an absolute path)"
             path = os.path.join(self.cat.folder, path)
         real = os.path.realpath(path)
         if not any(_inside(real, root) for root in self.roots):
@@ -348,7 +346,7 @@ def _duplicates(dataset: ds.Dataset, ids: set[str]) -> dict[str, int]:
     return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["counts"] > 1}
 
 
-def read_catalog_day(uri: str, day: date, *, image_roots: Sequence[str] = (),
+def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = (),
                      storage_options: dict | None = None) -> CatalogSlice:
     """The day's rows of the catalog at `uri`, validated: `valid` items and `rejected` rows with reasons.
 
@@ -363,6 +361,8 @@ def read_catalog_day(uri: str, day: date, *, image_roots: Sequence[str] = (),
     fsspec URIs (`s3://`, `memory://`, ...) are used as-is; `http://`, chained (`a::b`) and wrapper protocols are
     rejected.
     """
+    day = date.fromisoformat(day) if isinstance(day, str) else day
+    day = day.date() if isinstance(day, datetime) else day
     cat = _open(uri, storage_options)
     columns = [c for c in CONTRACT_COLUMNS if c in cat.dataset.schema.names]
     table = _scan(cat, lambda: cat.dataset.to_table(columns=columns, filter=_day_filter(cat.dataset, day)))

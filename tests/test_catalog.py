@@ -213,7 +213,7 @@ def test_image_roots(data, tmp_path):
     write(data / "catalog" / "c.parquet", [row("a", image_uri=str(outside / "secret.png")),
                                            row("b", image_uri=f"file://{outside}/secret.png")])
     assert len(read_catalog_day(str(data / "catalog"), D1).rejected) == 2
-    sl = read_catalog_day(str(data / "catalog"), D1, image_roots=[str(outside)])
+    sl = read_catalog_day(str(data / "catalog"), "2026-11-20", image_roots=[str(outside)])
     assert [i.image_ref for i in sl.valid] == [str((outside / "secret.png").resolve())] * 2
     assert image_roots_from_env(None) == [] and image_roots_from_env("") == []
     assert image_roots_from_env(" /a/b , ,/c,") == ["/a/b", "/c"]
