@@ -33,18 +33,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--key", action="append", default=None, help="accepted key (repeatable; default: any)")
     ap.add_argument("--no-auth", action="store_true")
     ap.add_argument("--video-cache-dir", default=None)
+    ap.add_argument("--webhook-signing-seed", default=None, help="Ed25519 seed (64 hex) or any text (hashed)")
+    ap.add_argument("--webhook-delay", type=float, default=0.0, help="seconds before the first delivery")
+    ap.add_argument("--webhook-duplicate", type=float, default=0.0, metavar="P", help="duplicate delivery odds")
+    ap.add_argument("--webhook-drop", type=float, default=0.0, metavar="P", help="never-delivered odds")
+    ap.add_argument("--webhook-allow-host", action="append", default=None, metavar="HOST",
+                    help="host webhooks may be sent to (repeatable; default: loopback only)")
     args = ap.parse_args(argv)
     config = SimulatorConfig(
         seed=args.seed, queue_latency=args.queue_latency, run_latency=args.run_latency,
         max_running=args.max_running, fps=args.fps, include_metadata=not args.no_metadata,
         faults=dict(args.fault), slow_seconds=args.slow_seconds, retry_after_seconds=args.retry_after,
         accepted_keys=args.key, auth_required=not args.no_auth, video_cache_dir=args.video_cache_dir,
+        webhook_signing_seed=args.webhook_signing_seed, webhook_delay=args.webhook_delay,
+        webhook_duplicate_probability=args.webhook_duplicate, webhook_drop_probability=args.webhook_drop,
+        **({"webhook_allowed_hosts": tuple(args.webhook_allow_host)} if args.webhook_allow_host else {}),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with SimulatorServer(config, host=args.host, port=args.port) as server:
         print(server.base_url, flush=True)
+        print(f"webhook public key: {server.webhook_public_key}", flush=True)
         stop.wait()
 
 

@@ -3,6 +3,7 @@
 Routes: `POST /{owner}/{alias}/{path}` (submit), `GET …/requests/{id}/status[?logs=1]`, `GET …/requests/{id}/status/
 stream` (SSE), `GET …/requests/{id}` (result), `PUT …/requests/{id}/cancel`, `GET /_simulator/files/{name}`,
 `GET /_simulator/stats`, `POST /_simulator/reset`. Encoding runs in a thread pool so the event loop never blocks.
+A submit with `?fal_webhook=<url>` gets its outcome POSTed there when it finishes (`webhook.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sora_pipeline.simulator._models import ImageToVideoInput
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.faults import PRE_RECORD_KINDS, FaultInjector, fault_response, request_error_response
 from sora_pipeline.simulator.jobs import ClipInfo, Job, JobBook
+from sora_pipeline.simulator.webhook import WebhookDeliverer
 from sora_pipeline.simulator.video import cached_clip, dimensions, image_size, load_image_bytes
 
 _RAW_SEND = "sora_sim.raw_send"
@@ -53,12 +55,15 @@ class Simulator:
         workers = config.encode_workers or max(2, min(4, os.cpu_count() or 2))
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sora-sim-encode")
         self._clips: dict[tuple[Any, ...], Future] = {}
+        self.deliverer: WebhookDeliverer | None = None  # set by create_app
 
     def stats(self) -> dict[str, Any]:
         return self.book.stats()
 
     def reset(self) -> None:
         with self.book.lock:
+            if self.deliverer is not None:
+                self.deliverer.reset()
             self.book.reset()
             self.faults.reset()
             self._clips.clear()
@@ -226,11 +231,13 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         job = Job(id=rid, gateway_id=gid, owner=p["owner"], alias=p["alias"], endpoint=endpoint, seq=0,
                   payload=payload, submitted_at=now, wall_at_submit=time.time(),
                   eligible_at=now + config.queue_latency, faults=job_faults, failure=failure,
-                  webhook=request.query_params.get("fal_webhook"))
+                  webhook=request.query_params.get("fal_webhook"), base_url=_base(request))
         if failure is None:
             job.clip = sim.clip_for(payload)
             job.clip.add_done_callback(lambda _f, j=job: setattr(j, "clip_ready_at", time.monotonic()))
         position = book.add(job)
+        if job.webhook:
+            deliverer.add(job)
         body = {"request_id": rid, "gateway_request_id": gid, **urls(_base(request), job),
                 "queue_position": position}
         if kind in ("drop", "slow", "malformed"):  # recorded: the job runs, the client just does not hear it
@@ -270,6 +277,28 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    def finished_result(job: Job, base: str) -> tuple[int, Any, dict[str, str]]:
+        """(status code, JSON body, headers) of a COMPLETED job's result (also the payload of its webhook)."""
+        headers = {"x-fal-request-id": job.id}
+        if job.failure == "simulated_model_error":
+            err = [{"loc": ["body", "prompt"], "type": "simulated_model_error",
+                    "msg": f"Simulated model failure (prompt contains {config.fail_prompts_containing!r})"}]
+            return 422, {"detail": err}, {**headers, "X-Fal-Retryable": "false"}
+        if job.failure:
+            resp = request_error_response(job.failure)
+            extra = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-fal-")}
+            return resp.status_code, json.loads(resp.body), {**headers, **extra}
+        if job.clip is None or _clip_failed(job.clip):
+            return 500, {"detail": "Video encoding failed (simulator)", "error_type": "internal_server_error"}, \
+                {**headers, "X-Fal-Error-Type": "internal_server_error"}
+        clip: ClipInfo = job.clip.result()
+        video: dict[str, Any] = {"url": f"{base}/_simulator/files/{clip.name}", "content_type": "video/mp4"}
+        if config.include_metadata:
+            video.update(file_name=clip.name, file_size=clip.file_size, width=clip.width, height=clip.height,
+                         fps=clip.fps, num_frames=clip.num_frames, duration=clip.duration)
+        video_id = "video_" + hashlib.sha256(job.id.encode()).hexdigest()[:24]
+        return 200, {"video": video, "video_id": video_id}, {**headers, "x-fal-billable-units": str(clip.duration)}
+
     async def result(request: Request) -> Response:
         p = request.path_params
         if (resp := await gate(request, "result")) is not None:
@@ -286,25 +315,8 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             job.result_404_served = True
             book.count_fault("result_404_once")
             return _detail(404, "Request not found", **headers)
-        if job.failure == "simulated_model_error":
-            err = [{"loc": ["body", "prompt"], "type": "simulated_model_error",
-                    "msg": f"Simulated model failure (prompt contains {config.fail_prompts_containing!r})"}]
-            return _detail(422, err, **headers, **{"X-Fal-Retryable": "false"})
-        if job.failure:
-            resp = request_error_response(job.failure)
-            resp.headers["x-fal-request-id"] = job.id
-            return resp
-        if job.clip is None or _clip_failed(job.clip):
-            return JSONResponse({"detail": "Video encoding failed (simulator)", "error_type": "internal_server_error"},
-                                status_code=500, headers={**headers, "X-Fal-Error-Type": "internal_server_error"})
-        clip: ClipInfo = job.clip.result()
-        video: dict[str, Any] = {"url": f"{_base(request)}/_simulator/files/{clip.name}", "content_type": "video/mp4"}
-        if config.include_metadata:
-            video.update(file_name=clip.name, file_size=clip.file_size, width=clip.width, height=clip.height,
-                         fps=clip.fps, num_frames=clip.num_frames, duration=clip.duration)
-        video_id = "video_" + hashlib.sha256(job.id.encode()).hexdigest()[:24]
-        headers["x-fal-billable-units"] = str(clip.duration)
-        return JSONResponse({"video": video, "video_id": video_id}, headers=headers)
+        code, body, headers = finished_result(job, _base(request))
+        return JSONResponse(body, status_code=code, headers=headers)
 
     async def cancel(request: Request) -> Response:
         p = request.path_params
@@ -334,10 +346,17 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         sim.reset()
         return JSONResponse({"status": "OK"})
 
+    deliverer = WebhookDeliverer(config, book, finished_result)
+    sim.deliverer = deliverer
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        yield
-        await asyncio.to_thread(sim.close)
+        await deliverer.start()
+        try:
+            yield
+        finally:
+            await deliverer.stop()
+            await asyncio.to_thread(sim.close)
 
     req = "/{owner}/{alias}/requests/{request_id}"
     routes = [

@@ -41,6 +41,24 @@ class SimulatorConfig(BaseModel):
     fail_prompts_containing: str | None = "[simulate-failure]"
     endpoint_ids: tuple[str, ...] = (DEFAULT_ENDPOINT_ID,)
     encode_workers: int | None = Field(default=None, ge=1)
+    # -- webhook delivery (submit with `?fal_webhook=<url>`; see `webhook.py`) ------------------------------------
+    #: Ed25519 signing key: 64 hex characters are the 32-byte seed, any other text is hashed (sha256) into one;
+    #: None derives it from `seed`. The public key is `SimulatorServer.webhook_public_key` (hex).
+    webhook_signing_seed: str | None = None
+    webhook_user_id: str = "sim-user"
+    #: seconds between a job's completion and the first delivery attempt
+    webhook_delay: float = Field(default=0.0, ge=0)
+    #: delivery attempts per webhook (fal: up to 10 over 2 h); retried on non-2xx answers and network errors
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_retry_base: float = Field(default=0.1, ge=0)  # backoff min(base * 2**(n-1), max), seeded ±50 % jitter
+    webhook_retry_max: float = Field(default=2.0, ge=0)
+    webhook_timeout: float = Field(default=15.0, gt=0)  # per delivery attempt (fal: 15 s)
+    #: probability (per job, seeded) that a delivered webhook is delivered a second time, as fal may do
+    webhook_duplicate_probability: float = Field(default=0.0, ge=0, le=1)
+    #: probability (per job, seeded) that a webhook is never sent (to exercise the caller's polling fallback)
+    webhook_drop_probability: float = Field(default=0.0, ge=0, le=1)
+    #: hosts webhooks may be sent to; None = any. Loopback only by default: the simulator never calls out.
+    webhook_allowed_hosts: tuple[str, ...] | None = ("127.0.0.1", "localhost", "::1")
 
     @field_validator("faults")
     @classmethod

@@ -23,6 +23,8 @@ from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.faults import JobFaults
 
 CALLS = ("submit", "status", "result", "cancel", "file")
+#: counters of webhook delivery (`stats()["webhook_deliveries"]`)
+WEBHOOK_COUNTERS = ("attempts", "delivered", "duplicates", "failed_attempts", "gave_up", "dropped", "refused")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Job:
     faults: JobFaults
     failure: str | None = None  # simulated_model_error | content_policy_violation | runner_disconnected
     webhook: str | None = None
+    base_url: str | None = None  # the server's base URL as the submitter saw it (result URLs in webhooks)
     state: str = "IN_QUEUE"  # IN_QUEUE | IN_PROGRESS | COMPLETED | CANCELLED
     started_at: float | None = None
     finished_at: float | None = None
@@ -125,7 +128,9 @@ class JobBook:
             self.failed = 0
             self.cancelled = 0
             self.max_running_seen = 0
-            self.webhooks: list[dict[str, str]] = []
+            self.webhooks: list[dict[str, Any]] = []
+            self._webhook_info: dict[str, dict[str, Any]] = {}
+            self.webhook_counts = {c: 0 for c in WEBHOOK_COUNTERS}
 
     # -- counters -------------------------------------------------------------------------------------------
     def count_call(self, call: str) -> None:
@@ -135,6 +140,18 @@ class JobBook:
     def count_fault(self, kind: str) -> None:
         with self.lock:
             self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    def count_webhook(self, counter: str, request_id: str | None = None, **info: Any) -> None:
+        """Bump a delivery counter and update the job's entry of `stats()["webhooks"]`."""
+        with self.lock:
+            self.webhook_counts[counter] = self.webhook_counts.get(counter, 0) + 1
+            entry = self._webhook_info.get(request_id) if request_id else None
+            if entry is not None:
+                if counter == "attempts":
+                    entry["attempts"] += 1
+                if counter in ("delivered", "duplicates"):
+                    entry["deliveries"] += 1
+                entry.update(info)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def new_ids(self) -> tuple[str, str]:
@@ -158,7 +175,10 @@ class JobBook:
             prompt = job.payload["prompt"]
             self.submits_by_prompt[prompt] = self.submits_by_prompt.get(prompt, 0) + 1
             if job.webhook:
-                self.webhooks.append({"request_id": job.id, "url": job.webhook})
+                info = {"request_id": job.id, "url": job.webhook, "state": "pending", "attempts": 0,
+                        "deliveries": 0, "last_status": None}
+                self.webhooks.append(info)
+                self._webhook_info[job.id] = info
             self.advance(now)
             return self.queue_position(job)
 
@@ -246,5 +266,6 @@ class JobBook:
                 "in_queue": len(self._queue),
                 "in_progress": len(self._running),
                 "max_running_seen": self.max_running_seen,
-                "webhooks": list(self.webhooks),
+                "webhooks": [dict(w) for w in self.webhooks],
+                "webhook_deliveries": dict(self.webhook_counts),
             }

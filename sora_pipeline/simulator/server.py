@@ -74,6 +74,13 @@ class SimulatorServer:
             raise RuntimeError("the simulator was never started")
         return self.app.sim.stats()
 
+    @property
+    def webhook_public_key(self) -> str:
+        """Hex Ed25519 public key that verifies this simulator's webhook signatures."""
+        from sora_pipeline.simulator.webhook import public_key_hex, signing_key
+
+        return public_key_hex(signing_key(self.config))
+
     def reset(self) -> None:
         """Forget all jobs and counters and reseed (same as `POST /_simulator/reset`)."""
         if self.app is None:
