@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from sora_pipeline.assets.analytics import generation_daily_stats
+from sora_pipeline.assets.analytics import generation_daily_stats, generation_summary
 from sora_pipeline.assets.catalog import catalog_slice, catalog_source
 from sora_pipeline.assets.generations import generations
 from sora_pipeline.assets.metadata import video_metadata
@@ -31,7 +31,7 @@ def build_resources(settings: PipelineSettings | None = None) -> dict:
     }
 
 
-ASSETS = [catalog_source, catalog_slice, generations, video_metadata, generation_daily_stats]
+ASSETS = [catalog_source, catalog_slice, generations, video_metadata, generation_daily_stats, generation_summary]
 
 defs = dg.Definitions(
     assets=ASSETS,

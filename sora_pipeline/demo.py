@@ -1,64 +1,151 @@
-"""`make demo`: materialize every day of the catalog (on the embedded simulator unless FAL_KEY is set) and
-print a short table of `video_metadata` and where the files are."""
+"""`make demo`: materialize every day of the catalog (on the embedded simulator unless FAL_KEY is set), then the
+`generation_summary` rollup, and print short tables — the videos (`video_metadata`), the days, the totals — and
+where the files are. Dagster's own log lines are silenced (the run logs are in the Dagster instance when
+DAGSTER_HOME is set: `make ui` shows them)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
+import warnings
 
 import dagster as dg
 
-from sora_pipeline.catalog import catalog_fingerprints
-from sora_pipeline.definitions import ASSETS, build_resources
-from sora_pipeline.checks import ALL_CHECKS
-from sora_pipeline.settings import PipelineSettings
-from sora_pipeline.tables import read_table
+warnings.filterwarnings("ignore", category=dg.BetaWarning)  # e.g. `backfill_policy`, printed at import time
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+from sora_pipeline.catalog import catalog_fingerprints  # noqa: E402
+from sora_pipeline.checks import ALL_CHECKS  # noqa: E402
+from sora_pipeline.definitions import ASSETS, build_resources  # noqa: E402
+from sora_pipeline.settings import PipelineSettings  # noqa: E402
+from sora_pipeline.stats import fmt  # noqa: E402
+
+SUMMARY_KEY = "generation_summary"
+# Dagster's console logger only shows errors; the run's full log stays in the instance's event log
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def _quiet_python_logging() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("dagster", "sora_pipeline", "httpx", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _failure(result) -> str:
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            return f"step {event.step_key}: {error.message.strip().splitlines()[-1] if error else 'failed'}"
+    return "run failed"
+
+
+def _table(header: tuple[str, ...], lines: list[tuple[str, ...]], right: set[int] = frozenset()) -> list[str]:
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
+
+    def row(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return [row(header).rstrip(), row(tuple("-" * w for w in widths)), *(row(line).rstrip() for line in lines)]
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING)
+    _quiet_python_logging()
     settings = PipelineSettings.from_env()
     days = sorted(catalog_fingerprints(settings.catalog_uri))
     print(f"sora_pipeline demo — backend: {settings.backend}; catalog {settings.catalog_uri}: "
           f"{len(days)} day(s) {', '.join(days)}")
+    if settings.backend == "simulator":
+        print("  (no FAL_KEY: the embedded fal simulator generates synthetic videos; nothing is billed)")
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     resources = build_resources(settings)
-    selection = [a for a in ASSETS if not isinstance(a, dg.AssetSpec)]
+    materializable = [a for a in ASSETS if not isinstance(a, dg.AssetSpec)]
+    per_day = [a for a in materializable if SUMMARY_KEY not in {k.to_user_string() for k in a.keys}]
+    summary = [a for a in materializable if SUMMARY_KEY in {k.to_user_string() for k in a.keys}]
     for day in days:
         started = time.monotonic()
-        result = dg.materialize(selection, partition_key=day, resources=resources, instance=instance,
-                                asset_checks=ALL_CHECKS, raise_on_error=False)
+        result = dg.materialize([*per_day, *ALL_CHECKS], partition_key=day, resources=resources,
+                                instance=instance, raise_on_error=False, run_config=QUIET)
         checks = [e.event_specific_data for e in result.all_events
                   if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         failed_checks = [c.check_name for c in checks if not c.passed]
         print(f"  {day}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s; "
               f"checks {len(checks) - len(failed_checks)}/{len(checks)} passed"
-              + (f" (failed: {', '.join(failed_checks)})" if failed_checks else ""))
+              + (f" (not passed: {', '.join(failed_checks)})" if failed_checks else ""))
         if not result.success:
+            print(f"    {_failure(result)}\n    run id {result.run_id}; full log: `make ui` → Runs")
             return 1
-    table = read_table(settings.warehouse_uri, "video_metadata")
-    print_summary(table.to_pylist() if table is not None else [], settings)
+    if summary:
+        result = dg.materialize(summary, resources=resources, instance=instance, raise_on_error=False,
+                                run_config=QUIET)
+        if not result.success:
+            print(f"  {SUMMARY_KEY}: FAILED — {_failure(result)}")
+            return 1
+    print_report(settings, resources["warehouse"].resolved_ledger_url())
     return 0
 
 
-def print_summary(rows: list[dict], settings: PipelineSettings) -> None:
+def print_report(settings: PipelineSettings, ledger_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    from sora_pipeline.query import connect, views
+
+    con = connect(settings.warehouse_uri, empty_missing=True)
+    have = set(views(con))
+    videos = con.sql("SELECT * FROM video_metadata ORDER BY date, item_id").fetchall()
+    cols = con.sql("SELECT * FROM video_metadata LIMIT 0").columns
+    print_videos([dict(zip(cols, r)) for r in videos])
+    rejected = con.sql("SELECT date, reason FROM rejected_items ORDER BY date, row_index").fetchall()
+    failed = con.sql("SELECT date, item_id, status, reason FROM failed_generations ORDER BY date, item_id").fetchall()
+    for d, reason in rejected:
+        print(f"  rejected {d}: {reason}")
+    for d, item, status, reason in failed:
+        print(f"  {status} {d} {item}: {reason}")
+    if SUMMARY_KEY in have:
+        rel = con.sql("SELECT * FROM generation_summary ORDER BY scope DESC, day")
+        rows = [dict(zip(rel.columns, r)) for r in rel.fetchall()]
+        print_days(rows)
+    base = settings.warehouse_uri.rstrip("/")
+    ledger = make_url(ledger_url).render_as_string(hide_password=True)
+    print(f"\nFiles\n  tables  {base}/<table>/date=YYYY-MM-DD/*.parquet\n"
+          f"          (video_metadata, generations, failed_generations, rejected_items, catalog_items, "
+          f"generation_daily_stats)\n"
+          f"  rollup  {base}/generation_summary/summary.parquet (+ summary.png, summary.md)\n"
+          f"  videos  {base}/videos/date=YYYY-MM-DD/*.mp4\n"
+          f"  ledger  {ledger}\n"
+          "Query them with DuckDB: .venv/bin/python -c \"from sora_pipeline.query import connect; "
+          "connect().sql('FROM generation_summary').show()\"  (see README)")
+
+
+def print_videos(rows: list[dict]) -> None:
     header = ("date", "item_id", "size", "fps", "frames", "sec", "source", "bytes")
     lines = [(str(r.get("date")), r["item_id"], f"{r['width']}x{r['height']}", f"{r['fps']:g}",
               str(r["num_frames"]), f"{r['duration']:.2f}", r["metadata_source"], f"{r['file_size']:,}")
-             for r in sorted(rows, key=lambda r: (str(r.get("date")), r["item_id"]))]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    print()
-    print(fmt.format(*header))
-    print(fmt.format(*("-" * w for w in widths)))
-    for line in lines:
-        print(fmt.format(*line))
-    base = settings.warehouse_uri.rstrip("/")
-    print(f"\n{len(rows)} videos. Tables: {base}/<table>/date=YYYY-MM-DD/*.parquet "
-          f"(video_metadata, generations, failed_generations, rejected_items, generation_daily_stats); "
-          f"videos: {base}/videos/; ledger: SORA_LEDGER_URL or {base}/_ledger/ledger.sqlite")
+             for r in rows]
+    print(f"\nvideo_metadata: {len(rows)} video(s)")
+    for line in _table(header, lines, right={3, 4, 5, 7}):
+        print("  " + line)
+
+
+def print_days(rows: list[dict]) -> None:
+    header = ("day", "planned", "done", "failed", "rejected", "p50 latency", "p95 latency", "seconds", "est. cost",
+              "cost", "resolutions")
+    lines = []
+    for r in rows:
+        mix = json.loads(r["resolution_mix"] or "{}")
+        lines.append((str(r["day"]) if r["scope"] == "day" else "all days", str(r["planned"]), str(r["completed"]),
+                      str(r["failed"] + r["unknown"]), str(r["rejected"]), fmt("latency_p50_s", r["latency_p50_s"]),
+                      fmt("latency_p95_s", r["latency_p95_s"]), fmt("seconds_generated", r["seconds_generated"]),
+                      fmt("estimated_cost_usd", r["estimated_cost_usd"]), fmt("actual_cost_usd", r["actual_cost_usd"]),
+                      " ".join(f"{k}:{v}" for k, v in mix.items()) or "–"))
+    print("\ngeneration_summary (DuckDB over all days)")
+    table = _table(header, lines, right=set(range(1, 10)))
+    for i, line in enumerate(table):
+        if i == len(table) - 1 and len(lines) > 1:
+            print("  " + table[1])
+        print("  " + line)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ import signal
 POINTS = ("before_submit", "after_submit", "mid_poll", "mid_download", "mid_table_write")
 
 
+def armed(name: str) -> bool:
+    return os.environ.get("SORA_FAILPOINT") == name
+
+
 def failpoint(name: str) -> None:
-    if os.environ.get("SORA_FAILPOINT") == name:
+    if armed(name):
         os.kill(os.getpid(), signal.SIGKILL)

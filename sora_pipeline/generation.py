@@ -8,9 +8,12 @@ request id right after it returns, so no crash can make us pay twice or lose a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +26,16 @@ import httpx
 from sora_pipeline.costs import BudgetGuard, PriceTable, actual_cost, estimate_cost
 from sora_pipeline.download import archive_file, download_video
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
-from sora_pipeline.fal.errors import AmbiguousSubmitError, FalError, WaitTimeoutError
+from sora_pipeline.fal.errors import (
+    AmbiguousSubmitError,
+    FalError,
+    RateLimitedError,
+    TransientError,
+    WaitTimeoutError,
+)
 from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
-from sora_pipeline.failpoints import failpoint
+from sora_pipeline.failpoints import armed, failpoint
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, RequestSpec, RequestState, ResubmitPolicy
 from sora_pipeline.media import MediaProbeError, probe_video
@@ -56,6 +65,8 @@ class GenerationConfig:
     owner: str  # the Dagster run id (claims are per owner)
     day: str
     max_concurrency: int = 8
+    # submits in flight at once: a crash can only leave this many requests `unknown` (1 = at most one)
+    submit_concurrency: int = 1
     download_concurrency: int = 8
     total_timeout: float = 3600.0
     archive_root: str | None = None  # <warehouse>/videos/date=<day>; None = do not archive
@@ -148,9 +159,12 @@ class GenerationRunner:
 
     # -- entry point ---------------------------------------------------------------------------------
     def run(self, items: Iterable[WorkItem]) -> list[Outcome]:
+        """Blocking. On interruption (Dagster run termination, SIGTERM, Ctrl-C) the requests this run is
+        waiting on are cancelled through their cancel_url (bounded time) and the ledger records it."""
         items = list(items)
         try:
-            return asyncio.run(self._run(items))
+            with _sigterm_raises_interrupt():
+                return asyncio.run(self._run(items))
         except BaseException:
             self.cancel_in_flight()
             raise
@@ -202,7 +216,9 @@ class GenerationRunner:
         self._budget = BudgetGuard(per_run_cap=cfg.run_budget, per_day_cap=cfg.day_budget,
                                    already_spent_today=spent)
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self._submitting = asyncio.Semaphore(cfg.submit_concurrency)
         self._downloads = asyncio.Semaphore(cfg.download_concurrency)
+        failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
         async with self._client_factory() as client, httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
             self._client, self._http = client, http
             outcomes = await asyncio.gather(*(self._process(p) for p in planned))
@@ -252,9 +268,19 @@ class GenerationRunner:
             out.fail("skipped", "budget", f"item {item.item_id}: skipped, the budget cap would be exceeded by "
                      f"${p.spec.estimated_cost:,.2f} (remaining ${self._budget.remaining():,.2f})")
             return None
-        started = time.monotonic()
+        started, handle = time.monotonic(), None
         while True:
-            decision, entry = await asyncio.to_thread(self.ledger.claim, key, owner=cfg.owner, policy=cfg.policy)
+            if would_submit(entry, cfg.policy) or (entry and entry.state == RequestState.SUBMITTING):
+                # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
+                # most `submit_concurrency` requests without a recorded id (reported as unknown)
+                async with self._submitting:
+                    decision, entry = await asyncio.to_thread(self.ledger.claim, key, owner=cfg.owner,
+                                                              policy=cfg.policy)
+                    if decision == Decision.SUBMIT:
+                        handle = await self._submit(p, out, entry.attempt)
+            else:
+                decision, entry = await asyncio.to_thread(self.ledger.claim, key, owner=cfg.owner,
+                                                          policy=cfg.policy)
             if decision != Decision.BUSY or time.monotonic() - started > cfg.policy.submit_lease_seconds:
                 break
             await asyncio.sleep(self._client.poll.interval)
@@ -276,7 +302,6 @@ class GenerationRunner:
             out.fail(status, entry.error_type or status, reason, entry.retryable)
             return None
         if decision == Decision.SUBMIT:
-            handle = await self._submit(p, out, entry.attempt)
             if handle is None:
                 return None
         else:  # RESUME
@@ -293,7 +318,6 @@ class GenerationRunner:
                                       api_key=self.config.openai_api_key)
         self.progress.set(item.item_id, "submitting")
         out.decision = "submitted"
-        failpoint("before_submit")
         try:
             handle = await self._client.submit(arguments)
         except AmbiguousSubmitError as exc:
@@ -324,7 +348,6 @@ class GenerationRunner:
             nonlocal seen_logs
             if status.status == "IN_PROGRESS" and out.started_at is None:
                 out.started_at = datetime.now(UTC)
-            failpoint("mid_poll")
             phase = {"IN_QUEUE": "in_queue", "IN_PROGRESS": "in_progress"}.get(status.status, "in_progress")
             self.progress.set(item_id, phase, queue_position=status.queue_position)
             for entry in status.logs[seen_logs:]:
@@ -334,17 +357,22 @@ class GenerationRunner:
         self.progress.set(item_id, "in_queue")
         try:
             await self._client.wait(handle, timeout=self.config.total_timeout, on_status=on_status)
+            await self._crash_point("mid_poll")
             output = await self._client.result(handle)
-        except WaitTimeoutError as exc:
+        except (WaitTimeoutError, TransientError, RateLimitedError) as exc:
+            # the request may still finish (and be billed) at fal: keep it SUBMITTED so the next run resumes
+            # polling it instead of paying for it again
+            self._in_flight.pop(key, None)
             out.fail("pending", exc.error_type, f"{exc}; the next run resumes polling it", True)
             return None
         except FalError as exc:
+            self._in_flight.pop(key, None)
             await asyncio.to_thread(self.ledger.mark_failed, key, attempt, error_type=exc.fal_error_type
                                     or exc.error_type, error_message=str(exc), retryable=exc.retryable)
             raise
-        finally:
-            self._in_flight.pop(key, None)
+        # (on cancellation the entry stays, so `cancel_in_flight` can cancel it at fal)
         completed_at = datetime.now(UTC)
+        self._in_flight.pop(key, None)
         seconds = output.video.duration or float(p.item.duration)
         cost = actual_cost(self.config.prices, resolution=p.item.resolution, height=output.video.height,
                            width=output.video.width, seconds_generated=seconds,
@@ -387,7 +415,7 @@ class GenerationRunner:
             tmp_dir = os.path.join(cfg.archive_root, ".incoming")
             os.makedirs(tmp_dir, exist_ok=True)
         file = await download_video(self._http, out.video_url, queue_base_url=cfg.queue_base_url, tmp_dir=tmp_dir)
-        failpoint("mid_download")
+        await self._crash_point("mid_download")
         try:
             try:
                 probe = await asyncio.to_thread(probe_video, file.path)
@@ -411,6 +439,13 @@ class GenerationRunner:
         out.probe_json = json.dumps(artifacts.get("probe"), sort_keys=True) if artifacts.get("probe") else None
         if artifacts.get("started_at") and out.started_at is None:
             out.started_at = datetime.fromisoformat(artifacts["started_at"])
+
+    async def _crash_point(self, name: str) -> None:
+        """Test crash points fire while no submit is in flight (a crash *during* a submit is the unknown case,
+        tested on its own)."""
+        if armed(name):
+            async with self._submitting:
+                failpoint(name)
 
     # -- interruption --------------------------------------------------------------------------------
     def cancel_in_flight(self) -> int:
@@ -436,3 +471,21 @@ class GenerationRunner:
                 pool.submit(cancel, key, attempt, handle)
         self._emit(f"run interrupted: asked fal to cancel {len(pending)} in-flight request(s)")
         return len(pending)
+
+
+@contextlib.contextmanager
+def _sigterm_raises_interrupt():
+    """Make SIGTERM interrupt the run like Ctrl-C when nobody else (e.g. Dagster) handles it already."""
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main or signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,38 +1,148 @@
-"""`generation_daily_stats`: one row per day summarizing what the pipeline did (counts, latency, cost, mix)."""
+"""Analytics: `generation_daily_stats` (one row per day) and `generation_summary` (rollup over all days).
+
+Both compute the same metrics with the same DuckDB query (`sora_pipeline.stats.stats_sql`): the daily asset over
+the day's three tables, the summary directly over the hive-partitioned Parquet tables of every day. Each
+materialization carries a Markdown table of the headline figures with a chart embedded (rendered by the Dagster
+UI) and writes the chart to the warehouse too."""
 
 
-from datetime import date
+import io
+import os
+import uuid
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from sora_pipeline.assets.lineage import arrow_rows, table_metadata
+from sora_pipeline import charts
+from sora_pipeline.assets.lineage import spec_metadata, table_metadata
 from sora_pipeline.partitions import daily_partitions
-from sora_pipeline.stats import DAILY_STATS, daily_stats_row
+from sora_pipeline.query import connect, retry_io, summary_uri, warehouse_fs
+from sora_pipeline.stats import (
+    DAILY_STATS, HEADLINE, METRIC_LINEAGE, SUMMARY, daily_stats_row, days_markdown, headline_markdown, summary_rows,
+)
+from sora_pipeline.tables import file_uri_for
 from sora_pipeline.warehouse import WarehouseResource
 
 GROUP = "analytics"
+SOURCES = ["generations", "video_metadata", "rejected_items"]
+
+
+def stats_lineage() -> dg.TableColumnLineage:
+    """Which upstream columns each metric column is computed from."""
+    return dg.TableColumnLineage(deps_by_column={
+        name: [dg.TableColumnDep(asset_key=dg.AssetKey(table), column_name=column) for table, column in deps]
+        for name, deps in METRIC_LINEAGE.items()})
+
+
+def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> str:
+    """Write a whole file under the warehouse, replacing it in one step (rename locally; a single object copy on
+    object stores), so a reader never sees half a file."""
+    fs, path = warehouse_fs(uri, storage_options)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}" if parent else f".tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as fh:
+        fh.write(data)
+    try:
+        if "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)):
+            os.replace(tmp, path)
+        else:
+            fs.mv(tmp, path)
+    except BaseException:
+        fs.rm(tmp)
+        raise
+    return uri
+
+
+def _chart(context, make, *args) -> bytes | None:
+    try:
+        return make(*args)
+    except Exception as exc:  # a chart never fails the asset
+        context.log.warning(f"could not draw the chart: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _numbers(row: dict, names) -> dict:
+    out = {}
+    for name in names:
+        value = row.get(name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            out[name] = dg.MetadataValue.int(value)
+        elif isinstance(value, float):
+            out[name] = dg.MetadataValue.float(value)
+    return out
 
 
 @dg.asset(
-    key="generation_daily_stats", group_name=GROUP, code_version="1",
-    deps=["generations", "video_metadata", "rejected_items"], kinds={"parquet"},
+    key="generation_daily_stats", group_name=GROUP, code_version="2",
+    deps=SOURCES, kinds={"parquet", "duckdb"},
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),
-    description="Per day: items planned, submitted, completed, failed (by error type), rejected, skipped; "
-                "success rate; submit→completion latency p50/p95/max; seconds generated; estimated and actual "
-                "cost; resolution/aspect/duration mix; file sizes; where metadata came from.",
+    metadata=spec_metadata(DAILY_STATS),
+    description="Per day: items planned, submitted, reused, completed, failed (by error type), unknown, skipped "
+                "(by reason), pending, rejected (by field); success rate; submit→completion latency p50/p95/max and "
+                "queue vs. run time; seconds generated; estimated and actual cost; resolution/aspect/duration/fps/"
+                "size mix; file sizes; where the media metadata came from (API, probe, both). Headline table and "
+                "chart in the materialization; chart also at <warehouse>/generation_daily_stats/_reports/.",
 )
 def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
-    row = daily_stats_row(date.fromisoformat(day), arrow_rows(warehouse.read("generations", day)),
-                          arrow_rows(warehouse.read("video_metadata", day)),
-                          arrow_rows(warehouse.read("rejected_items", day)))
+    row = daily_stats_row(day, *(warehouse.read(t, day) for t in SOURCES))
     uri = warehouse.write(DAILY_STATS, day, pa.Table.from_pylist([row], schema=DAILY_STATS.arrow_schema))
-    headline = {k: row[k] for k in ("planned", "completed", "failed", "unknown", "skipped", "rejected",
-                                    "success_rate", "latency_p50_s", "latency_p95_s", "seconds_generated",
-                                    "estimated_cost_usd", "actual_cost_usd")}
-    table = "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v if v is not None else '–'} |"
-                                                         for k, v in headline.items())
+    markdown = headline_markdown(row)
+    extra: dict = {"dagster/column_lineage": stats_lineage()}
+    png = _chart(context, charts.daily_chart, row)
+    if png is not None:
+        chart_uri = write_bytes(file_uri_for(warehouse.warehouse_uri, DAILY_STATS.name, "_reports",
+                                             f"date={day}.png"), png, warehouse.storage_options or None)
+        markdown = charts.markdown_with_chart(markdown, png, f"generation_daily_stats {day}")
+        extra["chart"] = dg.MetadataValue.path(chart_uri)
+    context.log.info(f"{day}: {row['completed']}/{row['planned']} completed, {row['failed']} failed, "
+                     f"{row['rejected']} rejected; actual cost ${row['actual_cost_usd']:,.2f}")
     return dg.MaterializeResult(metadata=table_metadata(DAILY_STATS, uri, 1, upstream=None, extra={
-        "summary": dg.MetadataValue.md(table),
-        **{k: v for k, v in headline.items() if isinstance(v, (int, float)) and v is not None}}))
+        **extra, "summary": dg.MetadataValue.md(markdown), **_numbers(row, HEADLINE)}))
+
+
+@dg.asset(
+    key="generation_summary", group_name=GROUP, code_version="1",
+    deps=SOURCES, kinds={"parquet", "duckdb"},
+    metadata=spec_metadata(SUMMARY),
+    description="Rollup over every day, computed by DuckDB directly over the hive-partitioned Parquet tables "
+                "(generations, video_metadata, rejected_items): one row per day (scope `day`) and a total row "
+                "(scope `all`) with the generation_daily_stats metrics (total percentiles over all items). Writes "
+                "<warehouse>/generation_summary/summary.parquet, summary.png and summary.md. Not partitioned: "
+                "materialize it after the days you care about.",
+)
+def generation_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    options = warehouse.storage_options or None
+    con = connect(warehouse.warehouse_uri, storage_options=options, empty_missing=True)
+    try:
+        rows = retry_io(lambda: summary_rows(con))
+    finally:
+        con.close()
+    table = SUMMARY.from_rows(rows)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    uri = write_bytes(summary_uri(warehouse.warehouse_uri), buf.getvalue(), options)
+    day_rows = [r for r in rows if r["scope"] == "day"]
+    total = next((r for r in rows if r["scope"] == "all"), {})
+    headline = (f"**{total.get('days', 0)} day(s)** {total.get('first_day') or ''} → {total.get('last_day') or ''}"
+                f"\n\n{headline_markdown(total)}")
+    report = headline + ("\n\n### Per day\n\n" + days_markdown(day_rows) if day_rows else "")
+    extra: dict = {"dagster/column_lineage": stats_lineage(), "days": dg.MetadataValue.int(len(day_rows))}
+    png = _chart(context, charts.summary_chart, day_rows, total)
+    markdown = report
+    if png is not None:
+        chart_uri = write_bytes(file_uri_for(warehouse.warehouse_uri, SUMMARY.name, "summary.png"), png, options)
+        markdown = charts.markdown_with_chart(report, png, "generation_summary")
+        extra["chart"] = dg.MetadataValue.path(chart_uri)
+    report = (f"# generation_summary\n\n{headline}\n\n" + ("![chart](summary.png)\n\n" if png else "")
+              + ("### Per day\n\n" + days_markdown(day_rows) + "\n" if day_rows else ""))
+    write_bytes(file_uri_for(warehouse.warehouse_uri, SUMMARY.name, "summary.md"), report.encode(), options)
+    context.log.info(f"summary over {len(day_rows)} day(s): {total.get('completed', 0)} videos, "
+                     f"actual cost ${total.get('actual_cost_usd', 0):,.2f}")
+    return dg.MaterializeResult(metadata=table_metadata(SUMMARY, uri, len(rows), upstream=None, extra={
+        **extra, "summary": dg.MetadataValue.md(markdown), **_numbers(total, HEADLINE)}))

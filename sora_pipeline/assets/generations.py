@@ -10,6 +10,7 @@ from pydantic import Field
 
 from sora_pipeline.assets.lineage import arrow_rows, selected_results, spec_metadata, table_metadata
 from sora_pipeline.costs import PriceTable
+from sora_pipeline.failpoints import failpoint
 from sora_pipeline.generation import GenerationConfig, GenerationRunner, Outcome, WorkItem
 from sora_pipeline.ledger import ResubmitPolicy
 from sora_pipeline.partitions import daily_partitions
@@ -60,11 +61,13 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}")
     run_config = GenerationConfig(
         endpoint_id=fal.endpoint_id, backend=fal.backend, queue_base_url=fal.base_url, owner=context.run_id,
-        day=day, max_concurrency=fal.max_concurrency, total_timeout=fal.total_timeout,
+        day=day, max_concurrency=fal.max_concurrency, submit_concurrency=fal.submit_concurrency, total_timeout=fal.total_timeout,
         archive_root=warehouse.videos_uri(day) if fal.archive_videos else None,
         storage_options=dict(warehouse.storage_options),
         policy=ResubmitPolicy(max_attempts=config.max_attempts, resubmit_unknown=config.resubmit_unknown,
-                              regenerate=config.regenerate),
+                              regenerate=config.regenerate,
+                              # a submit claim older than the longest possible submit call belongs to a dead run
+                              submit_lease_seconds=fal.retry_total_timeout + 2 * fal.request_timeout + 30),
         prices=PriceTable.from_env(), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
         dry_run=config.dry_run, openai_api_key=fal.openai_api_key,
         progress_interval=config.progress_interval_seconds)
@@ -93,6 +96,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     rows = [outcome_row(o) for o in outcomes]
     failed = [failed_row(o) for o in outcomes if o.status != "completed"]
     uri = warehouse.write(GENERATIONS, day, rows)
+    failpoint("mid_table_write")  # generations replaced, failed_generations not yet
     failed_uri = warehouse.write(FAILED_GENERATIONS, day, failed)
     yield from selected_results(context, {
         "generations": table_metadata(GENERATIONS, uri, len(rows), extra=extra),

@@ -1,0 +1,156 @@
+"""Query the warehouse with DuckDB: `connect()` opens an in-memory DuckDB with one view per output table.
+
+    from sora_pipeline.query import connect
+    con = connect()                      # SORA_WAREHOUSE_URI, default data/warehouse
+    con.sql("SELECT date, count(*) FROM video_metadata GROUP BY date ORDER BY date").show()
+
+Each day-partitioned table is a view over `<warehouse>/<table>/date=*/*.parquet` read with
+`hive_partitioning=true` (so every view has a `date` column) and `union_by_name=true` (older days written
+before a column was added read as null there). DuckDB reads the Parquet files directly, with filter and
+projection pushdown: nothing is loaded into pandas. Local paths and `file://` URIs are read natively; any other
+fsspec URI (`memory://`, `s3://`, `gs://`, …) goes through the fsspec filesystem registered in DuckDB
+(`storage_options` are passed to fsspec). Views are created only for tables that have at least one day; the
+rollup `generation_summary` (not partitioned) is a view over its single file when it exists.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import duckdb
+import fsspec
+import pyarrow as pa
+
+from sora_pipeline.schemas import ALL_TABLES, TableDef
+from sora_pipeline.stats import DAILY_STATS, SUMMARY, empty_source
+from sora_pipeline.tables import file_uri_for
+
+__all__ = ["DAY_TABLES", "SUMMARY_FILE", "connect", "summary_uri", "warehouse_fs"]
+
+# views `connect()` creates (when the table has data), in this order
+DAY_TABLES: dict[str, TableDef] = {
+    "video_metadata": ALL_TABLES["video_metadata"],
+    "generations": ALL_TABLES["generations"],
+    "failed_generations": ALL_TABLES["failed_generations"],
+    "rejected_items": ALL_TABLES["rejected_items"],
+    "catalog_items": ALL_TABLES["catalog_items"],
+    "generation_daily_stats": DAILY_STATS,
+}
+SUMMARY_FILE = "summary.parquet"
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+T = TypeVar("T")
+
+
+def _default_warehouse() -> str:
+    from sora_pipeline.settings import PipelineSettings
+
+    return PipelineSettings.from_env().warehouse_uri
+
+
+def _local_path(uri: str) -> str | None:
+    """The local path of a plain path or a `file://` URI; None for any other scheme."""
+    m = _SCHEME_RE.match(uri)
+    if not m:
+        return os.path.abspath(uri)
+    if m.group(1).lower() in ("file", "local"):
+        return os.path.abspath(uri[len(m.group(0)):] or "/")
+    return None
+
+
+def warehouse_fs(warehouse_uri: str, storage_options: dict | None = None):
+    """(fsspec filesystem, path inside it) of the warehouse root."""
+    return fsspec.core.url_to_fs(warehouse_uri, **(storage_options or {}))
+
+
+def summary_uri(warehouse_uri: str) -> str:
+    return file_uri_for(warehouse_uri, SUMMARY.name, SUMMARY_FILE)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class _Warehouse:
+    """Paths DuckDB reads and the existence checks, for a local folder or a registered fsspec filesystem."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, warehouse_uri: str, storage_options: dict | None):
+        self.uri = warehouse_uri
+        self.local = _local_path(warehouse_uri)
+        if self.local is None:
+            fs, _ = warehouse_fs(warehouse_uri, storage_options)
+            protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+            if not con.filesystem_is_registered(protocols[0]):
+                con.register_filesystem(fs)
+            self.fs = fs
+            self.base = warehouse_uri.rstrip("/")
+        else:
+            self.fs = None
+            self.base = self.local
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.base, *parts) if self.local is not None else "/".join([self.base, *parts])
+
+    def day_glob(self, table: str) -> str:
+        return self.path(table, "date=*", "*.parquet")
+
+    def has_files(self, pattern: str) -> bool:
+        if self.local is not None:
+            return any(not os.path.basename(p).startswith((".", "_")) for p in glob.glob(pattern))
+        try:
+            return any(not p.rsplit("/", 1)[-1].startswith((".", "_")) for p in self.fs.glob(pattern))
+        except FileNotFoundError:
+            return False
+
+
+def connect(warehouse_uri: str | None = None, *, storage_options: dict[str, Any] | None = None,
+            empty_missing: bool = False, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with views `video_metadata`, `generations`, `failed_generations`,
+    `rejected_items`, `catalog_items`, `generation_daily_stats` (every day, with a `date` column) and
+    `generation_summary`, for the tables that exist under `warehouse_uri` (default: SORA_WAREHOUSE_URI or
+    `data/warehouse`).
+
+    With `empty_missing=True` a table that has no day yet becomes an empty view with its full schema (so queries
+    over it return no rows instead of failing with "table does not exist").
+    """
+    warehouse_uri = warehouse_uri or _default_warehouse()
+    con = con or duckdb.connect(":memory:")
+    wh = _Warehouse(con, warehouse_uri, storage_options)
+    for name, table in DAY_TABLES.items():
+        pattern = wh.day_glob(name)
+        if wh.has_files(pattern):
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({_sql_str(pattern)}, "
+                        "hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE})")
+        elif empty_missing:
+            con.register(f"_empty_{name}", empty_source(table))
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _empty_{name}")
+    summary = wh.path(SUMMARY.name, SUMMARY_FILE)
+    if wh.has_files(summary):
+        con.execute(f"CREATE OR REPLACE VIEW {SUMMARY.name} AS SELECT * FROM read_parquet({_sql_str(summary)})")
+    return con
+
+
+def views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Names of the views on a connection made by `connect()`."""
+    return [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal "
+                                      "ORDER BY view_name").fetchall()]
+
+
+def retry_io(fn: Callable[[], T], attempts: int = 3) -> T:
+    """Run `fn`, again if a file vanished under it (a day being replaced at that moment by another run)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (duckdb.IOException, FileNotFoundError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def to_arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    return con.sql(sql).to_arrow_table()
