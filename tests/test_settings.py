@@ -1,0 +1,66 @@
+"""Configuration errors fail at load with what to set; progress lines read well; resources hide secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sora_pipeline.progress import Progress
+from sora_pipeline.resources import FalVideoResource
+from sora_pipeline.settings import ConfigError, PipelineSettings
+
+
+@pytest.mark.parametrize("env, names", [
+    ({"FAL_KEY": "k-secret-1", "SORA_FAL_QUEUE_URL": "queue.fal.run"}, "SORA_FAL_QUEUE_URL"),
+    ({"SORA_MAX_CONCURRENCY": "many"}, "SORA_MAX_CONCURRENCY"),
+    ({"SORA_MAX_CONCURRENCY": "0"}, "SORA_MAX_CONCURRENCY"),
+    ({"SORA_POLL_INTERVAL": "-1"}, "SORA_POLL_INTERVAL"),
+    ({"SORA_ENDPOINT_ID": "sora"}, "SORA_ENDPOINT_ID"),
+    ({"SORA_PARTITIONS_START": "yesterday"}, "SORA_PARTITIONS_START"),
+])
+def test_bad_settings_name_the_variable(env, names):
+    with pytest.raises(ConfigError) as err:
+        PipelineSettings.from_env(env)
+    assert names in str(err.value) and "k-secret-1" not in str(err.value)
+
+
+def test_settings_defaults_and_backend():
+    s = PipelineSettings.from_env({})
+    assert (s.catalog_uri, s.warehouse_uri, s.max_concurrency, s.backend) == ("data/catalog", "data/warehouse", 8,
+                                                                               "simulator")
+    s = PipelineSettings.from_env({"FAL_KEY": "x"})
+    assert s.queue_url == "https://queue.fal.run" and s.backend == "fal"
+
+
+def test_bad_config_fails_when_definitions_load():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))}
+    env.update(FAL_KEY="k-secret-2", SORA_FAL_QUEUE_URL="ftp://nope")
+    proc = subprocess.run([sys.executable, "-c", "import sora_pipeline.definitions"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "SORA_FAL_QUEUE_URL" in proc.stderr and "k-secret-2" not in proc.stderr
+
+
+def test_resource_validates_and_hides_the_key():
+    with pytest.raises(Exception, match="queue base URL"):
+        FalVideoResource(fal_key="k", queue_url="not a url")
+    with pytest.raises(Exception, match="normal"):
+        FalVideoResource(queue_priority="urgent")
+    res = FalVideoResource(fal_key="k-secret-3", queue_url="https://queue.fal.run")
+    assert "k-secret-3" not in repr(res) and "k-secret-3" not in str(res) and res.backend == "fal"
+
+
+def test_progress_line_counts_and_eta():
+    now = [0.0]
+    lines = []
+    p = Progress(4, emit=lines.append, interval=5.0, clock=lambda: now[0])
+    p.set("a", "in_queue", queue_position=3)
+    p.set("b", "in_progress")
+    now[0] = 10.0
+    p.set("c", "completed")
+    assert "1/4 done" in lines[-1] and "in queue 1 (positions 3–3)" in lines[-1] and "ETA 30s" in lines[-1]
+    p.set("d", "failed")  # within the interval: no new line
+    assert len(lines) == 2
