@@ -3,15 +3,20 @@ streamed to a local temp file while hashing, then moved into the archive through
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import posixpath
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import fsspec
 import httpx
+
+from sora_pipeline.media import probe_video
 
 
 class DownloadRefused(ValueError):
@@ -81,3 +86,29 @@ def archive_file(local_path: str, target_uri: str, storage_options: dict | None 
     fs.mv(staging, target)
     os.unlink(local_path)
     return target_uri
+
+
+async def fetch_video(http: httpx.AsyncClient, url: str, *, queue_base_url: str, archive_stem: str | None,
+                      storage_options: dict | None = None,
+                      before_probe: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+    """Download → probe (PyAV, headers only) → archive to `<archive_stem>-<sha256[:12]>.mp4` (if given).
+
+    Returns the artifacts recorded in the ledger: archive_uri, sha256, file_size, content_type, probe."""
+    tmp_dir = None
+    if archive_stem and "://" not in archive_stem:  # same disk as the archive: the final move is a rename
+        tmp_dir = os.path.join(os.path.dirname(archive_stem), ".incoming")
+        os.makedirs(tmp_dir, exist_ok=True)
+    file = await download_video(http, url, queue_base_url=queue_base_url, tmp_dir=tmp_dir)
+    try:
+        if before_probe is not None:
+            await before_probe()
+        probe = await asyncio.to_thread(probe_video, file.path)
+        archive_uri = None
+        if archive_stem:
+            target = f"{archive_stem}-{file.sha256[:12]}.mp4"
+            archive_uri = await asyncio.to_thread(archive_file, file.path, target, storage_options)
+    finally:
+        if os.path.exists(file.path):
+            os.unlink(file.path)
+    return {"archive_uri": archive_uri, "sha256": file.sha256, "file_size": file.size,
+            "content_type": file.content_type, "probe": asdict(probe)}

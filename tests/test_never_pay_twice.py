@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sora_pipeline.failpoints import POINTS
-from sora_pipeline.ledger import Ledger, RequestState
+from sora_pipeline.ledger import Ledger
 from sora_pipeline.tables import read_day_partition
 from tests.pipeline_helpers import (
     DAY,

@@ -1,7 +1,6 @@
 """fal queue client for the Sora 2 Pro image-to-video endpoint (pure httpx; no Dagster import)."""
 
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
-from sora_pipeline.fal.protocol import PollPolicy, QueueHandle, QueueStatus, RetryPolicy
 from sora_pipeline.fal.errors import (
     AmbiguousSubmitError,
     AuthenticationError,
@@ -22,6 +21,7 @@ from sora_pipeline.fal.models import (
     Resolution,
     VideoFile,
 )
+from sora_pipeline.fal.protocol import PollPolicy, QueueHandle, QueueStatus, RetryPolicy
 
 __all__ = [
     "DEFAULT_ENDPOINT_ID",

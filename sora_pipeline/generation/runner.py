@@ -8,23 +8,19 @@ request id right after it returns, so no crash can make us pay twice or lose a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from sora_pipeline.costs import BudgetGuard, PriceTable, actual_cost, estimate_cost
-from sora_pipeline.download import archive_file, download_video
+from sora_pipeline.costs import BudgetGuard, actual_cost, estimate_cost
+from sora_pipeline.download import fetch_video
+from sora_pipeline.failpoints import armed, failpoint
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
 from sora_pipeline.fal.errors import (
     AmbiguousSubmitError,
@@ -35,97 +31,14 @@ from sora_pipeline.fal.errors import (
 )
 from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
-from sora_pipeline.failpoints import armed, failpoint
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
+from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
+from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned, WorkItem
 from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, RequestSpec, RequestState, ResubmitPolicy
-from sora_pipeline.media import MediaProbeError, probe_video
+from sora_pipeline.media import MediaProbeError
 from sora_pipeline.progress import Progress
 
 log = logging.getLogger("sora_pipeline.generation")
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """A valid catalog row, as the generation step needs it."""
-
-    item_id: str
-    prompt: str
-    image_ref: str
-    resolution: str
-    aspect_ratio: str
-    duration: int
-    day: str
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    endpoint_id: str
-    backend: str
-    queue_base_url: str
-    owner: str  # the Dagster run id (claims are per owner)
-    day: str
-    max_concurrency: int = 8
-    # submits in flight at once: a crash can only leave this many requests `unknown` (1 = at most one)
-    submit_concurrency: int = 1
-    download_concurrency: int = 8
-    total_timeout: float = 3600.0
-    archive_root: str | None = None  # <warehouse>/videos/date=<day>; None = do not archive
-    storage_options: dict = field(default_factory=dict)
-    policy: ResubmitPolicy = field(default_factory=ResubmitPolicy)
-    prices: PriceTable = field(default_factory=PriceTable)
-    run_budget: float | None = None
-    day_budget: float | None = None
-    dry_run: bool = False
-    openai_api_key: str | None = field(default=None, repr=False)
-    progress_interval: float = 5.0
-    cancel_timeout: float = 15.0
-
-
-@dataclass
-class Outcome:
-    """One row of the `generations` table."""
-
-    item_id: str
-    request_key: str | None
-    resolution: str
-    aspect_ratio: str
-    requested_duration: int
-    endpoint_id: str
-    backend: str
-    status: str = "pending"
-    decision: str = "skipped"
-    attempt: int | None = None
-    request_id: str | None = None
-    video_id: str | None = None
-    video_url: str | None = None
-    content_type: str | None = None
-    api_json: str | None = None
-    archive_uri: str | None = None
-    sha256: str | None = None
-    file_size: int | None = None
-    probe_json: str | None = None
-    submitted_at: datetime | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-    retryable: bool | None = None
-    estimated_cost: float | None = None
-    actual_cost: float | None = None
-    seconds_generated: float | None = None
-    used_openai_key: bool = False
-
-    def fail(self, status: str, error_type: str, message: str, retryable: bool | None = None) -> Outcome:
-        self.status, self.error_type, self.error_message, self.retryable = status, error_type, message, retryable
-        return self
-
-
-@dataclass(frozen=True)
-class _Planned:
-    item: WorkItem
-    spec: RequestSpec | None
-    image: ImageInput | None
-    error: str | None = None
 
 
 def would_submit(entry: LedgerEntry | None, policy: ResubmitPolicy) -> bool:
@@ -163,13 +76,13 @@ class GenerationRunner:
         waiting on are cancelled through their cancel_url (bounded time) and the ledger records it."""
         items = list(items)
         try:
-            with _sigterm_raises_interrupt():
+            with sigterm_raises_interrupt():
                 return asyncio.run(self._run(items))
         except BaseException:
             self.cancel_in_flight()
             raise
 
-    def plan(self, items: list[WorkItem]) -> list[_Planned]:
+    def plan(self, items: list[WorkItem]) -> list[Planned]:
         """Read/verify every image once (cached by reference), compute request keys, record PLANNED rows."""
         cache: dict[str, ImageInput | str] = {}
         byo = self.config.openai_api_key is not None
@@ -187,7 +100,7 @@ class GenerationRunner:
         for item in items:
             image = cache[item.image_ref]
             if isinstance(image, str):
-                planned.append(_Planned(item, None, None, f"image_uri: {image}"))
+                planned.append(Planned(item, None, None, f"image_uri: {image}"))
                 continue
             cost = estimate_cost(self.config.prices, resolution=item.resolution, duration_s=item.duration,
                                  byo_openai_key=byo)
@@ -195,7 +108,7 @@ class GenerationRunner:
                                       prompt=item.prompt, resolution=item.resolution,
                                       aspect_ratio=item.aspect_ratio, duration=item.duration,
                                       image_sha256=image.sha256, used_openai_key=byo, estimated_cost=cost)
-            planned.append(_Planned(item, spec, image))
+            planned.append(Planned(item, spec, image))
         self.ledger.plan([p.spec for p in planned if p.spec is not None])
         return planned
 
@@ -203,7 +116,8 @@ class GenerationRunner:
         cfg = self.config
         planned = await asyncio.to_thread(self.plan, items)
         self.progress = Progress(len(planned), emit=self._emit, interval=cfg.progress_interval)
-        entries = {p.spec.request_key: self.ledger.get(p.spec.request_key) for p in planned if p.spec}
+        known = {e.request_key: e for e in await asyncio.to_thread(self.ledger.entries_for_day, cfg.day)}
+        entries = {p.spec.request_key: known.get(p.spec.request_key) for p in planned if p.spec}
         to_submit = [p for p in planned if p.spec and would_submit(entries[p.spec.request_key], cfg.policy)]
         self.estimated_total = sum(p.spec.estimated_cost for p in to_submit)
         spent = await asyncio.to_thread(self.ledger.spent, cfg.day)
@@ -221,12 +135,13 @@ class GenerationRunner:
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
         async with self._client_factory() as client, httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
             self._client, self._http = client, http
-            outcomes = await asyncio.gather(*(self._process(p) for p in planned))
+            outcomes = await asyncio.gather(*(self._process(p, entries.get(p.spec.request_key) if p.spec else None)
+                                              for p in planned))
         self.progress.maybe_log(force=True)
         return list(outcomes)
 
     # -- per item ------------------------------------------------------------------------------------
-    def _outcome(self, p: _Planned) -> Outcome:
+    def _outcome(self, p: Planned) -> Outcome:
         i = p.item
         return Outcome(item_id=i.item_id, request_key=p.spec.request_key if p.spec else None,
                        resolution=i.resolution, aspect_ratio=i.aspect_ratio, requested_duration=i.duration,
@@ -234,7 +149,7 @@ class GenerationRunner:
                        estimated_cost=p.spec.estimated_cost if p.spec else None,
                        used_openai_key=bool(p.spec and p.spec.used_openai_key))
 
-    def _dry_outcome(self, p: _Planned, entry: LedgerEntry | None) -> Outcome:
+    def _dry_outcome(self, p: Planned, entry: LedgerEntry | None) -> Outcome:
         out = self._outcome(p)
         if p.error:
             return out.fail("failed", "invalid_image", p.error, False)
@@ -242,7 +157,7 @@ class GenerationRunner:
         out.decision = "would_submit" if would_submit(entry, self.config.policy) else f"would_{entry.state.value}"
         return out
 
-    async def _process(self, p: _Planned) -> Outcome:
+    async def _process(self, p: Planned, entry: LedgerEntry | None) -> Outcome:
         out = self._outcome(p)
         progress = self.progress
         if p.error:
@@ -250,7 +165,7 @@ class GenerationRunner:
             return out.fail("failed", "invalid_image", p.error, False)
         try:
             async with self._slots:
-                entry = await self._claim_and_wait(p, out)
+                entry = await self._claim_and_wait(p, out, entry)
             if entry is not None and out.status == "completed":
                 await self._fetch_video(p, out, entry)
         except FalError as exc:
@@ -261,9 +176,9 @@ class GenerationRunner:
         progress.set(p.item.item_id, out.status if out.status != "pending" else "unknown")
         return out
 
-    async def _claim_and_wait(self, p: _Planned, out: Outcome) -> LedgerEntry | None:
+    async def _claim_and_wait(self, p: Planned, out: Outcome, entry: LedgerEntry | None) -> LedgerEntry | None:
+        """Claim the item in the ledger and act on the decision; returns the completed entry or None."""
         cfg, key, item = self.config, p.spec.request_key, p.item
-        entry = await asyncio.to_thread(self.ledger.get, key)
         if would_submit(entry, cfg.policy) and not self._budget.try_reserve(p.spec.estimated_cost):
             out.fail("skipped", "budget", f"item {item.item_id}: skipped, the budget cap would be exceeded by "
                      f"${p.spec.estimated_cost:,.2f} (remaining ${self._budget.remaining():,.2f})")
@@ -311,7 +226,7 @@ class GenerationRunner:
             out.request_id, out.submitted_at = entry.request_id, entry.submitted_at
         return await self._wait_for_result(p, out, entry.attempt, handle)
 
-    async def _submit(self, p: _Planned, out: Outcome, attempt: int) -> QueueHandle | None:
+    async def _submit(self, p: Planned, out: Outcome, attempt: int) -> QueueHandle | None:
         key, item = p.spec.request_key, p.item
         arguments = ImageToVideoInput(prompt=item.prompt, image_url=p.image.url, resolution=item.resolution,
                                       aspect_ratio=item.aspect_ratio, duration=item.duration,
@@ -338,7 +253,7 @@ class GenerationRunner:
         out.request_id, out.submitted_at = handle.request_id, now
         return handle
 
-    async def _wait_for_result(self, p: _Planned, out: Outcome, attempt: int,
+    async def _wait_for_result(self, p: Planned, out: Outcome, attempt: int,
                                handle: QueueHandle) -> LedgerEntry | None:
         key, item_id = p.spec.request_key, p.item.item_id
         self._in_flight[key] = (attempt, handle)
@@ -396,41 +311,25 @@ class GenerationRunner:
         out.seconds_generated, out.actual_cost = entry.seconds_generated, entry.actual_cost
         return entry
 
-    async def _fetch_video(self, p: _Planned, out: Outcome, entry: LedgerEntry) -> None:
+    async def _fetch_video(self, p: Planned, out: Outcome, entry: LedgerEntry) -> None:
         """Download (or reuse the archived copy), hash and probe; record the artifacts in the ledger."""
         artifacts = entry.artifacts or {}
         if artifacts.get("probe") and (artifacts.get("archive_uri") or not self.config.archive_root):
             self._apply_artifacts(out, artifacts)
             return
         self.progress.set(p.item.item_id, "downloading")
-        async with self._downloads:
-            artifacts = await self._download_and_probe(p, out)
-        await asyncio.to_thread(self.ledger.set_artifacts, p.spec.request_key, entry.attempt, artifacts)
-        self._apply_artifacts(out, artifacts)
-
-    async def _download_and_probe(self, p: _Planned, out: Outcome) -> dict[str, Any]:
         cfg = self.config
-        tmp_dir = None
-        if cfg.archive_root and "://" not in cfg.archive_root:
-            tmp_dir = os.path.join(cfg.archive_root, ".incoming")
-            os.makedirs(tmp_dir, exist_ok=True)
-        file = await download_video(self._http, out.video_url, queue_base_url=cfg.queue_base_url, tmp_dir=tmp_dir)
-        await self._crash_point("mid_download")
-        try:
+        target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}" if cfg.archive_root else None
+        async with self._downloads:
             try:
-                probe = await asyncio.to_thread(probe_video, file.path)
+                artifacts = await fetch_video(self._http, out.video_url, queue_base_url=cfg.queue_base_url,
+                                              archive_stem=target, storage_options=cfg.storage_options,
+                                              before_probe=lambda: self._crash_point("mid_download"))
             except MediaProbeError as exc:
                 raise FalError(f"the video of {p.item.item_id} is not a readable MP4: {exc}") from None
-            archive_uri = None
-            if cfg.archive_root:
-                target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}-{file.sha256[:12]}.mp4"
-                archive_uri = await asyncio.to_thread(archive_file, file.path, target, cfg.storage_options)
-        finally:
-            if os.path.exists(file.path):
-                os.unlink(file.path)
-        return {"archive_uri": archive_uri, "sha256": file.sha256, "file_size": file.size,
-                "content_type": file.content_type, "probe": asdict(probe),
-                "started_at": out.started_at.isoformat() if out.started_at else None}
+        artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
+        await asyncio.to_thread(self.ledger.set_artifacts, p.spec.request_key, entry.attempt, artifacts)
+        self._apply_artifacts(out, artifacts)
 
     def _apply_artifacts(self, out: Outcome, artifacts: dict[str, Any]) -> None:
         out.archive_uri, out.sha256 = artifacts.get("archive_uri"), artifacts.get("sha256")
@@ -471,21 +370,3 @@ class GenerationRunner:
                 pool.submit(cancel, key, attempt, handle)
         self._emit(f"run interrupted: asked fal to cancel {len(pending)} in-flight request(s)")
         return len(pending)
-
-
-@contextlib.contextmanager
-def _sigterm_raises_interrupt():
-    """Make SIGTERM interrupt the run like Ctrl-C when nobody else (e.g. Dagster) handles it already."""
-    in_main = threading.current_thread() is threading.main_thread()
-    if not in_main or signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

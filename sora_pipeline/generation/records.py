@@ -1,0 +1,96 @@
+"""The records a day's generation passes around: the work items, the run's settings, one outcome per item."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sora_pipeline.costs import PriceTable
+from sora_pipeline.fal.inputs import ImageInput
+from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A valid catalog row, as the generation step needs it."""
+
+    item_id: str
+    prompt: str
+    image_ref: str
+    resolution: str
+    aspect_ratio: str
+    duration: int
+    day: str
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    endpoint_id: str
+    backend: str
+    queue_base_url: str
+    owner: str  # the Dagster run id (claims are per owner)
+    day: str
+    max_concurrency: int = 8
+    # submits in flight at once: a crash can only leave this many requests `unknown` (1 = at most one)
+    submit_concurrency: int = 1
+    download_concurrency: int = 8
+    total_timeout: float = 3600.0
+    archive_root: str | None = None  # <warehouse>/videos/date=<day>; None = do not archive
+    storage_options: dict = field(default_factory=dict)
+    policy: ResubmitPolicy = field(default_factory=ResubmitPolicy)
+    prices: PriceTable = field(default_factory=PriceTable)
+    run_budget: float | None = None
+    day_budget: float | None = None
+    dry_run: bool = False
+    openai_api_key: str | None = field(default=None, repr=False)
+    progress_interval: float = 5.0
+    cancel_timeout: float = 15.0
+
+
+@dataclass
+class Outcome:
+    """One row of the `generations` table."""
+
+    item_id: str
+    request_key: str | None
+    resolution: str
+    aspect_ratio: str
+    requested_duration: int
+    endpoint_id: str
+    backend: str
+    status: str = "pending"
+    decision: str = "skipped"
+    attempt: int | None = None
+    request_id: str | None = None
+    video_id: str | None = None
+    video_url: str | None = None
+    content_type: str | None = None
+    api_json: str | None = None
+    archive_uri: str | None = None
+    sha256: str | None = None
+    file_size: int | None = None
+    probe_json: str | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    retryable: bool | None = None
+    estimated_cost: float | None = None
+    actual_cost: float | None = None
+    seconds_generated: float | None = None
+    used_openai_key: bool = False
+
+    def fail(self, status: str, error_type: str, message: str, retryable: bool | None = None) -> Outcome:
+        self.status, self.error_type, self.error_message, self.retryable = status, error_type, message, retryable
+        return self
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A work item after planning: its ledger spec and image, or why it cannot be submitted."""
+
+    item: WorkItem
+    spec: RequestSpec | None
+    image: ImageInput | None
+    error: str | None = None
