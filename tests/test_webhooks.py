@@ -287,16 +287,15 @@ class WebhookGenerationRunner(GenerationRunner):
 
     async def _wait_for_result(self, p, out, attempt, handle):
         key = p.spec.request_key
-        self._in_flight[key] = (attempt, handle)
+        self._in_flight[key] = (attempt, handle)  # stays while waiting: an interrupted run cancels it at fal
         self.progress.set(p.item.item_id, "in_queue")
-        try:
-            entry = await wait_for_webhook(self.ledger, key, attempt, timeout=self.webhook_wait,
-                                           poll_ledger_every=self.webhook_ledger_poll)
-        finally:
-            self._in_flight.pop(key, None)
+        entry = await wait_for_webhook(self.ledger, key, attempt, timeout=self.webhook_wait,
+                                       poll_ledger_every=self.webhook_ledger_poll)
         if entry is not None and entry.state == RequestState.COMPLETED:
+            self._in_flight.pop(key, None)
             return self._fill_completed(out, entry)
         if entry is not None and entry.state in (RequestState.FAILED, RequestState.CANCELLED):
+            self._in_flight.pop(key, None)
             raise RequestFailedError(entry.error_message or f"request {entry.state.value} (webhook)",
                                      request_id=entry.request_id, retryable=bool(entry.retryable),
                                      fal_error_type=entry.error_type)
