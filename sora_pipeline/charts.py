@@ -125,5 +125,5 @@ def data_uri(png: bytes) -> str:
 
 
 def markdown_with_chart(markdown: str, png: bytes, alt: str = "chart") -> str:
-    """`markdown` followed by the chart as an inline image (rendered by the Dagster UI)."""
-    return f"{markdown}\n\n![{alt}]({data_uri(png)})\n"
+    """The chart as an inline image (rendered by the Dagster UI), then `markdown`."""
+    return f"![{alt}]({data_uri(png)})\n\n{markdown}\n"

@@ -86,7 +86,7 @@ def _numbers(row: dict, names) -> dict:
                 "(by reason), pending, rejected (by field); success rate; submit→completion latency p50/p95/max and "
                 "queue vs. run time; seconds generated; estimated and actual cost; resolution/aspect/duration/fps/"
                 "size mix; file sizes; where the media metadata came from (API, probe, both). Headline table and "
-                "chart in the materialization; chart also at <warehouse>/generation_daily_stats/_reports/.",
+                "chart in the materialization; chart also at `<warehouse>/generation_daily_stats/_reports/`.",
 )
 def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
@@ -113,7 +113,7 @@ def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: Warehou
     description="Rollup over every day, computed by DuckDB directly over the hive-partitioned Parquet tables "
                 "(generations, video_metadata, rejected_items): one row per day (scope `day`) and a total row "
                 "(scope `all`) with the generation_daily_stats metrics (total percentiles over all items). Writes "
-                "<warehouse>/generation_summary/summary.parquet, summary.png and summary.md. Not partitioned: "
+                "`<warehouse>/generation_summary/summary.parquet`, `summary.png` and `summary.md`. Not partitioned: "
                 "materialize it after the days you care about.",
 )
 def generation_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
