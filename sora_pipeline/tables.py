@@ -18,10 +18,14 @@ partition once at a time); readers ignore names starting with `.` or `_`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import posixpath
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from datetime import date, datetime
@@ -233,6 +237,29 @@ def write_day_partition(warehouse_uri: str, table: str, day: date | str, data: p
         raise ValueError(f"table {table!r}: 'date' is the partition column and cannot be a data column")
     d = _day(day)
     ops, tdir = _locate(warehouse_uri, table, storage_options)
+    with _writer_lock(ops, tdir, d):
+        return _write_locked(ops, tdir, d, data, warehouse_uri, table)
+
+
+@contextlib.contextmanager
+def _writer_lock(ops: _Ops, tdir: str, d: str):
+    """One writer per day at a time on local disks (two runs of the same day may finish together); object
+    stores have no locks: there the last writer wins and a concurrent writer's staging folder may be lost."""
+    if not ops.local:
+        yield
+        return
+    lock_dir = os.path.join(tempfile.gettempdir(), "sora-pipeline-locks")  # outside the table: readers never see it
+    os.makedirs(lock_dir, exist_ok=True)
+    name = hashlib.sha256(f"{os.path.realpath(tdir)}\0{d}".encode()).hexdigest()[:32]
+    with open(os.path.join(lock_dir, f"{name}.lock"), "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_locked(ops: _Ops, tdir: str, d: str, data: pa.Table, warehouse_uri: str, table: str) -> str:
     _recover(ops, tdir, d, writer=True)
     staging = ops.join(tdir, STAGING)
     stage = ops.join(staging, f"date={d}-{uuid.uuid4().hex}")
