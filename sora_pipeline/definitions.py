@@ -31,7 +31,8 @@ def build_resources(settings: PipelineSettings | None = None) -> dict:
     }
 
 
-ASSETS = [catalog_source, catalog_slice, generations, video_metadata, generation_daily_stats, generation_summary]
+DAILY_ASSETS = [catalog_slice, generations, video_metadata, generation_daily_stats]  # one run per day
+ASSETS = [catalog_source, *DAILY_ASSETS, generation_summary]
 
 defs = dg.Definitions(
     assets=ASSETS,

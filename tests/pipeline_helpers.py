@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from sora_pipeline.checks import ALL_CHECKS
-from sora_pipeline.definitions import ASSETS
+from sora_pipeline.definitions import DAILY_ASSETS
 from sora_pipeline.resources import FalVideoResource
 from sora_pipeline.warehouse import WarehouseResource
 
 DAY = "2026-11-20"
-SELECTION = [a for a in ASSETS if not isinstance(a, dg.AssetSpec)]
+SELECTION = DAILY_ASSETS
 
 
 def write_images(fs_root: str) -> None:

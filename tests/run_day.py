@@ -9,13 +9,12 @@ import sys
 
 import dagster as dg
 
-from sora_pipeline.definitions import ASSETS, build_resources
+from sora_pipeline.definitions import DAILY_ASSETS, build_resources
 
 if __name__ == "__main__":
     day = sys.argv[1]
     run_config = json.loads(sys.argv[2]) if len(sys.argv) > 2 else None
-    selection = [a for a in ASSETS if not isinstance(a, dg.AssetSpec)]
-    result = dg.materialize(selection, partition_key=day, resources=build_resources(),
+    result = dg.materialize(DAILY_ASSETS, partition_key=day, resources=build_resources(),
                             run_config={"ops": {"generations": {"config": run_config}}} if run_config else None,
                             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     sys.exit(0 if result.success else 1)

@@ -110,11 +110,13 @@ def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: Warehou
     key="generation_summary", group_name=GROUP, code_version="1",
     deps=SOURCES, kinds={"parquet", "duckdb"},
     metadata=spec_metadata(SUMMARY),
+    # refreshed by Dagster's automation sensor after any day's tables change (cheap: one DuckDB query)
+    automation_condition=dg.AutomationCondition.eager(),
     description="Rollup over every day, computed by DuckDB directly over the hive-partitioned Parquet tables "
                 "(generations, video_metadata, rejected_items): one row per day (scope `day`) and a total row "
                 "(scope `all`) with the generation_daily_stats metrics (total percentiles over all items). Writes "
                 "`<warehouse>/generation_summary/summary.parquet`, `summary.png` and `summary.md`. Not partitioned: "
-                "materialize it after the days you care about.",
+                "refreshed automatically after days change (eager automation), or materialize it yourself.",
 )
 def generation_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     options = warehouse.storage_options or None
