@@ -1,0 +1,452 @@
+"""Shared pieces of the benchmarks: machine/version info, result files, an out-of-process simulator, day catalogs,
+Dagster materializations with per-step timings, and peak-RSS measurement.
+
+Everything talks to loopback only: the simulator runs as `python -m sora_pipeline.simulator` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+RESULTS = ROOT / "results"
+CACHE = ROOT / ".cache"
+SIM_VIDEO_CACHE = CACHE / "sim-videos"
+DAY = "2026-11-20"
+WARMUP_DAY = "2026-11-19"
+
+# a benchmark never reaches the real service, nor reads a developer's key or ledger
+for _name in ("FAL_KEY", "SORA_FAL_QUEUE_URL", "SORA_OPENAI_API_KEY", "SORA_LEDGER_URL", "SORA_CATALOG_URI",
+              "SORA_WAREHOUSE_URI", "SORA_MAX_CONCURRENCY", "SORA_POLL_INTERVAL"):
+    os.environ.pop(_name, None)
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost,::1")
+os.environ.setdefault("no_proxy", "127.0.0.1,localhost,::1")
+
+VERSIONED = ("sora_pipeline", "dagster", "pyarrow", "pandas", "numpy", "av", "httpx", "starlette", "uvicorn",
+             "sqlalchemy", "pydantic", "fsspec", "psutil", "fal-client")
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "implementation":
+        platform.python_implementation(), "platform": platform.platform(), "machine": platform.machine(),
+        "processor": platform.processor() or None,
+    }
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        info["cpu_model"] = names[0] if names else None
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["memory_total_mb"] = round(psutil.virtual_memory().total / 2**20)
+        info["cpu_affinity"] = len(psutil.Process().cpu_affinity())
+    except Exception:
+        pass
+    return info
+
+
+def versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in VERSIONED + extra:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass
+class Check:
+    """One row of the results table: a figure, its target, and whether it holds."""
+
+    id: str
+    figure: str
+    value: float | int | None
+    target: str
+    passed: bool | None
+    unit: str = ""
+    note: str = ""
+
+    def shown(self) -> str:
+        if self.value is None:
+            return "n/a"
+        if isinstance(self.value, float):
+            v = f"{self.value:.3g}" if abs(self.value) < 100 else f"{self.value:,.0f}"
+        else:
+            v = f"{self.value:,}"
+        return f"{v}{self.unit}"
+
+
+@dataclass
+class Result:
+    name: str
+    mode: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    numbers: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    load_start: list[float] = field(default_factory=lambda: loadavg())
+
+    def check(self, id: str, figure: str, value: Any, target: str, passed: bool | None, unit: str = "",
+              note: str = "") -> Check:
+        c = Check(id, figure, value, target, passed, unit, note)
+        self.checks.append(c)
+        return c
+
+    def save(self, summary: str) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "name": self.name, "mode": self.mode,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "benchmark_seconds": round(time.time() - self.started, 2),
+            "machine": machine(), "load_average_at_start": self.load_start, "load_average_at_end": loadavg(),
+            "versions": versions(), "parameters": self.parameters,
+            "numbers": self.numbers,
+            "checks": [vars(c) for c in self.checks], "notes": self.notes, "summary": summary,
+        }
+        doc["run_id"] = os.environ.get("BENCH_RUN_ID")
+        path = RESULTS / f"{self.name}.json"
+        path.write_text(json.dumps(_jsonable(doc), indent=2, sort_keys=False) + "\n")
+        verdict = ", ".join(f"{c.id} {'PASS' if c.passed else 'FAIL' if c.passed is False else 'info'}"
+                            for c in self.checks)
+        print(f"[{self.name}] {summary} ({verdict})", flush=True)
+        return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else round(value, 6)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def rnd(x: float | None, n: int = 3) -> float | None:
+    return None if x is None else round(float(x), n)
+
+
+# ------------------------------------------------------------------------------------------------- memory
+def maxrss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    `VmHWM` from /proc/self/status (reset by exec), not `ru_maxrss`: Linux carries `ru_maxrss` over from the parent
+    across fork + exec, so a child of a big parent would report the parent's size."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RSSSampler:
+    """Samples this process's RSS in a thread (to show the curve; `maxrss_mb()` is the exact peak)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
+        self._t0 = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic() - self._t0, self._proc.memory_info().rss / 2**20))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RSSSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return max((s[1] for s in self.samples), default=0.0)
+
+    def curve(self, points: int = 20) -> list[list[float]]:
+        if not self.samples:
+            return []
+        step = max(1, len(self.samples) // points)
+        return [[round(t, 1), round(m, 1)] for t, m in self.samples[::step]]
+
+
+# ----------------------------------------------------------------------------------------------- simulator
+class SimProcess:
+    """The fal queue simulator in its own process (as fal is remote: it does not compete for our GIL)."""
+
+    def __init__(self, *, run_latency: float, queue_latency: float = 0.0, max_running: int | None = None,
+                 seed: int = 0, extra_args: list[str] | None = None, tls_cert_dir: Path | None = None) -> None:
+        self.tls_cert_dir = tls_cert_dir
+        if tls_cert_dir is None:
+            self.module = "sora_pipeline.simulator"
+            self.args = ["--host", "127.0.0.1", "--port", "0", "--run-latency", str(run_latency),
+                         "--queue-latency", str(queue_latency), "--seed", str(seed)]
+        else:  # the same app behind TLS (for clients that only build https:// URLs)
+            self.module = "benchmarks._tls_sim"
+            self.args = ["--cert-dir", str(tls_cert_dir), "--run-latency", str(run_latency)]
+        self.args += ["--video-cache-dir", str(SIM_VIDEO_CACHE)]
+        if max_running:
+            self.args += ["--max-running", str(max_running)]
+        self.args += extra_args or []
+        self.proc: subprocess.Popen | None = None
+        self.base_url = ""
+
+    @property
+    def cert_file(self) -> str | None:
+        return str(self.tls_cert_dir / "cert.pem") if self.tls_cert_dir else None
+
+    def start(self, timeout: float = 30.0) -> SimProcess:
+        SIM_VIDEO_CACHE.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=REPO,
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith(("http://", "https://")):
+            self.stop()
+            raise RuntimeError(f"the simulator did not start (said {line!r})")
+        self.base_url = line
+        return self
+
+    def _http(self, method: str, path: str) -> dict:
+        import httpx
+
+        with httpx.Client(trust_env=False, timeout=30, verify=self.cert_file or True) as client:
+            resp = client.request(method, f"{self.base_url}{path}")
+            resp.raise_for_status()
+            return resp.json()
+
+    def stats(self) -> dict[str, Any]:
+        return self._http("GET", "/_simulator/stats")
+
+    def reset(self) -> None:
+        self._http("POST", "/_simulator/reset")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> SimProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def queue_calls(stats: dict[str, Any]) -> dict[str, int]:
+    calls = dict(stats.get("calls", {}))
+    calls["queue_total"] = sum(calls.get(k, 0) for k in ("submit", "status", "result", "cancel"))
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------- projects
+IMAGE_NAME = "land.png"
+
+
+def write_image(folder: Path) -> Path:
+    """One small landscape PNG: every item uses it, so the simulator encodes one clip (its cache is shared)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / IMAGE_NAME
+    if not path.exists():
+        Image.new("RGB", (320, 180), (20, 120, 220)).save(path, format="PNG")
+    return path
+
+
+CATALOG_SCHEMA = None
+
+
+def catalog_schema():
+    import pyarrow as pa
+
+    return pa.schema([("item_id", pa.string()), ("prompt", pa.string()), ("image_uri", pa.string()),
+                      ("scheduled_date", pa.date32()), ("resolution", pa.string()), ("aspect_ratio", pa.string()),
+                      ("duration", pa.int64())])
+
+
+def day_rows(day: str, n: int, prefix: str = "it", resolution: str = "720p", aspect_ratio: str = "16:9",
+             duration: int = 4) -> list[dict]:
+    d = dt.date.fromisoformat(day)
+    return [{"item_id": f"{prefix}{day}-{i:05d}", "prompt": f"benchmark clip {i} of {day}: a calm lake at dawn",
+             "image_uri": f"../images/{IMAGE_NAME}", "scheduled_date": d, "resolution": resolution,
+             "aspect_ratio": aspect_ratio, "duration": duration} for i in range(n)]
+
+
+def make_project(root: Path, days: dict[str, int], **row_kw) -> dict[str, str]:
+    """A catalog with `days[day]` items per day (identical image and parameters), a warehouse, a SQLite ledger."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = root / "data"
+    write_image(data / "images")
+    (data / "catalog").mkdir(parents=True, exist_ok=True)
+    rows = [r for day, n in days.items() for r in day_rows(day, n, **row_kw)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=catalog_schema()), data / "catalog" / "part-0.parquet")
+    return {"catalog_uri": str(data / "catalog"), "warehouse_uri": str(root / "warehouse"),
+            "ledger_url": f"sqlite:///{root / 'ledger.sqlite'}"}
+
+
+def resources(sim_url: str, project: dict, **fal_overrides) -> dict:
+    from sora_pipeline.resources import FalVideoResource
+    from sora_pipeline.warehouse import WarehouseResource
+
+    fal = dict(queue_url=sim_url, poll_interval=0.1, max_concurrency=50, retry_total_timeout=60.0)
+    fal.update(fal_overrides)
+    return {"fal": FalVideoResource(**fal), "warehouse": WarehouseResource(**project)}
+
+
+def selection() -> list:
+    import dagster as dg
+
+    from sora_pipeline.checks import ALL_CHECKS
+    from sora_pipeline.definitions import ASSETS
+
+    return [a for a in ASSETS if not isinstance(a, dg.AssetSpec)] + list(ALL_CHECKS)
+
+
+@dataclass
+class RunTiming:
+    wall: float
+    success: bool
+    run_id: str
+    steps: dict[str, float]  # step key → seconds from STEP_START to STEP_SUCCESS/FAILURE
+    run_span: float | None  # RUN_START → RUN_SUCCESS from the event log
+    events: int
+    events_by_type: dict[str, int]
+    result: Any = None
+
+    @property
+    def steps_total(self) -> float:
+        return sum(self.steps.values())
+
+    def step(self, name: str) -> float | None:
+        for key, secs in self.steps.items():
+            if key == name or key.startswith(name):
+                return secs
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wall_s": rnd(self.wall), "success": self.success, "run_span_s": rnd(self.run_span),
+                "steps_s": {k: rnd(v) for k, v in self.steps.items()}, "steps_total_s": rnd(self.steps_total),
+                "framework_overhead_s": rnd(self.wall - self.steps_total), "event_log_entries": self.events,
+                "events_by_type": self.events_by_type}
+
+
+def materialize_day(res: dict, day: str = DAY, run_config: dict | None = None) -> RunTiming:
+    """`dagster.materialize` of the pipeline's assets and checks for one day on a fresh ephemeral instance."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.ephemeral()
+    config = {"ops": {"generations": {"config": run_config}}} if run_config else None
+    t0 = time.perf_counter()
+    result = dg.materialize(selection(), partition_key=day, resources=res, run_config=config, instance=instance,
+                            raise_on_error=False)
+    wall = time.perf_counter() - t0
+    logs = instance.all_logs(result.run_id)
+    starts: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    by_type: dict[str, int] = {}
+    run_start = run_end = None
+    for entry in logs:
+        ev = entry.dagster_event
+        kind = ev.event_type_value if ev else "LOG_MESSAGE"
+        by_type[kind] = by_type.get(kind, 0) + 1
+        if ev is None:
+            continue
+        if kind == "STEP_START":
+            starts[ev.step_key] = entry.timestamp
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and ev.step_key in starts:
+            steps[ev.step_key] = entry.timestamp - starts[ev.step_key]
+        elif kind in ("RUN_START", "PIPELINE_START"):
+            run_start = entry.timestamp
+        elif kind in ("RUN_SUCCESS", "RUN_FAILURE", "PIPELINE_SUCCESS", "PIPELINE_FAILURE"):
+            run_end = entry.timestamp
+    span = run_end - run_start if run_start and run_end else None
+    return RunTiming(wall=wall, success=result.success, run_id=result.run_id, steps=steps, run_span=span,
+                     events=len(logs), events_by_type=dict(sorted(by_type.items())), result=result)
+
+
+def generations_rows(project: dict, day: str = DAY) -> list[dict]:
+    from sora_pipeline.tables import read_day_partition
+
+    table = read_day_partition(project["warehouse_uri"], "generations", day)
+    return table.to_pylist() if table is not None else []
+
+
+def status_counts(rows: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["status"]] = out.get(r["status"], 0) + 1
+    return out
+
+
+def quiet_dagster_console() -> None:
+    """Dagster's default console logger prints every event; keep it (it is part of the real run) but at INFO."""
+    import logging
+
+    logging.getLogger("dagster").setLevel(logging.INFO)
+
+
+def parse_mode(argv: list[str] | None) -> tuple[str, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = "full" if "--full" in argv else "quick"
+    return mode, [a for a in argv if a not in ("--full", "--quick")]
+
+
+def same_run_result(name: str) -> dict | None:
+    """`results/<name>.json` if it was written by this `python -m benchmarks` invocation (same BENCH_RUN_ID)."""
+    run_id = os.environ.get("BENCH_RUN_ID")
+    path = RESULTS / f"{name}.json"
+    if not run_id or not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return doc if doc.get("run_id") == run_id else None
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []

@@ -1,0 +1,140 @@
+"""P1c: HTTP calls per request, and polling backing off for long generations.
+
+1. From P1 (same `python -m benchmarks` run, else re-measured): queue calls (submit + status + result + cancel)
+   per request, from the simulator's `calls` counters, against 2 + ⌈L / poll interval⌉. Video downloads (`file`)
+   are reported beside them.
+2. Backoff, measured on a compressed clock: the project's `AsyncFalQueueClient.wait` with the default poll policy's
+   shape scaled by 1/20 (interval 0.05 s, backoff ×1.5 after 1.5 s, cap 0.5 s ≙ 1 s / 30 s / 10 s) on a 6 s
+   generation (≙ 120 s), against the same client without backoff — status calls counted by the simulator.
+3. Backoff, computed: the poll schedule of the resource's default `PollPolicy` (from `PollPolicy.next_delay`) for
+   generations of 30 s … 10 min, against fixed-interval polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+
+from benchmarks.common import Result, SimProcess, parse_mode, queue_calls, rnd, same_run_result
+from benchmarks import p1_day
+
+NAME = "p1c_calls"
+SCALE = 20
+LONG_LATENCY = 6.0  # seconds on the compressed clock (≙ 120 s)
+K = 5  # concurrent long requests per policy
+
+
+def schedule(policy, latency: float) -> tuple[int, list[float]]:
+    """Polls `wait()` makes for a request that completes `latency` seconds after submit, and the delays used."""
+    t, delay, delays = 0.0, policy.interval, []
+    while True:
+        t += delay
+        delays.append(delay)
+        if t >= latency:
+            return len(delays), delays
+        delay = policy.next_delay(t, delay)
+
+
+async def _long_requests(base_url: str, policy, k: int) -> list[dict]:
+    from sora_pipeline.fal import AsyncFalQueueClient
+    from sora_pipeline.resources import SIMULATOR_KEY
+    from benchmarks.p1b_sequential import _arguments
+
+    async with AsyncFalQueueClient(key=SIMULATOR_KEY, base_url=base_url, poll=policy) as client:
+        async def one(i: int) -> dict:
+            polls = 0
+
+            def on_status(_h, _s) -> None:
+                nonlocal polls
+                polls += 1
+
+            handle = await client.submit(_arguments(1000 + i))
+            await client.wait(handle, on_status=on_status)
+            await client.result(handle)
+            return {"polls": polls}
+
+        return await asyncio.gather(*(one(i) for i in range(k)))
+
+
+def measure_backoff() -> dict:
+    from sora_pipeline.fal import PollPolicy
+    from sora_pipeline.resources import FalVideoResource
+
+    default = FalVideoResource(queue_url="http://127.0.0.1:9")  # only for its default poll settings
+    d = default.client_kwargs()["poll"]
+    scaled = PollPolicy(interval=d.interval / SCALE, max_interval=d.max_interval / SCALE, backoff=d.backoff,
+                        backoff_after=d.backoff_after / SCALE)
+    flat = PollPolicy(interval=scaled.interval, max_interval=scaled.interval, backoff=1.0,
+                      backoff_after=math.inf)
+    with SimProcess(run_latency=LONG_LATENCY) as sim_b, SimProcess(run_latency=LONG_LATENCY) as sim_f:
+        async def both():
+            return await asyncio.gather(_long_requests(sim_b.base_url, scaled, K),
+                                        _long_requests(sim_f.base_url, flat, K))
+
+        backoff_runs, flat_runs = asyncio.run(both())
+        calls_b, calls_f = queue_calls(sim_b.stats()), queue_calls(sim_f.stats())
+    expected_b, delays_b = schedule(scaled, LONG_LATENCY)
+    computed = {}
+    for latency in (30, 60, 120, 300, 600):
+        n_b, delays = schedule(d, latency)
+        computed[f"{latency}s"] = {"polls_with_backoff": n_b, "polls_fixed_interval": math.ceil(latency / d.interval),
+                                   "bound_2_plus_ceil": 2 + math.ceil(latency / d.interval),
+                                   "max_interval_reached_s": rnd(max(delays)),
+                                   "worst_detection_delay_s": rnd(delays[-1])}
+    return {
+        "default_policy": {"interval": d.interval, "max_interval": d.max_interval, "backoff": d.backoff,
+                           "backoff_after": d.backoff_after},
+        "scaled_policy": {"interval": scaled.interval, "max_interval": scaled.max_interval,
+                          "backoff": scaled.backoff, "backoff_after": scaled.backoff_after, "scale": SCALE},
+        "long_latency_s": LONG_LATENCY, "equivalent_latency_s": LONG_LATENCY * SCALE, "requests_per_policy": K,
+        "measured": {
+            "with_backoff": {"status_calls_per_request": calls_b["status"] / K,
+                             "client_polls": [r["polls"] for r in backoff_runs], "calls": calls_b,
+                             "expected_polls_from_policy": expected_b,
+                             "delays_s": [rnd(x, 4) for x in delays_b]},
+            "fixed_interval": {"status_calls_per_request": calls_f["status"] / K,
+                               "client_polls": [r["polls"] for r in flat_runs], "calls": calls_f},
+        },
+        "computed_default_policy": computed,
+    }
+
+
+def run(argv: list[str] | None = None) -> Result:
+    mode, _ = parse_mode(argv)
+    res = Result(NAME, mode, parameters={"p1": {"n": p1_day.N, "concurrency": p1_day.C, "latency_s": p1_day.L,
+                                                "poll_interval_s": p1_day.POLL}})
+    p1 = same_run_result(p1_day.NAME)
+    if p1 is not None:
+        calls, source = p1["numbers"]["best_run"]["calls"], "results/p1_day.json of this run"
+    else:
+        calls, source = p1_day.measure(repeats=1)["best"]["calls"], "measured here (P1 not in this run)"
+    n, bound = p1_day.N, 2 + math.ceil(p1_day.L / p1_day.POLL)
+    per = calls["queue_total"] / n
+    backoff = measure_backoff()
+    mb, mf = backoff["measured"]["with_backoff"], backoff["measured"]["fixed_interval"]
+    res.numbers = {"p1_calls": calls, "p1_calls_source": source, "p1_queue_calls_per_request": rnd(per),
+                   "p1_status_polls_per_request": rnd(calls["status"] / n),
+                   "p1_file_downloads_per_request": rnd(calls["file"] / n), "bound": bound, "backoff": backoff}
+    res.check("P1c", "queue HTTP calls per request (P1)", rnd(per), f"≤ 2 + ⌈L/poll⌉ = {bound}", per <= bound, "",
+              f"submit {calls['submit']}, status {calls['status']}, result {calls['result']} for {n}; "
+              f"+ {calls['file']} video downloads")
+    ratio = mb["status_calls_per_request"] / mf["status_calls_per_request"]
+    eq = backoff["equivalent_latency_s"]
+    res.check("P1c-backoff", f"status polls for a {eq:.0f} s generation, backoff vs fixed interval", rnd(ratio),
+              "< 0.5 (backs off)", ratio < 0.5, "×",
+              f"{mb['status_calls_per_request']:.1f} vs {mf['status_calls_per_request']:.1f} polls per request "
+              f"(clock compressed {SCALE}×: {LONG_LATENCY:g} s run)")
+    c600 = backoff["computed_default_policy"]["600s"]
+    res.save(f"P1: {per:.2f} queue calls/request (bound {bound}); a {eq:.0f} s generation: "
+             f"{mb['status_calls_per_request']:.1f} polls with backoff vs {mf['status_calls_per_request']:.1f} fixed; "
+             f"default policy for 10 min: {c600['polls_with_backoff']} polls vs {c600['polls_fixed_interval']}")
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()
