@@ -1,11 +1,11 @@
 """Asset checks: the videos are what was asked for, and the day's catalog slice is clean."""
 
-
 from collections import Counter
 
 import dagster as dg
 
 from sora_pipeline.assets.lineage import arrow_rows
+from sora_pipeline.partitions import daily_partitions
 from sora_pipeline.warehouse import WarehouseResource
 
 SHORT_SIDE = {"720p": 720, "1080p": 1080}
@@ -33,48 +33,77 @@ def _rows(warehouse: WarehouseResource, context: dg.AssetCheckExecutionContext) 
 
 
 def _result(problems: list[str], checked: int, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=not problems, severity=severity,
-                               metadata={"rows_checked": checked, "failures": len(problems),
-                                         "examples": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:20])
-                                                                         or "none")})
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=severity,
+        metadata={
+            "rows_checked": checked,
+            "failures": len(problems),
+            "examples": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]) or "none"),
+        },
+    )
 
 
-@dg.asset_check(asset="video_metadata", description="width/height positive and matching the requested "
-                "resolution (short side 720/1080) and aspect ratio (16:9 or 9:16)")
+@dg.asset_check(
+    asset="video_metadata",
+    partitions_def=daily_partitions,
+    description="width/height positive and matching the requested "
+    "resolution (short side 720/1080) and aspect ratio (16:9 or 9:16)",
+)
 def video_dimensions_match_request(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     rows = _rows(warehouse, context)
     return _result([p for r in rows for p in dimension_problems(r)], len(rows))
 
 
-@dg.asset_check(asset="video_metadata", description="num_frames within one frame of fps × duration")
+@dg.asset_check(
+    asset="video_metadata", partitions_def=daily_partitions, description="num_frames within one frame of fps × duration"
+)
 def frame_count_consistent(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     rows = _rows(warehouse, context)
-    problems = [f"{r['item_id']}: {r['num_frames']} frames vs {r['fps']} fps × {r['duration']} s"
-                for r in rows if None in (r["num_frames"], r["fps"], r["duration"])
-                or abs(r["num_frames"] - r["fps"] * r["duration"]) > 1]
+    problems = [
+        f"{r['item_id']}: {r['num_frames']} frames vs {r['fps']} fps × {r['duration']} s"
+        for r in rows
+        if None in (r["num_frames"], r["fps"], r["duration"]) or abs(r["num_frames"] - r["fps"] * r["duration"]) > 1
+    ]
     return _result(problems, len(rows))
 
 
-@dg.asset_check(asset="video_metadata", description="duration within 0.5 s of the requested duration")
+@dg.asset_check(
+    asset="video_metadata",
+    partitions_def=daily_partitions,
+    description="duration within 0.5 s of the requested duration",
+)
 def duration_matches_request(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     rows = _rows(warehouse, context)
-    problems = [f"{r['item_id']}: {r['duration']} s, asked {r['requested_duration']} s" for r in rows
-                if r["duration"] is None or abs(r["duration"] - r["requested_duration"]) > 0.5]
+    problems = [
+        f"{r['item_id']}: {r['duration']} s, asked {r['requested_duration']} s"
+        for r in rows
+        if r["duration"] is None or abs(r["duration"] - r["requested_duration"]) > 0.5
+    ]
     return _result(problems, len(rows))
 
 
-@dg.asset_check(asset="video_metadata", description="item_id unique within the day")
+@dg.asset_check(asset="video_metadata", partitions_def=daily_partitions, description="item_id unique within the day")
 def item_id_unique(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     rows = _rows(warehouse, context)
     dupes = [f"{k} appears {n} times" for k, n in Counter(r["item_id"] for r in rows).items() if n > 1]
     return _result(dupes, len(rows))
 
 
-@dg.asset_check(asset="catalog_items", description="no catalog rows of the day were rejected (warning)")
+@dg.asset_check(
+    asset="catalog_items",
+    partitions_def=daily_partitions,
+    description="no catalog rows of the day were rejected (warning)",
+)
 def no_rejected_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     rejected = arrow_rows(warehouse.read("rejected_items", context.partition_key))
     return _result([r["reason"] for r in rejected], len(rejected), severity=dg.AssetCheckSeverity.WARN)
 
 
-ALL_CHECKS = [video_dimensions_match_request, frame_count_consistent, duration_matches_request, item_id_unique,
-              no_rejected_rows]
+ALL_CHECKS = [
+    video_dimensions_match_request,
+    frame_count_consistent,
+    duration_matches_request,
+    item_id_unique,
+    no_rejected_rows,
+]
