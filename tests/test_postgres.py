@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -33,7 +34,7 @@ from sora_pipeline.tables import read_day_partition
 from tests.pipeline_helpers import DAY, catalog_rows, make_project, materialize_day, resources
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-from check_config import check_instance_file  # noqa: E402  (deploy/ is not a package)
+from check_config import check_instance_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -374,3 +375,55 @@ def test_daemon_backfill_of_three_days_respects_the_pool(tmp_path, pg_instance, 
     assert stats["submits"] == 6 and set(stats["submits_by_prompt"].values()) == {1}
     print(f"\n[capacity] daemon backfill of 3 days × 2 items: {elapsed:.1f} s from code-server start; "
           f"generation steps {[round(b - a, 2) for a, b in gen]} s, serial")
+
+
+# ---------------------------------------------------------------- webhook receivers sharing the PostgreSQL ledger
+def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulator):
+    """Two receiver replicas on one PostgreSQL ledger get the same signed delivery at once: one completion."""
+    import asyncio
+    import hashlib
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
+    from sora_pipeline.simulator.webhook import sign_headers, signing_key
+    from sora_pipeline.webhooks import WebhookConfig, WebhookServer, parse_public_key
+
+    sim = make_simulator()  # only for its signing key
+    key = signing_key(sim.config)
+    config = WebhookConfig(public_keys=[parse_public_key(sim.webhook_public_key)])
+    url = url_string(new_database("ledger"))
+    with Ledger(url) as ledger, Ledger(url) as l1, Ledger(url) as l2, \
+            WebhookServer(l1, config) as r1, WebhookServer(l2, config) as r2:
+        specs = [RequestSpec.create("fal-ai/sora-2/image-to-video/pro", item_id=f"w{i}", day=DAY, prompt=f"p{i}",
+                                    resolution="720p", aspect_ratio="16:9", duration=4,
+                                    image_sha256=hashlib.sha256(b"img").hexdigest(), used_openai_key=False,
+                                    estimated_cost=1.2) for i in range(20)]
+        ledger.plan(specs)
+        for s in specs:
+            _, e = ledger.claim(s.request_key, owner="run", policy=ResubmitPolicy())
+            ledger.mark_submitted(s.request_key, e.attempt, request_id=f"req-{s.item_id}", status_url=None,
+                                  response_url=None, cancel_url=None, submitted_at=datetime.now(UTC))
+        bodies = {s.request_key: json.dumps({
+            "request_id": f"req-{s.item_id}", "gateway_request_id": "g", "status": "OK", "error": None,
+            "payload": {"video": {"url": f"https://cdn.example/{s.item_id}.mp4", "duration": 4.0},
+                        "video_id": f"v-{s.item_id}"}}).encode() for s in specs}
+
+        async def deliver_everything_twice():
+            async with httpx.AsyncClient(trust_env=False) as c:
+                calls = []
+                for s in specs:
+                    body = bodies[s.request_key]
+                    headers = sign_headers(key, f"req-{s.item_id}", "sim-user", body)
+                    calls += [c.post(r.url, content=body, headers=headers) for r in (r1, r2)]
+                return await asyncio.gather(*calls)
+
+        answers = asyncio.run(deliver_everything_twice())
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+        for s in specs:
+            (attempt,) = ledger.history(s.request_key)
+            assert attempt.state == RequestState.COMPLETED and attempt.output["video_id"] == f"v-{s.item_id}"
+        counts = Counter(r1.stats()) + Counter(r2.stats())
+        assert counts["received"] == 40 and counts["completed"] + counts["duplicate"] == 40
+

@@ -19,11 +19,25 @@ from sora_pipeline.fal.errors import RequestFailedError
 from sora_pipeline.fal.models import ImageToVideoInput
 from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy
 from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
-from sora_pipeline.ledger import Decision, Ledger, RequestSpec, RequestState, ResubmitPolicy
-from sora_pipeline.simulator.webhook import sign_headers, signing_key
+from sora_pipeline.ledger import (
+    Decision,
+    Ledger,
+    RequestSpec,
+    RequestState,
+    ResubmitPolicy,
+)
+from sora_pipeline.simulator.webhook import sign_headers
 from sora_pipeline.webhooks import (
-    WebhookConfig, WebhookEvent, WebhookServer, WebhookSignatureError, find_attempt, keys_from_jwks,
-    parse_public_key, record_webhook, verify_signature, wait_for_webhook,
+    WebhookConfig,
+    WebhookEvent,
+    WebhookServer,
+    WebhookSignatureError,
+    find_attempt,
+    keys_from_jwks,
+    parse_public_key,
+    record_webhook,
+    verify_signature,
+    wait_for_webhook,
 )
 from tests.conftest import png_bytes
 
@@ -334,3 +348,46 @@ def test_generation_runner_falls_back_to_polling(make_simulator, ledger, tmp_pat
     assert outcome.status == "completed"
     assert sim.stats()["calls"]["status"] >= 1 and sim.stats()["webhook_deliveries"]["dropped"] == 1
     assert ledger.get(outcome.request_key).state == RequestState.COMPLETED
+
+
+def test_receiver_service_entry_point(tmp_path):
+    """`python -m sora_pipeline.webhooks` with keys from a JWKS file: healthz, a refused unsigned call, SIGTERM."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    key = Ed25519PrivateKey.generate()
+    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519",
+                                          "x": base64.urlsafe_b64encode(pub).decode().rstrip("=")}]}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SORA_")}
+    env.update(SORA_LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.sqlite'}", SORA_WEBHOOK_JWKS_FILE=str(jwks))
+    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.webhooks", "--host", "127.0.0.1", "--port",
+                             str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        until(lambda: _get_ok(base + "/healthz"), timeout=30)
+        body = b'{"request_id": "r", "status": "OK", "payload": null}'
+        assert httpx.post(base + "/fal/webhook", content=body, trust_env=False).status_code == 401
+        signed = sign_headers(key, "r", "u", body)
+        r = httpx.post(base + "/fal/webhook", content=body, headers=signed, trust_env=False)
+        assert r.status_code == 409 and r.json()["result"] == "unmatched"  # valid signature, unknown request
+        assert httpx.get(base + "/stats", trust_env=False).json()["rejected_signature"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "receiving fal webhooks" in out
+
+
+def _get_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, trust_env=False, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

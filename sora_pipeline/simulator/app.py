@@ -30,8 +30,8 @@ from sora_pipeline.simulator._models import ImageToVideoInput
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.faults import PRE_RECORD_KINDS, FaultInjector, fault_response, request_error_response
 from sora_pipeline.simulator.jobs import ClipInfo, Job, JobBook
-from sora_pipeline.simulator.webhook import WebhookDeliverer
 from sora_pipeline.simulator.video import cached_clip, dimensions, image_size, load_image_bytes
+from sora_pipeline.simulator.webhook import WebhookDeliverer
 
 _RAW_SEND = "sora_sim.raw_send"
 _FILE_NAME = re.compile(r"^[0-9a-f]{64}\.mp4$")
