@@ -25,7 +25,8 @@ def build_resources(settings: PipelineSettings | None = None) -> dict:
             endpoint_id=settings.endpoint_id, queue_url=settings.queue_url,
             fal_key=dg.EnvVar("FAL_KEY") if settings.has_fal_key else None,
             openai_api_key=dg.EnvVar("SORA_OPENAI_API_KEY") if settings.has_openai_key else None,
-            max_concurrency=settings.max_concurrency, poll_interval=settings.poll_interval),
+            max_concurrency=settings.max_concurrency, poll_interval=settings.poll_interval,
+            webhook_url=settings.webhook_url),
         "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
                                        ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
     }

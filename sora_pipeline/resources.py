@@ -38,6 +38,11 @@ class FalVideoResource(dg.ConfigurableResource):
     queue_priority: str | None = Field(default=None, description="X-Fal-Queue-Priority: normal or low")
     start_timeout: float | None = Field(default=None, description="X-Fal-Request-Timeout (seconds to start)")
     archive_videos: bool = Field(default=True, description="copy videos into <warehouse>/videos/")
+    webhook_url: str | None = Field(default=None, description="webhook mode: public URL of the receiver "
+                                    "(`python -m sora_pipeline.webhooks`), sent as ?fal_webhook= on submit")
+    webhook_wait_seconds: float = Field(default=900.0, gt=0, description="webhook mode: wait this long for the "
+                                        "callback before polling fal")
+    webhook_ledger_poll_seconds: float = Field(default=2.0, gt=0, description="webhook mode: ledger re-read interval")
     simulator_run_latency: float = Field(default=1.0, ge=0, description="embedded simulator: seconds per job")
     simulator_include_metadata: bool = Field(default=True,
                                              description="embedded simulator: put width/height/… in results")
@@ -120,6 +125,7 @@ class FalVideoResource(dg.ConfigurableResource):
                                                                            self.poll_interval),
                             backoff_after=self.poll_backoff_after),
             timeout=self.request_timeout, priority=self.queue_priority, start_timeout=self.start_timeout,
+            webhook_url=self.webhook_url,
             max_connections=max(2 * self.max_concurrency, 16))
 
     def async_client(self) -> AsyncFalQueueClient:

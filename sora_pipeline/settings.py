@@ -32,6 +32,7 @@ class PipelineSettings:
     poll_interval: float = DEFAULT_POLL_INTERVAL
     image_roots: tuple[str, ...] = field(default_factory=tuple)
     partitions_start: str = "2026-01-01"
+    webhook_url: str | None = None
 
     @property
     def backend(self) -> str:
@@ -69,6 +70,10 @@ class PipelineSettings:
             date.fromisoformat(start)
         except ValueError:
             raise ConfigError(f"SORA_PARTITIONS_START={start!r} must be a date like 2026-01-01") from None
+        webhook_url = get("SORA_WEBHOOK_URL")
+        if webhook_url is not None and urlsplit(webhook_url).scheme not in ("http", "https"):
+            raise ConfigError(f"SORA_WEBHOOK_URL={webhook_url!r} must be the http(s) URL fal can reach the "
+                              "webhook receiver at, or unset (poll fal)")
         roots = tuple(r.strip() for r in (get("SORA_IMAGE_ROOTS") or "").split(",") if r.strip())
         return cls(
             catalog_uri=get("SORA_CATALOG_URI") or "data/catalog",
@@ -82,6 +87,7 @@ class PipelineSettings:
             poll_interval=_number(get, "SORA_POLL_INTERVAL", float, DEFAULT_POLL_INTERVAL, minimum=0.01),
             image_roots=roots,
             partitions_start=start,
+            webhook_url=webhook_url,
         )
 
 

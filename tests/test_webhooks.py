@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sora_pipeline.costs import PriceTable
 from sora_pipeline.fal.client import AsyncFalQueueClient
-from sora_pipeline.fal.errors import RequestFailedError
 from sora_pipeline.fal.models import ImageToVideoInput
 from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy
 from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
@@ -293,29 +292,6 @@ def test_simulator_only_calls_allowed_hosts(make_simulator):
 
 
 # ---------------------------------------------------------------- wiring into the generation engine
-class WebhookGenerationRunner(GenerationRunner):
-    """The wiring proposed for `GenerationRunner._wait_for_result` (see docs/deployment.md), as a subclass."""
-
-    webhook_wait = 10.0
-    webhook_ledger_poll = 0.05
-
-    async def _wait_for_result(self, p, out, attempt, handle):
-        key = p.spec.request_key
-        self._in_flight[key] = (attempt, handle)  # stays while waiting: an interrupted run cancels it at fal
-        self.progress.set(p.item.item_id, "in_queue")
-        entry = await wait_for_webhook(self.ledger, key, attempt, timeout=self.webhook_wait,
-                                       poll_ledger_every=self.webhook_ledger_poll)
-        if entry is not None and entry.state == RequestState.COMPLETED:
-            self._in_flight.pop(key, None)
-            return self._fill_completed(out, entry)
-        if entry is not None and entry.state in (RequestState.FAILED, RequestState.CANCELLED):
-            self._in_flight.pop(key, None)
-            raise RequestFailedError(entry.error_message or f"request {entry.state.value} (webhook)",
-                                     request_id=entry.request_id, retryable=bool(entry.retryable),
-                                     fal_error_type=entry.error_type)
-        return await super()._wait_for_result(p, out, attempt, handle)  # no webhook in time: poll fal
-
-
 def test_generation_runner_in_webhook_mode(make_simulator, ledger, tmp_path):
     sim = make_simulator(run_latency=0.2, webhook_drop_probability=0.0)
     items = [WorkItem(item_id=f"w{i}", prompt=f"webhook item {i}" + (" [simulate-failure]" if i == 3 else ""),
@@ -323,8 +299,9 @@ def test_generation_runner_in_webhook_mode(make_simulator, ledger, tmp_path):
              for i in range(4)]
     with WebhookServer(ledger, sim_key_config(sim)) as hooks:
         cfg = GenerationConfig(endpoint_id=EP, backend="simulator", queue_base_url=sim.base_url, owner="run-w",
-                               day=DAY, archive_root=str(tmp_path / "videos"), progress_interval=60)
-        runner = WebhookGenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger)
+                               day=DAY, archive_root=str(tmp_path / "videos"), progress_interval=60,
+                               webhook_wait=10.0, webhook_ledger_poll=0.05)
+        runner = GenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger)
         outcomes = {o.item_id: o for o in runner.run(items)}
     assert [outcomes[f"w{i}"].status for i in range(3)] == ["completed"] * 3
     assert outcomes["w3"].status == "failed" and "simulated_model_error" in outcomes["w3"].error_message
@@ -341,9 +318,8 @@ def test_generation_runner_falls_back_to_polling(make_simulator, ledger, tmp_pat
                       aspect_ratio="16:9", duration=4, day=DAY)]
     with WebhookServer(ledger, sim_key_config(sim)) as hooks:
         cfg = GenerationConfig(endpoint_id=EP, backend="simulator", queue_base_url=sim.base_url, owner="run-p",
-                               day=DAY, progress_interval=60)
-        runner = WebhookGenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger)
-        runner.webhook_wait = 0.5
+                               day=DAY, progress_interval=60, webhook_wait=0.5, webhook_ledger_poll=0.05)
+        runner = GenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger)
         (outcome,) = runner.run(items)
     assert outcome.status == "completed"
     assert sim.stats()["calls"]["status"] >= 1 and sim.stats()["webhook_deliveries"]["dropped"] == 1
@@ -391,3 +367,22 @@ def _get_ok(url: str) -> bool:
         return httpx.get(url, trust_env=False, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_dagster_materialization_in_webhook_mode(make_simulator, tmp_path):
+    from sora_pipeline.tables import read_day_partition
+    from tests.pipeline_helpers import DAY as PDAY
+    from tests.pipeline_helpers import (
+        catalog_rows,
+        make_project,
+        materialize_day,
+        resources,
+    )
+
+    sim = make_simulator(run_latency=0.2, webhook_drop_probability=0.0)
+    project = make_project(tmp_path, catalog_rows(n=3))
+    with Ledger(project["ledger_url"]) as shared, WebhookServer(shared, sim_key_config(sim)) as hooks:
+        res = resources(sim.base_url, project, webhook_url=hooks.url, webhook_ledger_poll_seconds=0.05)
+        assert materialize_day(res).success
+    assert sim.stats()["calls"]["status"] == 0 and sim.stats()["submits"] == 3
+    assert len(read_day_partition(project["warehouse_uri"], "video_metadata", PDAY)) == 3

@@ -70,7 +70,9 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                               submit_lease_seconds=fal.retry_total_timeout + 2 * fal.request_timeout + 30),
         prices=PriceTable.from_env(), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
         dry_run=config.dry_run, openai_api_key=fal.openai_api_key,
-        progress_interval=config.progress_interval_seconds)
+        progress_interval=config.progress_interval_seconds,
+        webhook_wait=fal.webhook_wait_seconds if fal.webhook_url else None,
+        webhook_ledger_poll=fal.webhook_ledger_poll_seconds)
     runner = GenerationRunner(run_config, fal.async_client, ledger, emit=context.log.info,
                               sync_client_factory=fal.sync_client)
     outcomes = runner.run(items)

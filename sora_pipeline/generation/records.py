@@ -44,6 +44,8 @@ class GenerationConfig:
     dry_run: bool = False
     openai_api_key: str | None = field(default=None, repr=False)
     progress_interval: float = 5.0
+    webhook_wait: float | None = None  # webhook mode: wait this long for fal's callback before polling fal
+    webhook_ledger_poll: float = 2.0
     cancel_timeout: float = 15.0
 
 

@@ -26,6 +26,7 @@ from sora_pipeline.fal.errors import (
     AmbiguousSubmitError,
     FalError,
     RateLimitedError,
+    RequestFailedError,
     TransientError,
     WaitTimeoutError,
 )
@@ -37,6 +38,7 @@ from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned,
 from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, RequestSpec, RequestState, ResubmitPolicy
 from sora_pipeline.media import MediaProbeError
 from sora_pipeline.progress import Progress
+from sora_pipeline.webhooks import wait_for_webhook
 
 log = logging.getLogger("sora_pipeline.generation")
 
@@ -270,6 +272,10 @@ class GenerationRunner:
             seen_logs = max(seen_logs, len(status.logs))
 
         self.progress.set(item_id, "in_queue")
+        if self.config.webhook_wait:
+            entry = await self._wait_for_webhook(key, attempt)
+            if entry is not None:
+                return self._fill_completed(out, entry)
         try:
             await self._client.wait(handle, timeout=self.config.total_timeout, on_status=on_status)
             await self._crash_point("mid_poll")
@@ -297,6 +303,21 @@ class GenerationRunner:
                                 completed_at=completed_at, seconds_generated=seconds, actual_cost=cost)
         entry = await asyncio.to_thread(self.ledger.get, key)
         return self._fill_completed(out, entry)
+
+    async def _wait_for_webhook(self, key: str, attempt: int) -> LedgerEntry | None:
+        """Webhook mode: the receiver writes the outcome into the ledger; no status calls to fal. None → no
+        usable webhook in time: fall back to polling fal."""
+        entry = await wait_for_webhook(self.ledger, key, attempt, timeout=self.config.webhook_wait,
+                                       poll_ledger_every=self.config.webhook_ledger_poll)
+        if entry is None or entry.state not in (RequestState.COMPLETED, RequestState.FAILED,
+                                                RequestState.CANCELLED):
+            return None
+        self._in_flight.pop(key, None)
+        if entry.state != RequestState.COMPLETED:
+            raise RequestFailedError(entry.error_message or f"request {entry.state.value} (webhook)",
+                                     request_id=entry.request_id, retryable=bool(entry.retryable),
+                                     fal_error_type=entry.error_type)
+        return entry
 
     def _fill_from_entry(self, out: Outcome, entry: LedgerEntry) -> None:
         out.attempt, out.request_id, out.submitted_at = entry.attempt, entry.request_id, entry.submitted_at
