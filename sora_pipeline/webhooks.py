@@ -47,7 +47,6 @@ import uvicorn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -56,8 +55,7 @@ from starlette.routing import Route
 
 from sora_pipeline.costs import PriceTable, actual_cost
 from sora_pipeline.fal.models import ImageToVideoOutput
-from sora_pipeline.ledger import Ledger, LedgerConflict, LedgerEntry, RequestState
-from sora_pipeline.ledger.schema import attempts, read, requests
+from sora_pipeline.ledger import AttemptRef, Ledger, LedgerConflict, LedgerEntry, RequestState
 
 log = logging.getLogger("sora_pipeline.webhooks")
 
@@ -142,28 +140,9 @@ def verify_signature(public_keys: Sequence[Ed25519PublicKey], headers: Any, body
 
 
 # ----------------------------------------------------------------------------------------- ledger side
-@dataclass(frozen=True)
-class AttemptRef:
-    request_key: str
-    attempt: int
-    state: RequestState  # state of that attempt's history row
-    current: bool  # whether it is still the request's current attempt
-    error_type: str | None
-
-
 def find_attempt(ledger: Ledger, request_id: str) -> AttemptRef | None:
-    """The ledger attempt that recorded fal request id `request_id` (read-only use of the ledger's tables)."""
-    engine = ledger._engine  # the Ledger has no public lookup by request id (see docs/deployment.md)
-    a, r = attempts.c, requests.c
-    q = (select(a.request_key, a.attempt, a.state, a.error_type, r.attempt.label("current_attempt"))
-         .select_from(attempts.join(requests, r.request_key == a.request_key))
-         .where(a.request_id == request_id).order_by(a.attempt.desc()).limit(1))
-    with read(engine) as conn:
-        row = conn.execute(q).first()
-    if row is None:
-        return None
-    return AttemptRef(row.request_key, row.attempt, RequestState(row.state), row.current_attempt == row.attempt,
-                      row.error_type)
+    """The ledger attempt that recorded fal request id `request_id`."""
+    return ledger.find_by_request_id(request_id)
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,17 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class AttemptRef:
+    """Which attempt recorded a fal request id (for callbacks that only know the request id)."""
+
+    request_key: str
+    attempt: int
+    state: RequestState  # state of that attempt's history row
+    current: bool  # whether it is still the request's current attempt
+    error_type: str | None
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
     """A request row joined with its current attempt (attempt fields are None while only planned)."""
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from .model import (
+    AttemptRef,
     AttemptRecord, Decision, LedgerConflict, LedgerEntry, RequestNotPlanned, RequestSpec, RequestState,
     ResubmitPolicy,
 )
@@ -328,6 +329,19 @@ class Ledger:
     def get(self, request_key: str) -> LedgerEntry | None:
         with read(self._engine) as conn:
             return self._get(conn, request_key)
+
+    def find_by_request_id(self, request_id: str) -> AttemptRef | None:
+        """The attempt that recorded fal request id `request_id` (indexed lookup), or None."""
+        a, r = attempts.c, requests.c
+        q = (select(a.request_key, a.attempt, a.state, a.error_type, r.attempt.label("current_attempt"))
+             .select_from(attempts.join(requests, r.request_key == a.request_key))
+             .where(a.request_id == request_id).order_by(a.attempt.desc()).limit(1))
+        with read(self._engine) as conn:
+            row = conn.execute(q).first()
+        if row is None:
+            return None
+        return AttemptRef(row.request_key, row.attempt, RequestState(row.state),
+                          row.current_attempt == row.attempt, row.error_type)
 
     def history(self, request_key: str) -> list[AttemptRecord]:
         with read(self._engine) as conn:
