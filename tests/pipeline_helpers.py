@@ -73,6 +73,13 @@ def materialize_day(res: dict, day: str = DAY, run_config: dict | None = None, i
                           instance=instance, **kw)
 
 
+def materialize_summary(res: dict, instance=None):
+    """The non-partitioned `generation_summary` rollup over every materialized day."""
+    from sora_pipeline.assets.analytics import generation_summary
+
+    return dg.materialize([generation_summary], resources=res, instance=instance)
+
+
 def materializations(result, key: str) -> list:
     return [e.event_specific_data.materialization for e in result.all_events
             if e.event_type_value == "ASSET_MATERIALIZATION"
