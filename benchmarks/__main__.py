@@ -2,7 +2,8 @@
 
 Each benchmark runs in its own fresh interpreter (clean RSS, no state shared between them); their stdout (one
 summary line each) is shown, their logs (Dagster's console output) go to `benchmarks/.cache/logs/<name>.log`.
-Results: `benchmarks/results/<name>.json`, and the table of this run in `benchmarks/results/summary.md`.
+Results: `benchmarks/results/<name>.json` and the table of the run in `benchmarks/results/summary.md`
+(`<name>.full.json` and `summary.full.md` with `--full`).
 Quick mode (default) keeps `make bench` to a few minutes; `--full` runs the big sizes (P5 with 10,000 items,
 scaling up to 10,000, more repetitions).
 """
@@ -16,7 +17,7 @@ import sys
 import time
 import uuid
 
-from benchmarks.common import CACHE, REPO, RESULTS, loadavg, machine
+from benchmarks.common import CACHE, REPO, RESULTS, loadavg, machine, result_path
 
 BENCHMARKS = {  # alias → module (in running order: P1 before P1b/P1c, which reuse its figures)
     "p3": "p3_probe",
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{module}] ERROR: exit {proc.returncode}; see {logs / (module + '.log')}", flush=True)
     checks, per_module = [], {}
     for module in modules:
-        path = RESULTS / f"{module}.json"
+        path = result_path(module, mode)
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(checks)} figures, {sum(c['passed'] is True for c in checks)} pass, {len(failed)} fail"
           + (f" ({', '.join(failed)})" if failed else "") + f"; {total:.0f} s"
           + (f"; did not run: {', '.join(failed_to_run)}" if failed_to_run else ""))
-    summary = RESULTS / "summary.md"
+    summary = RESULTS / ("summary.md" if mode == "quick" else "summary.full.md")
     m = machine()
     summary.write_text(
         f"# Benchmark results ({mode} mode)\n\nRun `{run_id}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"

@@ -74,6 +74,18 @@ def versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:
     return out
 
 
+def git_state() -> dict[str, Any]:
+    """The commit measured, and files of the code under test that differ from it (others edit the tree too)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "sora_pipeline", "pyproject.toml").splitlines()]
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_changes_in": dirty}
+
+
 @dataclass
 class Check:
     """One row of the results table: a figure, its target, and whether it holds."""
@@ -120,12 +132,12 @@ class Result:
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "benchmark_seconds": round(time.time() - self.started, 2),
             "machine": machine(), "load_average_at_start": self.load_start, "load_average_at_end": loadavg(),
-            "versions": versions(), "parameters": self.parameters,
+            "versions": versions(), "code": git_state(), "parameters": self.parameters,
             "numbers": self.numbers,
             "checks": [vars(c) for c in self.checks], "notes": self.notes, "summary": summary,
         }
         doc["run_id"] = os.environ.get("BENCH_RUN_ID")
-        path = RESULTS / f"{self.name}.json"
+        path = result_path(self.name, self.mode)
         path.write_text(json.dumps(_jsonable(doc), indent=2, sort_keys=False) + "\n")
         verdict = ", ".join(f"{c.id} {'PASS' if c.passed else 'FAIL' if c.passed is False else 'info'}"
                             for c in self.checks)
@@ -251,6 +263,13 @@ class SimProcess:
     def stats(self) -> dict[str, Any]:
         return self._http("GET", "/_simulator/stats")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the simulator process has used so far."""
+        import psutil
+
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
     def reset(self) -> None:
         self._http("POST", "/_simulator/reset")
 
@@ -335,12 +354,15 @@ def resources(sim_url: str, project: dict, **fal_overrides) -> dict:
 
 
 def selection() -> list:
+    """What one day's run materializes: the daily assets (`DAILY_ASSETS` when the code location names them) and
+    the asset checks."""
     import dagster as dg
 
+    from sora_pipeline import definitions
     from sora_pipeline.checks import ALL_CHECKS
-    from sora_pipeline.definitions import ASSETS
 
-    return [a for a in ASSETS if not isinstance(a, dg.AssetSpec)] + list(ALL_CHECKS)
+    assets = getattr(definitions, "DAILY_ASSETS", None) or definitions.ASSETS
+    return [a for a in assets if not isinstance(a, dg.AssetSpec)] + list(ALL_CHECKS)
 
 
 @dataclass
@@ -352,6 +374,7 @@ class RunTiming:
     run_span: float | None  # RUN_START → RUN_SUCCESS from the event log
     events: int
     events_by_type: dict[str, int]
+    cpu_s: float = 0.0  # CPU time of this (pipeline) process during the run, all threads
     result: Any = None
 
     @property
@@ -367,7 +390,8 @@ class RunTiming:
     def as_dict(self) -> dict[str, Any]:
         return {"wall_s": rnd(self.wall), "success": self.success, "run_span_s": rnd(self.run_span),
                 "steps_s": {k: rnd(v) for k, v in self.steps.items()}, "steps_total_s": rnd(self.steps_total),
-                "framework_overhead_s": rnd(self.wall - self.steps_total), "event_log_entries": self.events,
+                "framework_overhead_s": rnd(self.wall - self.steps_total), "pipeline_cpu_s": rnd(self.cpu_s),
+                "pipeline_cpu_share_of_wall": rnd(self.cpu_s / self.wall), "event_log_entries": self.events,
                 "events_by_type": self.events_by_type}
 
 
@@ -377,10 +401,10 @@ def materialize_day(res: dict, day: str = DAY, run_config: dict | None = None) -
 
     instance = dg.DagsterInstance.ephemeral()
     config = {"ops": {"generations": {"config": run_config}}} if run_config else None
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     result = dg.materialize(selection(), partition_key=day, resources=res, run_config=config, instance=instance,
                             raise_on_error=False)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
     logs = instance.all_logs(result.run_id)
     starts: dict[str, float] = {}
     steps: dict[str, float] = {}
@@ -402,7 +426,12 @@ def materialize_day(res: dict, day: str = DAY, run_config: dict | None = None) -
             run_end = entry.timestamp
     span = run_end - run_start if run_start and run_end else None
     return RunTiming(wall=wall, success=result.success, run_id=result.run_id, steps=steps, run_span=span,
-                     events=len(logs), events_by_type=dict(sorted(by_type.items())), result=result)
+                     events=len(logs), events_by_type=dict(sorted(by_type.items())), cpu_s=cpu, result=result)
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def generations_rows(project: dict, day: str = DAY) -> list[dict]:
@@ -432,10 +461,15 @@ def parse_mode(argv: list[str] | None) -> tuple[str, list[str]]:
     return mode, [a for a in argv if a not in ("--full", "--quick")]
 
 
-def same_run_result(name: str) -> dict | None:
-    """`results/<name>.json` if it was written by this `python -m benchmarks` invocation (same BENCH_RUN_ID)."""
+def result_path(name: str, mode: str = "quick") -> Path:
+    """`results/<name>.json` (quick mode, what `make bench` writes) or `results/<name>.full.json` (`--full`)."""
+    return RESULTS / (f"{name}.json" if mode != "full" else f"{name}.full.json")
+
+
+def same_run_result(name: str, mode: str = "quick") -> dict | None:
+    """The result file of `name` if it was written by this `python -m benchmarks` invocation (same BENCH_RUN_ID)."""
     run_id = os.environ.get("BENCH_RUN_ID")
-    path = RESULTS / f"{name}.json"
+    path = result_path(name, mode)
     if not run_id or not path.exists():
         return None
     try:

@@ -115,9 +115,9 @@ def run(argv: list[str] | None = None) -> Result:
         "n_requests_pipeline": n, "run_latency_s": latency, "fal_client_subset": n_fal, "own_client_subset": n_own,
         "extrapolation": "mean seconds per request × N (linear; requests are independent)",
         "pipeline_figure": "P1 best wall time of the same `python -m benchmarks` run (re-measured if absent)"})
-    p1 = same_run_result(p1_day.NAME)
+    p1 = same_run_result(p1_day.NAME, mode)
     if p1 is not None:
-        pipeline_wall, source = p1["numbers"]["wall_s"], "results/p1_day.json of this run"
+        pipeline_wall, source = p1["numbers"]["wall_s"], "P1 result of this run"
     else:
         pipeline_wall, source = p1_day.measure(repeats=1)["best"]["wall_s"], "measured here (P1 not in this run)"
     peers = {}

@@ -3,9 +3,10 @@
 1. From P1 (same `python -m benchmarks` run, else re-measured): queue calls (submit + status + result + cancel)
    per request, from the simulator's `calls` counters, against 2 + ⌈L / poll interval⌉. Video downloads (`file`)
    are reported beside them.
-2. Backoff, measured on a compressed clock: the project's `AsyncFalQueueClient.wait` with the default poll policy's
-   shape scaled by 1/20 (interval 0.05 s, backoff ×1.5 after 1.5 s, cap 0.5 s ≙ 1 s / 30 s / 10 s) on a 6 s
+2. Backoff, measured on a compressed clock: the project's `AsyncFalQueueClient.wait` polling (status stream switched
+   off where the policy has one) with the default poll policy's shape scaled by 1/20 (interval 0.05 s, backoff ×1.5 after 1.5 s, cap 0.5 s ≙ 1 s / 30 s / 10 s) on a 6 s
    generation (≙ 120 s), against the same client without backoff — status calls counted by the simulator.
+   The default policy itself (following the status stream, where the client can) is measured beside them.
 3. Backoff, computed: the poll schedule of the resource's default `PollPolicy` (from `PollPolicy.next_delay`) for
    generations of 30 s … 10 min, against fixed-interval polling.
 """
@@ -13,8 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
-import statistics
 
 from benchmarks.common import Result, SimProcess, parse_mode, queue_calls, rnd, same_run_result
 from benchmarks import p1_day
@@ -57,23 +58,43 @@ async def _long_requests(base_url: str, policy, k: int) -> list[dict]:
         return await asyncio.gather(*(one(i) for i in range(k)))
 
 
+def _polling(policy_cls, **kw):
+    """A poll policy that polls (if the policy can follow a status stream instead, that is switched off here)."""
+    if "stream" in {f.name for f in dataclasses.fields(policy_cls)}:
+        kw["stream"] = False
+    return policy_cls(**kw)
+
+
 def measure_backoff() -> dict:
     from sora_pipeline.fal import PollPolicy
     from sora_pipeline.resources import FalVideoResource
 
     default = FalVideoResource(queue_url="http://127.0.0.1:9")  # only for its default poll settings
     d = default.client_kwargs()["poll"]
-    scaled = PollPolicy(interval=d.interval / SCALE, max_interval=d.max_interval / SCALE, backoff=d.backoff,
-                        backoff_after=d.backoff_after / SCALE)
-    flat = PollPolicy(interval=scaled.interval, max_interval=scaled.interval, backoff=1.0,
-                      backoff_after=math.inf)
-    with SimProcess(run_latency=LONG_LATENCY) as sim_b, SimProcess(run_latency=LONG_LATENCY) as sim_f:
-        async def both():
-            return await asyncio.gather(_long_requests(sim_b.base_url, scaled, K),
-                                        _long_requests(sim_f.base_url, flat, K))
+    streams = bool(getattr(d, "stream", False))
+    scaled = _polling(PollPolicy, interval=d.interval / SCALE, max_interval=d.max_interval / SCALE,
+                      backoff=d.backoff, backoff_after=d.backoff_after / SCALE)
+    flat = _polling(PollPolicy, interval=scaled.interval, max_interval=scaled.interval, backoff=1.0,
+                    backoff_after=math.inf)
+    stream_policy = dataclasses.replace(d, interval=scaled.interval, max_interval=scaled.max_interval,
+                                        backoff_after=scaled.backoff_after) if streams else None
+    with SimProcess(run_latency=LONG_LATENCY) as sim_b, SimProcess(run_latency=LONG_LATENCY) as sim_f, \
+            SimProcess(run_latency=LONG_LATENCY) as sim_s:
+        async def all_three():
+            jobs = [_long_requests(sim_b.base_url, scaled, K), _long_requests(sim_f.base_url, flat, K)]
+            if stream_policy is not None:
+                jobs.append(_long_requests(sim_s.base_url, stream_policy, K))
+            return await asyncio.gather(*jobs)
 
-        backoff_runs, flat_runs = asyncio.run(both())
-        calls_b, calls_f = queue_calls(sim_b.stats()), queue_calls(sim_f.stats())
+        runs = asyncio.run(all_three())
+        backoff_runs, flat_runs = runs[0], runs[1]
+        calls_b, calls_f, calls_s = queue_calls(sim_b.stats()), queue_calls(sim_f.stats()), queue_calls(sim_s.stats())
+    streaming = None
+    if stream_policy is not None:
+        streaming = {"status_calls_per_request": calls_s["status"] / K, "calls": calls_s,
+                     "status_events_seen": [r["polls"] for r in runs[2]],
+                     "note": "the default policy follows GET …/status/stream (one call per request); polling and "
+                             "its backoff are the fallback measured above"}
     expected_b, delays_b = schedule(scaled, LONG_LATENCY)
     computed = {}
     for latency in (30, 60, 120, 300, 600):
@@ -95,6 +116,7 @@ def measure_backoff() -> dict:
                              "delays_s": [rnd(x, 4) for x in delays_b]},
             "fixed_interval": {"status_calls_per_request": calls_f["status"] / K,
                                "client_polls": [r["polls"] for r in flat_runs], "calls": calls_f},
+            "default_policy_streaming": streaming,
         },
         "computed_default_policy": computed,
     }
@@ -104,9 +126,9 @@ def run(argv: list[str] | None = None) -> Result:
     mode, _ = parse_mode(argv)
     res = Result(NAME, mode, parameters={"p1": {"n": p1_day.N, "concurrency": p1_day.C, "latency_s": p1_day.L,
                                                 "poll_interval_s": p1_day.POLL}})
-    p1 = same_run_result(p1_day.NAME)
+    p1 = same_run_result(p1_day.NAME, mode)
     if p1 is not None:
-        calls, source = p1["numbers"]["best_run"]["calls"], "results/p1_day.json of this run"
+        calls, source = p1["numbers"]["best_run"]["calls"], "P1 result of this run"
     else:
         calls, source = p1_day.measure(repeats=1)["best"]["calls"], "measured here (P1 not in this run)"
     n, bound = p1_day.N, 2 + math.ceil(p1_day.L / p1_day.POLL)
@@ -125,6 +147,11 @@ def run(argv: list[str] | None = None) -> Result:
               "< 0.5 (backs off)", ratio < 0.5, "×",
               f"{mb['status_calls_per_request']:.1f} vs {mf['status_calls_per_request']:.1f} polls per request "
               f"(clock compressed {SCALE}×: {LONG_LATENCY:g} s run)")
+    ms = backoff["measured"]["default_policy_streaming"]
+    if ms is not None:
+        res.check("P1c-stream", f"status calls per request for a {eq:.0f} s generation, default policy (stream)",
+                  rnd(ms["status_calls_per_request"]), "report", None, "",
+                  f"{ms['calls']['queue_total'] / K:.1f} queue calls per request in all")
     c600 = backoff["computed_default_policy"]["600s"]
     res.save(f"P1: {per:.2f} queue calls/request (bound {bound}); a {eq:.0f} s generation: "
              f"{mb['status_calls_per_request']:.1f} polls with backoff vs {mf['status_calls_per_request']:.1f} fixed; "
