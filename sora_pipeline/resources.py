@@ -26,7 +26,7 @@ class FalVideoResource(dg.ConfigurableResource):
     fal_key: str | None = Field(default=None, description="fal API key; pass EnvVar('FAL_KEY')")
     openai_api_key: str | None = Field(default=None, description="optional OpenAI key sent as `api_key`")
     max_concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
-    submit_concurrency: int = Field(default=1, ge=1, description="submit calls at once; a crash mid-submit "
+    submit_concurrency: int = Field(default=4, ge=1, description="submit calls at once; a crash mid-submit "
                                     "leaves at most this many requests `unknown`")
     poll_interval: float = Field(default=DEFAULT_POLL_INTERVAL, gt=0, description="seconds between polls")
     max_poll_interval: float = Field(default=10.0, gt=0, description="poll interval cap once backing off")

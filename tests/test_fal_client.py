@@ -251,3 +251,54 @@ def test_image_inputs(tmp_path):
         load_image_input("http://example.com/x.png")
     with pytest.raises(ImageInputError, match="not found"):
         load_image_input(str(tmp_path / "missing.png"))
+
+
+def test_async_wait_follows_the_status_stream_with_one_call(make_simulator, png_data_uri):
+    import asyncio
+
+    sim = make_simulator(run_latency=1.0, queue_latency=0.3)
+    seen = []
+
+    async def main():
+        async with AsyncFalQueueClient(key=SECRET, base_url=sim.base_url, **FAST) as client:
+            handle = await client.submit(args(png_data_uri))
+            await client.wait(handle, on_status=lambda h, s: seen.append(s.status))
+            return await client.result(handle)
+
+    assert asyncio.run(main()).video.url
+    assert seen[0] == "IN_QUEUE" and "IN_PROGRESS" in seen and seen[-1] == "COMPLETED"
+    calls = sim.stats()["calls"]
+    assert (calls["submit"], calls["status"], calls["result"]) == (1, 1, 1)  # not one call per poll
+
+
+def test_async_wait_falls_back_to_polling_without_a_stream():
+    import asyncio
+
+    polls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/stream"):
+            return httpx.Response(405)
+        polls.append(request)
+        return httpx.Response(200 if len(polls) >= 3 else 202,
+                              json={"status": "COMPLETED" if len(polls) >= 3 else "IN_PROGRESS"})
+
+    async def main():
+        async with AsyncFalQueueClient(key=SECRET, transport=httpx.MockTransport(handler), **FAST) as client:
+            return await client.wait(client.protocol.handle_for("abc"))
+
+    assert asyncio.run(main()).done and len(polls) == 3
+
+
+def test_async_stream_wait_times_out(make_simulator, png_data_uri):
+    import asyncio
+
+    sim = make_simulator(run_latency=5.0)
+
+    async def main():
+        async with AsyncFalQueueClient(key=SECRET, base_url=sim.base_url, **FAST) as client:
+            handle = await client.submit(args(png_data_uri))
+            await client.wait(handle, timeout=0.5)
+
+    with pytest.raises(WaitTimeoutError):
+        asyncio.run(main())

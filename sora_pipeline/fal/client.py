@@ -6,6 +6,7 @@ in how bytes move. Pass `transport=` (an httpx transport) to test pinpoint fault
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -205,18 +206,67 @@ class AsyncFalQueueClient(_ClientBase):
     async def wait(self, handle: QueueHandle, *, timeout: float | None = None,
                    on_status: Callable[[QueueHandle, QueueStatus], Any | Awaitable[Any]] | None = None
                    ) -> QueueStatus:
+        """Until COMPLETED: follow the status stream (`PollPolicy.stream`), else poll."""
         started, delay = time.monotonic(), self.poll.interval
+        if self.poll.stream:
+            status = await self._wait_streaming(handle, started, timeout, on_status)
+            if status is not None:
+                return status
         while True:
             await asyncio.sleep(delay)
             status = await self.status(handle)
-            if on_status:
-                outcome = on_status(handle, status)
-                if asyncio.iscoroutine(outcome):
-                    await outcome
-            if status.done:
-                self._check_completed(handle, status)
+            if await self._seen(handle, status, on_status):
                 return status
             delay = self._wait_step(handle, status, started, timeout, delay)
+
+    async def _seen(self, handle: QueueHandle, status: QueueStatus, on_status) -> bool:
+        if on_status:
+            outcome = on_status(handle, status)
+            if asyncio.iscoroutine(outcome):
+                await outcome
+        if status.done:
+            self._check_completed(handle, status)
+        return status.done
+
+    async def _wait_streaming(self, handle: QueueHandle, started: float, timeout: float | None,
+                              on_status) -> QueueStatus | None:
+        """Follow `…/status/stream` (server-sent events). A quiet stream that hits the read timeout is simply
+        reopened; other failures are retried a few times. None: no usable stream, the caller polls instead."""
+        remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        try:
+            async with asyncio.timeout(remaining):
+                return await self._follow_stream(handle, started, timeout, on_status)
+        except TimeoutError:
+            raise WaitTimeoutError(f"request still running after {timeout:.0f}s (it may still finish)",
+                                   request_id=handle.request_id) from None
+
+    async def _follow_stream(self, handle: QueueHandle, started: float, timeout: float | None,
+                             on_status) -> QueueStatus | None:
+        req = self.protocol.status_stream(handle)
+        failures = 0
+        while failures < 3:
+            status = None
+            try:
+                async with self._http.stream(req.method, req.url, params=req.params) as response:
+                    if response.status_code >= 400:
+                        return None  # no stream here (or an error the polling path maps properly)
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        status = self.protocol.status_from_body(json.loads(line[5:]), handle.request_id)
+                        if await self._seen(handle, status, on_status):
+                            return status
+                        self._wait_step(handle, status, started, timeout, None)
+            except httpx.ReadTimeout:
+                continue  # nothing to report for a while: reopen
+            except (httpx.HTTPError, ValueError, RetrySignal) as exc:
+                failures += 1
+                log.debug("status stream of %s failed (%s); retrying", handle.request_id, type(exc).__name__)
+                await asyncio.sleep(self.retry.backoff(failures))
+                continue
+            if status is None:
+                failures += 1  # the stream closed without a single event
+        return None
 
     async def subscribe(self, arguments: ImageToVideoInput | dict[str, Any], *, timeout: float | None = None,
                         on_enqueue: Callable[[QueueHandle], Any] | None = None,

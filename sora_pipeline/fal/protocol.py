@@ -52,9 +52,12 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class PollPolicy:
-    """Seconds between status polls of one request: `interval` at first, growing by `backoff` per poll once the
-    request has run longer than `backoff_after`, capped at `max_interval` (never below `interval`)."""
+    """How to wait for a request. With `stream` the async client follows fal's status stream (server-sent
+    events: one long request per job instead of one call per poll) and polls only if the stream is unavailable.
+    Polls are `interval` seconds apart at first, growing by `backoff` per poll once the request has run longer
+    than `backoff_after`, capped at `max_interval` (never below `interval`)."""
 
+    stream: bool = True
     interval: float = 1.0
     max_interval: float = 10.0
     backoff: float = 1.5
@@ -185,6 +188,10 @@ class QueueProtocol:
         url = handle.status_url if isinstance(handle, QueueHandle) else self._request_url(handle, "/status")
         return OutgoingRequest("GET", url, "status", params={"logs": "1"} if logs else {})
 
+    def status_stream(self, handle: QueueHandle | str, *, logs: bool = True) -> OutgoingRequest:
+        url = handle.status_url if isinstance(handle, QueueHandle) else self._request_url(handle, "/status")
+        return OutgoingRequest("GET", f"{url}/stream", "status", params={"logs": "1"} if logs else {})
+
     def result(self, handle: QueueHandle | str) -> OutgoingRequest:
         url = handle.response_url if isinstance(handle, QueueHandle) else self._request_url(handle)
         return OutgoingRequest("GET", url, "result")
@@ -212,11 +219,14 @@ class QueueProtocol:
             raise AmbiguousSubmitError("submit answered without a request_id", status_code=response.status_code)
 
     def parse_status(self, response: httpx.Response, request_id: str | None = None) -> QueueStatus:
-        body = self._ok_json(response, "status", request_id)
-        status = body.get("status")
+        return self.status_from_body(self._ok_json(response, "status", request_id), request_id)
+
+    def status_from_body(self, body: Any, request_id: str | None = None) -> QueueStatus:
+        """A status answer's JSON (from a poll or a status-stream event)."""
+        status = body.get("status") if isinstance(body, dict) else None
         if status not in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED"):
             raise RetrySignal(TransientError(f"status answered with unknown status {status!r}",
-                                             status_code=response.status_code, request_id=request_id))
+                                             request_id=request_id))
         return QueueStatus(status=status, queue_position=body.get("queue_position"), logs=body.get("logs") or [],
                            metrics=body.get("metrics") or {}, error=body.get("error"),
                            error_type=body.get("error_type"))

@@ -31,8 +31,8 @@ class GenerationConfig:
     owner: str  # the Dagster run id (claims are per owner)
     day: str
     max_concurrency: int = 8
-    # submits in flight at once: a crash can only leave this many requests `unknown` (1 = at most one)
-    submit_concurrency: int = 1
+    # claim→submit→record sections at once: a hard crash leaves at most this many requests `unknown`
+    submit_concurrency: int = 4
     download_concurrency: int = 8
     total_timeout: float = 3600.0
     archive_root: str | None = None  # <warehouse>/videos/date=<day>; None = do not archive

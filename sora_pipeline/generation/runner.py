@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,21 +69,32 @@ class GenerationRunner:
         self.ledger = ledger
         self._emit = emit or log.info
         self._in_flight: dict[str, tuple[int, QueueHandle]] = {}
+        self._crashing = False
+
         self.progress: Progress | None = None
         self.estimated_total = 0.0
         self.stats: dict[str, Any] = {}
+
+    async def _db(self, fn, *args, **kwargs):
+        """Run a (blocking) ledger call on the ledger's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, partial(fn, *args, **kwargs))
 
     # -- entry point ---------------------------------------------------------------------------------
     def run(self, items: Iterable[WorkItem]) -> list[Outcome]:
         """Blocking. On interruption (Dagster run termination, SIGTERM, Ctrl-C) the requests this run is
         waiting on are cancelled through their cancel_url (bounded time) and the ledger records it."""
         items = list(items)
+        # SQLite takes one writer at a time: one thread avoids its busy-wait back-off; servers take a few
+        self._db_pool = ThreadPoolExecutor(max_workers=1 if self.ledger.dialect == "sqlite" else 4,
+                                           thread_name_prefix="ledger")
         try:
             with sigterm_raises_interrupt():
                 return asyncio.run(self._run(items))
         except BaseException:
             self.cancel_in_flight()
             raise
+        finally:
+            self._db_pool.shutdown(wait=True)
 
     def plan(self, items: list[WorkItem]) -> list[Planned]:
         """Read/verify every image once (cached by reference), compute request keys, record PLANNED rows."""
@@ -118,11 +130,11 @@ class GenerationRunner:
         cfg = self.config
         planned = await asyncio.to_thread(self.plan, items)
         self.progress = Progress(len(planned), emit=self._emit, interval=cfg.progress_interval)
-        known = {e.request_key: e for e in await asyncio.to_thread(self.ledger.entries_for_day, cfg.day)}
+        known = {e.request_key: e for e in await self._db(self.ledger.entries_for_day, cfg.day)}
         entries = {p.spec.request_key: known.get(p.spec.request_key) for p in planned if p.spec}
         to_submit = [p for p in planned if p.spec and would_submit(entries[p.spec.request_key], cfg.policy)]
         self.estimated_total = sum(p.spec.estimated_cost for p in to_submit)
-        spent = await asyncio.to_thread(self.ledger.spent, cfg.day)
+        spent = await self._db(self.ledger.spent, cfg.day)
         self._emit(f"{len(planned)} items for {cfg.day}: {len(to_submit)} to submit "
                    f"(estimated ${self.estimated_total:,.2f}), {len(planned) - len(to_submit)} reuse/resume/skip; "
                    f"already spent today ${spent:,.2f}" + (" [DRY RUN: nothing is submitted]" if cfg.dry_run
@@ -166,8 +178,8 @@ class GenerationRunner:
             progress.set(p.item.item_id, "failed")
             return out.fail("failed", "invalid_image", p.error, False)
         try:
-            async with self._slots:
-                entry = await self._claim_and_wait(p, out, entry)
+            async with _Slot(self._slots) as slot:
+                entry = await self._claim_and_wait(p, out, entry, slot)
             if entry is not None and out.status == "completed":
                 await self._fetch_video(p, out, entry)
         except FalError as exc:
@@ -178,7 +190,8 @@ class GenerationRunner:
         progress.set(p.item.item_id, out.status if out.status != "pending" else "unknown")
         return out
 
-    async def _claim_and_wait(self, p: Planned, out: Outcome, entry: LedgerEntry | None) -> LedgerEntry | None:
+    async def _claim_and_wait(self, p: Planned, out: Outcome, entry: LedgerEntry | None,
+                              slot: _Slot) -> LedgerEntry | None:
         """Claim the item in the ledger and act on the decision; returns the completed entry or None."""
         cfg, key, item = self.config, p.spec.request_key, p.item
         if would_submit(entry, cfg.policy) and not self._budget.try_reserve(p.spec.estimated_cost):
@@ -191,12 +204,12 @@ class GenerationRunner:
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
                 async with self._submitting:
-                    decision, entry = await asyncio.to_thread(self.ledger.claim, key, owner=cfg.owner,
+                    decision, entry = await self._db(self.ledger.claim, key, owner=cfg.owner,
                                                               policy=cfg.policy)
                     if decision == Decision.SUBMIT:
                         handle = await self._submit(p, out, entry.attempt)
             else:
-                decision, entry = await asyncio.to_thread(self.ledger.claim, key, owner=cfg.owner,
+                decision, entry = await self._db(self.ledger.claim, key, owner=cfg.owner,
                                                           policy=cfg.policy)
             if decision != Decision.BUSY or time.monotonic() - started > cfg.policy.submit_lease_seconds:
                 break
@@ -226,7 +239,7 @@ class GenerationRunner:
             out.decision = "resumed"
             handle = QueueHandle(entry.request_id, entry.status_url, entry.response_url, entry.cancel_url)
             out.request_id, out.submitted_at = entry.request_id, entry.submitted_at
-        return await self._wait_for_result(p, out, entry.attempt, handle)
+        return await self._wait_for_result(p, out, entry.attempt, handle, slot)
 
     async def _submit(self, p: Planned, out: Outcome, attempt: int) -> QueueHandle | None:
         key, item = p.spec.request_key, p.item
@@ -238,25 +251,25 @@ class GenerationRunner:
         try:
             handle = await self._client.submit(arguments)
         except AmbiguousSubmitError as exc:
-            await asyncio.to_thread(self.ledger.mark_unknown, key, attempt, error_message=str(exc))
+            await self._db(self.ledger.mark_unknown, key, attempt, error_message=str(exc))
             out.fail("unknown", exc.error_type, f"{exc} (request_key {key}; not resubmitted automatically)")
             return None
         except FalError as exc:
-            await asyncio.to_thread(self.ledger.mark_failed, key, attempt, error_type=exc.error_type,
+            await self._db(self.ledger.mark_failed, key, attempt, error_type=exc.error_type,
                                     error_message=str(exc), retryable=exc.retryable)
             out.fail("failed", exc.error_type, str(exc), exc.retryable)
             return None
         now = datetime.now(UTC)
-        await asyncio.to_thread(self.ledger.mark_submitted, key, attempt, request_id=handle.request_id,
+        await self._db(self.ledger.mark_submitted, key, attempt, request_id=handle.request_id,
                                 status_url=handle.status_url, response_url=handle.response_url,
                                 cancel_url=handle.cancel_url, submitted_at=now)
-        failpoint("after_submit")
+        await self._crash_point("after_submit", held=1)
         self.progress.submitted += 1
         out.request_id, out.submitted_at = handle.request_id, now
         return handle
 
-    async def _wait_for_result(self, p: Planned, out: Outcome, attempt: int,
-                               handle: QueueHandle) -> LedgerEntry | None:
+    async def _wait_for_result(self, p: Planned, out: Outcome, attempt: int, handle: QueueHandle,
+                               slot: _Slot) -> LedgerEntry | None:
         key, item_id = p.spec.request_key, p.item.item_id
         self._in_flight[key] = (attempt, handle)
         seen_logs = 0
@@ -278,6 +291,7 @@ class GenerationRunner:
                 return self._fill_completed(out, entry)
         try:
             await self._client.wait(handle, timeout=self.config.total_timeout, on_status=on_status)
+            slot.release()  # done at fal: no longer counts against its concurrency
             await self._crash_point("mid_poll")
             output = await self._client.result(handle)
         except (WaitTimeoutError, TransientError, RateLimitedError) as exc:
@@ -288,7 +302,7 @@ class GenerationRunner:
             return None
         except FalError as exc:
             self._in_flight.pop(key, None)
-            await asyncio.to_thread(self.ledger.mark_failed, key, attempt, error_type=exc.fal_error_type
+            await self._db(self.ledger.mark_failed, key, attempt, error_type=exc.fal_error_type
                                     or exc.error_type, error_message=str(exc), retryable=exc.retryable)
             raise
         # (on cancellation the entry stays, so `cancel_in_flight` can cancel it at fal)
@@ -299,9 +313,9 @@ class GenerationRunner:
                            width=output.video.width, seconds_generated=seconds,
                            byo_openai_key=p.spec.used_openai_key)
         document = output.model_dump(mode="json", exclude_none=True)
-        await asyncio.to_thread(self.ledger.mark_completed, key, attempt, output=document,
+        await self._db(self.ledger.mark_completed, key, attempt, output=document,
                                 completed_at=completed_at, seconds_generated=seconds, actual_cost=cost)
-        entry = await asyncio.to_thread(self.ledger.get, key)
+        entry = await self._db(self.ledger.get, key)
         return self._fill_completed(out, entry)
 
     async def _wait_for_webhook(self, key: str, attempt: int) -> LedgerEntry | None:
@@ -349,7 +363,7 @@ class GenerationRunner:
             except MediaProbeError as exc:
                 raise FalError(f"the video of {p.item.item_id} is not a readable MP4: {exc}") from None
         artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
-        await asyncio.to_thread(self.ledger.set_artifacts, p.spec.request_key, entry.attempt, artifacts)
+        await self._db(self.ledger.set_artifacts, p.spec.request_key, entry.attempt, artifacts)
         self._apply_artifacts(out, artifacts)
 
     def _apply_artifacts(self, out: Outcome, artifacts: dict[str, Any]) -> None:
@@ -360,12 +374,14 @@ class GenerationRunner:
         if artifacts.get("started_at") and out.started_at is None:
             out.started_at = datetime.fromisoformat(artifacts["started_at"])
 
-    async def _crash_point(self, name: str) -> None:
+    async def _crash_point(self, name: str, held: int = 0) -> None:
         """Test crash points fire while no submit is in flight (a crash *during* a submit is the unknown case,
         tested on its own)."""
-        if armed(name):
-            async with self._submitting:
-                failpoint(name)
+        if armed(name) and not self._crashing:
+            self._crashing = True  # the first to arrive fires; the others carry on (and leave the section)
+            for _ in range(self.config.submit_concurrency - held):  # until no other submit is in flight
+                await self._submitting.acquire()
+            failpoint(name)
 
     # -- interruption --------------------------------------------------------------------------------
     def cancel_in_flight(self) -> int:
@@ -391,3 +407,23 @@ class GenerationRunner:
                 pool.submit(cancel, key, attempt, handle)
         self._emit(f"run interrupted: asked fal to cancel {len(pending)} in-flight request(s)")
         return len(pending)
+
+
+class _Slot:
+    """One of the `max_concurrency` places at fal; released as soon as the request is done there."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore, self._held = semaphore, False
+
+    async def __aenter__(self) -> _Slot:
+        await self._semaphore.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()

@@ -126,11 +126,43 @@ class SimulatorApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+class _Ticker:
+    """A shared clock for status streams: one task advances the job book every `period` seconds while anyone
+    waits, and wakes all waiters at once (instead of every stream polling the book on its own)."""
+
+    def __init__(self, book: JobBook, period: float = 0.02) -> None:
+        self.book, self.period = book, period
+        self.waiters = 0
+        self.event: asyncio.Event | None = None
+        self.task: asyncio.Task | None = None
+
+    async def wait(self) -> None:
+        if self.task is None or self.task.done():
+            self.event = asyncio.Event()
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        event = self.event
+        self.waiters += 1
+        try:
+            await event.wait()
+        finally:
+            self.waiters -= 1
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            self.book.advance(time.monotonic())
+            event, self.event = self.event, asyncio.Event()
+            event.set()
+            if self.waiters == 0:
+                return
+
+
 def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
     """The simulator as an ASGI app; its state is `app.sim` (a `Simulator`)."""
     config = config or SimulatorConfig()
     sim = Simulator(config)
     book, faults = sim.book, sim.faults
+    ticker = _Ticker(book)
 
     def auth_error(request: Request) -> Response | None:
         if not config.auth_required:
@@ -267,13 +299,23 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         base = _base(request)
 
         async def events():
+            # like fal: an event whenever the status changes, a comment now and then to keep the line alive;
+            # every open stream shares one clock tick (one `advance` per tick, however many streams)
+            last, quiet_since = None, time.monotonic()
+            book.advance(time.monotonic())
             while True:
-                book.advance(time.monotonic())
-                code, body = status_body(job, base, with_logs)
-                yield f"data: {json.dumps(body)}\n\n".encode()
-                if code == 200:
-                    return
-                await asyncio.sleep(0.05)
+                position = book.queue_position(job) if job.state == "IN_QUEUE" else None
+                signature = (job.state, position, job.started_at, job.finished_at)
+                if signature != last:
+                    last, quiet_since = signature, time.monotonic()
+                    code, body = status_body(job, base, with_logs)
+                    yield f"data: {json.dumps(body)}\n\n".encode()
+                    if code == 200:
+                        return
+                elif time.monotonic() - quiet_since > 10:
+                    quiet_since = time.monotonic()
+                    yield b": keep-alive\n\n"
+                await ticker.wait()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
