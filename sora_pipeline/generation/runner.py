@@ -13,8 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import httpx
@@ -35,8 +35,20 @@ from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_inp
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
-from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned, WorkItem
-from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, RequestSpec, RequestState, ResubmitPolicy
+from sora_pipeline.generation.records import (
+    GenerationConfig,
+    Outcome,
+    Planned,
+    WorkItem,
+)
+from sora_pipeline.ledger import (
+    Decision,
+    Ledger,
+    LedgerEntry,
+    RequestSpec,
+    RequestState,
+    ResubmitPolicy,
+)
 from sora_pipeline.media import MediaProbeError
 from sora_pipeline.progress import Progress
 from sora_pipeline.webhooks import wait_for_webhook
