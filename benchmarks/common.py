@@ -78,11 +78,12 @@ def git_state() -> dict[str, Any]:
     """The commit measured, and files of the code under test that differ from it (others edit the tree too)."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "sora_pipeline", "pyproject.toml").splitlines()]
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "sora_pipeline", "pyproject.toml").splitlines()
+             if len(line) > 3]
     return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_changes_in": dirty}
 
 
