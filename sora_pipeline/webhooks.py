@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -43,7 +42,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
@@ -55,7 +53,14 @@ from starlette.routing import Route
 
 from sora_pipeline.costs import PriceTable, actual_cost
 from sora_pipeline.fal.models import ImageToVideoOutput
-from sora_pipeline.ledger import AttemptRef, Ledger, LedgerConflict, LedgerEntry, RequestState
+from sora_pipeline.ledger import (
+    AttemptRef,
+    Ledger,
+    LedgerConflict,
+    LedgerEntry,
+    RequestState,
+)
+from sora_pipeline.serving import BackgroundServer
 
 log = logging.getLogger("sora_pipeline.webhooks")
 
@@ -344,24 +349,19 @@ def create_webhook_app(ledger: Ledger, config: WebhookConfig | None = None) -> W
     return app
 
 
-class WebhookServer:
+class WebhookServer(BackgroundServer):
     """`with WebhookServer(ledger, config) as hooks: submit(..., webhook_url=hooks.url)` (uvicorn in a thread)."""
+
+    name = "webhook receiver"
+    uvicorn_options = {"lifespan": "off"}
 
     def __init__(self, ledger: Ledger, config: WebhookConfig | None = None, host: str = "127.0.0.1",
                  port: int = 0) -> None:
+        super().__init__(host, port)
         self.ledger, self.config = ledger, config or WebhookConfig()
-        self.host, self.port = host, port
-        self.app: WebhookApp | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._sock: socket.socket | None = None
 
-    @property
-    def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the webhook receiver is not running")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+    def make_app(self) -> WebhookApp:
+        return create_webhook_app(self.ledger, self.config)
 
     @property
     def url(self) -> str:
@@ -370,43 +370,6 @@ class WebhookServer:
 
     def stats(self) -> dict[str, int]:
         return dict(self.app.counts) if self.app is not None else {}
-
-    def start(self, timeout: float = 15.0) -> WebhookServer:
-        if self._server is not None:
-            return self
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port, self._sock = sock.getsockname()[1], sock
-        self.app = create_webhook_app(self.ledger, self.config)
-        cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                             server_header=False, timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"sora-webhooks-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the webhook receiver did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._sock is not None:
-            self._sock.close()
-        self._server = self._thread = self._sock = None
-
-    def __enter__(self) -> WebhookServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # ----------------------------------------------------------------------------------------- the waiting side
