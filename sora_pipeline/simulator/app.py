@@ -277,25 +277,32 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
                 return resp
         return JSONResponse(body, headers={"x-fal-request-id": rid})
 
-    async def status(request: Request) -> Response:
+    async def find_job(request: Request, call: str) -> Job | Response:
+        """The job a request-scoped call is about, or the answer to send instead (fault, auth, 404)."""
         p = request.path_params
-        if (resp := await gate(request, "status")) is not None:
+        if (resp := await gate(request, call)) is not None:
             return resp
         job = book.get(p["owner"], p["alias"], p["request_id"])
         if job is None:
+            if call == "cancel":
+                return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
             return _detail(404, "Request not found")
-        with_logs = request.query_params.get("logs", "0").lower() in ("1", "true")
+        return job
+
+    def wants_logs(request: Request) -> bool:
+        return request.query_params.get("logs", "0").lower() in ("1", "true")
+
+    async def status(request: Request) -> Response:
+        if isinstance(job := await find_job(request, "status"), Response):
+            return job
+        with_logs = wants_logs(request)
         code, body = status_body(job, _base(request), with_logs)
         return JSONResponse(body, status_code=code, headers={"x-fal-request-id": job.id})
 
     async def status_stream(request: Request) -> Response:
-        p = request.path_params
-        if (resp := await gate(request, "status")) is not None:
-            return resp
-        job = book.get(p["owner"], p["alias"], p["request_id"])
-        if job is None:
-            return _detail(404, "Request not found")
-        with_logs = request.query_params.get("logs", "0").lower() in ("1", "true")
+        if isinstance(job := await find_job(request, "status"), Response):
+            return job
+        with_logs = wants_logs(request)
         base = _base(request)
 
         async def events():
@@ -342,12 +349,8 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         return 200, {"video": video, "video_id": video_id}, {**headers, "x-fal-billable-units": str(clip.duration)}
 
     async def result(request: Request) -> Response:
-        p = request.path_params
-        if (resp := await gate(request, "result")) is not None:
-            return resp
-        job = book.get(p["owner"], p["alias"], p["request_id"])
-        if job is None:
-            return _detail(404, "Request not found")
+        if isinstance(job := await find_job(request, "result"), Response):
+            return job
         headers = {"x-fal-request-id": job.id}
         if job.state == "CANCELLED":
             return _detail(400, "Request was cancelled", **headers)
@@ -361,12 +364,8 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         return JSONResponse(body, status_code=code, headers=headers)
 
     async def cancel(request: Request) -> Response:
-        p = request.path_params
-        if (resp := await gate(request, "cancel")) is not None:
-            return resp
-        job = book.get(p["owner"], p["alias"], p["request_id"])
-        if job is None:
-            return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+        if isinstance(job := await find_job(request, "cancel"), Response):
+            return job
         if book.cancel(job):
             return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
