@@ -8,6 +8,7 @@ request id right after it returns, so no crash can make us pay twice or lose a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -156,6 +157,9 @@ class GenerationRunner:
         self._budget = BudgetGuard(per_run_cap=cfg.run_budget, per_day_cap=cfg.day_budget,
                                    already_spent_today=spent)
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self._submits_waiting = 0
+        self._no_submits_waiting = asyncio.Event()
+        self._no_submits_waiting.set()
         self._submitting = asyncio.Semaphore(cfg.submit_concurrency)
         self._downloads = asyncio.Semaphore(cfg.download_concurrency)
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
@@ -215,14 +219,14 @@ class GenerationRunner:
             if would_submit(entry, cfg.policy) or (entry and entry.state == RequestState.SUBMITTING):
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
-                async with self._submitting:
+                async with self._submits_first(), self._submitting:
                     decision, entry = await self._db(self.ledger.claim, key, owner=cfg.owner,
-                                                              policy=cfg.policy)
+                                                     policy=cfg.policy)
                     if decision == Decision.SUBMIT:
                         handle = await self._submit(p, out, entry.attempt)
             else:
                 decision, entry = await self._db(self.ledger.claim, key, owner=cfg.owner,
-                                                          policy=cfg.policy)
+                                                 policy=cfg.policy)
             if decision != Decision.BUSY or time.monotonic() - started > cfg.policy.submit_lease_seconds:
                 break
             await asyncio.sleep(self._client.poll.interval)
@@ -364,6 +368,7 @@ class GenerationRunner:
         if artifacts.get("probe") and (artifacts.get("archive_uri") or not self.config.archive_root):
             self._apply_artifacts(out, artifacts)
             return
+        await self._no_submits_waiting.wait()  # freed slots are refilled before finished videos are fetched
         self.progress.set(p.item.item_id, "downloading")
         cfg = self.config
         target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}" if cfg.archive_root else None
@@ -385,6 +390,18 @@ class GenerationRunner:
         out.probe_json = json.dumps(artifacts.get("probe"), sort_keys=True) if artifacts.get("probe") else None
         if artifacts.get("started_at") and out.started_at is None:
             out.started_at = datetime.fromisoformat(artifacts["started_at"])
+
+    @contextlib.asynccontextmanager
+    async def _submits_first(self):
+        """Mark an item as waiting to submit: downloads hold back meanwhile (a wave's submits go first)."""
+        self._submits_waiting += 1
+        self._no_submits_waiting.clear()
+        try:
+            yield
+        finally:
+            self._submits_waiting -= 1
+            if self._submits_waiting == 0:
+                self._no_submits_waiting.set()
 
     async def _crash_point(self, name: str, held: int = 0) -> None:
         """Test crash points fire while no submit is in flight (a crash *during* a submit is the unknown case,
