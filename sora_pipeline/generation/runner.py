@@ -86,7 +86,6 @@ class GenerationRunner:
 
         self.progress: Progress | None = None
         self.estimated_total = 0.0
-        self.stats: dict[str, Any] = {}
 
     async def _db(self, fn, *args, **kwargs):
         """Run a (blocking) ledger call on the ledger's own threads."""
