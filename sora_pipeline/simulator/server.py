@@ -13,7 +13,8 @@ class SimulatorServer(BackgroundServer):
     """`with SimulatorServer(SimulatorConfig(...)) as sim: httpx.post(f"{sim.base_url}/fal-ai/...")`."""
 
     name = "simulator"
-    uvicorn_options = {"lifespan": "on", "proxy_headers": False, "backlog": 4096}
+    # a long keep-alive: clients re-using a connection the server is just closing see spurious ReadErrors
+    uvicorn_options = {"lifespan": "on", "proxy_headers": False, "backlog": 4096, "timeout_keep_alive": 75}
 
     def __init__(self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host, port)
