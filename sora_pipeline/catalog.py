@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict
 
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
+from sora_pipeline.tables import is_local_fs
 
 __all__ = [
     "CONTRACT_COLUMNS", "REQUIRED_COLUMNS", "CatalogError", "CatalogItem", "CatalogSlice", "RejectedRow",
@@ -122,11 +123,6 @@ class _Catalog:
         return os.path.dirname(self.path) if self.local else posixpath.dirname(self.path)
 
 
-def _is_local(fs: Any) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return bool(_LOCAL_PROTOCOLS & set(protocols))
-
-
 _DATA_SUFFIXES = (".parquet", ".parq", ".pq")
 
 
@@ -142,7 +138,7 @@ def _data_files(fs: Any, path: str) -> list[str]:
 
 def _open(uri: str, storage_options: dict | None) -> _Catalog:
     fs, path = open_catalog(uri, storage_options)
-    local = _is_local(fs)
+    local = is_local_fs(fs)
     try:
         info = fs.info(path)
     except FileNotFoundError:

@@ -17,6 +17,7 @@ import fsspec
 import httpx
 
 from sora_pipeline.media import probe_video
+from sora_pipeline.tables import is_local_fs
 
 
 class DownloadRefused(ValueError):
@@ -62,11 +63,6 @@ async def download_video(http: httpx.AsyncClient, url: str, *, queue_base_url: s
         os.unlink(path)
         raise
     return DownloadedFile(path=path, sha256=digest.hexdigest(), size=size, content_type=content_type)
-
-
-def is_local_fs(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
 
 
 def archive_file(local_path: str, target_uri: str, storage_options: dict | None = None) -> str:

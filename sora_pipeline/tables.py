@@ -78,13 +78,18 @@ def partition_uri(warehouse_uri: str, table: str, day: date | str) -> str:
     return file_uri_for(warehouse_uri, _check_table(table), f"date={_day(day)}")
 
 
+def is_local_fs(fs: Any) -> bool:
+    """Whether an fsspec filesystem is the local disk (`file`/`local` protocol)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
 class _Ops:
     """Directory operations on one filesystem: `os` calls locally, per-file fsspec calls elsewhere."""
 
     def __init__(self, fs: Any):
         self.fs = fs
-        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-        self.local = bool({"file", "local"} & set(protocols))
+        self.local = is_local_fs(fs)
         self.arrow_fs = pafs.LocalFileSystem() if self.local else fs
 
     def join(self, *parts: str) -> str:
