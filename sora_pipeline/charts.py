@@ -29,7 +29,7 @@ def _plt():
 def _png(fig) -> bytes:
     plt = _plt()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=_DPI)
     plt.close(fig)
     return buf.getvalue()
 
@@ -73,7 +73,9 @@ def daily_chart(row: dict) -> bytes:
     else:
         b.text(0.5, 0.5, "no completed items", ha="center", va="center", transform=b.transAxes, color="#868e96")
     _bar_mix(c, _mix(row.get("resolution_mix")), "resolution mix")
-    fig.tight_layout()
+    # fixed margins: `tight_layout` would lay the figure out (draw it) once more, tripling the cost of a chart
+    # that every day's run draws
+    fig.subplots_adjust(left=0.095, right=0.985, bottom=0.1, top=0.9, wspace=0.5)
     return _png(fig)
 
 

@@ -30,6 +30,7 @@ from sora_pipeline.fal.protocol import (
 
 log = logging.getLogger("sora_pipeline.fal")
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
+IDLE_CONNECTIONS = 16  # kept-alive connections of the short-call pool
 StatusCallback = Callable[[QueueHandle, QueueStatus], Any]
 
 
@@ -44,7 +45,9 @@ class _ClientBase:
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=None)
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # httpcore scans its whole pool (idle connections quadratically) on every request: keep few idle ones
+        self._limits = httpx.Limits(max_connections=max_connections,
+                                    max_keepalive_connections=min(max_connections, IDLE_CONNECTIONS))
 
     @property
     def base_url(self) -> str:
@@ -165,6 +168,11 @@ class AsyncFalQueueClient(_ClientBase):
         super().__init__(**kwargs)
         self._http = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, transport=transport,
                                        headers=self.protocol.headers())
+        # status streams hold a connection each for a whole generation: a pool of their own, so the short calls
+        # (submit, result) do not scan a pool of hundreds of stream connections
+        self._streams = httpx.AsyncClient(timeout=self._timeout, transport=transport, headers=self.protocol.headers(),
+                                          limits=httpx.Limits(max_connections=self._limits.max_connections,
+                                                              max_keepalive_connections=self._limits.max_connections))
 
     async def __aenter__(self) -> AsyncFalQueueClient:
         return self
@@ -174,6 +182,7 @@ class AsyncFalQueueClient(_ClientBase):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._streams.aclose()
 
     async def _send(self, req: OutgoingRequest, parse: Callable[[httpx.Response], Any],
                     request_id: str | None = None):
@@ -247,7 +256,7 @@ class AsyncFalQueueClient(_ClientBase):
         while failures < 3:
             status = None
             try:
-                async with self._http.stream(req.method, req.url, params=req.params) as response:
+                async with self._streams.stream(req.method, req.url, params=req.params) as response:
                     if response.status_code >= 400:
                         return None  # no stream here (or an error the polling path maps properly)
                     async for line in response.aiter_lines():

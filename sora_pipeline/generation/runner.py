@@ -35,6 +35,7 @@ from sora_pipeline.fal.errors import (
 from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
+from sora_pipeline.generation.group_commit import GroupCommit
 from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
 from sora_pipeline.generation.records import (
     GenerationConfig,
@@ -99,6 +100,7 @@ class GenerationRunner:
         # SQLite takes one writer at a time: one thread avoids its busy-wait back-off; servers take a few
         self._db_pool = ThreadPoolExecutor(max_workers=1 if self.ledger.dialect == "sqlite" else 4,
                                            thread_name_prefix="ledger")
+        self._write = GroupCommit(self.ledger, self._db_pool)
         try:
             with sigterm_raises_interrupt():
                 return asyncio.run(self._run(items))
@@ -219,13 +221,11 @@ class GenerationRunner:
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
                 async with self._submits_first(), self._submitting:
-                    decision, entry = await self._db(self.ledger.claim, key, owner=cfg.owner,
-                                                     policy=cfg.policy)
+                    decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy)
                     if decision == Decision.SUBMIT:
                         handle = await self._submit(p, out, entry.attempt)
             else:
-                decision, entry = await self._db(self.ledger.claim, key, owner=cfg.owner,
-                                                 policy=cfg.policy)
+                decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy)
             if decision != Decision.BUSY or time.monotonic() - started > cfg.policy.submit_lease_seconds:
                 break
             await asyncio.sleep(self._client.poll.interval)
@@ -266,18 +266,18 @@ class GenerationRunner:
         try:
             handle = await self._client.submit(arguments)
         except AmbiguousSubmitError as exc:
-            await self._db(self.ledger.mark_unknown, key, attempt, error_message=str(exc))
+            await self._write("mark_unknown", key, attempt, error_message=str(exc))
             out.fail("unknown", exc.error_type, f"{exc} (request_key {key}; not resubmitted automatically)")
             return None
         except FalError as exc:
-            await self._db(self.ledger.mark_failed, key, attempt, error_type=exc.error_type,
-                                    error_message=str(exc), retryable=exc.retryable)
+            await self._write("mark_failed", key, attempt, error_type=exc.error_type, error_message=str(exc),
+                              retryable=exc.retryable)
             out.fail("failed", exc.error_type, str(exc), exc.retryable)
             return None
         now = datetime.now(UTC)
-        await self._db(self.ledger.mark_submitted, key, attempt, request_id=handle.request_id,
-                                status_url=handle.status_url, response_url=handle.response_url,
-                                cancel_url=handle.cancel_url, submitted_at=now)
+        await self._write("mark_submitted", key, attempt, request_id=handle.request_id,
+                          status_url=handle.status_url, response_url=handle.response_url,
+                          cancel_url=handle.cancel_url, submitted_at=now)
         await self._crash_point("after_submit", held=1)
         self.progress.submitted += 1
         out.request_id, out.submitted_at = handle.request_id, now
@@ -317,8 +317,8 @@ class GenerationRunner:
             return None
         except FalError as exc:
             self._in_flight.pop(key, None)
-            await self._db(self.ledger.mark_failed, key, attempt, error_type=exc.fal_error_type
-                                    or exc.error_type, error_message=str(exc), retryable=exc.retryable)
+            await self._write("mark_failed", key, attempt, error_type=exc.fal_error_type or exc.error_type,
+                              error_message=str(exc), retryable=exc.retryable)
             raise
         # (on cancellation the entry stays, so `cancel_in_flight` can cancel it at fal)
         completed_at = datetime.now(UTC)
@@ -328,9 +328,10 @@ class GenerationRunner:
                            width=output.video.width, seconds_generated=seconds,
                            byo_openai_key=p.spec.used_openai_key)
         document = output.model_dump(mode="json", exclude_none=True)
-        await self._db(self.ledger.mark_completed, key, attempt, output=document,
-                                completed_at=completed_at, seconds_generated=seconds, actual_cost=cost)
-        entry = await self._db(self.ledger.get, key)
+        _, entry = await asyncio.gather(
+            self._write("mark_completed", key, attempt, output=document, completed_at=completed_at,
+                        seconds_generated=seconds, actual_cost=cost),
+            self._write("get", key))  # queued in this order, so in one batch the read sees the write
         return self._fill_completed(out, entry)
 
     async def _wait_for_webhook(self, key: str, attempt: int) -> LedgerEntry | None:
@@ -379,7 +380,7 @@ class GenerationRunner:
             except MediaProbeError as exc:
                 raise FalError(f"the video of {p.item.item_id} is not a readable MP4: {exc}") from None
         artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
-        await self._db(self.ledger.set_artifacts, p.spec.request_key, entry.attempt, artifacts)
+        await self._write("set_artifacts", p.spec.request_key, entry.attempt, artifacts)
         self._apply_artifacts(out, artifacts)
 
     def _apply_artifacts(self, out: Outcome, artifacts: dict[str, Any]) -> None:

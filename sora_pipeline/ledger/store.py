@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, func, not_, select, update
+from sqlalchemy import and_, bindparam, func, not_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +28,23 @@ _ATTEMPT_COLS = [
 ]
 _JOIN = requests.outerjoin(attempts, and_(_A.request_key == _R.request_key, _A.attempt == _R.attempt))
 _ENTRY_SELECT = select(*requests.c, *_ATTEMPT_COLS).select_from(_JOIN)
+# The hot statements are built once with bind parameters (`b_*`): building a statement per call costs SQLAlchemy
+# about three times as much CPU as executing it, and a day's run makes a dozen of these calls per video.
+_KEY, _ATT = bindparam("b_key"), bindparam("b_attempt")
+_ENTRY_BY_KEY = _ENTRY_SELECT.where(_R.request_key == _KEY)
+_ENTRY_BY_KEY_FOR_UPDATE = _ENTRY_BY_KEY.with_for_update(of=requests)
+_CLAIM_CAS = (update(requests)
+              .where(_R.request_key == _KEY, _R.state == bindparam("b_state"), _R.attempt == _ATT)
+              .values(state=S.SUBMITTING.value, attempt=bindparam("b_new"), owner=bindparam("b_owner"),
+                      claimed_at=bindparam("b_now"), updated_at=bindparam("b_now")))
+_INSERT_ATTEMPT = attempts.insert()
+_REQUEST_FOR_UPDATE = select(_R.state, _R.attempt).where(_R.request_key == _KEY).with_for_update()
+_ATTEMPT_FOR_UPDATE = select(attempts).where(_A.request_key == _KEY, _A.attempt == _ATT).with_for_update()
+_UPDATE_ATTEMPT = update(attempts).where(_A.request_key == _KEY, _A.attempt == _ATT)  # SET from the parameters
+_UPDATE_REQUEST_STATE = (update(requests).where(_R.request_key == _KEY, _R.attempt == _ATT)
+                         .values(state=bindparam("b_state"), updated_at=bindparam("b_now")))
+_ARTIFACTS_FOR_UPDATE = (select(_A.artifacts_json).where(_A.request_key == _KEY, _A.attempt == _ATT)
+                         .with_for_update())
 UNCONFIRMED_SUBMIT = (
     "the submit may have been sent but no request id was recorded (the submitter died or lost its claim); "
     "check fal's dashboard before resubmitting"
@@ -37,6 +54,18 @@ _PLAN_CHUNK = 500
 
 class _LostRace(Exception):
     """A compare-and-swap update matched no row: roll back and decide again."""
+
+
+class _AfterCommit:
+    """An error a write raises only once its transaction has committed (a stale attempt's recorded history)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+_Op = Callable[[Connection], Any]  # one write, run inside a transaction
+_BATCHABLE = frozenset({"claim", "mark_submitted", "mark_completed", "mark_failed", "mark_unknown",
+                        "mark_cancelled", "set_artifacts", "get"})
 
 
 def _entry(row: Row) -> LedgerEntry:
@@ -133,24 +162,24 @@ class Ledger:
         self, request_key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None,
     ) -> tuple[Decision, LedgerEntry]:
         """Atomically decide what the caller does with this request; see the module docs for the rules."""
+        return self._run(self._op_claim(request_key, owner=owner, policy=policy, now=now))
+
+    def _op_claim(self, key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None) -> _Op:
         if not owner:
             raise ValueError("owner must be a non-empty run/worker id")
         now = _aware(now, "now") or utcnow()
-        for _ in range(10):
-            try:
-                with write(self._engine) as conn:
-                    decision = self._decide(conn, request_key, owner, policy, now)
-                    entry = self._get(conn, request_key)
-                    assert entry is not None
-                    return decision, entry
-            except (_LostRace, IntegrityError):  # IntegrityError: the attempts PK caught a duplicate attempt
-                continue
-        raise LedgerConflict(f"could not claim request {request_key}: it kept changing under us")
+
+        def op(conn: Connection) -> tuple[Decision, LedgerEntry]:
+            decision = self._decide(conn, key, owner, policy, now)
+            entry = self._get(conn, key)
+            assert entry is not None
+            return decision, entry
+
+        op.claimed_key = key  # type: ignore[attr-defined]  # a claim that lost a race decides again
+        return op
 
     def _decide(self, conn: Connection, key: str, owner: str, policy: ResubmitPolicy, now: datetime) -> Decision:
-        row = conn.execute(
-            _ENTRY_SELECT.where(_R.request_key == key).with_for_update(of=requests)
-        ).first()
+        row = conn.execute(_ENTRY_BY_KEY_FOR_UPDATE, {"b_key": key}).first()
         if row is None:
             raise RequestNotPlanned(f"request {key} was never planned")
         e = _entry(row)
@@ -202,8 +231,11 @@ class Ledger:
 
     def _submit(self, conn: Connection, e: LedgerEntry, state: RequestState, owner: str, now: datetime) -> Decision:
         new = e.attempt + 1
-        self._cas(conn, e.request_key, state, e.attempt, S.SUBMITTING, now, attempt=new, owner=owner, claimed_at=now)
-        conn.execute(attempts.insert().values(
+        res = conn.execute(_CLAIM_CAS, {"b_key": e.request_key, "b_state": state.value, "b_attempt": e.attempt,
+                                        "b_new": new, "b_owner": owner, "b_now": now})
+        if res.rowcount != 1:
+            raise _LostRace()
+        conn.execute(_INSERT_ATTEMPT, dict(
             request_key=e.request_key, attempt=new, state=S.SUBMITTING.value, owner=owner,
             estimated_cost=e.estimated_cost, created_at=now, updated_at=now,
         ))
@@ -216,54 +248,47 @@ class Ledger:
         return conn.execute(q).scalar() or 0
 
     # ---------------------------------------------------------------- transitions of one attempt
+    @staticmethod
     def _transition(
-        self, key: str, attempt: int, target: RequestState, allowed: set[RequestState], values: dict[str, Any],
+        key: str, attempt: int, target: RequestState, allowed: set[RequestState], values: dict[str, Any],
         *, noop: Any = None,
-    ) -> None:
+    ) -> _Op:
         """Move attempt `attempt` to `target` (its history row always; the request row only if still current)."""
         now = utcnow()
-        with write(self._engine) as conn:
-            req = conn.execute(
-                select(_R.state, _R.attempt).where(_R.request_key == key).with_for_update()
-            ).first()
+
+        def op(conn: Connection) -> None | _AfterCommit:
+            where = {"b_key": key, "b_attempt": attempt}
+            req = conn.execute(_REQUEST_FOR_UPDATE, where).first()
             if req is None:
                 raise RequestNotPlanned(f"request {key} was never planned")
-            att = conn.execute(
-                select(attempts).where(_A.request_key == key, _A.attempt == attempt).with_for_update()
-            ).first()
+            att = conn.execute(_ATTEMPT_FOR_UPDATE, where).first()
             if att is None:
                 raise LedgerConflict(f"request {key} has no attempt {attempt}")
             if noop is not None and noop(att):
-                return
+                return None
             if S(att.state) not in allowed:
                 raise LedgerConflict(
                     f"attempt {attempt} of request {key} is {att.state}; it cannot become {target.value}"
                 )
-            conn.execute(
-                update(attempts).where(_A.request_key == key, _A.attempt == attempt)
-                .values(state=target.value, updated_at=now, **values)
-            )
-            current = req.attempt == attempt
-            if current:
-                conn.execute(
-                    update(requests).where(_R.request_key == key, _R.attempt == attempt)
-                    .values(state=target.value, updated_at=now)
-                )
-        if not current:
-            raise LedgerConflict(
-                f"attempt {attempt} of request {key} is stale (current attempt {req.attempt} is {req.state}); "
-                f"recorded as {target.value} in its history only",
-                recorded=True,
-            )
+            conn.execute(_UPDATE_ATTEMPT, {**where, "state": target.value, "updated_at": now, **values})
+            if req.attempt != attempt:
+                return _AfterCommit(LedgerConflict(
+                    f"attempt {attempt} of request {key} is stale (current attempt {req.attempt} is {req.state}); "
+                    f"recorded as {target.value} in its history only",
+                    recorded=True,
+                ))
+            conn.execute(_UPDATE_REQUEST_STATE, {**where, "b_state": target.value, "b_now": now})
+            return None
 
-    def mark_submitted(
+        return op
+
+    def _op_mark_submitted(
         self, request_key: str, attempt: int, *, request_id: str, status_url: str | None,
         response_url: str | None, cancel_url: str | None, submitted_at: datetime | None = None,
-    ) -> None:
-        """Record the request id (SUBMITTING, or UNKNOWN after a lease expiry, -> SUBMITTED) in one transaction."""
+    ) -> _Op:
         if not request_id:
             raise ValueError("request_id must not be empty")
-        self._transition(
+        return self._transition(
             request_key, attempt, S.SUBMITTED, {S.SUBMITTING, S.UNKNOWN},
             dict(request_id=request_id, status_url=status_url, response_url=response_url, cancel_url=cancel_url,
                  submitted_at=_aware(submitted_at, "submitted_at") or utcnow(), error_type=None,
@@ -271,12 +296,11 @@ class Ledger:
             noop=lambda a: a.state == S.SUBMITTED.value and a.request_id == request_id,
         )
 
-    def mark_completed(
+    def _op_mark_completed(
         self, request_key: str, attempt: int, *, output: dict[str, Any], completed_at: datetime | None = None,
         seconds_generated: float | None = None, actual_cost: float | None = None,
-    ) -> None:
-        """Record a paid result. Accepted from any non-completed state (a result must never be lost)."""
-        self._transition(
+    ) -> _Op:
+        return self._transition(
             request_key, attempt, S.COMPLETED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.CANCELLED, S.FAILED},
             dict(output_json=dict(output), completed_at=_aware(completed_at, "completed_at") or utcnow(),
                  seconds_generated=seconds_generated, actual_cost=actual_cost, error_type=None, error_message=None,
@@ -284,46 +308,113 @@ class Ledger:
             noop=lambda a: a.state == S.COMPLETED.value,
         )
 
-    def mark_failed(
+    def _op_mark_failed(
         self, request_key: str, attempt: int, *, error_type: str, error_message: str, retryable: bool,
-    ) -> None:
-        self._transition(
+    ) -> _Op:
+        return self._transition(
             request_key, attempt, S.FAILED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.FAILED},
             dict(error_type=error_type, error_message=error_message, retryable=bool(retryable)),
         )
 
-    def mark_unknown(self, request_key: str, attempt: int, *, error_message: str) -> None:
-        self._transition(
+    def _op_mark_unknown(self, request_key: str, attempt: int, *, error_message: str) -> _Op:
+        return self._transition(
             request_key, attempt, S.UNKNOWN, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN},
             dict(error_type="unknown", error_message=error_message),
         )
 
-    def mark_cancelled(self, request_key: str, attempt: int, *, reason: str) -> None:
-        self._transition(
+    def _op_mark_cancelled(self, request_key: str, attempt: int, *, reason: str) -> _Op:
+        return self._transition(
             request_key, attempt, S.CANCELLED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.CANCELLED},
             dict(error_type="cancelled", error_message=reason),
         )
 
-    def set_artifacts(self, request_key: str, attempt: int, artifacts: dict[str, Any]) -> None:
-        """Merge `artifacts` into the attempt's artifacts (archive uri, sha256, probe, size)."""
-        with write(self._engine) as conn:
-            conn.execute(select(_R.attempt).where(_R.request_key == request_key).with_for_update()).first()
-            current = conn.execute(
-                select(_A.artifacts_json).where(_A.request_key == request_key, _A.attempt == attempt)
-                .with_for_update()
-            ).first()
+    @staticmethod
+    def _op_set_artifacts(request_key: str, attempt: int, artifacts: dict[str, Any]) -> _Op:
+        def op(conn: Connection) -> None:
+            where = {"b_key": request_key, "b_attempt": attempt}
+            conn.execute(_REQUEST_FOR_UPDATE, where).first()  # lock order: request row, then attempt row
+            current = conn.execute(_ARTIFACTS_FOR_UPDATE, where).first()
             if current is None:
                 raise LedgerConflict(f"request {request_key} has no attempt {attempt}")
             merged = dict(current.artifacts_json or {}) | dict(artifacts)
-            conn.execute(
-                update(attempts).where(_A.request_key == request_key, _A.attempt == attempt)
-                .values(artifacts_json=merged, updated_at=utcnow())
-            )
+            conn.execute(_UPDATE_ATTEMPT, {**where, "artifacts_json": merged, "updated_at": utcnow()})
+
+        return op
+
+    @classmethod
+    def _op_get(cls, request_key: str) -> _Op:
+        return lambda conn: cls._get(conn, request_key)
+
+    def mark_submitted(self, request_key: str, attempt: int, **kwargs: Any) -> None:
+        """Record the request id (SUBMITTING, or UNKNOWN after a lease expiry, -> SUBMITTED) in one transaction."""
+        self._run(self._op_mark_submitted(request_key, attempt, **kwargs))
+
+    def mark_completed(self, request_key: str, attempt: int, **kwargs: Any) -> None:
+        """Record a paid result. Accepted from any non-completed state (a result must never be lost)."""
+        self._run(self._op_mark_completed(request_key, attempt, **kwargs))
+
+    def mark_failed(self, request_key: str, attempt: int, **kwargs: Any) -> None:
+        self._run(self._op_mark_failed(request_key, attempt, **kwargs))
+
+    def mark_unknown(self, request_key: str, attempt: int, **kwargs: Any) -> None:
+        self._run(self._op_mark_unknown(request_key, attempt, **kwargs))
+
+    def mark_cancelled(self, request_key: str, attempt: int, **kwargs: Any) -> None:
+        self._run(self._op_mark_cancelled(request_key, attempt, **kwargs))
+
+    def set_artifacts(self, request_key: str, attempt: int, artifacts: dict[str, Any]) -> None:
+        """Merge `artifacts` into the attempt's artifacts (archive uri, sha256, probe, size)."""
+        self._run(self._op_set_artifacts(request_key, attempt, artifacts))
+
+    # ---------------------------------------------------------------- running writes, alone or grouped
+    def _run(self, op: _Op) -> Any:
+        """One write in its own transaction; a claim that lost a race decides again."""
+        claimed_key = getattr(op, "claimed_key", None)
+        for _ in range(10 if claimed_key else 1):
+            try:
+                with write(self._engine) as conn:
+                    result = op(conn)
+            except (_LostRace, IntegrityError):  # IntegrityError: the attempts PK caught a duplicate attempt
+                if not claimed_key:
+                    raise
+                continue
+            if isinstance(result, _AfterCommit):
+                raise result.error
+            return result
+        raise LedgerConflict(f"could not claim request {claimed_key}: it kept changing under us")
+
+    def run_batch(self, calls: Sequence[tuple[str, tuple, dict[str, Any]]]) -> list[Any]:
+        """Group commit: run several writes (`(method name, args, kwargs)` of `claim`, `mark_*`, `set_artifacts`,
+        `get`) in one transaction, so they share one commit (one fsync). Each result is what the method returns,
+        or the exception it raises, as a value. If anything fails inside, the transaction is rolled back and each
+        write runs alone (a claim's lost race, a stale attempt or a deadlock must not spoil the others)."""
+        results: list[Any] = [None] * len(calls)
+        ops: list[tuple[int, _Op]] = []
+        for i, (name, args, kwargs) in enumerate(calls):
+            if name not in _BATCHABLE:
+                raise ValueError(f"{name} cannot run in a batch")
+            try:
+                ops.append((i, getattr(self, f"_op_{name}")(*args, **kwargs)))
+            except Exception as exc:
+                results[i] = exc
+        try:
+            with write(self._engine) as conn:
+                done = [(i, op(conn)) for i, op in ops]
+        except Exception:
+            for i, op in ops:
+                try:
+                    results[i] = self._run(op)
+                except Exception as exc:
+                    results[i] = exc
+            return results
+        for i, result in done:
+            results[i] = result.error if isinstance(result, _AfterCommit) else result
+        return results
 
     # ---------------------------------------------------------------- queries
     @staticmethod
     def _get(conn: Connection, key: str) -> LedgerEntry | None:
-        row = conn.execute(_ENTRY_SELECT.where(_R.request_key == key)).first()
+        row = conn.execute(_ENTRY_BY_KEY, {"b_key": key}).first()
         return None if row is None else _entry(row)
 
     def get(self, request_key: str) -> LedgerEntry | None:
