@@ -1,4 +1,5 @@
-"""PNG charts of the statistics (matplotlib, Agg backend), and Markdown that embeds them for the Dagster UI.
+"""PNG charts of the statistics (the daily one with Pillow, the summary with matplotlib's Agg backend), and Markdown
+that embeds them for the Dagster UI.
 
 The Dagster UI renders `MetadataValue.md` with images whose `src` is a `data:` URI, so a chart is attached as
 `![chart](data:image/png;base64,…)`; the same PNG is also written to the warehouse. matplotlib is imported
@@ -54,29 +55,54 @@ def _bar_mix(ax, mix: dict[str, int], title: str) -> None:
 
 
 def daily_chart(row: dict) -> bytes:
-    """One day: outcomes, latency (queue / run / total), and the resolution mix of the videos."""
-    plt = _plt()
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(10, 2.8))
+    """One day: outcomes, latency (queue / run / total), and the resolution mix of the videos.
+
+    Drawn with Pillow (~10 ms) rather than matplotlib (~200 ms on a small CPU): every day's run draws this
+    chart on its critical path. Horizontal bars with their values printed, three panels side by side."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (800, 224), "white")
+    draw = ImageDraw.Draw(image)
     outcomes = ("completed", "failed", "unknown", "skipped", "pending", "rejected")
-    a.barh(list(outcomes), [row.get(k) or 0 for k in outcomes], color=[COLORS[k] for k in outcomes])
-    a.invert_yaxis()
-    a.set_title(f"{row.get('day')}: {row.get('planned', 0)} planned", fontsize=10)
-    a.xaxis.get_major_locator().set_params(integer=True)
-    lat = {"in queue p50": row.get("queue_p50_s"), "running p50": row.get("run_p50_s"),
-           "total p50": row.get("latency_p50_s"), "total p95": row.get("latency_p95_s"),
-           "total max": row.get("latency_max_s")}
-    b.set_title("submit → completion (s)", fontsize=10)
-    if any(v is not None for v in lat.values()):
-        b.barh(list(lat), [v or 0 for v in lat.values()], color=["#adb5bd", "#adb5bd", "#495057", "#495057",
-                                                                  "#495057"])
-        b.invert_yaxis()
-    else:
-        b.text(0.5, 0.5, "no completed items", ha="center", va="center", transform=b.transAxes, color="#868e96")
-    _bar_mix(c, _mix(row.get("resolution_mix")), "resolution mix")
-    # fixed margins: `tight_layout` would lay the figure out (draw it) once more, tripling the cost of a chart
-    # that every day's run draws
-    fig.subplots_adjust(left=0.095, right=0.985, bottom=0.1, top=0.9, wspace=0.5)
-    return _png(fig)
+    _hbars(draw, (8, 6, 262, 218), f"{row.get('day')}: {row.get('planned', 0)} planned",
+           [(k, row.get(k) or 0, COLORS[k]) for k in outcomes], "{:,.0f}", "no items")
+    lat = (("in queue p50", "queue_p50_s", "#adb5bd"), ("running p50", "run_p50_s", "#adb5bd"),
+           ("total p50", "latency_p50_s", "#495057"), ("total p95", "latency_p95_s", "#495057"),
+           ("total max", "latency_max_s", "#495057"))
+    _hbars(draw, (272, 6, 532, 218), "seconds from submit to completion",
+           [(label, row.get(key), color) for label, key, color in lat if row.get(key) is not None], "{:,.1f}",
+           "no completed items")
+    mix = _mix(row.get("resolution_mix"))
+    _hbars(draw, (542, 6, 792, 218), "resolution mix", [(k, mix[k], "#1c7ed6") for k in sorted(mix)],
+           "{:,.0f}", "no videos")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _hbars(draw, box: tuple[int, int, int, int], title: str, bars: list[tuple[str, float, str]], fmt: str,
+           empty: str) -> None:
+    """One panel: a title, then a labelled horizontal bar per value, scaled to the largest, value at its end."""
+    from PIL import ImageFont
+
+    font, bold = ImageFont.load_default(size=12), ImageFont.load_default(size=13)
+    x0, y0, x1, y1 = box
+    draw.text(((x0 + x1) / 2, y0), title, fill="#212529", font=bold, anchor="mt")
+    draw.rectangle((x0, y0 + 22, x1, y1), outline="#dee2e6")
+    if not bars:
+        draw.text(((x0 + x1) / 2, (y0 + 22 + y1) / 2), empty, fill="#868e96", font=font, anchor="mm")
+        return
+    label_w = max(draw.textlength(label, font=font) for label, _, _ in bars) + 10
+    value_w = max(draw.textlength(fmt.format(v), font=font) for _, v, _ in bars) + 10
+    top, row_h = y0 + 28, min(28.0, (y1 - y0 - 34) / len(bars))
+    largest = max(v for _, v, _ in bars) or 1
+    for i, (label, value, color) in enumerate(bars):
+        middle = top + (i + 0.5) * row_h
+        draw.text((x0 + label_w - 6, middle), label, fill="#343a40", font=font, anchor="rm")
+        end = x0 + label_w + (x1 - x0 - label_w - value_w) * value / largest
+        if value:
+            draw.rectangle((x0 + label_w, middle - row_h * 0.35, end, middle + row_h * 0.35), fill=color)
+        draw.text((end + 4, middle), fmt.format(value), fill="#343a40", font=font, anchor="lm")
 
 
 def summary_chart(day_rows: Sequence[dict], total: dict | None) -> bytes:

@@ -6,8 +6,11 @@ in how bytes move. Pass `transport=` (an httpx transport) to test pinpoint fault
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +34,17 @@ from sora_pipeline.fal.protocol import (
 log = logging.getLogger("sora_pipeline.fal")
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 IDLE_CONNECTIONS = 16  # kept-alive connections of the short-call pool
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """The verified TLS context every client of this process shares (httpx would load the CA bundle again for
+    each client, ~50 ms apiece); like httpx it honours SSL_CERT_FILE / SSL_CERT_DIR."""
+    return _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _ssl_context(_cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context(trust_env=True)
 StatusCallback = Callable[[QueueHandle, QueueStatus], Any]
 
 
@@ -99,6 +113,7 @@ class FalQueueClient(_ClientBase):
     def __init__(self, *, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._http = httpx.Client(timeout=self._timeout, limits=self._limits, transport=transport,
+                                  verify=shared_ssl_context(),
                                   headers=self.protocol.headers())
 
     def __enter__(self) -> FalQueueClient:
@@ -167,10 +182,11 @@ class AsyncFalQueueClient(_ClientBase):
     def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._http = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, transport=transport,
-                                       headers=self.protocol.headers())
+                                       headers=self.protocol.headers(), verify=shared_ssl_context())
         # status streams hold a connection each for a whole generation: a pool of their own, so the short calls
         # (submit, result) do not scan a pool of hundreds of stream connections
         self._streams = httpx.AsyncClient(timeout=self._timeout, transport=transport, headers=self.protocol.headers(),
+                                          verify=shared_ssl_context(),
                                           limits=httpx.Limits(max_connections=self._limits.max_connections,
                                                               max_keepalive_connections=self._limits.max_connections))
 

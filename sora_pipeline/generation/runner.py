@@ -23,7 +23,7 @@ import httpx
 from sora_pipeline.costs import BudgetGuard, actual_cost, estimate_cost
 from sora_pipeline.download import fetch_video
 from sora_pipeline.failpoints import armed, failpoint
-from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
+from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.fal.errors import (
     AmbiguousSubmitError,
     FalError,
@@ -56,6 +56,7 @@ from sora_pipeline.progress import Progress
 from sora_pipeline.webhooks import wait_for_webhook
 
 log = logging.getLogger("sora_pipeline.generation")
+SUBMITS_FIRST_MAX_WAIT = 2.0  # seconds a status stream or a download waits for pending submits at most
 
 
 def would_submit(entry: LedgerEntry | None, policy: ResubmitPolicy) -> bool:
@@ -164,7 +165,8 @@ class GenerationRunner:
         self._submitting = asyncio.Semaphore(cfg.submit_concurrency)
         self._downloads = asyncio.Semaphore(cfg.download_concurrency)
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
-        async with self._client_factory() as client, httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as http:
+        downloads = httpx.AsyncClient(timeout=httpx.Timeout(120.0), verify=shared_ssl_context())
+        async with self._client_factory() as client, downloads as http:
             self._client, self._http = client, http
             outcomes = await asyncio.gather(*(self._process(p, entries.get(p.spec.request_key) if p.spec else None)
                                               for p in planned))
@@ -300,6 +302,7 @@ class GenerationRunner:
             seen_logs = max(seen_logs, len(status.logs))
 
         self.progress.set(item_id, "in_queue")
+        await self._after_submits()  # a burst of submits (the first wave) goes out before its status streams
         if self.config.webhook_wait:
             entry = await self._wait_for_webhook(key, attempt)
             if entry is not None:
@@ -368,7 +371,7 @@ class GenerationRunner:
         if artifacts.get("probe") and (artifacts.get("archive_uri") or not self.config.archive_root):
             self._apply_artifacts(out, artifacts)
             return
-        await self._no_submits_waiting.wait()  # freed slots are refilled before finished videos are fetched
+        await self._after_submits()  # freed slots are refilled before finished videos are fetched
         self.progress.set(p.item.item_id, "downloading")
         cfg = self.config
         target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}" if cfg.archive_root else None
@@ -390,6 +393,14 @@ class GenerationRunner:
         out.probe_json = json.dumps(artifacts.get("probe"), sort_keys=True) if artifacts.get("probe") else None
         if artifacts.get("started_at") and out.started_at is None:
             out.started_at = datetime.fromisoformat(artifacts["started_at"])
+
+    async def _after_submits(self) -> None:
+        """Let the items waiting to submit go first (bounded: a submit stuck in retries holds nobody up long).
+        Submits gate what fal can start; status streams and downloads can start a moment later at no cost."""
+        if not self._no_submits_waiting.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SUBMITS_FIRST_MAX_WAIT):
+                    await self._no_submits_waiting.wait()
 
     @contextlib.asynccontextmanager
     async def _submits_first(self):

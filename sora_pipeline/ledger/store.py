@@ -49,7 +49,6 @@ UNCONFIRMED_SUBMIT = (
     "the submit may have been sent but no request id was recorded (the submitter died or lost its claim); "
     "check fal's dashboard before resubmitting"
 )
-_PLAN_CHUNK = 500
 
 
 class _LostRace(Exception):
@@ -152,11 +151,9 @@ class Ledger:
         if not rows:
             return
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        values = list(rows.values())
+        stmt = insert(requests).on_conflict_do_nothing(index_elements=["request_key"])
         with write(self._engine) as conn:
-            for i in range(0, len(values), _PLAN_CHUNK):
-                stmt = insert(requests).values(values[i:i + _PLAN_CHUNK])
-                conn.execute(stmt.on_conflict_do_nothing(index_elements=["request_key"]))
+            conn.execute(stmt, list(rows.values()))  # executemany: compiled once, whatever the number of rows
 
     def claim(
         self, request_key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None,
