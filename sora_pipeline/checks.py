@@ -32,62 +32,62 @@ def _rows(warehouse: WarehouseResource, context: dg.AssetCheckExecutionContext) 
     return arrow_rows(warehouse.read("video_metadata", context.partition_key))
 
 
-def _result(problems: list[str], checked: int, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=not problems,
-        severity=severity,
-        metadata={
-            "rows_checked": checked,
-            "failures": len(problems),
-            "examples": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]) or "none"),
-        },
-    )
+def _metadata(problems: list[str], checked: int) -> dict:
+    return {
+        "rows_checked": checked,
+        "failures": len(problems),
+        "examples": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:20]) or "none"),
+    }
 
 
-@dg.asset_check(
-    asset="video_metadata",
-    partitions_def=daily_partitions,
-    description="width/height positive and matching the requested "
-    "resolution (short side 720/1080) and aspect ratio (16:9 or 9:16)",
-)
-def video_dimensions_match_request(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-    rows = _rows(warehouse, context)
-    return _result([p for r in rows for p in dimension_problems(r)], len(rows))
+def dimensions_check(rows: list[dict]) -> list[str]:
+    return [p for r in rows for p in dimension_problems(r)]
 
 
-@dg.asset_check(
-    asset="video_metadata", partitions_def=daily_partitions, description="num_frames within one frame of fps × duration"
-)
-def frame_count_consistent(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-    rows = _rows(warehouse, context)
-    problems = [
+def frame_count_check(rows: list[dict]) -> list[str]:
+    return [
         f"{r['item_id']}: {r['num_frames']} frames vs {r['fps']} fps × {r['duration']} s"
         for r in rows
         if None in (r["num_frames"], r["fps"], r["duration"]) or abs(r["num_frames"] - r["fps"] * r["duration"]) > 1
     ]
-    return _result(problems, len(rows))
 
 
-@dg.asset_check(
-    asset="video_metadata",
-    partitions_def=daily_partitions,
-    description="duration within 0.5 s of the requested duration",
-)
-def duration_matches_request(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-    rows = _rows(warehouse, context)
-    problems = [
+def duration_check(rows: list[dict]) -> list[str]:
+    return [
         f"{r['item_id']}: {r['duration']} s, asked {r['requested_duration']} s"
         for r in rows
         if r["duration"] is None or abs(r["duration"] - r["requested_duration"]) > 0.5
     ]
-    return _result(problems, len(rows))
 
 
-@dg.asset_check(asset="video_metadata", partitions_def=daily_partitions, description="item_id unique within the day")
-def item_id_unique(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+def unique_id_check(rows: list[dict]) -> list[str]:
+    return [f"{k} appears {n} times" for k, n in Counter(r["item_id"] for r in rows).items() if n > 1]
+
+
+VIDEO_CHECKS = {  # check name → (description, problems of the day's rows)
+    "video_dimensions_match_request": (
+        "width/height positive and matching the requested resolution (short side 720/1080) and aspect ratio "
+        "(16:9 or 9:16)", dimensions_check),
+    "frame_count_consistent": ("num_frames within one frame of fps × duration", frame_count_check),
+    "duration_matches_request": ("duration within 0.5 s of the requested duration", duration_check),
+    "item_id_unique": ("item_id unique within the day", unique_id_check),
+}
+
+
+@dg.multi_asset_check(
+    name="video_metadata_checks",
+    specs=[dg.AssetCheckSpec(name, asset="video_metadata", description=description, partitions_def=daily_partitions)
+           for name, (description, _) in VIDEO_CHECKS.items()],
+    can_subset=True,
+    description="The day's video_metadata rows against what was asked for; one step reads the table once and "
+                "reports each check.",
+)
+def video_metadata_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     rows = _rows(warehouse, context)
-    dupes = [f"{k} appears {n} times" for k, n in Counter(r["item_id"] for r in rows).items() if n > 1]
-    return _result(dupes, len(rows))
+    for key in context.selected_asset_check_keys:
+        problems = VIDEO_CHECKS[key.name][1](rows)
+        yield dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=not problems,
+                                  severity=dg.AssetCheckSeverity.ERROR, metadata=_metadata(problems, len(rows)))
 
 
 @dg.asset_check(
@@ -97,13 +97,9 @@ def item_id_unique(context: dg.AssetCheckExecutionContext, warehouse: WarehouseR
 )
 def no_rejected_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
     rejected = arrow_rows(warehouse.read("rejected_items", context.partition_key))
-    return _result([r["reason"] for r in rejected], len(rejected), severity=dg.AssetCheckSeverity.WARN)
+    problems = [r["reason"] for r in rejected]
+    return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.WARN,
+                               metadata=_metadata(problems, len(rejected)))
 
 
-ALL_CHECKS = [
-    video_dimensions_match_request,
-    frame_count_consistent,
-    duration_matches_request,
-    item_id_unique,
-    no_rejected_rows,
-]
+ALL_CHECKS = [video_metadata_checks, no_rejected_rows]
