@@ -68,6 +68,13 @@ async def download_video(http: httpx.AsyncClient, url: str, *, queue_base_url: s
 def archive_file(local_path: str, target_uri: str, storage_options: dict | None = None) -> str:
     """Move a finished local file to `target_uri` (any fsspec URI) so that the target is never half-written:
     a rename on the same local disk, else an upload to a hidden name next to the target and a move."""
+    if "://" not in target_uri and not storage_options:  # a local path: no filesystem object needed
+        os.makedirs(os.path.dirname(target_uri) or ".", exist_ok=True)
+        try:
+            os.replace(local_path, target_uri)
+            return target_uri
+        except OSError:  # another device: fall through to copy + rename
+            pass
     fs, target = fsspec.core.url_to_fs(target_uri, **(storage_options or {}))
     parent = posixpath.dirname(target)
     fs.makedirs(parent, exist_ok=True)
@@ -98,11 +105,13 @@ async def fetch_video(http: httpx.AsyncClient, url: str, *, queue_base_url: str,
     try:
         if before_probe is not None:
             await before_probe()
-        probe = await asyncio.to_thread(probe_video, file.path)
-        archive_uri = None
-        if archive_stem:
-            target = f"{archive_stem}-{file.sha256[:12]}.mp4"
-            archive_uri = await asyncio.to_thread(archive_file, file.path, target, storage_options)
+        target = f"{archive_stem}-{file.sha256[:12]}.mp4" if archive_stem else None
+
+        def probe_and_archive() -> tuple[Any, str | None]:  # one trip to a worker thread for both
+            probe = probe_video(file.path)
+            return probe, archive_file(file.path, target, storage_options) if target else None
+
+        probe, archive_uri = await asyncio.to_thread(probe_and_archive)
     finally:
         if os.path.exists(file.path):
             os.unlink(file.path)

@@ -33,7 +33,7 @@ from sora_pipeline.fal.protocol import (
 
 log = logging.getLogger("sora_pipeline.fal")
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
-IDLE_CONNECTIONS = 16  # kept-alive connections of the short-call pool
+IDLE_CONNECTIONS = 4  # kept-alive connections per pool: httpcore checks every idle one on every request
 
 
 def shared_ssl_context() -> ssl.SSLContext:
@@ -184,11 +184,9 @@ class AsyncFalQueueClient(_ClientBase):
         self._http = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, transport=transport,
                                        headers=self.protocol.headers(), verify=shared_ssl_context())
         # status streams hold a connection each for a whole generation: a pool of their own, so the short calls
-        # (submit, result) do not scan a pool of hundreds of stream connections
+        # (submit, result) do not scan a pool of hundreds of stream connections; same few idle ones kept
         self._streams = httpx.AsyncClient(timeout=self._timeout, transport=transport, headers=self.protocol.headers(),
-                                          verify=shared_ssl_context(),
-                                          limits=httpx.Limits(max_connections=self._limits.max_connections,
-                                                              max_keepalive_connections=self._limits.max_connections))
+                                          verify=shared_ssl_context(), limits=self._limits)
 
     async def __aenter__(self) -> AsyncFalQueueClient:
         return self

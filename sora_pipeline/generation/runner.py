@@ -24,7 +24,7 @@ import httpx
 from sora_pipeline.costs import BudgetGuard, actual_cost, estimate_cost
 from sora_pipeline.download import fetch_video
 from sora_pipeline.failpoints import armed, failpoint
-from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient, shared_ssl_context
+from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.fal.errors import (
     AmbiguousSubmitError,
     FalError,
@@ -103,8 +103,9 @@ class GenerationRunner:
         self._db_pool = ThreadPoolExecutor(max_workers=1 if self.ledger.dialect == "sqlite" else 4,
                                            thread_name_prefix="ledger")
         self._write = GroupCommit(self.ledger, self._db_pool)
-        # the process's long-lived objects (Dagster, the libraries: ~300k) out of the cyclic GC's sight during the
-        # run, so its full collections (~150 ms each) do not stall the event loop; refcounting still frees them
+        # the process's long-lived objects (Dagster, the libraries: ~300k) out of the cyclic GC's sight, so its
+        # full collections (~150 ms each) do not stall the event loop; refcounting still frees them. Not undone:
+        # `gc.unfreeze()` would hand them all back to the next full collection right when the step finishes.
         gc.freeze()
         try:
             with sigterm_raises_interrupt():
@@ -113,7 +114,6 @@ class GenerationRunner:
             self.cancel_in_flight()
             raise
         finally:
-            gc.unfreeze()
             self._db_pool.shutdown(wait=True)
 
     def plan(self, items: list[WorkItem]) -> list[Planned]:
@@ -170,7 +170,8 @@ class GenerationRunner:
         self._submitting = asyncio.Semaphore(cfg.submit_concurrency)
         self._downloads = asyncio.Semaphore(cfg.download_concurrency)
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
-        downloads = httpx.AsyncClient(timeout=httpx.Timeout(120.0), verify=shared_ssl_context())
+        downloads = httpx.AsyncClient(timeout=httpx.Timeout(120.0), verify=shared_ssl_context(),
+                                      limits=httpx.Limits(max_keepalive_connections=IDLE_CONNECTIONS))
         async with self._client_factory() as client, downloads as http:
             self._client, self._http = client, http
             outcomes = await asyncio.gather(*(self._process(p, entries.get(p.spec.request_key) if p.spec else None)
