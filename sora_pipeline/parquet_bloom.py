@@ -1,0 +1,114 @@
+"""Parquet split-block Bloom filters (the format's SBBF), read straight from a file: which row groups may hold
+any of a set of strings. pyarrow writes these filters (`bloom_filter_options`) but its dataset scanner does not
+use them, so the catalog's item_id uniqueness check reads them here to skip row groups that cannot hold a day's
+ids. Spec: https://github.com/apache/parquet-format/blob/master/BloomFilter.md (XXH64 of the plain value, seed 0;
+32-byte blocks of eight 32-bit words; one bit per word chosen by a salted multiply)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import xxhash
+
+SALT = np.array([0x47B6137B, 0x44974D91, 0x8824AD5B, 0xA2B7289D, 0x705495C7, 0x2DF1424B, 0x9EFC4947, 0x5C6BFB31],
+                dtype=np.uint32)
+_REST = np.arange(1, 8)
+_STRUCT, _I32 = 12, 5  # the Thrift compact types the filter header uses
+
+
+def hashes(values: Iterable[str]) -> np.ndarray:
+    """XXH64 (seed 0) of each string's UTF-8 bytes: a BYTE_ARRAY value as Parquet's Bloom filter hashes it."""
+    return np.fromiter((xxhash.xxh64_intdigest(v.encode()) for v in values), dtype=np.uint64)
+
+
+def parse_filter(data: bytes) -> np.ndarray:
+    """The bitset of one serialized filter (Thrift compact header, then the blocks) as an (n, 8) uint32 array."""
+    num_bytes, pos = _header(data)
+    if num_bytes <= 0 or num_bytes % 32 or pos + num_bytes > len(data):
+        raise ValueError(f"not a split-block Bloom filter ({num_bytes} bytes of bitset, {len(data) - pos} there)")
+    return np.frombuffer(data, dtype="<u4", count=num_bytes // 4, offset=pos).reshape(-1, 8)
+
+
+class Probe:
+    """A set of hashes to test against many filters: the salted bit masks are computed once."""
+
+    def __init__(self, h: np.ndarray) -> None:
+        self.h = h
+        key = (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        self.masks = np.uint32(1) << ((key[:, None] * SALT[None, :]) >> np.uint32(27))  # uint32 wraps, per spec
+        self._masks_by_word = np.ascontiguousarray(self.masks.T)
+        self._rest_masks = np.ascontiguousarray(self.masks[:, 1:])
+        self._first: dict[int, np.ndarray] = {}
+
+    def may_contain(self, blocks: np.ndarray) -> np.ndarray:
+        """Per hash: False = certainly not in the filtered column chunk; True = maybe (or a false positive)."""
+        return np.all((blocks[self._block_index(len(blocks))] & self.masks) != 0, axis=1)
+
+    def any_in(self, blocks: np.ndarray) -> bool:
+        """Whether any hash may be in the filter. Word 0 of each hash's block rules out most hashes (one gather
+        over all of them); the other seven words are tested on the survivors only."""
+        first = self._first.get(len(blocks))
+        if first is None:
+            first = self._first[len(blocks)] = self._block_index(len(blocks)) * 8
+        words = blocks.ravel()
+        alive = np.flatnonzero(np.take(words, first) & self._masks_by_word[0])
+        if not alive.size:
+            return False
+        rest = np.take(words, first[alive, None] + _REST) & self._rest_masks[alive]
+        return bool(np.all(rest != 0, axis=1).any())
+
+    def _block_index(self, n: int) -> np.ndarray:
+        return (((self.h >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32)).astype(np.intp)
+
+
+def row_groups_that_may_contain(read_range, chunks: Sequence[tuple[int, int | None, int | None]],
+                                probe: Probe) -> list[int] | None:
+    """Of `chunks` — (row group, filter offset, filter length) of one column per row group of a file — the row
+    groups whose filter may hold any of the probe's hashes. `read_range(offset, length) -> bytes` reads the file.
+    None when a row group has no filter (the caller must scan everything)."""
+    hits = []
+    for row_group, offset, length in chunks:
+        if offset is None or not length:
+            return None
+        if probe.any_in(parse_filter(read_range(offset, length))):
+            hits.append(row_group)
+    return hits
+
+
+def _header(data: bytes) -> tuple[int, int]:
+    """numBytes (field 1) of the BloomFilterHeader struct and where the bitset starts."""
+    num_bytes, pos, depth, last = -1, 0, 1, [0]
+    while depth:
+        byte = data[pos]
+        pos += 1
+        if byte == 0:  # end of a struct
+            depth -= 1
+            last.pop()
+            continue
+        delta, kind = byte >> 4, byte & 0x0F
+        if delta == 0:
+            raise ValueError("unexpected long-form field header in a Bloom filter header")
+        field = last[-1] + delta
+        last[-1] = field
+        if kind == _I32:
+            value, pos = _varint(data, pos)
+            if depth == 1 and field == 1:
+                num_bytes = (value >> 1) ^ -(value & 1)  # zigzag
+        elif kind == _STRUCT:
+            depth += 1
+            last.append(0)
+        else:
+            raise ValueError(f"unexpected Thrift type {kind} in a Bloom filter header")
+    return num_bytes, pos
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7

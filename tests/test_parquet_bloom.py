@@ -1,0 +1,101 @@
+"""Parquet Bloom filters written by pyarrow, read by `parquet_bloom`, and the catalog's uniqueness check that
+uses them to skip row groups (the result must equal a full scan's)."""
+
+from __future__ import annotations
+
+import random
+from datetime import date, timedelta
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from sora_pipeline import catalog, parquet_bloom
+from sora_pipeline.catalog import read_catalog_day, write_catalog
+
+DAY0 = date(2026, 3, 1)
+
+
+def ids(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [f"itm-{rng.getrandbits(64):016x}" for _ in range(n)]
+
+
+def catalog_table(per_day: int, days: int, seed: int = 1, extra: list[tuple[str, date]] = ()) -> pa.Table:
+    rows = [{"item_id": i, "prompt": "a fox", "image_uri": f"https://img.example.com/{i}.png",
+             "scheduled_date": DAY0 + timedelta(days=d)}
+            for d in range(days) for i in ids(per_day, seed * 1000 + d)]
+    rows += [{"item_id": i, "prompt": "a fox", "image_uri": "https://img.example.com/x.png", "scheduled_date": d}
+             for i, d in extra]
+    return pa.Table.from_pylist(rows)
+
+
+def test_filters_hold_every_member_and_rule_out_most_others(tmp_path):
+    path = tmp_path / "c.parquet"
+    write_catalog(catalog_table(400, 6), str(path))
+    meta = pq.ParquetFile(path).metadata
+    raw = path.read_bytes()
+    assert meta.num_row_groups == 6  # one per day
+    members = [pq.ParquetFile(path).read_row_group(g, columns=["item_id"]).column(0).to_pylist()
+               for g in range(6)]
+    for g in range(6):
+        col = meta.row_group(g).column(0)
+        assert col.path_in_schema == "item_id" and col.bloom_filter_length
+        blocks = parquet_bloom.parse_filter(raw[col.bloom_filter_offset:col.bloom_filter_offset + col.bloom_filter_length])
+        own = parquet_bloom.Probe(parquet_bloom.hashes(members[g]))
+        assert own.may_contain(blocks).all() and own.any_in(blocks)  # no false negatives, ever
+        others = parquet_bloom.Probe(parquet_bloom.hashes([i for h, m in enumerate(members) if h != g for i in m]))
+        assert others.may_contain(blocks).mean() < 0.001  # fpp 1e-6 per id
+        assert not parquet_bloom.Probe(parquet_bloom.hashes(ids(50, 99))).any_in(blocks)
+    with pytest.raises(ValueError):
+        parquet_bloom.parse_filter(b"\x15\x02\x00" + b"\x00" * 10)  # 1 byte of bitset: not a block filter
+
+
+@pytest.mark.parametrize("layout", ["one_file", "hive"])
+def test_uniqueness_with_filters_equals_a_full_scan(tmp_path, monkeypatch, layout):
+    dup_a, dup_b = "itm-dup-a", "itm-dup-b"
+    table = catalog_table(300, 8, extra=[(dup_a, DAY0), (dup_a, DAY0 + timedelta(days=5)),
+                                         (dup_b, DAY0), (dup_b, DAY0)])
+    root = tmp_path / "catalog"
+    root.mkdir()
+    if layout == "one_file":
+        write_catalog(table, str(root / "catalog.parquet"))
+    else:
+        for d in range(8):
+            day = DAY0 + timedelta(days=d)
+            part = table.filter(pa.compute.equal(table["scheduled_date"], pa.scalar(day, pa.date32())))
+            folder = root / f"scheduled_date={day.isoformat()}"
+            folder.mkdir()
+            pq.write_table(part.drop_columns(["scheduled_date"]), folder / "p.parquet",
+                           bloom_filter_options={"item_id": {"ndv": 400, "fpp": 1e-6}})
+    scanned = []
+    real = catalog._bloom_candidates
+
+    def spy(dataset, wanted, day_filter):
+        kept = real(dataset, wanted, day_filter)
+        scanned.append(None if kept is None else sum(len(f.row_groups) for f in kept))
+        return kept
+
+    monkeypatch.setattr(catalog, "_bloom_candidates", spy)
+    sl = read_catalog_day(str(root), DAY0)
+    assert sorted(r.item_id for r in sl.rejected) == [dup_a, dup_b, dup_b]
+    assert any("shared by 2 rows" in r.reason for r in sl.rejected)
+    assert len(sl.valid) == 300
+    assert scanned[-1] is not None and scanned[-1] <= 3  # the day's row group + the one holding dup_a (+ a rare fp)
+    later = read_catalog_day(str(root), DAY0 + timedelta(days=5))
+    assert [r.item_id for r in later.rejected] == [dup_a]
+    # the same answers without the filters (full scan)
+    monkeypatch.setattr(catalog, "_bloom_candidates", lambda *a: None)
+    assert [r.reason for r in read_catalog_day(str(root), DAY0).rejected] == [r.reason for r in sl.rejected]
+
+
+def test_files_without_filters_fall_back_to_a_full_scan(tmp_path):
+    root = tmp_path / "catalog"
+    root.mkdir()
+    table = catalog_table(50, 3, extra=[("itm-dup", DAY0), ("itm-dup", DAY0 + timedelta(days=2))])
+    pq.write_table(table.sort_by("scheduled_date"), root / "plain.parquet", row_group_size=52)  # no filters
+    dataset = ds.dataset(root, format="parquet")
+    day_filter = ds.field("scheduled_date") == pa.scalar(DAY0, pa.date32())
+    assert catalog._bloom_candidates(dataset, ["itm-dup"], day_filter) is None
+    assert [r.item_id for r in read_catalog_day(str(root), DAY0).rejected] == ["itm-dup"]
