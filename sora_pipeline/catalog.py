@@ -488,9 +488,9 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
             rejected.append(RejectedRow(item_id=item_id if isinstance(item_id, str) else None, scheduled_date=day,
                                         row_index=index, field=field, reason=reason, raw=_raw(row)))
             continue
-        valid.append(CatalogItem.model_construct(  # every field checked above
-            item_id=item_id, prompt=prompt, image_uri=row["image_uri"], image_ref=image_ref, scheduled_date=day,
-            resolution=res, aspect_ratio=ar, duration=dur, row_index=index))
+        valid.append(CatalogItem(item_id=item_id, prompt=prompt, image_uri=row["image_uri"], image_ref=image_ref,
+                                 scheduled_date=day, resolution=res, aspect_ratio=ar, duration=dur,
+                                 row_index=index))
     return CatalogSlice(day=day, valid=valid, rejected=rejected, catalog_uri=uri, rows_scanned=table.num_rows)
 
 

@@ -13,7 +13,7 @@ import xxhash
 
 SALT = np.array([0x47B6137B, 0x44974D91, 0x8824AD5B, 0xA2B7289D, 0x705495C7, 0x2DF1424B, 0x9EFC4947, 0x5C6BFB31],
                 dtype=np.uint32)
-_REST = np.arange(1, 8)
+_REST = np.arange(3, 8)
 _STRUCT, _I32 = 12, 5  # the Thrift compact types the filter header uses
 
 
@@ -38,7 +38,7 @@ class Probe:
         key = (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
         self.masks = np.uint32(1) << ((key[:, None] * SALT[None, :]) >> np.uint32(27))  # uint32 wraps, per spec
         self._masks_by_word = np.ascontiguousarray(self.masks.T)
-        self._rest_masks = np.ascontiguousarray(self.masks[:, 1:])
+        self._rest_masks = np.ascontiguousarray(self.masks[:, 3:])
         self._first: dict[int, np.ndarray] = {}
 
     def may_contain(self, blocks: np.ndarray) -> np.ndarray:
@@ -53,6 +53,10 @@ class Probe:
             first = self._first[len(blocks)] = self._block_index(len(blocks)) * 8
         words = blocks.ravel()
         alive = np.flatnonzero(np.take(words, first) & self._masks_by_word[0])
+        for word in (1, 2):  # each word keeps ~1/5 of the survivors (fpp 1e-6 → about 18% of bits set)
+            if not alive.size:
+                return False
+            alive = alive[(np.take(words, first[alive] + word) & self._masks_by_word[word][alive]) != 0]
         if not alive.size:
             return False
         rest = np.take(words, first[alive, None] + _REST) & self._rest_masks[alive]
