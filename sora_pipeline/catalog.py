@@ -20,12 +20,11 @@ from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict
 
-from sora_pipeline import parquet_bloom
+from sora_pipeline.catalog_ids import duplicated_ids, write_catalog  # noqa: F401  (write_catalog: API)
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
 from sora_pipeline.tables import is_local_fs
 
@@ -334,100 +333,6 @@ def _raw(row: dict[str, Any]) -> dict[str, str | None]:
     return out
 
 
-def _duplicates(dataset: ds.Dataset, ids: set[str], day_filter: ds.Expression | None = None) -> dict[str, int]:
-    """How many rows of the WHOLE catalog carry each of `ids`, for ids seen more than once (scans item_id only).
-
-    Row groups are skipped when their statistics (clustered ids) or their item_id Bloom filter (catalogs written
-    by `write_catalog`) show they hold none of `ids`; what remains is scanned exactly."""
-    typ = dataset.schema.field("item_id").type
-    if not ids or not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
-        return {}
-    ordered = sorted(ids)
-    flt = ds.field("item_id").isin(pa.array(ordered, type=typ))
-    candidates = _bloom_candidates(dataset, ordered, day_filter) if day_filter is not None else None
-    if candidates is not None:  # only the row groups that may hold one of the ids
-        dataset = ds.FileSystemDataset(candidates, dataset.schema, dataset.format, dataset.filesystem)
-    else:
-        span = ((ds.field("item_id") >= pa.scalar(ordered[0], typ))
-                & (ds.field("item_id") <= pa.scalar(ordered[-1], typ)))
-        if _prunes(dataset, span):  # clustered ids: row-group min/max statistics skip most of the column
-            flt = span & flt
-        # (random ids: nothing to skip, and the range term would cost ~60% more string comparisons)
-    found = dataset.to_table(columns=["item_id"], filter=flt)
-    counts = pc.value_counts(found.column("item_id").combine_chunks())
-    return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["counts"] > 1}
-
-
-def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expression) -> list | None:
-    """The row groups that may hold any of `ids`: the day's own (by `day_filter`) and those whose item_id Bloom
-    filter says maybe. None if a file or row group has no such filter (then everything is scanned)."""
-    probe = None
-    kept = []
-    of_the_day = {f.path for f in dataset.get_fragments(filter=day_filter)}  # hive folders: by their path
-    for fragment in dataset.get_fragments():
-        if not isinstance(fragment, ds.ParquetFileFragment):
-            return None
-        meta = fragment.metadata
-        if meta.num_row_groups == 0:
-            continue
-        names = [meta.row_group(0).column(j).path_in_schema for j in range(meta.num_columns)]
-        if "item_id" not in names:
-            return None
-        column = names.index("item_id")
-        if fragment.path not in of_the_day:
-            own: set[int] = set()
-        elif "scheduled_date" in names:
-            own = {g.id for part in fragment.split_by_row_group(day_filter) for g in part.row_groups}
-        else:  # the date is in the folder name: the whole file is the day's
-            own = set(range(meta.num_row_groups))
-        chunks = [(i, meta.row_group(i).column(column).bloom_filter_offset,
-                   meta.row_group(i).column(column).bloom_filter_length)
-                  for i in range(meta.num_row_groups) if i not in own]
-        if chunks:
-            probe = probe or parquet_bloom.Probe(parquet_bloom.hashes(ids))
-            with fragment.filesystem.open_input_file(fragment.path) as f:
-                hits = parquet_bloom.row_groups_that_may_contain(
-                    lambda offset, length: f.read_at(length, offset), chunks, probe)
-            if hits is None:
-                return None
-            own.update(hits)
-        if own:
-            kept.append(fragment.subset(row_group_ids=sorted(own)))
-    return kept
-
-
-def write_catalog(table: pa.Table, path: str, *, filesystem: Any = None) -> None:
-    """Write `table` as the README's recommended catalog layout: one Parquet file sorted by `scheduled_date`, one
-    row group per day (the day's slice is read by statistics alone), zstd, and a Bloom filter on `item_id`
-    (false-positive rate 1e-6 per id) so that the catalog-wide uniqueness check reads the filters, not the ids."""
-    import pyarrow.parquet as pq
-
-    table = table.sort_by([("scheduled_date", "ascending"), ("item_id", "ascending")])
-    days = table.column("scheduled_date").combine_chunks()
-    runs = pc.run_end_encode(days).run_ends.to_pylist() if len(days) else []
-    largest = max((b - a for a, b in zip([0, *runs], runs)), default=1)
-    bloom = {"item_id": {"ndv": max(largest, 1), "fpp": 1e-6}}
-    with pq.ParquetWriter(path, table.schema, filesystem=filesystem, compression="zstd",
-                          bloom_filter_options=bloom) as writer:
-        start = 0
-        for end in runs:
-            writer.write_table(table.slice(start, end - start), row_group_size=end - start)
-            start = end
-
-
-def _prunes(dataset: ds.Dataset, expression: ds.Expression, sample: int = 16) -> bool:
-    """Whether `expression` lets row-group statistics skip at least half of the first `sample` row groups."""
-    seen = kept = 0
-    for fragment in dataset.get_fragments():
-        if not isinstance(fragment, ds.ParquetFileFragment):
-            return False
-        seen += fragment.num_row_groups
-        kept += len(fragment.split_by_row_group(expression))
-        if seen >= sample:
-            break
-    return seen > 0 and kept <= seen / 2
-
-
 def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = (),
                      storage_options: dict | None = None) -> CatalogSlice:
     """The day's rows of the catalog at `uri`, validated: `valid` items and `rejected` rows with reasons.
@@ -450,7 +355,7 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     table = _scan(cat, lambda: cat.dataset.to_table(columns=columns, filter=_day_filter(cat.dataset, day)))
     rows = table.to_pylist()
     ids = {r["item_id"] for r in rows if isinstance(r.get("item_id"), str) and r["item_id"].strip()}
-    dups = _scan(cat, lambda: _duplicates(cat.dataset, ids, _day_filter(cat.dataset, day)))
+    dups = _scan(cat, lambda: duplicated_ids(cat.dataset, ids, _day_filter(cat.dataset, day)))
     resolver = _ImageResolver(cat, image_roots)
     valid: list[CatalogItem] = []
     rejected: list[RejectedRow] = []

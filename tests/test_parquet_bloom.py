@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from sora_pipeline import catalog, parquet_bloom
+from sora_pipeline import catalog_ids, parquet_bloom
 from sora_pipeline.catalog import read_catalog_day, write_catalog
 
 DAY0 = date(2026, 3, 1)
@@ -70,14 +70,14 @@ def test_uniqueness_with_filters_equals_a_full_scan(tmp_path, monkeypatch, layou
             pq.write_table(part.drop_columns(["scheduled_date"]), folder / "p.parquet",
                            bloom_filter_options={"item_id": {"ndv": 400, "fpp": 1e-6}})
     scanned = []
-    real = catalog._bloom_candidates
+    real = catalog_ids._bloom_candidates
 
     def spy(dataset, wanted, day_filter):
         kept = real(dataset, wanted, day_filter)
         scanned.append(None if kept is None else sum(len(f.row_groups) for f in kept))
         return kept
 
-    monkeypatch.setattr(catalog, "_bloom_candidates", spy)
+    monkeypatch.setattr(catalog_ids, "_bloom_candidates", spy)
     sl = read_catalog_day(str(root), DAY0)
     assert sorted(r.item_id for r in sl.rejected) == [dup_a, dup_b, dup_b]
     assert any("shared by 2 rows" in r.reason for r in sl.rejected)
@@ -86,7 +86,7 @@ def test_uniqueness_with_filters_equals_a_full_scan(tmp_path, monkeypatch, layou
     later = read_catalog_day(str(root), DAY0 + timedelta(days=5))
     assert [r.item_id for r in later.rejected] == [dup_a]
     # the same answers without the filters (full scan)
-    monkeypatch.setattr(catalog, "_bloom_candidates", lambda *a: None)
+    monkeypatch.setattr(catalog_ids, "_bloom_candidates", lambda *a: None)
     assert [r.reason for r in read_catalog_day(str(root), DAY0).rejected] == [r.reason for r in sl.rejected]
 
 
@@ -97,5 +97,5 @@ def test_files_without_filters_fall_back_to_a_full_scan(tmp_path):
     pq.write_table(table.sort_by("scheduled_date"), root / "plain.parquet", row_group_size=52)  # no filters
     dataset = ds.dataset(root, format="parquet")
     day_filter = ds.field("scheduled_date") == pa.scalar(DAY0, pa.date32())
-    assert catalog._bloom_candidates(dataset, ["itm-dup"], day_filter) is None
+    assert catalog_ids._bloom_candidates(dataset, ["itm-dup"], day_filter) is None
     assert [r.item_id for r in read_catalog_day(str(root), DAY0).rejected] == ["itm-dup"]

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, not_, select, update
+from sqlalchemy import and_, func, not_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .model import (
@@ -16,35 +16,15 @@ from .model import (
     AttemptRecord, Decision, LedgerConflict, LedgerEntry, RequestNotPlanned, RequestSpec, RequestState,
     ResubmitPolicy,
 )
+from .rows import (
+    ARTIFACTS_FOR_UPDATE, ATTEMPT_FOR_UPDATE, CLAIM_CAS, ENTRY_BY_KEY, ENTRY_BY_KEY_FOR_UPDATE, ENTRY_SELECT,
+    INSERT_ATTEMPT, REQUEST_FOR_UPDATE, UPDATE_ATTEMPT, UPDATE_REQUEST_STATE, attempt_from_row, entry_from_row,
+)
 from .schema import attempts, ensure_schema, make_engine, read, requests, utcnow, write
 
 S = RequestState
 _A = attempts.c
 _R = requests.c
-_ATTEMPT_COLS = [
-    _A.state.label("attempt_state"), _A.owner.label("attempt_owner"), _A.request_id, _A.status_url,
-    _A.response_url, _A.cancel_url, _A.submitted_at, _A.completed_at, _A.output_json, _A.artifacts_json,
-    _A.error_type, _A.error_message, _A.retryable, _A.seconds_generated, _A.actual_cost,
-]
-_JOIN = requests.outerjoin(attempts, and_(_A.request_key == _R.request_key, _A.attempt == _R.attempt))
-_ENTRY_SELECT = select(*requests.c, *_ATTEMPT_COLS).select_from(_JOIN)
-# The hot statements are built once with bind parameters (`b_*`): building a statement per call costs SQLAlchemy
-# about three times as much CPU as executing it, and a day's run makes a dozen of these calls per video.
-_KEY, _ATT = bindparam("b_key"), bindparam("b_attempt")
-_ENTRY_BY_KEY = _ENTRY_SELECT.where(_R.request_key == _KEY)
-_ENTRY_BY_KEY_FOR_UPDATE = _ENTRY_BY_KEY.with_for_update(of=requests)
-_CLAIM_CAS = (update(requests)
-              .where(_R.request_key == _KEY, _R.state == bindparam("b_state"), _R.attempt == _ATT)
-              .values(state=S.SUBMITTING.value, attempt=bindparam("b_new"), owner=bindparam("b_owner"),
-                      claimed_at=bindparam("b_now"), updated_at=bindparam("b_now")))
-_INSERT_ATTEMPT = attempts.insert()
-_REQUEST_FOR_UPDATE = select(_R.state, _R.attempt).where(_R.request_key == _KEY).with_for_update()
-_ATTEMPT_FOR_UPDATE = select(attempts).where(_A.request_key == _KEY, _A.attempt == _ATT).with_for_update()
-_UPDATE_ATTEMPT = update(attempts).where(_A.request_key == _KEY, _A.attempt == _ATT)  # SET from the parameters
-_UPDATE_REQUEST_STATE = (update(requests).where(_R.request_key == _KEY, _R.attempt == _ATT)
-                         .values(state=bindparam("b_state"), updated_at=bindparam("b_now")))
-_ARTIFACTS_FOR_UPDATE = (select(_A.artifacts_json).where(_A.request_key == _KEY, _A.attempt == _ATT)
-                         .with_for_update())
 UNCONFIRMED_SUBMIT = (
     "the submit may have been sent but no request id was recorded (the submitter died or lost its claim); "
     "check fal's dashboard before resubmitting"
@@ -65,34 +45,6 @@ class _AfterCommit:
 _Op = Callable[[Connection], Any]  # one write, run inside a transaction
 _BATCHABLE = frozenset({"claim", "mark_submitted", "mark_completed", "mark_failed", "mark_unknown",
                         "mark_cancelled", "set_artifacts", "get"})
-
-
-def _entry(row: Row) -> LedgerEntry:
-    m = row._mapping
-    return LedgerEntry(
-        request_key=m["request_key"], item_id=m["item_id"], day=m["day"], endpoint_id=m["endpoint_id"],
-        state=S(m["state"]), attempt=m["attempt"], spec=dict(m["spec_json"] or {}),
-        estimated_cost=m["estimated_cost"], created_at=m["created_at"], updated_at=m["updated_at"],
-        owner=m["owner"], claimed_at=m["claimed_at"], request_id=m["request_id"], status_url=m["status_url"],
-        response_url=m["response_url"], cancel_url=m["cancel_url"], submitted_at=m["submitted_at"],
-        completed_at=m["completed_at"], output=m["output_json"], artifacts=m["artifacts_json"],
-        error_type=m["error_type"], error_message=m["error_message"], retryable=m["retryable"],
-        seconds_generated=m["seconds_generated"], actual_cost=m["actual_cost"], attempt_owner=m["attempt_owner"],
-        attempt_state=S(m["attempt_state"]) if m["attempt_state"] else None,
-    )
-
-
-def _attempt(row: Row) -> AttemptRecord:
-    m = row._mapping
-    return AttemptRecord(
-        request_key=m["request_key"], attempt=m["attempt"], state=S(m["state"]), owner=m["owner"],
-        estimated_cost=m["estimated_cost"], request_id=m["request_id"], status_url=m["status_url"],
-        response_url=m["response_url"], cancel_url=m["cancel_url"], submitted_at=m["submitted_at"],
-        completed_at=m["completed_at"], output=m["output_json"], artifacts=m["artifacts_json"],
-        error_type=m["error_type"], error_message=m["error_message"], retryable=m["retryable"],
-        seconds_generated=m["seconds_generated"], actual_cost=m["actual_cost"], created_at=m["created_at"],
-        updated_at=m["updated_at"],
-    )
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:
@@ -176,10 +128,10 @@ class Ledger:
         return op
 
     def _decide(self, conn: Connection, key: str, owner: str, policy: ResubmitPolicy, now: datetime) -> Decision:
-        row = conn.execute(_ENTRY_BY_KEY_FOR_UPDATE, {"b_key": key}).first()
+        row = conn.execute(ENTRY_BY_KEY_FOR_UPDATE, {"b_key": key}).first()
         if row is None:
             raise RequestNotPlanned(f"request {key} was never planned")
-        e = _entry(row)
+        e = entry_from_row(row)
         state, n = e.state, e.attempt
         if state is S.SUBMITTING:
             lease_ok = e.claimed_at is not None and (now - e.claimed_at).total_seconds() < policy.submit_lease_seconds
@@ -228,11 +180,11 @@ class Ledger:
 
     def _submit(self, conn: Connection, e: LedgerEntry, state: RequestState, owner: str, now: datetime) -> Decision:
         new = e.attempt + 1
-        res = conn.execute(_CLAIM_CAS, {"b_key": e.request_key, "b_state": state.value, "b_attempt": e.attempt,
+        res = conn.execute(CLAIM_CAS, {"b_key": e.request_key, "b_state": state.value, "b_attempt": e.attempt,
                                         "b_new": new, "b_owner": owner, "b_now": now})
         if res.rowcount != 1:
             raise _LostRace()
-        conn.execute(_INSERT_ATTEMPT, dict(
+        conn.execute(INSERT_ATTEMPT, dict(
             request_key=e.request_key, attempt=new, state=S.SUBMITTING.value, owner=owner,
             estimated_cost=e.estimated_cost, created_at=now, updated_at=now,
         ))
@@ -255,10 +207,10 @@ class Ledger:
 
         def op(conn: Connection) -> None | _AfterCommit:
             where = {"b_key": key, "b_attempt": attempt}
-            req = conn.execute(_REQUEST_FOR_UPDATE, where).first()
+            req = conn.execute(REQUEST_FOR_UPDATE, where).first()
             if req is None:
                 raise RequestNotPlanned(f"request {key} was never planned")
-            att = conn.execute(_ATTEMPT_FOR_UPDATE, where).first()
+            att = conn.execute(ATTEMPT_FOR_UPDATE, where).first()
             if att is None:
                 raise LedgerConflict(f"request {key} has no attempt {attempt}")
             if noop is not None and noop(att):
@@ -267,14 +219,14 @@ class Ledger:
                 raise LedgerConflict(
                     f"attempt {attempt} of request {key} is {att.state}; it cannot become {target.value}"
                 )
-            conn.execute(_UPDATE_ATTEMPT, {**where, "state": target.value, "updated_at": now, **values})
+            conn.execute(UPDATE_ATTEMPT, {**where, "state": target.value, "updated_at": now, **values})
             if req.attempt != attempt:
                 return _AfterCommit(LedgerConflict(
                     f"attempt {attempt} of request {key} is stale (current attempt {req.attempt} is {req.state}); "
                     f"recorded as {target.value} in its history only",
                     recorded=True,
                 ))
-            conn.execute(_UPDATE_REQUEST_STATE, {**where, "b_state": target.value, "b_now": now})
+            conn.execute(UPDATE_REQUEST_STATE, {**where, "b_state": target.value, "b_now": now})
             return None
 
         return op
@@ -329,12 +281,12 @@ class Ledger:
     def _op_set_artifacts(request_key: str, attempt: int, artifacts: dict[str, Any]) -> _Op:
         def op(conn: Connection) -> None:
             where = {"b_key": request_key, "b_attempt": attempt}
-            conn.execute(_REQUEST_FOR_UPDATE, where).first()  # lock order: request row, then attempt row
-            current = conn.execute(_ARTIFACTS_FOR_UPDATE, where).first()
+            conn.execute(REQUEST_FOR_UPDATE, where).first()  # lock order: request row, then attempt row
+            current = conn.execute(ARTIFACTS_FOR_UPDATE, where).first()
             if current is None:
                 raise LedgerConflict(f"request {request_key} has no attempt {attempt}")
             merged = dict(current.artifacts_json or {}) | dict(artifacts)
-            conn.execute(_UPDATE_ATTEMPT, {**where, "artifacts_json": merged, "updated_at": utcnow()})
+            conn.execute(UPDATE_ATTEMPT, {**where, "artifacts_json": merged, "updated_at": utcnow()})
 
         return op
 
@@ -411,8 +363,8 @@ class Ledger:
     # ---------------------------------------------------------------- queries
     @staticmethod
     def _get(conn: Connection, key: str) -> LedgerEntry | None:
-        row = conn.execute(_ENTRY_BY_KEY, {"b_key": key}).first()
-        return None if row is None else _entry(row)
+        row = conn.execute(ENTRY_BY_KEY, {"b_key": key}).first()
+        return None if row is None else entry_from_row(row)
 
     def get(self, request_key: str) -> LedgerEntry | None:
         with read(self._engine) as conn:
@@ -434,22 +386,22 @@ class Ledger:
     def history(self, request_key: str) -> list[AttemptRecord]:
         with read(self._engine) as conn:
             rows = conn.execute(select(attempts).where(_A.request_key == request_key).order_by(_A.attempt))
-            return [_attempt(r) for r in rows]
+            return [attempt_from_row(r) for r in rows]
 
     def entries_for_day(self, day: str, endpoint_id: str | None = None) -> list[LedgerEntry]:
-        q = _ENTRY_SELECT.where(_R.day == day)
+        q = ENTRY_SELECT.where(_R.day == day)
         if endpoint_id is not None:
             q = q.where(_R.endpoint_id == endpoint_id)
         with read(self._engine) as conn:
-            return [_entry(r) for r in conn.execute(q.order_by(_R.item_id, _R.request_key))]
+            return [entry_from_row(r) for r in conn.execute(q.order_by(_R.item_id, _R.request_key))]
 
     def in_flight(self, owner: str | None = None) -> list[LedgerEntry]:
         """SUBMITTED requests (those with a request id to poll or cancel), optionally only the given owner's."""
-        q = _ENTRY_SELECT.where(_R.state == S.SUBMITTED.value)
+        q = ENTRY_SELECT.where(_R.state == S.SUBMITTED.value)
         if owner is not None:
             q = q.where(_R.owner == owner)
         with read(self._engine) as conn:
-            return [_entry(r) for r in conn.execute(q.order_by(_R.claimed_at, _R.request_key))]
+            return [entry_from_row(r) for r in conn.execute(q.order_by(_R.claimed_at, _R.request_key))]
 
     def counts_by_state(self, day: str | None = None) -> dict[str, int]:
         q = select(_R.state, func.count()).group_by(_R.state)
