@@ -33,7 +33,7 @@ class GenerationConfig:
     max_concurrency: int = 8
     # claim→submit→record sections at once: a hard crash leaves at most this many requests `unknown`
     submit_concurrency: int = 4
-    download_concurrency: int = 8
+    download_concurrency: int = 16
     total_timeout: float = 3600.0
     archive_root: str | None = None  # <warehouse>/videos/date=<day>; None = do not archive
     storage_options: dict = field(default_factory=dict)
