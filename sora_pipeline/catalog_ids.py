@@ -65,9 +65,12 @@ def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expres
                   for i in range(meta.num_row_groups) if i not in own]
         if chunks:
             probe = probe or parquet_bloom.Probe(parquet_bloom.hashes(ids))
-            with fragment.filesystem.open_input_file(fragment.path) as f:
-                hits = parquet_bloom.row_groups_that_may_contain(
-                    lambda offset, length: f.read_at(length, offset), chunks, probe)
+            try:
+                with fragment.filesystem.open_input_file(fragment.path) as f:
+                    hits = parquet_bloom.row_groups_that_may_contain(
+                        lambda offset, length: f.read_at(length, offset), chunks, probe)
+            except ValueError:  # a filter this reader does not understand: scan instead
+                return None
             if hits is None:
                 return None
             own.update(hits)

@@ -99,3 +99,19 @@ def test_files_without_filters_fall_back_to_a_full_scan(tmp_path):
     day_filter = ds.field("scheduled_date") == pa.scalar(DAY0, pa.date32())
     assert catalog_ids._bloom_candidates(dataset, ["itm-dup"], day_filter) is None
     assert [r.item_id for r in read_catalog_day(str(root), DAY0).rejected] == ["itm-dup"]
+
+
+def test_an_unreadable_filter_falls_back_to_a_scan(tmp_path, monkeypatch):
+    root = tmp_path / "catalog"
+    root.mkdir()
+    write_catalog(catalog_table(50, 3, extra=[("itm-dup", DAY0), ("itm-dup", DAY0 + timedelta(days=2))]),
+                  str(root / "c.parquet"))
+
+    def garbled(data):
+        raise ValueError("not a split-block Bloom filter")
+
+    monkeypatch.setattr(parquet_bloom, "parse_filter", garbled)
+    dataset = ds.dataset(root, format="parquet")
+    day_filter = ds.field("scheduled_date") == pa.scalar(DAY0, pa.date32())
+    assert catalog_ids._bloom_candidates(dataset, ["itm-dup"], day_filter) is None
+    assert [r.item_id for r in read_catalog_day(str(root), DAY0).rejected] == ["itm-dup"]
