@@ -45,6 +45,8 @@ def shared_ssl_context() -> ssl.SSLContext:
 @functools.cache
 def _ssl_context(_cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
     return httpx.create_ssl_context(trust_env=True)
+
+
 StatusCallback = Callable[[QueueHandle, QueueStatus], Any]
 
 
