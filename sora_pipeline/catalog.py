@@ -356,10 +356,11 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     day = day.date() if isinstance(day, datetime) else day
     cat = _open(uri, storage_options)
     columns = [c for c in CONTRACT_COLUMNS if c in cat.dataset.schema.names]
-    table = _scan(cat, lambda: cat.dataset.to_table(columns=columns, filter=_day_filter(cat.dataset, day)))
+    day_filter = _day_filter(cat.dataset, day)
+    table = _scan(cat, lambda: cat.dataset.to_table(columns=columns, filter=day_filter))
     rows = table.to_pylist()
     ids = {r["item_id"] for r in rows if isinstance(r.get("item_id"), str) and r["item_id"].strip()}
-    dups = _scan(cat, lambda: duplicated_ids(cat.dataset, ids, _day_filter(cat.dataset, day)))
+    dups = _scan(cat, lambda: duplicated_ids(cat.dataset, ids, day_filter))
     resolver = _ImageResolver(cat, image_roots)
     valid: list[CatalogItem] = []
     rejected: list[RejectedRow] = []

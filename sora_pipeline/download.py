@@ -68,22 +68,17 @@ async def download_video(http: httpx.AsyncClient, url: str, *, queue_base_url: s
 def archive_file(local_path: str, target_uri: str, storage_options: dict | None = None) -> str:
     """Move a finished local file to `target_uri` (any fsspec URI) so that the target is never half-written:
     a rename on the same local disk, else an upload to a hidden name next to the target and a move."""
-    if "://" not in target_uri and not storage_options:  # a local path: no filesystem object needed
-        os.makedirs(os.path.dirname(target_uri) or ".", exist_ok=True)
-        try:
-            os.replace(local_path, target_uri)
-            return target_uri
-        except OSError:  # another device: fall through to copy + rename
-            pass
-    fs, target = fsspec.core.url_to_fs(target_uri, **(storage_options or {}))
-    parent = posixpath.dirname(target)
-    fs.makedirs(parent, exist_ok=True)
-    if is_local_fs(fs):
+    plain_path = "://" not in target_uri and not storage_options  # no filesystem object needed to rename
+    fs, target = (None, target_uri) if plain_path else fsspec.core.url_to_fs(target_uri, **(storage_options or {}))
+    if fs is None or is_local_fs(fs):
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         try:
             os.replace(local_path, target)
             return target_uri
         except OSError:  # another device: fall through to copy + rename
-            pass
+            fs = fs or fsspec.filesystem("file")
+    parent = posixpath.dirname(target)
+    fs.makedirs(parent, exist_ok=True)
     staging = f"{parent}/.{posixpath.basename(target)}.partial"
     fs.put_file(local_path, staging)
     fs.mv(staging, target)
