@@ -358,14 +358,16 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     columns = [c for c in CONTRACT_COLUMNS if c in cat.dataset.schema.names]
     day_filter = _day_filter(cat.dataset, day)
     table = _scan(cat, lambda: cat.dataset.to_table(columns=columns, filter=day_filter))
-    rows = table.to_pylist()
-    ids = {r["item_id"] for r in rows if isinstance(r.get("item_id"), str) and r["item_id"].strip()}
-    dups = _scan(cat, lambda: duplicated_ids(cat.dataset, ids, day_filter))
+    absent = [None] * table.num_rows
+    item_ids, prompts, images, resolutions, aspects, durations = (  # column by column: no dict per row
+        table.column(c).to_pylist() if c in columns else absent for c in CONTRACT_COLUMNS if c != "scheduled_date")
+    day_ids = [i for i in item_ids if isinstance(i, str) and i.strip()]
+    dups = _scan(cat, lambda: duplicated_ids(cat.dataset, day_ids, day_filter))
     resolver = _ImageResolver(cat, image_roots)
     valid: list[CatalogItem] = []
     rejected: list[RejectedRow] = []
-    for index, row in enumerate(rows):
-        item_id = row.get("item_id")
+    rows = zip(item_ids, prompts, images, resolutions, aspects, durations)
+    for index, (item_id, prompt, image_uri, resolution, aspect_ratio, duration) in enumerate(rows):
         problem: tuple[str, str] | None = None
         if item_id is None:
             problem = ("item_id", "missing")
@@ -374,21 +376,20 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
         elif item_id in dups:
             problem = ("item_id", f"{_show(item_id, opaque=False)} is shared by {dups[item_id]} rows of the catalog "
                                   "(must be unique)")
-        prompt = row.get("prompt")
         if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
             problem = ("prompt", "missing" if prompt is None else "empty after stripping whitespace")
         image_ref, why = (None, None)
         if problem is None:
-            image_ref, why = resolver.resolve(row.get("image_uri"))
+            image_ref, why = resolver.resolve(image_uri)
             if why:
                 problem = ("image_uri", why)
-        res, why = _enum_value(row.get("resolution"), Resolution, Resolution.AUTO, _ALLOWED_RES)
+        res, why = _enum_value(resolution, Resolution, Resolution.AUTO, _ALLOWED_RES)
         if problem is None and why:
             problem = ("resolution", why)
-        ar, why = _enum_value(row.get("aspect_ratio"), AspectRatio, AspectRatio.AUTO, _ALLOWED_AR)
+        ar, why = _enum_value(aspect_ratio, AspectRatio, AspectRatio.AUTO, _ALLOWED_AR)
         if problem is None and why:
             problem = ("aspect_ratio", why)
-        dur, why = _duration(row.get("duration"))
+        dur, why = _duration(duration)
         if problem is None and why:
             problem = ("duration", why)
         if problem is not None:
@@ -396,9 +397,10 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
             shown_id = _show(item_id, opaque=False) if item_id is not None else "None"
             reason = re.sub(r"[\r\n\t]+", " ", f"row {index} (item_id={shown_id}): {field}: {why}")
             rejected.append(RejectedRow(item_id=item_id if isinstance(item_id, str) else None, scheduled_date=day,
-                                        row_index=index, field=field, reason=reason, raw=_raw(row)))
+                                        row_index=index, field=field, reason=reason,
+                                        raw=_raw(table.slice(index, 1).to_pylist()[0])))
             continue
-        valid.append(CatalogItem(item_id=item_id, prompt=prompt, image_uri=row["image_uri"], image_ref=image_ref,
+        valid.append(CatalogItem(item_id=item_id, prompt=prompt, image_uri=image_uri, image_ref=image_ref,
                                  scheduled_date=day, resolution=res, aspect_ratio=ar, duration=dur,
                                  row_index=index))
     return CatalogSlice(day=day, valid=valid, rejected=rejected, catalog_uri=uri, rows_scanned=table.num_rows)

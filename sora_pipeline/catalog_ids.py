@@ -5,26 +5,33 @@ scanned exactly. `write_catalog` writes the layout that makes this cheap."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from sora_pipeline import parquet_bloom
 
 
-def duplicated_ids(dataset: ds.Dataset, ids: set[str], day_filter: ds.Expression | None = None) -> dict[str, int]:
-    """How many rows of the WHOLE catalog carry each of `ids`, for ids seen more than once (scans item_id only).
+def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.Expression) -> dict[str, int]:
+    """How many rows of the WHOLE catalog carry each of the day's ids, for ids seen more than once.
 
-    Row groups are skipped when their statistics (clustered ids) or their item_id Bloom filter (catalogs written
-    by `write_catalog`) show they hold none of `ids`; what remains is scanned exactly."""
+    `day_ids` are the item_ids of the rows `day_filter` selects (already read, repeats included); only the other
+    rows are scanned, and only their item_id. Row groups are skipped when their statistics (the day's own, or
+    clustered ids) or their item_id Bloom filter (catalogs written by `write_catalog`) show they hold none of the
+    ids; what remains is scanned exactly."""
     typ = dataset.schema.field("item_id").type
-    if not ids or not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+    counts = Counter(day_ids)
+    if not counts or not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
         return {}
-    ordered = sorted(ids)
-    flt = ds.field("item_id").isin(pa.array(ordered, type=typ))
-    candidates = _bloom_candidates(dataset, ordered, day_filter) if day_filter is not None else None
+    ordered = sorted(counts)
+    others = ~day_filter | ds.field("scheduled_date").is_null()  # the day's own rows are counted above
+    flt = ds.field("item_id").isin(pa.array(ordered, type=typ)) & others
+    candidates = _bloom_candidates(dataset, ordered, day_filter)
     if candidates is not None:  # only the row groups that may hold one of the ids
         dataset = ds.FileSystemDataset(candidates, dataset.schema, dataset.format, dataset.filesystem)
     else:
@@ -33,9 +40,10 @@ def duplicated_ids(dataset: ds.Dataset, ids: set[str], day_filter: ds.Expression
         if _prunes(dataset, span):  # clustered ids: row-group min/max statistics skip most of the column
             flt = span & flt
         # (random ids: nothing to skip, and the range term would cost ~60% more string comparisons)
-    found = dataset.to_table(columns=["item_id"], filter=flt)
-    counts = pc.value_counts(found.column("item_id").combine_chunks())
-    return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["counts"] > 1}
+    found = dataset.to_table(columns=["item_id"], filter=flt).column("item_id")
+    if len(found):
+        counts.update(found.to_pylist())
+    return {item_id: n for item_id, n in counts.items() if n > 1}
 
 
 def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expression) -> list | None:
@@ -66,9 +74,7 @@ def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expres
         if chunks:
             probe = probe or parquet_bloom.Probe(parquet_bloom.hashes(ids))
             try:
-                with fragment.filesystem.open_input_file(fragment.path) as f:
-                    hits = parquet_bloom.row_groups_that_may_contain(
-                        lambda offset, length: f.read_at(length, offset), chunks, probe)
+                hits = parquet_bloom.row_groups_that_may_contain(_range_reader(fragment), chunks, probe)
             except ValueError:  # a filter this reader does not understand: scan instead
                 return None
             if hits is None:
@@ -77,6 +83,20 @@ def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expres
         if own:
             kept.append(fragment.subset(row_group_ids=sorted(own)))
     return kept
+
+
+def _range_reader(fragment: ds.ParquetFileFragment) -> Callable[[int, int], Any]:
+    """`read(offset, length)` of the fragment's file: a view of the memory-mapped file when it is local (no copy,
+    only the pages touched are read), else a ranged read through the dataset's filesystem."""
+    if isinstance(fragment.filesystem, pafs.LocalFileSystem):
+        whole = pa.memory_map(fragment.path).read_buffer()
+        return lambda offset, length: whole.slice(offset, length)
+
+    def read(offset: int, length: int) -> bytes:
+        with fragment.filesystem.open_input_file(fragment.path) as f:
+            return f.read_at(length, offset)
+
+    return read
 
 
 def write_catalog(table: pa.Table, path: str, *, filesystem: Any = None) -> None:

@@ -110,8 +110,65 @@ def test_an_unreadable_filter_falls_back_to_a_scan(tmp_path, monkeypatch):
     def garbled(data):
         raise ValueError("not a split-block Bloom filter")
 
-    monkeypatch.setattr(parquet_bloom, "parse_filter", garbled)
+    monkeypatch.setattr(parquet_bloom, "_header", garbled)
     dataset = ds.dataset(root, format="parquet")
     day_filter = ds.field("scheduled_date") == pa.scalar(DAY0, pa.date32())
     assert catalog_ids._bloom_candidates(dataset, ["itm-dup"], day_filter) is None
     assert [r.item_id for r in read_catalog_day(str(root), DAY0).rejected] == ["itm-dup"]
+
+
+def test_any_in_each_agrees_with_testing_each_hash(tmp_path):
+    """The two-stage batch test gives the same answers as the per-hash definition, for filters of two sizes."""
+    path = tmp_path / "c.parquet"
+    table = pa.concat_tables([catalog_table(300, 4), catalog_table(40, 3, seed=7)]).combine_chunks()
+    pq.write_table(table, path, row_group_size=300, bloom_filter_options={"item_id": {"ndv": 300, "fpp": 1e-6}})
+    meta = pq.ParquetFile(path).metadata
+    raw = path.read_bytes()
+    filters = [parquet_bloom.parse_filter(raw[c.bloom_filter_offset:c.bloom_filter_offset + c.bloom_filter_length])
+               for c in (meta.row_group(g).column(0) for g in range(meta.num_row_groups))]
+    members = table.column("item_id").to_pylist()
+    for wanted in (members[:5], members[450:460], ids(2000, 42), [members[-1]] + ids(100, 43)):
+        probe = parquet_bloom.Probe(parquet_bloom.hashes(wanted))
+        assert probe.any_in_each(filters) == [bool(probe.may_contain(f).any()) for f in filters]
+    assert parquet_bloom.Probe(parquet_bloom.hashes(members[:5])).any_in_each(filters)[0]
+
+
+def test_filters_written_back_to_back_are_read_in_one_range(tmp_path):
+    path = tmp_path / "c.parquet"
+    write_catalog(catalog_table(200, 10), str(path))
+    meta = pq.ParquetFile(path).metadata
+    raw = path.read_bytes()
+    calls = []
+
+    def read_range(offset, length):
+        calls.append((offset, length))
+        return raw[offset:offset + length]
+
+    chunks = [(g, meta.row_group(g).column(0).bloom_filter_offset, meta.row_group(g).column(0).bloom_filter_length)
+              for g in range(10)]
+    day3 = pq.ParquetFile(path).read_row_group(3, columns=["item_id"]).column(0).to_pylist()
+    probe = parquet_bloom.Probe(parquet_bloom.hashes(day3[:20]))
+    assert 3 in parquet_bloom.row_groups_that_may_contain(read_range, chunks, probe)
+    assert len(calls) == 1
+    assert parquet_bloom.row_groups_that_may_contain(read_range, chunks[:2] + [(2, None, None)], probe) is None
+
+
+def test_uniqueness_on_an_fsspec_catalog_reads_filters_by_range(monkeypatch):
+    """memory:// (any non-local filesystem): filters come through ranged reads and rule out the other days."""
+    import fsspec
+
+    kept = []
+    real = catalog_ids._bloom_candidates
+    monkeypatch.setattr(catalog_ids, "_bloom_candidates", lambda *a: kept.append(real(*a)) or kept[-1])
+
+    fs = fsspec.filesystem("memory")
+    path = "/bloom-test/catalog.parquet"
+    table = catalog_table(100, 5, extra=[("itm-dup", DAY0 + timedelta(days=1)), ("itm-dup", DAY0 + timedelta(days=4))])
+    write_catalog(table, path, filesystem=fs)
+    try:
+        sl = read_catalog_day("memory://" + path, DAY0 + timedelta(days=1))
+        assert [r.item_id for r in sl.rejected] == ["itm-dup"] and "shared by 2 rows" in sl.rejected[0].reason
+        assert len(sl.valid) == 100
+        assert [g.id for f in kept[0] for g in f.row_groups] == [1, 4]  # the day's row group and the other copy
+    finally:
+        fs.rm("/bloom-test", recursive=True)
