@@ -31,24 +31,25 @@ def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.E
     ordered = sorted(counts)
     others = ~day_filter | ds.field("scheduled_date").is_null()  # the day's own rows are counted above
     flt = ds.field("item_id").isin(pa.array(ordered, type=typ)) & others
-    candidates = _bloom_candidates(dataset, ordered, day_filter)
-    if candidates is not None:  # only the row groups that may hold one of the ids
-        dataset = ds.FileSystemDataset(candidates, dataset.schema, dataset.format, dataset.filesystem)
-    else:
+    candidates = _bloom_candidates(dataset, ordered, day_filter, others)
+    if candidates is None:
         span = ((ds.field("item_id") >= pa.scalar(ordered[0], typ))
                 & (ds.field("item_id") <= pa.scalar(ordered[-1], typ)))
         if _prunes(dataset, span):  # clustered ids: row-group min/max statistics skip most of the column
             flt = span & flt
         # (random ids: nothing to skip, and the range term would cost ~60% more string comparisons)
-    found = dataset.to_table(columns=["item_id"], filter=flt).column("item_id")
-    if len(found):
-        counts.update(found.to_pylist())
+    else:  # only the row groups that may hold one of the ids (often none)
+        dataset = ds.FileSystemDataset(candidates, dataset.schema, dataset.format, dataset.filesystem)
+    if candidates != []:
+        counts.update(dataset.to_table(columns=["item_id"], filter=flt).column("item_id").to_pylist())
     return {item_id: n for item_id, n in counts.items() if n > 1}
 
 
-def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expression) -> list | None:
-    """The row groups that may hold any of `ids`: the day's own (by `day_filter`) and those whose item_id Bloom
-    filter says maybe. None if a file or row group has no such filter (then everything is scanned)."""
+def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expression,
+                      others: ds.Expression) -> list | None:
+    """The row groups that may hold rows of other days with any of `ids`: those whose item_id Bloom filter says
+    maybe, and the day's own row groups if their statistics show rows of other days too (`others`). None if a
+    file or row group has no such filter (then everything is scanned)."""
     probe = None
     kept = []
     of_the_day = {f.path for f in dataset.get_fragments(filter=day_filter)}  # hive folders: by their path
@@ -62,11 +63,12 @@ def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expres
         if "item_id" not in names:
             return None
         column = names.index("item_id")
-        if fragment.path not in of_the_day:
-            own: set[int] = set()
-        elif "scheduled_date" in names:
+        own: set[int] = set()  # row groups with rows of the day
+        mixed: set[int] = set()  # ... and rows of other days
+        if fragment.path in of_the_day and "scheduled_date" in names:
             own = {g.id for part in fragment.split_by_row_group(day_filter) for g in part.row_groups}
-        else:  # the date is in the folder name: the whole file is the day's
+            mixed = own & {g.id for part in fragment.split_by_row_group(others) for g in part.row_groups}
+        elif fragment.path in of_the_day:  # the date is in the folder name: every row is the day's
             own = set(range(meta.num_row_groups))
         chunks = [(i, meta.row_group(i).column(column).bloom_filter_offset,
                    meta.row_group(i).column(column).bloom_filter_length)
@@ -79,9 +81,9 @@ def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expres
                 return None
             if hits is None:
                 return None
-            own.update(hits)
-        if own:
-            kept.append(fragment.subset(row_group_ids=sorted(own)))
+            mixed.update(hits)
+        if mixed:
+            kept.append(fragment.subset(row_group_ids=sorted(mixed)))
     return kept
 
 

@@ -1,0 +1,295 @@
+"""The contract's rules for one catalog row (CONTRACT.md): which values are accepted, how they are normalized
+(nulls → defaults, image locations resolved and confined), and the one-line reason a row is rejected with.
+`check_rows` applies them to a day's rows: a vectorised pass over the Arrow columns finds the rows that are
+plainly valid (the usual https image, exact enum values), and only the others go through the full rules."""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import re
+from datetime import date
+from typing import Any, NamedTuple, Sequence
+from urllib.parse import urlsplit
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel
+
+from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
+
+REQUIRED_COLUMNS = ("item_id", "prompt", "image_uri", "scheduled_date")
+OPTIONAL_COLUMNS = ("resolution", "aspect_ratio", "duration")
+CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+
+# fsspec protocols that wrap another filesystem (and could reach local files through it): never followed
+_WRAPPER_PROTOCOLS = {"blockcache", "cached", "filecache", "simplecache", "dir", "reference", "zip", "tar",
+                      "libarchive", "jlab", "jupyter", "dask", "tree", "data"}
+_LOCAL_PROTOCOLS = {"file", "local"}
+_URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.S)
+_DATA_RE = re.compile(r"^data:image/[A-Za-z0-9.+\-]+(;[A-Za-z0-9=.\-]+)*;base64,[A-Za-z0-9+/=\s]+$", re.S)
+_SECRET_PATTERNS = [
+    (re.compile(r"(?<=://)[^/@\s]+@"), "***@"),  # user:password@host
+    (re.compile(r"([?&][^=&#\s]*(?:key|token|secret|sig|signature|password|passwd|credential|auth)[^=&#\s]*=)"
+                r"[^&#\s]*", re.I), r"\1***"),
+    (re.compile(r"\b(Key|Bearer|Basic)\s+\S+"), r"\1 ***"),
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{16,}\b", re.I), "***"),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "***"),
+]
+# long opaque tokens (letters and digits, 40+ chars): masked everywhere except in item_id, the row's name
+_OPAQUE = re.compile(r"(?<![A-Za-z0-9_])(?=[A-Za-z0-9_]*\d)(?=[A-Za-z0-9_]*[A-Za-z])[A-Za-z0-9_]{40,}")
+
+
+class CatalogItem(NamedTuple):
+    """A valid catalog row of one day, normalized (nulls → defaults, image location resolved). An immutable
+    record, not a model: `check_rows` has checked every field, and a day can have thousands of rows."""
+
+    item_id: str
+    prompt: str
+    image_uri: str  # as given in the catalog
+    image_ref: str  # https URL, data URI, or absolute fsspec URI/path
+    scheduled_date: date
+    resolution: Resolution = Resolution.AUTO
+    aspect_ratio: AspectRatio = AspectRatio.AUTO
+    duration: Duration = Duration.S4
+    row_index: int = 0
+
+
+class RejectedRow(BaseModel):
+    """A row that breaks a rule: the first offending field and a one-line reason."""
+
+    item_id: str | None
+    scheduled_date: date
+    row_index: int
+    field: str
+    reason: str
+    raw: dict[str, str | None]
+
+
+def redact(text: str, limit: int = 200, *, opaque: bool = True) -> str:
+    """Mask things that look like credentials and shorten long values (data URIs keep only their header)."""
+    if text.startswith("data:") and "," in text:
+        head, payload = text.split(",", 1)
+        return f"{head[:80]},<{len(payload)} chars>"
+    for pattern, repl in _SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    if opaque:
+        text = _OPAQUE.sub("***", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _show(value: Any, *, opaque: bool = True) -> str:
+    if isinstance(value, str):
+        return repr(redact(value, 80, opaque=opaque))
+    return redact(repr(value), 80, opaque=opaque)
+
+
+_ALLOWED_RES = ", ".join(r.value for r in Resolution)
+_ALLOWED_AR = ", ".join(a.value for a in AspectRatio)
+_ALLOWED_DUR = ", ".join(str(int(d)) for d in Duration)
+_MEMBERS = {enum: {m.value: m for m in enum} for enum in (Resolution, AspectRatio)}  # lookups, not enum() calls
+_DURATIONS = {int(d): d for d in Duration}
+# the usual image reference: https://host/... (anything unusual takes the full path below)
+_PLAIN_HTTPS = re.compile(r"https://[A-Za-z0-9.\-]+(?::\d+)?(?:[/?#]|$)", re.I)
+
+
+def _enum_value(value: Any, enum: type, default: Any, allowed: str) -> tuple[Any, str | None]:
+    if value is None:
+        return default, None
+    if isinstance(value, str):
+        member = _MEMBERS[enum].get(value) or _MEMBERS[enum].get(value.strip().lower())
+        if member is not None:
+            return member, None
+    return None, f"{_show(value)} is not one of {allowed}"
+
+
+def _duration(value: Any) -> tuple[Duration | None, str | None]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return Duration.S4, None
+    number: Any = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    if number is not None and number in _DURATIONS:
+        return _DURATIONS[number], None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    shown = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _show(value)
+    return None, f"{shown} is not one of {_ALLOWED_DUR}"
+
+
+class ImageResolver:
+    """Applies the contract's image_uri rules for a catalog in `folder` of filesystem `fs`; see
+    `read_catalog_day` for how local paths are confined."""
+
+    def __init__(self, fs: Any, folder: str, *, local: bool, is_dir: bool, image_roots: Sequence[str]):
+        self.fs, self.folder, self.local = fs, folder, local
+        roots = [os.path.realpath(os.path.abspath(os.path.expanduser(_strip_file(r)))) for r in image_roots]
+        if local:
+            roots.insert(0, os.path.realpath(folder))
+            if is_dir:
+                roots.insert(1, os.path.realpath(os.path.dirname(folder)))
+        self.roots = list(dict.fromkeys(roots))
+
+    def resolve(self, value: Any) -> tuple[str | None, str | None]:
+        if value is None:
+            return None, "missing"
+        if not isinstance(value, str) or not value.strip():
+            return None, "must be a non-empty string"
+        uri = value.strip()
+        if _PLAIN_HTTPS.match(uri):
+            return uri, None
+        low = uri.lower()
+        if low.startswith("https://"):
+            return (uri, None) if urlsplit(uri).hostname else (None, f"{_show(uri)} has no host")
+        if low.startswith("http://"):
+            return None, f"{_show(uri)} uses plain http:// (only https:// URLs are allowed)"
+        if low.startswith("data:"):
+            if _DATA_RE.match(uri):
+                return uri, None
+            return None, f"{_show(uri)} is not a data:image/<type>;base64,<data> URI"
+        if "::" in uri:
+            return None, f"{_show(uri)} is a chained fsspec URL (not allowed)"
+        m = _URI_RE.match(uri)
+        if m:
+            protocol, rest = m.group(1).lower(), m.group(2)
+            if protocol in _LOCAL_PROTOCOLS:
+                return self._local(uri, rest, relative_ok=False)
+            if protocol in _WRAPPER_PROTOCOLS or protocol not in fsspec.available_protocols():
+                return None, f"{_show(uri)} uses an unsupported protocol {protocol!r}"
+            return uri, None
+        if self.local:
+            return self._local(uri, uri, relative_ok=True)
+        # a path inside a non-local catalog's filesystem (e.g. memory://, s3://): relative to its folder
+        path = uri if uri.startswith("/") else posixpath.normpath(posixpath.join(self.folder, uri))
+        return self.fs.unstrip_protocol(path), None
+
+    def _local(self, uri: str, path: str, *, relative_ok: bool) -> tuple[str | None, str | None]:
+        if not os.path.isabs(path):
+            if not (relative_ok and self.local):
+                return None, f"{_show(uri)} is a relative file:// URI (give an absolute path)"
+            path = os.path.join(self.folder, path)
+        real = os.path.realpath(path)
+        if not any(_inside(real, root) for root in self.roots):
+            return None, f"{_show(uri)} resolves outside the catalog folder and SORA_IMAGE_ROOTS"
+        if not os.path.isfile(real):
+            return None, f"{_show(uri)} does not exist (resolved to {real})"
+        return real, None
+
+
+def _strip_file(path: str) -> str:
+    return path[len("file://"):] if path.lower().startswith("file://") else path
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:
+        return False
+
+
+def _raw(row: dict[str, Any]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for col in CONTRACT_COLUMNS:
+        value = row.get(col)
+        text = value.isoformat() if isinstance(value, date) else str(value)
+        out[col] = None if value is None else redact(text, opaque=col != "item_id")
+    return out
+
+
+def check_rows(table: pa.Table, day: date, dups: dict[str, int],
+               resolver: ImageResolver) -> tuple[list[CatalogItem], list[RejectedRow]]:
+    """The day's rows (`table`, contract columns) split into valid items and rejected rows, in row order.
+    `dups`: item_ids that more than one row of the catalog carries, with their counts."""
+    absent = [None] * table.num_rows
+    columns = [table.column(c).to_pylist() if c in table.column_names else absent  # no dict per row
+               for c in CONTRACT_COLUMNS if c != "scheduled_date"]
+    plain = _plainly_valid(table, dups)
+    valid: list[CatalogItem] = []
+    rejected: list[RejectedRow] = []
+    for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration) in enumerate(
+            zip(plain, *columns)):
+        if ok:  # every rule holds, as the vectorised checks showed: only normalize
+            valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day, _RESOLUTIONS[resolution],
+                                     _ASPECT_RATIOS[aspect_ratio], _PLAIN_DURATIONS[duration], index))
+            continue
+        problem: tuple[str, str] | None = None
+        if item_id is None:
+            problem = ("item_id", "missing")
+        elif not isinstance(item_id, str) or not item_id.strip():
+            problem = ("item_id", "must be a non-empty string")
+        elif item_id in dups:
+            problem = ("item_id", f"{_show(item_id, opaque=False)} is shared by {dups[item_id]} rows of the catalog "
+                                  "(must be unique)")
+        if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
+            problem = ("prompt", "missing" if prompt is None else "empty after stripping whitespace")
+        image_ref, why = (None, None)
+        if problem is None:
+            image_ref, why = resolver.resolve(image_uri)
+            if why:
+                problem = ("image_uri", why)
+        res, why = _enum_value(resolution, Resolution, Resolution.AUTO, _ALLOWED_RES)
+        if problem is None and why:
+            problem = ("resolution", why)
+        ar, why = _enum_value(aspect_ratio, AspectRatio, AspectRatio.AUTO, _ALLOWED_AR)
+        if problem is None and why:
+            problem = ("aspect_ratio", why)
+        dur, why = _duration(duration)
+        if problem is None and why:
+            problem = ("duration", why)
+        if problem is None:
+            valid.append(CatalogItem(item_id, prompt, image_uri, image_ref, day, res, ar, dur, index))
+            continue
+        field, why = problem
+        shown_id = _show(item_id, opaque=False) if item_id is not None else "None"
+        reason = re.sub(r"[\r\n\t]+", " ", f"row {index} (item_id={shown_id}): {field}: {why}")
+        rejected.append(RejectedRow(item_id=item_id if isinstance(item_id, str) else None, scheduled_date=day,
+                                    row_index=index, field=field, reason=reason,
+                                    raw=_raw(table.slice(index, 1).to_pylist()[0])))
+    return valid, rejected
+
+
+_RESOLUTIONS = {None: Resolution.AUTO, **_MEMBERS[Resolution]}  # what a plainly valid row can hold
+_ASPECT_RATIOS = {None: AspectRatio.AUTO, **_MEMBERS[AspectRatio]}
+_PLAIN_DURATIONS = {None: Duration.S4, **_DURATIONS}
+# the plain https reference `ImageResolver` accepts as it is (ASCII, no case folding: a subset of _PLAIN_HTTPS)
+_PLAIN_HTTPS_RE2 = r"^[Hh][Tt][Tt][Pp][Ss]://[A-Za-z0-9.\-]+(:[0-9]+)?([/?#]|$)"
+
+
+def _plainly_valid(table: pa.Table, dups: dict[str, int]) -> list[bool]:
+    """Per row: True if the full rules would surely accept it as it is — ids and prompts with a letter or digit,
+    the usual https image, exact enum values or nulls, a duration of 4, 8 or 12 — checked column-wise in Arrow.
+    False only means "run the full rules"."""
+    names = table.column_names
+
+    def text(name: str, pattern: str) -> pa.ChunkedArray:
+        column = table.column(name)
+        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            return pa.chunked_array([pa.nulls(table.num_rows, pa.bool_())])
+        return pc.match_substring_regex(column, pattern)
+
+    def optional(name: str, allowed: list, kinds: tuple) -> Any:
+        if name not in names:
+            return True
+        column = table.column(name)
+        if not any(kind(column.type) for kind in kinds):  # another type: the full rules say what they accept
+            return pc.is_null(column)
+        return pc.or_kleene(pc.is_null(column), pc.is_in(column, value_set=pa.array(allowed, column.type)))
+
+    ok = pc.and_kleene(text("item_id", "[A-Za-z0-9]"), text("prompt", "[A-Za-z0-9]"))
+    ok = pc.and_kleene(ok, text("image_uri", _PLAIN_HTTPS_RE2))
+    if dups:
+        ids = table.column("item_id")
+        ok = pc.and_kleene(ok, pc.invert(pc.is_in(ids, value_set=pa.array(list(dups), ids.type))))
+    strings = (pa.types.is_string, pa.types.is_large_string)
+    for name, allowed, kinds in (("resolution", list(_MEMBERS[Resolution]), strings),
+                                 ("aspect_ratio", list(_MEMBERS[AspectRatio]), strings),
+                                 ("duration", sorted(_DURATIONS), (pa.types.is_integer, pa.types.is_floating))):
+        ok = pc.and_kleene(ok, optional(name, allowed, kinds))
+    return pc.fill_null(ok, False).to_pylist()

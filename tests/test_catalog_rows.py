@@ -1,0 +1,92 @@
+"""`check_rows`: the vectorised pre-check may only skip the full rules for rows the full rules accept as they
+are — the results must be identical with and without it, whatever the values and column types."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import date
+
+import pyarrow as pa
+import pytest
+
+from sora_pipeline import catalog_rows
+from sora_pipeline.catalog_rows import CatalogItem, ImageResolver, check_rows
+from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
+
+DAY = date(2026, 5, 1)
+IDS = ["a1", "b2", " c3 ", "", "   ", "\u3000", "\x1c", None, "dup-1", "ü", "x" * 45]
+PROMPTS = ["a fox at dawn", "", " \t", "\u2003", "\x1f", None, "狐", "ok 1"]
+IMAGES = ["https://img.example.com/a.png", "HTTPS://IMG.example.com/a.png", "https://img.example.com/a.png  ",
+          "  https://img.example.com/a.png", "https://img.example.com:8443/x?y=1", "https://img.example.com",
+          "https://\u212a.example.com/a.png", "https://", "http://img.example.com/a.png", "data:image/png;base64,AAAA",
+          "s3://bucket/a.png", "blockcache::s3://b/a.png", "https://img .example.com/a.png", None, ""]
+RESOLUTIONS = ["auto", "720p", "1080p", " 720P", "480p", None, ""]
+ASPECTS = ["auto", "16:9", "9:16", "16:9 ", "4:3", None]
+
+
+def table(durations: list, duration_type: pa.DataType | None, n: int = 600, seed: int = 3) -> pa.Table:
+    rng = random.Random(seed)
+    cols = {"item_id": [rng.choice(IDS) for _ in range(n)], "prompt": [rng.choice(PROMPTS) for _ in range(n)],
+            "image_uri": [rng.choice(IMAGES) for _ in range(n)], "scheduled_date": [DAY] * n,
+            "resolution": [rng.choice(RESOLUTIONS) for _ in range(n)],
+            "aspect_ratio": [rng.choice(ASPECTS) for _ in range(n)]}
+    # the usual row, often: most of a real day takes the fast path
+    for i in range(0, n, 3):
+        cols["item_id"][i], cols["prompt"][i], cols["image_uri"][i] = f"id-{i}", "a fox", IMAGES[0]
+        cols["resolution"][i], cols["aspect_ratio"][i] = "720p", "16:9"
+    arrays = {k: pa.array(v) for k, v in cols.items()}
+    if duration_type is not None:
+        arrays["duration"] = pa.array([rng.choice(durations) for _ in range(n)], type=duration_type)
+    return pa.table(arrays)
+
+
+def resolver() -> ImageResolver:
+    import fsspec
+
+    return ImageResolver(fsspec.filesystem("memory"), "/catalog", local=False, is_dir=False, image_roots=())
+
+
+@pytest.mark.parametrize("durations, duration_type", [
+    ([4, 8, 12, 5, 0, None], pa.int64()), ([4, 12], pa.int8()), ([4.0, 8.0, 8.5, float("nan"), None], pa.float64()),
+    (["4", " 8", "12", "x", None], pa.string()), ([True, False, None], pa.bool_()), ([], None)])
+def test_the_fast_path_changes_nothing(monkeypatch, durations, duration_type):
+    t = table(durations, duration_type)
+    dups = {"dup-1": 2, "a1": 3}
+    fast = check_rows(t, DAY, dups, resolver())
+    assert sum(catalog_rows._plainly_valid(t, dups)) >= 20  # the usual rows do take it
+    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups: [False] * table.num_rows)
+    full = check_rows(t, DAY, dups, resolver())
+    assert fast[0] == full[0]
+    assert [r.model_dump() for r in fast[1]] == [r.model_dump() for r in full[1]]
+    assert len(fast[0]) + len(fast[1]) == len(t)
+    for item in fast[0]:  # normalized values, as enums (not the raw strings)
+        assert type(item.resolution) is Resolution and type(item.aspect_ratio) is AspectRatio
+        assert type(item.duration) is Duration
+
+
+def test_plain_rows_normalize_like_the_rules():
+    t = pa.table({"item_id": ["a", "b"], "prompt": ["p", "q"],
+                  "image_uri": ["https://x.example.com/1.png ", "https://x.example.com/2.png"],
+                  "scheduled_date": [DAY, DAY], "resolution": [None, "1080p"], "aspect_ratio": ["9:16", None],
+                  "duration": pa.array([None, 12], pa.int32())})
+    valid, rejected = check_rows(t, DAY, {}, resolver())
+    assert not rejected
+    assert valid == [
+        CatalogItem("a", "p", "https://x.example.com/1.png ", "https://x.example.com/1.png", DAY, Resolution.AUTO,
+                    AspectRatio.PORTRAIT, Duration.S4, 0),
+        CatalogItem("b", "q", "https://x.example.com/2.png", "https://x.example.com/2.png", DAY, Resolution.P1080,
+                    AspectRatio.AUTO, Duration.S12, 1)]
+    with pytest.raises(AttributeError):
+        valid[0].prompt = "changed"  # an immutable record
+
+
+def test_every_combination_of_the_tricky_values_agrees(monkeypatch):
+    """Exhaustive over ids × prompts × images (one row each): the fast path never accepts what the rules reject."""
+    rows = list(itertools.product(IDS, PROMPTS, IMAGES))
+    t = pa.table({"item_id": [r[0] for r in rows], "prompt": [r[1] for r in rows],
+                  "image_uri": [r[2] for r in rows], "scheduled_date": [DAY] * len(rows)})
+    fast = check_rows(t, DAY, {}, resolver())
+    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups: [False] * table.num_rows)
+    assert fast == check_rows(t, DAY, {}, resolver())
+    assert fast[0] and fast[1]
