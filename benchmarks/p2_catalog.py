@@ -5,7 +5,7 @@ The catalog is generated here (seeded, vectorised with pyarrow) and cached under
 in the layouts compared:
 
 * `rowgroups` — ONE Parquet file sorted by `scheduled_date`, one row group per day (the `scheduled_date` min/max
-  statistics let the scan skip the other 364 row groups), with a Bloom filter on `item_id` (fpp 1e-6), written by
+  statistics let the scan skip the other 364 row groups), with a Bloom filter on `item_id` (fpp 1e-7), written by
   `sora_pipeline.catalog.write_catalog` — the README's recommendation;
 * `hive` — `scheduled_date=YYYY-MM-DD/part-0.parquet`, one folder per day (partition pruning by path), also with
   the `item_id` Bloom filter;
@@ -37,7 +37,7 @@ DAYS = 365
 START = dt.date(2026, 1, 1)
 PROBE_DAY = dt.date(2026, 7, 2)  # day 182: in the middle of the file
 SEED = 6
-GEN_VERSION = f"v3-bloom-{ROWS}-{DAYS}-{SEED}"
+GEN_VERSION = f"v4-bloom7-{ROWS}-{DAYS}-{SEED}"
 ROOT = CACHE / "catalog-2m"
 RECOMMENDED = "rowgroups"
 
@@ -109,7 +109,7 @@ def ensure_catalogs(layouts: list[str], log=print) -> dict[str, dict]:
                     folder.mkdir()
                     pq.write_table(body.slice(offsets[d], per_day[d]), folder / "part-0.parquet",
                                    compression="zstd",
-                                   bloom_filter_options={"item_id": {"ndv": int(per_day[d]), "fpp": 1e-6}})
+                                   bloom_filter_options={"item_id": {"ndv": int(per_day[d]), "fpp": 1e-7}})
             elif layout == "unsorted":
                 perm = np.random.default_rng(SEED + 1).permutation(ROWS)
                 pq.write_table(table.take(pa.array(perm)), tmp / "catalog.parquet", compression="zstd")
@@ -154,10 +154,12 @@ def _child(kind: str, path: str, day: str) -> None:
         extra["rejected"] = len(sl.rejected)
     elif kind == "dups":
         cat = cat_mod._open(path, None)
-        table = cat.dataset.to_table(columns=["item_id"], filter=cat_mod._day_filter(cat.dataset, day_d))
-        ids = set(table.column("item_id").to_pylist())
+        day_filter = cat_mod._day_filter(cat.dataset, day_d)
+        parts = cat_mod.day_row_groups(cat.dataset, day_filter)
+        table = cat.dataset.to_table(columns=["item_id"], filter=day_filter)
+        ids = table.column("item_id").to_pylist()
         t0 = time.perf_counter()
-        dups = cat_mod.duplicated_ids(cat.dataset, ids, cat_mod._day_filter(cat.dataset, day_d))
+        dups = cat_mod.duplicated_ids(cat.dataset, ids, day_filter, parts)
         rows, valid = len(ids), len(ids) - len(dups)
     elif kind == "pandas":
         df = pd.read_parquet(path)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from sora_pipeline.catalog_ids import duplicated_ids, write_catalog
+from sora_pipeline.catalog_ids import day_row_groups, duplicated_ids, write_catalog
 from sora_pipeline.catalog_rows import (CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem,
                                         ImageResolver, RejectedRow, check_rows, redact)
 from sora_pipeline.tables import is_local_fs
@@ -173,9 +173,11 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     cat = _open(uri, storage_options)
     columns = [c for c in CONTRACT_COLUMNS if c in cat.dataset.schema.names]
     day_filter = _day_filter(cat.dataset, day)
-    table = _scan(cat, lambda: cat.dataset.to_table(columns=columns, filter=day_filter))
+    parts = _scan(cat, lambda: day_row_groups(cat.dataset, day_filter))
+    of_day = ds.FileSystemDataset(parts, cat.dataset.schema, cat.dataset.format, cat.dataset.filesystem)
+    table = _scan(cat, lambda: of_day.to_table(columns=columns, filter=day_filter))
     day_ids = [i for i in table.column("item_id").to_pylist() if isinstance(i, str) and i.strip()]
-    dups = _scan(cat, lambda: duplicated_ids(cat.dataset, day_ids, day_filter))
+    dups = _scan(cat, lambda: duplicated_ids(cat.dataset, day_ids, day_filter, parts))
     resolver = ImageResolver(cat.fs, cat.folder, local=cat.local, is_dir=cat.is_dir, image_roots=image_roots)
     valid, rejected = check_rows(table, day, dups, resolver)
     return CatalogSlice(day=day, valid=valid, rejected=rejected, catalog_uri=uri, rows_scanned=table.num_rows)

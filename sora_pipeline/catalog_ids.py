@@ -17,11 +17,21 @@ import pyarrow.fs as pafs
 from sora_pipeline import parquet_bloom
 
 
-def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.Expression) -> dict[str, int]:
+def day_row_groups(dataset: ds.Dataset, day_filter: ds.Expression) -> list[ds.Fragment]:
+    """The row groups whose statistics or partition path allow rows of the day, as fragments (one per file). A
+    scan of these plans nothing else (~3 ms less for a 365-row-group file), and `duplicated_ids` knows from them
+    which row groups are the day's without evaluating the statistics again."""
+    return [part for fragment in dataset.get_fragments(filter=day_filter)  # (hive: the day's folder as it is)
+            for part in (fragment.split_by_row_group(day_filter)
+                         if "scheduled_date" in fragment.physical_schema.names else [fragment])]
+
+
+def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.Expression,
+                   day_parts: Sequence[ds.Fragment]) -> dict[str, int]:
     """How many rows of the WHOLE catalog carry each of the day's ids, for ids seen more than once.
 
-    `day_ids` are the item_ids of the rows `day_filter` selects (already read, repeats included); only the other
-    rows are scanned, and only their item_id. Row groups are skipped when their statistics (the day's own, or
+    `day_ids` are the item_ids of the rows `day_filter` selects in `day_parts` (from `day_row_groups`; already
+    read, repeats included); only the other rows are scanned, and only their item_id. Row groups are skipped when their statistics (the day's own, or
     clustered ids) or their item_id Bloom filter (catalogs written by `write_catalog`) show they hold none of the
     ids; what remains is scanned exactly."""
     typ = dataset.schema.field("item_id").type
@@ -31,7 +41,7 @@ def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.E
     ordered = sorted(counts)
     others = ~day_filter | ds.field("scheduled_date").is_null()  # the day's own rows are counted above
     flt = ds.field("item_id").isin(pa.array(ordered, type=typ)) & others
-    candidates = _bloom_candidates(dataset, ordered, day_filter, others)
+    candidates = _bloom_candidates(dataset, ordered, day_parts, others)
     if candidates is None:
         span = ((ds.field("item_id") >= pa.scalar(ordered[0], typ))
                 & (ds.field("item_id") <= pa.scalar(ordered[-1], typ)))
@@ -45,14 +55,16 @@ def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.E
     return {item_id: n for item_id, n in counts.items() if n > 1}
 
 
-def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expression,
+def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_parts: Sequence[ds.Fragment],
                       others: ds.Expression) -> list | None:
     """The row groups that may hold rows of other days with any of `ids`: those whose item_id Bloom filter says
-    maybe, and the day's own row groups if their statistics show rows of other days too (`others`). None if a
-    file or row group has no such filter (then everything is scanned)."""
+    maybe, and the day's own row groups (`day_parts`) if their statistics show rows of other days too
+    (`others`). None if a file or row group has no such filter (then everything is scanned)."""
     probe = None
     kept = []
-    of_the_day = {f.path for f in dataset.get_fragments(filter=day_filter)}  # hive folders: by their path
+    of_the_day: dict[str, set[int]] = {}
+    for part in day_parts:
+        of_the_day.setdefault(part.path, set()).update(g.id for g in part.row_groups)
     for fragment in dataset.get_fragments():
         if not isinstance(fragment, ds.ParquetFileFragment):
             return None
@@ -63,16 +75,14 @@ def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_filter: ds.Expres
         if "item_id" not in names:
             return None
         column = names.index("item_id")
-        own: set[int] = set()  # row groups with rows of the day
+        own = of_the_day.get(fragment.path, set())  # row groups with rows of the day
         mixed: set[int] = set()  # ... and rows of other days
-        if fragment.path in of_the_day and "scheduled_date" in names:
-            own = {g.id for part in fragment.split_by_row_group(day_filter) for g in part.row_groups}
-            mixed = own & {g.id for part in fragment.split_by_row_group(others) for g in part.row_groups}
-        elif fragment.path in of_the_day:  # the date is in the folder name: every row is the day's
-            own = set(range(meta.num_row_groups))
-        chunks = [(i, meta.row_group(i).column(column).bloom_filter_offset,
-                   meta.row_group(i).column(column).bloom_filter_length)
-                  for i in range(meta.num_row_groups) if i not in own]
+        if own and "scheduled_date" in names:
+            mixed = {g.id for part in fragment.subset(row_group_ids=sorted(own)).split_by_row_group(others)
+                     for g in part.row_groups}
+        chunks = [(i, chunk.bloom_filter_offset, chunk.bloom_filter_length)
+                  for i, chunk in ((i, meta.row_group(i).column(column)) for i in range(meta.num_row_groups)
+                                   if i not in own)]
         if chunks:
             probe = probe or parquet_bloom.Probe(parquet_bloom.hashes(ids))
             try:
@@ -103,15 +113,17 @@ def _range_reader(fragment: ds.ParquetFileFragment) -> Callable[[int, int], Any]
 
 def write_catalog(table: pa.Table, path: str, *, filesystem: Any = None) -> None:
     """Write `table` as the README's recommended catalog layout: one Parquet file sorted by `scheduled_date`, one
-    row group per day (the day's slice is read by statistics alone), zstd, and a Bloom filter on `item_id`
-    (false-positive rate 1e-6 per id) so that the catalog-wide uniqueness check reads the filters, not the ids."""
+    row group per day (the day's slice is read by statistics alone), zstd, and a Bloom filter on `item_id` so
+    that the catalog-wide uniqueness check reads the filters, not the ids. The filter is sized for a
+    false-positive rate of 1e-7 per id (pyarrow rounds it up to a power of two: 64 KiB for 5,500 ids a day), so
+    that a day's ~5,500 ids × 364 other days rarely make a row group a false candidate (at 1e-6: ~8 per day)."""
     import pyarrow.parquet as pq
 
     table = table.sort_by([("scheduled_date", "ascending"), ("item_id", "ascending")])
     days = table.column("scheduled_date").combine_chunks()
     runs = pc.run_end_encode(days).run_ends.to_pylist() if len(days) else []
     largest = max((b - a for a, b in zip([0, *runs], runs)), default=1)
-    bloom = {"item_id": {"ndv": max(largest, 1), "fpp": 1e-6}}
+    bloom = {"item_id": {"ndv": max(largest, 1), "fpp": 1e-7}}
     with pq.ParquetWriter(path, table.schema, filesystem=filesystem, compression="zstd",
                           bloom_filter_options=bloom) as writer:
         start = 0
