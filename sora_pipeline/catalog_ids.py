@@ -31,9 +31,9 @@ def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.E
     """How many rows of the WHOLE catalog carry each of the day's ids, for ids seen more than once.
 
     `day_ids` are the item_ids of the rows `day_filter` selects in `day_parts` (from `day_row_groups`; already
-    read, repeats included); only the other rows are scanned, and only their item_id. Row groups are skipped when their statistics (the day's own, or
-    clustered ids) or their item_id Bloom filter (catalogs written by `write_catalog`) show they hold none of the
-    ids; what remains is scanned exactly."""
+    read, repeats included); only the other rows are scanned, and only their item_id. Row groups are skipped
+    when their statistics (the day's own, or clustered ids) or their item_id Bloom filter (catalogs written by
+    `write_catalog`) show they hold none of the ids; what remains is scanned exactly."""
     typ = dataset.schema.field("item_id").type
     counts = Counter(day_ids)
     if not counts or not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):

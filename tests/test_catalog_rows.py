@@ -49,7 +49,8 @@ def resolver() -> ImageResolver:
 
 @pytest.mark.parametrize("durations, duration_type", [
     ([4, 8, 12, 5, 0, None], pa.int64()), ([4, 12], pa.int8()), ([4.0, 8.0, 8.5, float("nan"), None], pa.float64()),
-    (["4", " 8", "12", "x", None], pa.string()), ([True, False, None], pa.bool_()), ([], None)])
+    (["4", " 8", "12", "x", None], pa.string()), ([True, False, None], pa.bool_()), ([4.0, 12.0, None], pa.float16()),
+    ([], None)])
 def test_the_fast_path_changes_nothing(monkeypatch, durations, duration_type):
     t = table(durations, duration_type)
     dups = {"dup-1": 2, "a1": 3}
