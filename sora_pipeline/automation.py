@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from sora_pipeline.catalog import catalog_fingerprints
+from sora_pipeline.catalog import catalog_fingerprints, catalog_signature
 from sora_pipeline.partitions import daily_partitions
 from sora_pipeline.warehouse import WarehouseResource
 
@@ -29,8 +29,14 @@ daily_generation_schedule = dg.build_schedule_from_partitioned_job(
                        "last looked (cursor: a fingerprint per day). Re-running a day is safe: the ledger reuses "
                        "finished videos and only submits what changed.")
 def catalog_change_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    current = catalog_fingerprints(warehouse.catalog_uri, storage_options=warehouse.storage_options or None)
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    # cursor: {"files": catalog_signature, "days": {day: fingerprint}}; before the signature: {day: fingerprint}
+    seen: dict[str, str] = cursor["days"] if "days" in cursor else cursor
+    options = warehouse.storage_options or None
+    files = catalog_signature(warehouse.catalog_uri, storage_options=options)
+    if files is not None and files == cursor.get("files"):  # no file written since: no row can have changed
+        return dg.SkipReason(f"catalog files unchanged since the last look ({len(seen)} days)")
+    current = catalog_fingerprints(warehouse.catalog_uri, storage_options=options)
     valid_days = set(daily_partitions.get_partition_keys())
     requests = []
     for day, fingerprint in sorted(current.items()):
@@ -38,7 +44,7 @@ def catalog_change_sensor(context: dg.SensorEvaluationContext, warehouse: Wareho
             continue
         requests.append(dg.RunRequest(run_key=f"{day}:{fingerprint}", partition_key=day,
                                       tags={"sora/trigger": "catalog_change"}))
-    context.update_cursor(json.dumps(current, sort_keys=True))
+    context.update_cursor(json.dumps({"files": files, "days": current}, sort_keys=True))
     if not requests:
         return dg.SkipReason(f"no new or changed catalog days among {len(current)}")
     return requests

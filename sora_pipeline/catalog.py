@@ -28,7 +28,7 @@ from sora_pipeline.tables import is_local_fs
 
 __all__ = [
     "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogError", "CatalogItem", "CatalogSlice",
-    "RejectedRow", "catalog_fingerprints", "image_roots_from_env", "open_catalog", "read_catalog_day", "redact",
+    "RejectedRow", "catalog_fingerprints", "catalog_signature", "image_roots_from_env", "open_catalog", "read_catalog_day", "redact",
     "write_catalog",
 ]
 
@@ -79,10 +79,11 @@ class _Catalog:
 _DATA_SUFFIXES = (".parquet", ".parq", ".pq")
 
 
-def _data_files(fs: Any, path: str) -> list[str]:
-    """Parquet files under a catalog folder, skipping hidden/underscore names at any depth (e.g. `_SUCCESS`)."""
+def _data_files(fs: Any, path: str, listing: Any = None) -> list[str]:
+    """Parquet files under a catalog folder (of `listing`, else of `fs.find`), skipping hidden/underscore names at
+    any depth (e.g. `_SUCCESS`)."""
     out = []
-    for f in sorted(fs.find(path)):
+    for f in sorted(fs.find(path) if listing is None else listing):
         parts = f[len(path):].lstrip("/").split("/")
         if parts[-1].lower().endswith(_DATA_SUFFIXES) and not any(p.startswith((".", "_")) for p in parts):
             out.append(f)
@@ -202,6 +203,31 @@ def _day_key(value: Any) -> str | None:
         except ValueError:
             return None
     return None
+
+
+# what filesystems report of a file's last write (local mtime, S3/GCS/Azure ETags and timestamps, fsspec memory)
+_CHANGE_MARKERS = ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated", "md5Hash", "generation",
+                   "created")
+
+
+def catalog_signature(uri: str, storage_options: dict | None = None) -> str | None:
+    """A marker of the catalog's data files from one listing (paths, sizes, modification times or ETags), no
+    Parquet read: it changes when a file is written, added or removed. None when the filesystem reports no
+    modification marker for a file (then nothing may be concluded from it)."""
+    fs, path = open_catalog(uri, storage_options)
+    try:
+        info = fs.info(path)
+        listing = fs.find(path, detail=True) if info.get("type") == "directory" else {path: info}
+    except FileNotFoundError:
+        return None
+    entries = []
+    for name in _data_files(fs, path, listing) if info.get("type") == "directory" else [path]:
+        meta = listing[name]
+        markers = {k: str(meta[k]) for k in _CHANGE_MARKERS if meta.get(k) is not None}
+        if not markers:
+            return None
+        entries.append([name, str(meta.get("size")), markers])
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 def catalog_fingerprints(uri: str, storage_options: dict | None = None) -> dict[str, str]:

@@ -356,3 +356,29 @@ def test_committed_sample_data_and_its_generator(tmp_path):
     for image in images:  # deterministic drawings (compare pixels: PNG bytes may differ across zlib versions)
         with Image.open(image) as new, Image.open(repo / "data" / "images" / image.name) as old:
             assert (new.size, new.tobytes()) == (old.size, old.tobytes())
+
+
+def test_catalog_signature_changes_only_when_files_do(tmp_path):
+    """The sensor's shortcut: one listing, no Parquet read; a rewrite, a new file or a removal changes it."""
+    import time
+
+    from sora_pipeline.catalog import catalog_signature
+
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    table = pa.table({"item_id": ["a"], "prompt": ["p"], "image_uri": ["https://x.example.com/a.png"],
+                      "scheduled_date": [D1]})
+    pq.write_table(table, folder / "part-0.parquet")
+    first = catalog_signature(str(folder))
+    assert first and first == catalog_signature(str(folder))
+    (folder / "_SUCCESS").write_text("")  # not a data file
+    assert catalog_signature(str(folder)) == first
+    pq.write_table(table, folder / "part-1.parquet")
+    second = catalog_signature(str(folder))
+    assert second != first
+    time.sleep(0.01)
+    pq.write_table(table, folder / "part-1.parquet")  # same size, rewritten
+    assert catalog_signature(str(folder)) != second
+    (folder / "part-1.parquet").unlink()
+    assert catalog_signature(str(folder)) == first
+    assert catalog_signature(str(tmp_path / "missing")) is None

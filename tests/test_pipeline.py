@@ -157,11 +157,16 @@ def test_definitions_load_and_automation(tmp_path, monkeypatch):
         first = catalog_change_sensor(ctx)
         assert sorted(r.partition_key for r in first) == ["2026-11-20", "2026-11-21"]
         ctx.update_cursor(ctx.cursor)
-        assert isinstance(catalog_change_sensor(ctx), dg.SkipReason)  # nothing changed: no duplicate requests
+        with monkeypatch.context() as m:  # nothing written: decided from the file listing, no row read
+            m.setattr("sora_pipeline.automation.catalog_fingerprints", lambda *a, **k: pytest.fail("rows read"))
+            assert isinstance(catalog_change_sensor(ctx), dg.SkipReason)  # no duplicate requests
         write_catalog(project["catalog_uri"], [dict(catalog_rows(day="2026-11-21", n=1, prefix="c")[0])],
                       name="part-1.parquet")
         (again,) = catalog_change_sensor(ctx)
         assert again.partition_key == "2026-11-21"
+        days = json.loads(ctx.cursor)["days"]
+        ctx.update_cursor(json.dumps(days))  # a cursor from before the file signature: rows are compared
+        assert isinstance(catalog_change_sensor(ctx), dg.SkipReason)
 
 
 def test_cli_materialize_with_embedded_simulator(tmp_path):
