@@ -28,8 +28,8 @@ from sora_pipeline.tables import is_local_fs
 
 __all__ = [
     "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogError", "CatalogItem", "CatalogSlice",
-    "RejectedRow", "catalog_fingerprints", "catalog_signature", "image_roots_from_env", "open_catalog", "read_catalog_day", "redact",
-    "write_catalog",
+    "RejectedRow", "catalog_fingerprints", "catalog_signature", "image_roots_from_env", "open_catalog",
+    "read_catalog_day", "redact", "write_catalog",
 ]
 
 
