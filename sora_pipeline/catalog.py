@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from sora_pipeline.catalog_ids import day_row_groups, duplicated_ids, write_catalog
+from sora_pipeline.catalog_ids import day_row_groups, duplicated_ids, fragments_dataset, write_catalog
 from sora_pipeline.catalog_rows import (CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem,
                                         ImageResolver, RejectedRow, check_rows, redact)
 from sora_pipeline.tables import is_local_fs
@@ -175,8 +175,7 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     columns = [c for c in CONTRACT_COLUMNS if c in cat.dataset.schema.names]
     day_filter = _day_filter(cat.dataset, day)
     parts = _scan(cat, lambda: day_row_groups(cat.dataset, day_filter))
-    of_day = ds.FileSystemDataset(parts, cat.dataset.schema, cat.dataset.format, cat.dataset.filesystem)
-    table = _scan(cat, lambda: of_day.to_table(columns=columns, filter=day_filter))
+    table = _scan(cat, lambda: fragments_dataset(cat.dataset, parts).to_table(columns=columns, filter=day_filter))
     day_ids = [i for i in table.column("item_id").to_pylist() if isinstance(i, str) and i.strip()]
     dups = _scan(cat, lambda: duplicated_ids(cat.dataset, day_ids, day_filter, parts))
     resolver = ImageResolver(cat.fs, cat.folder, local=cat.local, is_dir=cat.is_dir, image_roots=image_roots)
@@ -217,11 +216,12 @@ def catalog_signature(uri: str, storage_options: dict | None = None) -> str | No
     fs, path = open_catalog(uri, storage_options)
     try:
         info = fs.info(path)
-        listing = fs.find(path, detail=True) if info.get("type") == "directory" else {path: info}
+        is_dir = info.get("type") == "directory"
+        listing = fs.find(path, detail=True) if is_dir else {path: info}
     except FileNotFoundError:
         return None
     entries = []
-    for name in _data_files(fs, path, listing) if info.get("type") == "directory" else [path]:
+    for name in _data_files(fs, path, listing) if is_dir else [path]:
         meta = listing[name]
         markers = {k: str(meta[k]) for k in _CHANGE_MARKERS if meta.get(k) is not None}
         if not markers:

@@ -26,6 +26,11 @@ def day_row_groups(dataset: ds.Dataset, day_filter: ds.Expression) -> list[ds.Fr
                          if "scheduled_date" in fragment.physical_schema.names else [fragment])]
 
 
+def fragments_dataset(dataset: ds.Dataset, fragments: Sequence[ds.Fragment]) -> ds.Dataset:
+    """`fragments` (e.g. row-group subsets) of `dataset` as a dataset of their own, with its schema."""
+    return ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+
+
 def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.Expression,
                    day_parts: Sequence[ds.Fragment]) -> dict[str, int]:
     """How many rows of the WHOLE catalog carry each of the day's ids, for ids seen more than once.
@@ -49,7 +54,7 @@ def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.E
             flt = span & flt
         # (random ids: nothing to skip, and the range term would cost ~60% more string comparisons)
     else:  # only the row groups that may hold one of the ids (often none)
-        dataset = ds.FileSystemDataset(candidates, dataset.schema, dataset.format, dataset.filesystem)
+        dataset = fragments_dataset(dataset, candidates)
     if candidates != []:
         counts.update(dataset.to_table(columns=["item_id"], filter=flt).column("item_id").to_pylist())
     return {item_id: n for item_id, n in counts.items() if n > 1}
