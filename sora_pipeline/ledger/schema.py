@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from importlib.util import find_spec
 from typing import Any
 
 from sqlalchemy import (
     JSON, Boolean, Column, DateTime, Engine, Float, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text,
-    create_engine, event, func, select, text,
+    create_engine, event, func, inspect, select, text, update,
 )
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.types import TypeDecorator
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
@@ -66,6 +67,7 @@ requests = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("owner", Text),
     Column("claimed_at", UTCDateTime),
+    Column("backend", String(16), nullable=False, server_default="fal"),  # fal | simulator (schema 2)
 )
 
 attempts = Table(
@@ -99,8 +101,39 @@ def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[requests, attempts], checkfirst=True)
 
 
+def _simulated(status_url: str | None, output: Any) -> bool:
+    """Whether an attempt was answered by a simulator or a test server: fal's queue and files are https only."""
+    video = output.get("video") if isinstance(output, dict) else None
+    video_url = video.get("url") if isinstance(video, dict) else None
+    return any(isinstance(u, str) and u.startswith("http://") for u in (status_url, video_url))
+
+
+def _migration_2(conn: Connection) -> None:
+    """Requests carry their backend (`fal` or `simulator`), and it is part of a simulator request's key: rows of
+    older ledgers answered by a simulator (plain-http queue or video URLs; fal is https only) are re-keyed, so a
+    simulator video is never reused as a real one, nor its would-be cost counted against a real budget."""
+    from .model import request_key
+
+    if "backend" not in {c["name"] for c in inspect(conn).get_columns("requests")}:
+        conn.execute(text("ALTER TABLE requests ADD COLUMN backend VARCHAR(16) NOT NULL DEFAULT 'fal'"))
+    simulated = {row.request_key for row in conn.execute(select(attempts.c.request_key, attempts.c.status_url,
+                                                                attempts.c.output_json))
+                 if _simulated(row.status_url, row.output_json)}
+    for key in sorted(simulated):
+        row = conn.execute(select(requests.c.spec_json).where(requests.c.request_key == key)).first()
+        if row is None or not isinstance(row.spec_json, dict):
+            continue
+        spec = dict(row.spec_json)
+        fields = {k: spec[k] for k in ("item_id", "prompt", "resolution", "aspect_ratio", "duration",
+                                       "image_sha256")}
+        new_key = request_key(spec["endpoint_id"], **fields, backend="simulator")
+        conn.execute(update(requests).where(requests.c.request_key == key).values(
+            request_key=new_key, backend="simulator", spec_json=spec | {"backend": "simulator"}))
+        conn.execute(update(attempts).where(attempts.c.request_key == key).values(request_key=new_key))
+
+
 # Append new migrations here; never edit an applied one. Each runs in the migrating transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
 LATEST_VERSION = len(MIGRATIONS)
 
 
@@ -117,11 +150,34 @@ def make_engine(url: str, engine_kwargs: dict[str, Any] | None = None) -> Engine
         engine = create_engine(u, connect_args=connect_args, **kwargs)
         _install_sqlite_hooks(engine)
     else:
+        if u.get_backend_name() == "postgresql":
+            u = _postgres_driver(u)
         kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", 5)
         kwargs.setdefault("max_overflow", 10)
         engine = create_engine(u, **kwargs)
     return engine
+
+
+#: PostgreSQL drivers the ledger is tested with, in the order a plain `postgresql://` URL picks them
+_PG_DRIVERS = ("psycopg", "psycopg2")
+
+
+def _postgres_driver(u: URL) -> URL:
+    """`postgresql://` → `postgresql+<the first installed of psycopg 3, psycopg2>`; a clear error when the driver a
+    URL needs is not installed (SQLAlchemy 2.1 maps a plain `postgresql://` to psycopg 3 whether installed or not)."""
+    shown = u.render_as_string(hide_password=True)
+    if "+" in u.drivername:
+        driver = u.get_driver_name()
+        if driver in _PG_DRIVERS and find_spec(driver) is None:
+            raise ImportError(f"ledger URL {shown} needs the {driver} module, which is not installed: "
+                              "install sora_pipeline[postgres]")
+        return u
+    for driver in _PG_DRIVERS:
+        if find_spec(driver) is not None:
+            return u.set(drivername=f"{u.drivername}+{driver}")
+    raise ImportError(f"ledger URL {shown} needs a PostgreSQL driver (psycopg 3 or psycopg2) and neither is "
+                      "installed: install sora_pipeline[postgres]")
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
