@@ -13,6 +13,7 @@ from sora_pipeline.assets.generations import generations
 from sora_pipeline.assets.metadata import video_metadata
 from sora_pipeline.automation import catalog_change_sensor, daily_generation_job, daily_generation_schedule
 from sora_pipeline.checks import ALL_CHECKS
+from sora_pipeline.redact import install_log_redaction
 from sora_pipeline.resources import FalVideoResource
 from sora_pipeline.settings import PipelineSettings
 from sora_pipeline.warehouse import WarehouseResource
@@ -31,6 +32,8 @@ def build_resources(settings: PipelineSettings | None = None) -> dict:
                                        ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
     }
 
+
+install_log_redaction()  # FAL_KEY / SORA_OPENAI_API_KEY never reach a log record, the event log or compute logs
 
 DAILY_ASSETS = [catalog_slice, generations, video_metadata, generation_daily_stats]  # one run per day
 ASSETS = [catalog_source, *DAILY_ASSETS, generation_summary]

@@ -9,8 +9,10 @@ import dagster as dg
 from pydantic import Field, PrivateAttr, field_validator
 
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
+from sora_pipeline.fal.identity import identify_backend
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
 from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy, check_base_url, split_endpoint
+from sora_pipeline.redact import install_log_redaction, register_secret
 from sora_pipeline.settings import DEFAULT_POLL_INTERVAL
 
 SIMULATOR_KEY = "simulator-local-key"  # the simulator wants *a* key; this one is not a secret
@@ -49,6 +51,7 @@ class FalVideoResource(dg.ConfigurableResource):
 
     _simulator: Any = PrivateAttr(default=None)
     _base_url: str | None = PrivateAttr(default=None)
+    _backend: str | None = PrivateAttr(default=None)
 
     @field_validator("queue_url")
     @classmethod
@@ -81,7 +84,11 @@ class FalVideoResource(dg.ConfigurableResource):
 
     @property
     def backend(self) -> str:
-        return "simulator" if not self.fal_key else "fal"
+        """`simulator` without a key (embedded or a local test server), or when the queue URL is a simulator
+        (`python -m sora_pipeline.simulator`, found out at setup); else `fal`. It scopes the ledger's keys."""
+        if not self.fal_key:
+            return "simulator"
+        return self._backend or "fal"
 
     @property
     def uses_embedded_simulator(self) -> bool:
@@ -98,6 +105,14 @@ class FalVideoResource(dg.ConfigurableResource):
         raise RuntimeError("the embedded simulator is not running; use the resource inside a Dagster step")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        register_secret(self.fal_key)
+        register_secret(self.openai_api_key)
+        install_log_redaction()
+        if self.fal_key:
+            self._backend = identify_backend(self.base_url, timeout=self.request_timeout)
+            if self._backend == "simulator":
+                (context.log or log).warning(f"the queue at {self.base_url} is a SIMULATOR: videos are synthetic, "
+                                             "nothing is billed, and its results are kept apart from fal's")
         if self.uses_embedded_simulator:
             from sora_pipeline.simulator import SimulatorConfig, SimulatorServer
 

@@ -1,8 +1,11 @@
-"""Typed errors a caller of the fal queue can act on. Messages never contain keys or request bodies."""
+"""Typed errors a caller of the fal queue can act on. Messages never contain keys or request bodies: whatever a
+server sent back (its `detail`, an echoed Authorization header) passes through `sora_pipeline.redact` here."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from sora_pipeline.redact import redact, redact_obj
 
 
 class FalError(Exception):
@@ -13,12 +16,13 @@ class FalError(Exception):
 
     def __init__(self, message: str, *, status_code: int | None = None, request_id: str | None = None,
                  detail: Any = None, retryable: bool | None = None, fal_error_type: str | None = None) -> None:
+        message = redact(message)
         super().__init__(message)
-        self.fal_error_type = fal_error_type  # fal's own error type, e.g. content_policy_violation
+        self.fal_error_type = redact(fal_error_type)  # fal's own error type, e.g. content_policy_violation
         self.message = message
         self.status_code = status_code
-        self.request_id = request_id
-        self.detail = detail
+        self.request_id = redact(request_id)
+        self.detail = redact_obj(detail)
         if retryable is not None:
             self.retryable = retryable
 
@@ -38,7 +42,7 @@ class InputValidationError(FalError):
 
     def __init__(self, message: str, *, errors: list[dict[str, Any]] | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
-        self.errors = errors or []
+        self.errors = redact_obj(errors or [])
 
     @property
     def fields(self) -> list[str]:

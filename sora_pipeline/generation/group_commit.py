@@ -9,9 +9,16 @@ import asyncio
 from concurrent.futures import Executor
 from typing import Any
 
-from sora_pipeline.ledger import Ledger
+from sqlalchemy.exc import SQLAlchemyError
+
+from sora_pipeline.ledger import Ledger, LedgerUnavailable, RequestNotPlanned
 
 MAX_BATCH = 256  # writes per transaction: bounds how long one commit keeps the ledger locked
+
+
+def ledger_unavailable(ledger: Ledger, exc: BaseException) -> LedgerUnavailable:
+    detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return LedgerUnavailable(f"the request ledger {ledger!r} failed ({type(exc).__name__}: {detail})")
 
 
 class GroupCommit:
@@ -30,6 +37,8 @@ class GroupCommit:
         if self._drainer is None:  # starts on the next loop turn: writes asked for meanwhile join this batch
             self._drainer = asyncio.create_task(self._drain())
         result = await future
+        if isinstance(result, (SQLAlchemyError, RequestNotPlanned)):  # the database failed (or was replaced)
+            raise ledger_unavailable(self._ledger, result) from result
         if isinstance(result, BaseException):
             raise result
         return result

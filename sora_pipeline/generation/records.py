@@ -8,6 +8,7 @@ from datetime import datetime
 from sora_pipeline.costs import PriceTable
 from sora_pipeline.fal.inputs import ImageInput
 from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
+from sora_pipeline.redact import redact
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class Outcome:
     used_openai_key: bool = False
 
     def fail(self, status: str, error_type: str, message: str, retryable: bool | None = None) -> Outcome:
-        self.status, self.error_type, self.error_message, self.retryable = status, error_type, message, retryable
+        self.status, self.error_type, self.retryable = status, redact(error_type), retryable
+        self.error_message = redact(message)  # a server may echo a key back in its error
         return self
 
 

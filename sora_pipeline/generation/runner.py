@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.costs import BudgetGuard, actual_cost, estimate_cost
 from sora_pipeline.download import fetch_video
@@ -36,7 +37,7 @@ from sora_pipeline.fal.errors import (
 from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
-from sora_pipeline.generation.group_commit import GroupCommit
+from sora_pipeline.generation.group_commit import GroupCommit, ledger_unavailable
 from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
 from sora_pipeline.generation.records import (
     GenerationConfig,
@@ -48,15 +49,20 @@ from sora_pipeline.ledger import (
     Decision,
     Ledger,
     LedgerEntry,
+    LedgerUnavailable,
     RequestSpec,
     RequestState,
     ResubmitPolicy,
 )
 from sora_pipeline.media import MediaProbeError
 from sora_pipeline.progress import Progress
+from sora_pipeline.redact import install_log_redaction, register_secret
 from sora_pipeline.webhooks import wait_for_webhook
 
 log = logging.getLogger("sora_pipeline.generation")
+# only these cancel answers mean fal will not bill the request: anything else (ALREADY_COMPLETED, an unknown
+# answer, no answer) leaves it SUBMITTED, and the next run resumes it and fetches its result
+CONFIRMED_CANCEL = frozenset({"CANCELLATION_REQUESTED", "NOT_FOUND"})
 SUBMITS_FIRST_MAX_WAIT = 2.0  # seconds a status stream or a download waits for pending submits at most
 
 
@@ -89,6 +95,9 @@ class GenerationRunner:
 
         self.progress: Progress | None = None
         self.estimated_total = 0.0
+        self._rescued: list[str] = []  # request ids fal answered that the ledger could not record
+        register_secret(config.openai_api_key)
+        install_log_redaction()
 
     async def _db(self, fn, *args, **kwargs):
         """Run a (blocking) ledger call on the ledger's own threads."""
@@ -110,14 +119,32 @@ class GenerationRunner:
         try:
             with sigterm_raises_interrupt():
                 return asyncio.run(self._run(items))
+        except (LedgerUnavailable, SQLAlchemyError) as exc:
+            # nothing is cancelled: what was paid for keeps running at fal and the next run resumes it
+            raise self._ledger_failed(exc) from None
         except BaseException:
             self.cancel_in_flight()
             raise
         finally:
             self._db_pool.shutdown(wait=True)
 
+    def _ledger_failed(self, exc: BaseException) -> LedgerUnavailable:
+        """One clear error for a ledger failure: what failed, and where the paid requests are."""
+        message = str(exc) if isinstance(exc, LedgerUnavailable) else str(ledger_unavailable(self.ledger, exc))
+        in_flight = sorted(h.request_id for _, h in self._in_flight.values())
+        message += (f". The run stops; {len(in_flight)} request(s) in flight keep running at fal and the next run "
+                    "resumes them (nothing was cancelled)")
+        if self._rescued:
+            message += (f"; {len(self._rescued)} request id(s) the ledger could not record were saved to "
+                        f"{self.ledger.rescue_journal.path} and are recorded by the next run: "
+                        + ", ".join(self._rescued))
+        return LedgerUnavailable(message)
+
     def plan(self, items: list[WorkItem]) -> list[Planned]:
         """Read/verify every image once (cached by reference), compute request keys, record PLANNED rows."""
+        rescued = self.ledger.replay_rescued()  # ids a previous run could not record: resumed, never resubmitted
+        if rescued:
+            self._emit(f"recorded {rescued} request id(s) from the rescue journal {self.ledger.rescue_journal.path}")
         cache: dict[str, ImageInput | str] = {}
         byo = self.config.openai_api_key is not None
 
@@ -141,7 +168,8 @@ class GenerationRunner:
             spec = RequestSpec.create(self.config.endpoint_id, item_id=item.item_id, day=item.day,
                                       prompt=item.prompt, resolution=item.resolution,
                                       aspect_ratio=item.aspect_ratio, duration=item.duration,
-                                      image_sha256=image.sha256, used_openai_key=byo, estimated_cost=cost)
+                                      image_sha256=image.sha256, used_openai_key=byo, estimated_cost=cost,
+                                      backend=self.config.backend)
             planned.append(Planned(item, spec, image))
         self.ledger.plan([p.spec for p in planned if p.spec is not None])
         return planned
@@ -154,7 +182,7 @@ class GenerationRunner:
         entries = {p.spec.request_key: known.get(p.spec.request_key) for p in planned if p.spec}
         to_submit = [p for p in planned if p.spec and would_submit(entries[p.spec.request_key], cfg.policy)]
         self.estimated_total = sum(p.spec.estimated_cost for p in to_submit)
-        spent = await self._db(self.ledger.spent, cfg.day)
+        spent = await self._db(self.ledger.spent, cfg.day, backend=cfg.backend)
         self._emit(f"{len(planned)} items for {cfg.day}: {len(to_submit)} to submit "
                    f"(estimated ${self.estimated_total:,.2f}), {len(planned) - len(to_submit)} reuse/resume/skip; "
                    f"already spent today ${spent:,.2f}" + (" [DRY RUN: nothing is submitted]" if cfg.dry_run
@@ -207,6 +235,8 @@ class GenerationRunner:
                 entry = await self._claim_and_wait(p, out, entry, slot)
             if entry is not None and out.status == "completed":
                 await self._fetch_video(p, out, entry)
+        except LedgerUnavailable:
+            raise  # not one item's problem: the run stops (see `run`)
         except FalError as exc:
             out.fail("failed", exc.error_type, str(exc), exc.retryable)
         except Exception as exc:  # one item never fails the day
@@ -283,9 +313,15 @@ class GenerationRunner:
             out.fail("failed", exc.error_type, str(exc), exc.retryable)
             return None
         now = datetime.now(UTC)
-        await self._write("mark_submitted", key, attempt, request_id=handle.request_id,
-                          status_url=handle.status_url, response_url=handle.response_url,
-                          cancel_url=handle.cancel_url, submitted_at=now)
+        ids = dict(request_id=handle.request_id, status_url=handle.status_url, response_url=handle.response_url,
+                   cancel_url=handle.cancel_url, submitted_at=now)
+        try:
+            await self._write("mark_submitted", key, attempt, **ids)
+        except LedgerUnavailable:
+            # paid for, but not recorded: keep the id where the next run finds it, then stop the run
+            await asyncio.to_thread(self.ledger.rescue, key, attempt, **ids)
+            self._rescued.append(handle.request_id)
+            raise
         await self._crash_point("after_submit", held=1)
         self.progress.submitted += 1
         out.request_id, out.submitted_at = handle.request_id, now
@@ -443,9 +479,15 @@ class GenerationRunner:
             try:
                 with self._sync_client_factory() as client:
                     answer = client.cancel(handle)
+                if answer not in CONFIRMED_CANCEL:
+                    # e.g. ALREADY_COMPLETED: the result exists and is billed; it stays SUBMITTED so the next
+                    # run fetches it instead of paying for it again
+                    log.warning("cancel of %s answered %s: kept for the next run to fetch", handle.request_id,
+                                answer)
+                    return
                 self.ledger.mark_cancelled(key, attempt, reason=f"run {self.config.owner} terminated; "
                                            f"cancel answered {answer}")
-            except Exception as exc:  # keep cancelling the others
+            except Exception as exc:  # no answer: it stays SUBMITTED (resumable); keep cancelling the others
                 log.warning("could not cancel %s: %s", handle.request_id, exc)
 
         with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:

@@ -17,7 +17,8 @@ Claim rules (`claim(key, owner=..., policy=...)`):
 """
 
 from .model import (
-    AttemptRecord, AttemptRef, Decision, LedgerConflict, LedgerEntry, LedgerError, RequestNotPlanned, RequestSpec,
+    AttemptRecord, AttemptRef, Decision, LedgerConflict, LedgerEntry, LedgerError, LedgerUnavailable,
+    RequestNotPlanned, RequestSpec,
     RequestState, ResubmitPolicy, default_ledger_url, normalized_spec, request_key,
 )
 from .schema import LATEST_VERSION as SCHEMA_VERSION
@@ -25,6 +26,6 @@ from .store import UNCONFIRMED_SUBMIT, Ledger
 
 __all__ = [
     "SCHEMA_VERSION", "UNCONFIRMED_SUBMIT", "AttemptRecord", "AttemptRef", "Decision", "Ledger", "LedgerConflict", "LedgerEntry",
-    "LedgerError", "RequestNotPlanned", "RequestSpec", "RequestState", "ResubmitPolicy", "default_ledger_url",
+    "LedgerError", "LedgerUnavailable", "RequestNotPlanned", "RequestSpec", "RequestState", "ResubmitPolicy", "default_ledger_url",
     "normalized_spec", "request_key",
 ]

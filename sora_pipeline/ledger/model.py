@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
 
 KEY_VERSION = 1
+BACKENDS = ("fal", "simulator")  # what answered: the real fal account, or a simulator (embedded or standalone)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -43,6 +44,11 @@ class Decision(str, Enum):
 
 class LedgerError(RuntimeError):
     """Base class of ledger errors."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger's database failed (unreachable, locked for too long, its tables gone). A run must stop: without
+    the ledger it can neither record what it pays for nor know what was paid."""
 
 
 class LedgerConflict(LedgerError):
@@ -99,16 +105,27 @@ def normalized_spec(
     }
 
 
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    return backend
+
+
 def request_key(
     endpoint_id: str, *, item_id: str, prompt: str, resolution: str, aspect_ratio: str, duration: int,
-    image_sha256: str,
+    image_sha256: str, backend: str = "fal",
 ) -> str:
-    """sha256 hex of the canonical JSON of the normalized request fields. There is deliberately no key parameter."""
+    """sha256 hex of the canonical JSON of the normalized request fields. There is deliberately no key parameter.
+
+    The backend is part of the key: a simulator's result is never reused as fal's, nor fal's for the simulator.
+    fal's keys leave it out (they are the keys ledgers have always held); the simulator's carry it."""
     fields = normalized_spec(
         endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
         duration=duration, image_sha256=image_sha256,
     )
     fields["key_version"] = KEY_VERSION
+    if check_backend(backend) != "fal":  # fal's keys stay what they always were: no paid result is orphaned
+        fields["backend"] = backend
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -128,11 +145,12 @@ class RequestSpec:
     image_sha256: str
     used_openai_key: bool
     estimated_cost: float
+    backend: str = "fal"
 
     @classmethod
     def create(
         cls, endpoint_id: str, *, item_id: str, day: str, prompt: str, resolution: Any, aspect_ratio: Any,
-        duration: Any, image_sha256: str, used_openai_key: bool, estimated_cost: float,
+        duration: Any, image_sha256: str, used_openai_key: bool, estimated_cost: float, backend: str = "fal",
     ) -> RequestSpec:
         n = normalized_spec(
             endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
@@ -140,13 +158,13 @@ class RequestSpec:
         )
         key = request_key(
             endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
-            duration=duration, image_sha256=image_sha256,
+            duration=duration, image_sha256=image_sha256, backend=backend,
         )
         return cls(
             request_key=key, item_id=n["item_id"], day=str(day), endpoint_id=n["endpoint_id"], prompt=n["prompt"],
             resolution=n["resolution"], aspect_ratio=n["aspect_ratio"], duration=n["duration"],
             image_sha256=n["image_sha256"], used_openai_key=bool(used_openai_key),
-            estimated_cost=float(estimated_cost),
+            estimated_cost=float(estimated_cost), backend=backend,
         )
 
     def spec_json(self) -> dict[str, Any]:
@@ -158,10 +176,11 @@ class RequestSpec:
         expected = request_key(
             self.endpoint_id, item_id=self.item_id, prompt=self.prompt, resolution=self.resolution,
             aspect_ratio=self.aspect_ratio, duration=self.duration, image_sha256=self.image_sha256,
+            backend=self.backend,
         )
         if expected != self.request_key:
             raise ValueError(f"request_key of item {self.item_id!r} does not match its fields")
-        return n | {"used_openai_key": bool(self.used_openai_key)}
+        return n | {"used_openai_key": bool(self.used_openai_key), "backend": self.backend}
 
 
 @dataclass(frozen=True)
@@ -252,6 +271,10 @@ class LedgerEntry:
     @property
     def used_openai_key(self) -> bool:
         return bool(self.spec.get("used_openai_key"))
+
+    @property
+    def backend(self) -> str:
+        return self.spec.get("backend") or "fal"
 
 
 def default_ledger_url(warehouse_uri: str, dagster_home: str | None) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, func, not_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .model import (
@@ -20,8 +22,13 @@ from .rows import (
     ARTIFACTS_FOR_UPDATE, ATTEMPT_FOR_UPDATE, CLAIM_CAS, ENTRY_BY_KEY, ENTRY_BY_KEY_FOR_UPDATE, ENTRY_SELECT,
     INSERT_ATTEMPT, REQUEST_FOR_UPDATE, UPDATE_ATTEMPT, UPDATE_REQUEST_STATE, attempt_from_row, entry_from_row,
 )
+from sora_pipeline.redact import redact, redact_obj
+
+from .rescue import RescueJournal
+
 from .schema import attempts, ensure_schema, make_engine, read, requests, utcnow, write
 
+log = logging.getLogger("sora_pipeline.ledger")
 S = RequestState
 _A = attempts.c
 _R = requests.c
@@ -47,6 +54,13 @@ _BATCHABLE = frozenset({"claim", "mark_submitted", "mark_completed", "mark_faile
                         "mark_cancelled", "set_artifacts", "get"})
 
 
+def _default_rescue_path(engine: Engine) -> str:
+    """Next to a SQLite ledger file; else under $DAGSTER_HOME (or the working directory)."""
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        return f"{engine.url.database}.rescued.jsonl"
+    return os.path.join(os.environ.get("DAGSTER_HOME") or os.getcwd(), "sora_ledger_rescued.jsonl")
+
+
 def _aware(value: datetime | None, name: str) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware")
@@ -56,8 +70,10 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
 class Ledger:
     """Durable per-request state on SQLite (file) or PostgreSQL. Every method uses its own pooled connection."""
 
-    def __init__(self, url: str, *, engine_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, *, engine_kwargs: dict[str, Any] | None = None,
+                 rescue_path: str | None = None) -> None:
         self._engine = make_engine(url, engine_kwargs)
+        self.rescue_journal = RescueJournal(rescue_path or _default_rescue_path(self._engine))
         if self._engine.dialect.name not in ("sqlite", "postgresql"):
             self._engine.dispose()
             raise ValueError(f"unsupported ledger database: {self._engine.dialect.name}")
@@ -87,6 +103,30 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({self._engine.url.render_as_string(hide_password=True)!r})"
 
+    # ---------------------------------------------------------------- when the database fails
+    def rescue(self, request_key: str, attempt: int, *, request_id: str, status_url: str | None = None,
+               response_url: str | None = None, cancel_url: str | None = None,
+               submitted_at: datetime | None = None) -> None:
+        """Save a request id that `mark_submitted` could not record (the database failed) to the local rescue
+        journal; `replay_rescued` records it once the database answers again."""
+        self.rescue_journal.append(dict(request_key=request_key, attempt=attempt, request_id=request_id,
+                                        status_url=status_url, response_url=response_url, cancel_url=cancel_url,
+                                        submitted_at=(submitted_at or utcnow()).isoformat()))
+
+    def replay_rescued(self) -> int:
+        """Record the rescue journal's request ids (SUBMITTING/UNKNOWN → SUBMITTED): their requests are resumed,
+        never submitted again. Returns how many were recorded."""
+        def record(r: dict[str, Any]) -> None:
+            try:
+                self.mark_submitted(r["request_key"], int(r["attempt"]), request_id=r["request_id"],
+                                    status_url=r.get("status_url"), response_url=r.get("response_url"),
+                                    cancel_url=r.get("cancel_url"),
+                                    submitted_at=datetime.fromisoformat(r["submitted_at"]))
+            except (LedgerConflict, RequestNotPlanned) as exc:  # moved on meanwhile: nothing left to rescue
+                log.warning("rescued request %s not recorded: %s", r.get("request_id"), exc)
+
+        return self.rescue_journal.replay(record)
+
     # ---------------------------------------------------------------- planning and claiming
     def plan(self, specs: Iterable[RequestSpec]) -> None:
         """Insert PLANNED rows for keys not present yet (idempotent; concurrent callers safe)."""
@@ -98,7 +138,7 @@ class Ledger:
                     request_key=spec.request_key, item_id=spec.item_id, day=spec.day, endpoint_id=spec.endpoint_id,
                     state=S.PLANNED.value, attempt=0, spec_json=spec.spec_json(),
                     estimated_cost=float(spec.estimated_cost), created_at=now, updated_at=now, owner=None,
-                    claimed_at=None,
+                    claimed_at=None, backend=spec.backend,
                 )
         if not rows:
             return
@@ -251,7 +291,7 @@ class Ledger:
     ) -> _Op:
         return self._transition(
             request_key, attempt, S.COMPLETED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.CANCELLED, S.FAILED},
-            dict(output_json=dict(output), completed_at=_aware(completed_at, "completed_at") or utcnow(),
+            dict(output_json=redact_obj(dict(output)), completed_at=_aware(completed_at, "completed_at") or utcnow(),
                  seconds_generated=seconds_generated, actual_cost=actual_cost, error_type=None, error_message=None,
                  retryable=None),
             noop=lambda a: a.state == S.COMPLETED.value,
@@ -262,19 +302,19 @@ class Ledger:
     ) -> _Op:
         return self._transition(
             request_key, attempt, S.FAILED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.FAILED},
-            dict(error_type=error_type, error_message=error_message, retryable=bool(retryable)),
+            dict(error_type=redact(error_type), error_message=redact(error_message), retryable=bool(retryable)),
         )
 
     def _op_mark_unknown(self, request_key: str, attempt: int, *, error_message: str) -> _Op:
         return self._transition(
             request_key, attempt, S.UNKNOWN, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN},
-            dict(error_type="unknown", error_message=error_message),
+            dict(error_type="unknown", error_message=redact(error_message)),
         )
 
     def _op_mark_cancelled(self, request_key: str, attempt: int, *, reason: str) -> _Op:
         return self._transition(
             request_key, attempt, S.CANCELLED, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN, S.CANCELLED},
-            dict(error_type="cancelled", error_message=reason),
+            dict(error_type="cancelled", error_message=redact(reason)),
         )
 
     @staticmethod
@@ -285,7 +325,7 @@ class Ledger:
             current = conn.execute(ARTIFACTS_FOR_UPDATE, where).first()
             if current is None:
                 raise LedgerConflict(f"request {request_key} has no attempt {attempt}")
-            merged = dict(current.artifacts_json or {}) | dict(artifacts)
+            merged = dict(current.artifacts_json or {}) | redact_obj(dict(artifacts))
             conn.execute(UPDATE_ATTEMPT, {**where, "artifacts_json": merged, "updated_at": utcnow()})
 
         return op
@@ -412,18 +452,21 @@ class Ledger:
             counts.update({state: int(n) for state, n in conn.execute(q)})
         return counts
 
-    def spent(self, day: str, *, by: str = "request_day") -> float:
+    def spent(self, day: str, *, by: str = "request_day", backend: str | None = None) -> float:
         """Estimated cost of the attempts that may have reached fal, for a per-day budget cap.
 
         `by="request_day"` (default) counts attempts of requests planned for `day` (the pipeline's partition day);
         `by="claimed_utc"` counts attempts claimed on UTC calendar date `day`, whatever their request's day. Only a
         failed attempt without a request id (the submit was refused) is left out: SUBMITTING/UNKNOWN ones may have
-        been billed and count.
+        been billed and count. `backend="fal"` counts only money really spent at fal (not a simulator's would-be
+        cost); None counts every backend.
         """
         start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=timezone.utc)
         q = select(func.coalesce(func.sum(_A.estimated_cost), 0.0)).where(
             not_(and_(_A.state == S.FAILED.value, _A.request_id.is_(None)))
         )
+        if backend is not None:
+            q = q.where(_A.request_key.in_(select(_R.request_key).where(_R.backend == backend)))
         if by == "request_day":
             q = q.select_from(attempts.join(requests, _R.request_key == _A.request_key)).where(_R.day == day)
         elif by == "claimed_utc":
