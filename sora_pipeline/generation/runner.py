@@ -96,6 +96,7 @@ class GenerationRunner:
         self.progress: Progress | None = None
         self.estimated_total = 0.0
         self._rescued: list[str] = []  # request ids fal answered that the ledger could not record
+        self._ledger_down: LedgerUnavailable | None = None
         register_secret(config.openai_api_key)
         install_log_redaction()
 
@@ -202,10 +203,30 @@ class GenerationRunner:
                                       limits=httpx.Limits(max_keepalive_connections=IDLE_CONNECTIONS))
         async with self._client_factory() as client, downloads as http:
             self._client, self._http = client, http
-            outcomes = await asyncio.gather(*(self._process(p, entries.get(p.spec.request_key) if p.spec else None)
-                                              for p in planned))
+            outcomes = await self._process_all(planned, entries)
         self.progress.maybe_log(force=True)
         return list(outcomes)
+
+    async def _process_all(self, planned: list[Planned], entries: dict[str, LedgerEntry | None]) -> list[Outcome]:
+        """Every item at once. If the ledger fails, submits already sent finish and record (or rescue) their
+        request ids, no new submit starts, and the run stops with the ledger's error."""
+        tasks = [asyncio.ensure_future(self._process(p, entries.get(p.spec.request_key) if p.spec else None))
+                 for p in planned]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failure = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
+            if failure is not None:
+                if isinstance(failure, LedgerUnavailable):
+                    self._ledger_down = failure
+                    with contextlib.suppress(TimeoutError):  # every submit in flight records or rescues its id
+                        async with asyncio.timeout(self.config.cancel_timeout + 30):
+                            for _ in range(self.config.submit_concurrency):
+                                await self._submitting.acquire()
+                raise failure
+            return [t.result() for t in tasks]
+        finally:
+            for t in tasks:
+                t.cancel()
 
     # -- per item ------------------------------------------------------------------------------------
     def _outcome(self, p: Planned) -> Outcome:
@@ -259,6 +280,8 @@ class GenerationRunner:
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
                 async with self._submits_first(), self._submitting:
+                    if self._ledger_down is not None:  # the run is stopping: no new submit
+                        raise self._ledger_down
                     decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy)
                     if decision == Decision.SUBMIT:
                         handle = await self._submit(p, out, entry.attempt)
