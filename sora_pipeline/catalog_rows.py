@@ -13,21 +13,17 @@ from datetime import date
 from typing import Any, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
+from sora_pipeline.image_sources import LOCAL_SCHEMES, refusal, scheme_of
 
 REQUIRED_COLUMNS = ("item_id", "prompt", "image_uri", "scheduled_date")
 OPTIONAL_COLUMNS = ("resolution", "aspect_ratio", "duration")
 CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
-# fsspec protocols that wrap another filesystem (and could reach local files through it): never followed
-_WRAPPER_PROTOCOLS = {"blockcache", "cached", "filecache", "simplecache", "dir", "reference", "zip", "tar",
-                      "libarchive", "jlab", "jupyter", "dask", "tree", "data"}
-_LOCAL_PROTOCOLS = {"file", "local"}
 _URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.S)
 _DATA_RE = re.compile(r"^data:image/[A-Za-z0-9.+\-]+(;[A-Za-z0-9=.\-]+)*;base64,[A-Za-z0-9+/=\s]+$", re.S)
 _SECRET_PATTERNS = [
@@ -159,16 +155,17 @@ class ImageResolver:
         m = _URI_RE.match(uri)
         if m:
             protocol, rest = m.group(1).lower(), m.group(2)
-            if protocol in _LOCAL_PROTOCOLS:
+            if protocol in LOCAL_SCHEMES:
                 return self._local(uri, rest, relative_ok=False)
-            if protocol in _WRAPPER_PROTOCOLS or protocol not in fsspec.available_protocols():
-                return None, f"{_show(uri)} uses an unsupported protocol {protocol!r}"
-            return uri, None
+            why = refusal(protocol)  # the allowlist (image_sources), also applied by load_image_input
+            return (None, why) if why else (f"{protocol}://{rest}", None)
         if self.local:
             return self._local(uri, uri, relative_ok=True)
         # a path inside a non-local catalog's filesystem (e.g. memory://, s3://): relative to its folder
         path = uri if uri.startswith("/") else posixpath.normpath(posixpath.join(self.folder, uri))
-        return self.fs.unstrip_protocol(path), None
+        ref = self.fs.unstrip_protocol(path)
+        why = refusal(scheme_of(ref) or "")
+        return (None, f"{_show(uri)} is a path in the catalog's filesystem: {why}") if why else (ref, None)
 
     def _local(self, uri: str, path: str, *, relative_ok: bool) -> tuple[str | None, str | None]:
         if not os.path.isabs(path):

@@ -17,12 +17,17 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from sora_pipeline.catalog import (CatalogError, catalog_fingerprints, image_roots_from_env, open_catalog,
                                    read_catalog_day)
+from sora_pipeline import image_sources
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
 
 D1, D2, D3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
 SCHEMA = pa.schema([("item_id", pa.string()), ("prompt", pa.string()), ("image_uri", pa.string()),
                     ("scheduled_date", pa.date32()), ("resolution", pa.string()), ("aspect_ratio", pa.string()),
                     ("duration", pa.int64())])
+
+
+NOT_ALLOWED = ("is not an allowed image source (allowed: https, data:image URIs, local files under the catalog "
+               "folder or SORA_IMAGE_ROOTS, memory://, s3/gs/az with their driver)")
 
 
 def row(item_id, day=D1, image_uri="images/sun.png", prompt="a sunrise over hills", **extra):
@@ -116,11 +121,18 @@ def test_memory_catalog_resolves_inside_its_filesystem():
         uri = f"memory://{root}/catalog"
         got, path = open_catalog(uri)
         assert isinstance(got, MemoryFileSystem) and path == f"{root}/catalog"
-        sl = read_catalog_day(uri, D1)
+        with pytest.MonkeyPatch.context() as mp:  # s3:// is allowed when s3fs is installed
+            mp.setattr(image_sources, "driver_installed", lambda module: True)
+            sl = read_catalog_day(uri, D1)
         refs = {i.item_id: i.image_ref for i in sl.valid}
         assert refs == {"a": f"memory://{root}/catalog/images/x.png", "b": "s3://bucket/x.png",
                         "c": "memory://elsewhere/y.png", "d": f"memory://{root}/shared/z.png"}
         assert [r.field for r in sl.rejected] == ["image_uri"]  # a local file from a catalog someone sent
+        with pytest.MonkeyPatch.context() as mp:  # ... and rejected (naming what to install) when it is not
+            mp.setattr(image_sources, "driver_installed", lambda module: False)
+            sl = read_catalog_day(uri, D1)
+        assert [r.reason for r in sl.rejected][0] == (
+            "row 1 (item_id='b'): image_uri: s3:// needs s3fs: pip install 'sora_pipeline[s3]'")
         assert fsspec.core.url_to_fs(refs["a"])[1] == f"{root}/catalog/images/x.png"
     finally:
         fs.rm(root, recursive=True)
@@ -160,9 +172,8 @@ def test_every_rejection_reason(data, tmp_path):
                          "data:image/<type>;base64,<data> URI"),
         8: ("image_uri", "row 8 (item_id='u5'): image_uri: 'simplecache::file:///etc/passwd' is a chained "
                          "fsspec URL (not allowed)"),
-        9: ("image_uri", "row 9 (item_id='u6'): image_uri: 'zip://x.png' uses an unsupported protocol 'zip'"),
-        10: ("image_uri", "row 10 (item_id='u7'): image_uri: 'nosuch://x.png' uses an unsupported protocol "
-                          "'nosuch'"),
+        9: ("image_uri", f"row 9 (item_id='u6'): image_uri: zip:// {NOT_ALLOWED}"),
+        10: ("image_uri", f"row 10 (item_id='u7'): image_uri: nosuch:// {NOT_ALLOWED}"),
         11: ("image_uri", "row 11 (item_id='u8'): image_uri: '../../etc/passwd' resolves outside the catalog "
                           "folder and SORA_IMAGE_ROOTS"),
         12: ("image_uri", "row 12 (item_id='u9'): image_uri: '/etc/passwd' resolves outside the catalog folder "

@@ -10,7 +10,7 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from sora_pipeline import catalog_rows
+from sora_pipeline import catalog_rows, image_sources
 from sora_pipeline.catalog_rows import CatalogItem, ImageResolver, check_rows
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
 
@@ -20,7 +20,14 @@ PROMPTS = ["a fox at dawn", "", " \t", "\u2003", "\x1f", None, "狐", "ok 1"]
 IMAGES = ["https://img.example.com/a.png", "HTTPS://IMG.example.com/a.png", "https://img.example.com/a.png  ",
           "  https://img.example.com/a.png", "https://img.example.com:8443/x?y=1", "https://img.example.com",
           "https://\u212a.example.com/a.png", "https://", "http://img.example.com/a.png", "data:image/png;base64,AAAA",
-          "s3://bucket/a.png", "blockcache::s3://b/a.png", "https://img .example.com/a.png", None, ""]
+          "s3://bucket/a.png", "blockcache::s3://b/a.png", "https://img .example.com/a.png", None, "",
+          # the image-source allowlist: refused schemes, stores without their driver, memory://, odd cases
+          "S3://bucket/a.png", "s3a://bucket/a.png", "gs://bucket/a.png", "gcs://b/a.png", "az://c/a.png",
+          "abfss://c@acct.dfs.core.windows.net/a.png", "ftp://127.0.0.2/a.png", "webhdfs://127.0.0.2:1/x.png",
+          "github://org:repo@/x.png", "sftp://host/a.png", "smb://host/share/a.png", "hdfs://nn/a.png",
+          "HTTP://img.example.com/a.png", "memory://elsewhere/a.png", "MEMORY://elsewhere/a.png", "images/a.png",
+          "file:///etc/passwd", "zip://a.png", "ftp:a.png", "https://img.example.com/a.png?v=2",
+          "HTTPS://img.example.com/a.png?v=3"]
 RESOLUTIONS = ["auto", "720p", "1080p", " 720P", "480p", None, ""]
 ASPECTS = ["auto", "16:9", "9:16", "16:9 ", "4:3", None]
 
@@ -82,8 +89,11 @@ def test_plain_rows_normalize_like_the_rules():
         valid[0].prompt = "changed"  # an immutable record
 
 
-def test_every_combination_of_the_tricky_values_agrees(monkeypatch):
-    """Exhaustive over ids × prompts × images (one row each): the fast path never accepts what the rules reject."""
+@pytest.mark.parametrize("drivers", [False, True], ids=["no-store-drivers", "store-drivers"])
+def test_every_combination_of_the_tricky_values_agrees(monkeypatch, drivers):
+    """Exhaustive over ids × prompts × images (one row each): the fast path never accepts what the rules reject,
+    with and without the object stores' drivers."""
+    monkeypatch.setattr(image_sources, "driver_installed", lambda module: drivers)
     rows = list(itertools.product(IDS, PROMPTS, IMAGES))
     t = pa.table({"item_id": [r[0] for r in rows], "prompt": [r[1] for r in rows],
                   "image_uri": [r[2] for r in rows], "scheduled_date": [DAY] * len(rows)})
@@ -91,3 +101,60 @@ def test_every_combination_of_the_tricky_values_agrees(monkeypatch):
     monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups: [False] * table.num_rows)
     assert fast == check_rows(t, DAY, {}, resolver())
     assert fast[0] and fast[1]
+
+
+NOT_ALLOWED = ("is not an allowed image source (allowed: https, data:image URIs, local files under the catalog "
+               "folder or SORA_IMAGE_ROOTS, memory://, s3/gs/az with their driver)")
+
+
+@pytest.mark.parametrize("drivers", [False, True], ids=["no-store-drivers", "store-drivers"])
+def test_image_sources_are_an_allowlist(monkeypatch, drivers):
+    monkeypatch.setattr(image_sources, "driver_installed", lambda module: drivers)
+    images = ["https://img.example.com/a.png", "memory://elsewhere/a.png", "images/a.png",
+              "s3://b/a.png", "S3A://b/a.png", "gs://b/a.png", "gcs://b/a.png", "az://c/a.png", "abfs://c/a.png",
+              "abfss://c@acct.dfs.core.windows.net/a.png",
+              "ftp://127.0.0.2/a.png", "webhdfs://127.0.0.2:1/x.png", "github://org:repo@/x.png", "sftp://h/a.png",
+              "smb://h/s/a.png", "http://img.example.com/a.png", "zip://a.png", "simplecache::s3://b/a.png"]
+    t = pa.table({"item_id": [f"i{n}" for n in range(len(images))], "prompt": ["p"] * len(images),
+                  "image_uri": images, "scheduled_date": [DAY] * len(images)})
+    valid, rejected = check_rows(t, DAY, {}, resolver())
+    stores = {"s3://b/a.png": "s3://b/a.png", "S3A://b/a.png": "s3a://b/a.png", "gs://b/a.png": "gs://b/a.png",
+              "gcs://b/a.png": "gcs://b/a.png", "az://c/a.png": "az://c/a.png", "abfs://c/a.png": "abfs://c/a.png",
+              "abfss://c@acct.dfs.core.windows.net/a.png": "abfss://c@acct.dfs.core.windows.net/a.png"}
+    expected_valid = {"https://img.example.com/a.png": "https://img.example.com/a.png",
+                      "memory://elsewhere/a.png": "memory://elsewhere/a.png",
+                      "images/a.png": "memory:///catalog/images/a.png", **(stores if drivers else {})}
+    assert {i.image_uri: i.image_ref for i in valid} == expected_valid
+    got = {images[r.row_index]: r.reason.split(": ", 1)[1] for r in rejected}
+    s3, gcs, az = "s3fs: pip install 'sora_pipeline[s3]'", "gcsfs: pip install 'sora_pipeline[gcs]'", \
+        "adlfs: pip install adlfs"
+    install = {"s3": s3, "s3a": s3, "gs": gcs, "gcs": gcs, "az": az, "abfs": az, "abfss": az}
+    expected = {} if drivers else {uri: f"image_uri: {ref.split('://')[0]}:// needs {install[ref.split('://')[0]]}"
+                                   for uri, ref in stores.items()}
+    expected.update({
+        "ftp://127.0.0.2/a.png": f"image_uri: ftp:// {NOT_ALLOWED}",
+        "webhdfs://127.0.0.2:1/x.png": f"image_uri: webhdfs:// {NOT_ALLOWED}",
+        "github://org:repo@/x.png": f"image_uri: github:// {NOT_ALLOWED}",
+        "sftp://h/a.png": f"image_uri: sftp:// {NOT_ALLOWED}",
+        "smb://h/s/a.png": f"image_uri: smb:// {NOT_ALLOWED}",
+        "zip://a.png": f"image_uri: zip:// {NOT_ALLOWED}",
+        "http://img.example.com/a.png": "image_uri: 'http://img.example.com/a.png' uses plain http:// "
+                                        "(only https:// URLs are allowed)",
+        "simplecache::s3://b/a.png": "image_uri: 'simplecache::s3://b/a.png' is a chained fsspec URL (not allowed)",
+    })
+    assert got == expected
+    assert all(r.field == "image_uri" for r in rejected)
+    assert len(valid) + len(rejected) == len(images)
+
+
+def test_a_catalog_filesystem_outside_the_allowlist_resolves_nothing():
+    """Relative paths of a catalog on a filesystem that is not an image source are refused like its URIs."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class ElsewhereFS(MemoryFileSystem):  # stands in for a catalog on an ftp:// (or any other refused) filesystem
+        protocol = "ftp"
+
+    res = ImageResolver(ElsewhereFS(skip_instance_cache=True), "/catalog", local=False, is_dir=False,
+                        image_roots=())
+    assert res.resolve("images/a.png") == (None, f"'images/a.png' is a path in the catalog's filesystem: "
+                                                 f"ftp:// {NOT_ALLOWED}")

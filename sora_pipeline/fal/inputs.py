@@ -1,5 +1,6 @@
-"""Image inputs for the endpoint: https URLs pass through; data URIs are checked; anything else is read through
-fsspec and sent as a base64 data URI, after checking its size and that it really decodes as an image."""
+"""Image inputs for the endpoint: https URLs pass through; data URIs are checked; local files, `memory://` and
+the object stores of the allowlist (`sora_pipeline.image_sources`) are read and sent as a base64 data URI, after
+checking their size and that they really decode as an image. Nothing else is opened."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import io
 from dataclasses import dataclass
 
 import fsspec
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from sora_pipeline.image_sources import LOCAL_SCHEMES, refusal, scheme_of
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp"}
@@ -44,7 +47,7 @@ def inspect_image(data: bytes, *, source: str, max_bytes: int = DEFAULT_MAX_IMAG
         with Image.open(io.BytesIO(data)) as img:
             img.verify()
             fmt, (w, h) = img.format, img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
         raise ImageInputError(f"{source}: does not decode as an image ({type(exc).__name__})") from None
     mime = _MIME.get(fmt or "")
     if mime is None:
@@ -64,27 +67,60 @@ def decode_data_uri(uri: str) -> bytes:
 
 def load_image_input(ref: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
                      storage_options: dict | None = None) -> ImageInput:
-    """Turn a catalog image reference into what the endpoint accepts.
+    """Turn a catalog image reference into what the endpoint accepts, or raise ImageInputError (only that: a
+    bad image fails its item, never the day).
 
-    https URLs are passed through and keyed by their URL (fetching them would leave loopback in tests; fal
-    fetches them itself). Everything else is read and checked here."""
-    if ref.startswith("https://"):
+    Sources are the allowlist of `sora_pipeline.image_sources` (also applied by the catalog's row rules; this is
+    the second line of defence): https URLs, `data:image/...;base64,` URIs, local files, `memory://`, and
+    s3/gs/az URIs when their fsspec driver is installed. Anything else (`http://`, `ftp://`, `webhdfs://`,
+    `github://`, chained or wrapper URLs, a store without its driver) is refused before anything is opened.
+
+    https URLs are passed through to fal (which fetches them) and are **keyed by their URL only**: `sha256` is
+    SHA-256 of `b"url:" + ref`, not of the image. The same URL therefore maps to the same request key, and a
+    later run reuses the video made from it even if the image behind the URL was replaced. To generate again,
+    change the URL (e.g. add a version query string, `?v=2`) or run the day with the `regenerate` option of the
+    `generations` asset config (docs/image-sources.md). Every other source is read here, checked (size cap,
+    decodes as an image) and keyed by its bytes."""
+    try:
+        return _load(ref, max_bytes=max_bytes, storage_options=storage_options)
+    except ImageInputError:
+        raise
+    except Exception as exc:  # a driver's ImportError, a filesystem's own error type, ...: this item only
+        raise ImageInputError(f"{_label(ref)}: cannot read image ({type(exc).__name__})") from None
+
+
+def _label(ref: str) -> str:
+    return ref if len(ref) <= 200 else ref[:199] + "…"
+
+
+def _load(ref: str, *, max_bytes: int, storage_options: dict | None) -> ImageInput:
+    scheme = scheme_of(ref)
+    if scheme == "https":
         return ImageInput(url=ref, sha256=hashlib.sha256(b"url:" + ref.encode()).hexdigest())
-    if ref.startswith("data:"):
+    if scheme is None and ref[:5].lower() == "data:":
         data = decode_data_uri(ref)
         mime, w, h = inspect_image(data, source="data URI", max_bytes=max_bytes)
         return ImageInput(url=ref, sha256=hashlib.sha256(data).hexdigest(), mime=mime, size=len(data),
                           width=w, height=h)
-    if ref.startswith("http://"):
-        raise ImageInputError(f"{ref}: plain http:// image URLs are not accepted; use https://")
+    if "::" in ref:
+        raise ImageInputError(f"{_label(ref)}: chained fsspec URLs are not an allowed image source")
+    if scheme is not None:
+        why = refusal(scheme)
+        if why:  # refused before anything is opened: no import, no connection
+            raise ImageInputError(why)
     try:
-        with fsspec.open(ref, "rb", **(storage_options or {})) as fh:
-            data = fh.read(max_bytes + 1)
+        if scheme is None or scheme in LOCAL_SCHEMES:  # a local file: never through another filesystem
+            path = ref.split("://", 1)[1] if scheme else ref
+            with open(path, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        else:
+            with fsspec.open(ref, "rb", **(storage_options or {})) as fh:
+                data = fh.read(max_bytes + 1)
     except FileNotFoundError:
-        raise ImageInputError(f"{ref}: image file not found") from None
-    except OSError as exc:
-        raise ImageInputError(f"{ref}: cannot read image ({type(exc).__name__})") from None
-    mime, w, h = inspect_image(data, source=ref, max_bytes=max_bytes)
+        raise ImageInputError(f"{_label(ref)}: image file not found") from None
+    except (OSError, ImportError, ValueError) as exc:
+        raise ImageInputError(f"{_label(ref)}: cannot read image ({type(exc).__name__})") from None
+    mime, w, h = inspect_image(data, source=_label(ref), max_bytes=max_bytes)
     encoded = base64.b64encode(data).decode("ascii")
     return ImageInput(url=f"data:{mime};base64,{encoded}", sha256=hashlib.sha256(data).hexdigest(), mime=mime,
                       size=len(data), width=w, height=h)
