@@ -1,4 +1,5 @@
-"""Shared fixtures: a real simulator on loopback, small real images, temp Dagster homes."""
+"""Shared fixtures: a real simulator on loopback, small real images, temp Dagster homes, the PostgreSQL server of
+the PostgreSQL tests (`pg_admin`), and the one-line test count `make test` prints (`SORA_TEST_SUMMARY`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import os
 
 import pytest
 from PIL import Image
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from sora_pipeline.simulator import SimulatorConfig, SimulatorServer
 
@@ -52,3 +56,54 @@ def png_bytes(width: int = 64, height: int = 36, color=(200, 80, 40)) -> bytes:
 @pytest.fixture
 def png_data_uri() -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+
+
+# ---------------------------------------------------------------- PostgreSQL: skip locally, fail on CI
+PG_ENV = "SORA_TEST_POSTGRES_URL"
+PG_DEFAULT = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+def postgres_unavailable(reason: str) -> None:
+    """The one place that decides what a missing PostgreSQL means: a skip, or a failure when `CI` is set."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} — CI is set, so the PostgreSQL tests fail instead of skipping", pytrace=False)
+    pytest.skip(f"{reason}; set {PG_ENV} to the admin URL of a reachable server (with CI set, this is a failure)")
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """(AUTOCOMMIT engine, URL) on the admin database at $SORA_TEST_POSTGRES_URL; tests create their own databases.
+
+    An unreachable or refusing server (connection refused, authentication failed, no driver) skips the test, or
+    fails it when the `CI` variable is set, with the server's answer as the reason."""
+    url = make_url(os.environ.get(PG_ENV, PG_DEFAULT))
+    shown = url.render_as_string(hide_password=True)
+    engine, problem = None, None
+    try:
+        engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        engine.connect().close()
+    except (DBAPIError, ImportError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        problem = " ".join(str(cause).split()) or type(cause).__name__
+    if problem is not None:  # outside `except`: the reason alone, without the chained traceback
+        if engine is not None:
+            engine.dispose()
+        postgres_unavailable(f"PostgreSQL at {shown} is unavailable ({problem})")
+    yield engine, url
+    engine.dispose()
+
+
+# ---------------------------------------------------------------- `make test: N passed, M skipped, K failed`
+def pytest_unconfigure(config):
+    """With SORA_TEST_SUMMARY set (the Makefile sets "make test"), print the counts as the very last line."""
+    label = os.environ.get("SORA_TEST_SUMMARY")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if not label or reporter is None:
+        return
+    counts = {k: len(reporter.stats.get(k, [])) for k in ("passed", "skipped", "failed", "error", "xfailed",
+                                                          "xpassed")}
+    parts = [f"{counts['passed']} passed", f"{counts['skipped']} skipped", f"{counts['failed']} failed"]
+    parts += [f"{n} {k if k != 'error' else 'errors'}" for k, n in counts.items()
+              if n and k in ("error", "xfailed", "xpassed")]
+    reporter.write_line(f"{label}: {', '.join(parts)}", bold=True, yellow=bool(counts["skipped"]),
+                        red=bool(counts["failed"] or counts["error"]))

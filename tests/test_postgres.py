@@ -3,7 +3,8 @@ processes on one day, and the daemon path (backfill → queued runs → code ser
 
 Each test creates its own databases with `CREATE DATABASE` on the admin URL (`SORA_TEST_POSTGRES_URL`, default
 postgresql+psycopg2://postgres@127.0.0.1:5432/postgres) and drops them at the end. Without a reachable server the
-PostgreSQL tests skip with a message naming that variable; the config checks at the top always run.
+PostgreSQL tests skip with a message naming that variable, or fail when `CI` is set (conftest's `pg_admin`); the
+config checks at the top always run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import OperationalError
 
 from sora_pipeline.ledger import Ledger, RequestState
 from sora_pipeline.tables import read_day_partition
@@ -39,8 +39,6 @@ from check_config import check_instance_file
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
-PG_ENV = "SORA_TEST_POSTGRES_URL"
-PG_DEFAULT = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 #: run config: steps in the run's own process (a subprocess per step costs ~3 s each on a 2-core machine)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 INSTANCE_FILES = ["dagster.yaml", "dagster.docker.yaml", "dagster.k8s.yaml", "dagster.celery.yaml"]
@@ -84,21 +82,7 @@ def test_deploy_workspace_points_at_a_code_server(monkeypatch):
     assert entry["grpc_server"]["location_name"] == "sora_pipeline"
 
 
-# ---------------------------------------------------------------- PostgreSQL fixtures
-@pytest.fixture(scope="module")
-def pg_admin():
-    url = make_url(os.environ.get(PG_ENV, PG_DEFAULT))
-    engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        engine.connect().close()
-    except OperationalError:
-        engine.dispose()
-        pytest.skip(f"PostgreSQL unreachable at {url.render_as_string(hide_password=True)}; set {PG_ENV} to an "
-                    "admin URL of a reachable server (e.g. postgresql+psycopg2://postgres@host:5432/postgres)")
-    yield engine, url
-    engine.dispose()
-
-
+# ---------------------------------------------------------------- PostgreSQL fixtures (pg_admin: conftest.py)
 @pytest.fixture
 def new_database(pg_admin):
     """`new_database("label")` → URL of a fresh database; every one is dropped at the end of the test."""
