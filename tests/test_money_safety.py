@@ -4,9 +4,13 @@ ledger failure stops the run without losing what was paid for."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,6 +22,7 @@ from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkIte
 from sora_pipeline.ledger import Ledger, LedgerUnavailable, RequestSpec, RequestState, ResubmitPolicy, request_key
 from sora_pipeline.ledger.schema import LATEST_VERSION
 
+REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-11-20"
 KEY = "simulator-local-key"
 
@@ -193,3 +198,71 @@ def test_old_ledgers_migrate_simulator_rows_to_their_own_keys(tmp_path):
         assert by_item["from-sim"].backend == "simulator" and by_item["from-sim"].state == RequestState.COMPLETED
         assert [a.request_id for a in ledger.history(by_item["from-sim"].request_key)] == ["id-from-sim"]
         assert ledger.spent(DAY, backend="fal") == pytest.approx(1.2)
+
+
+# ---------------------------------------------------------------- 7, for real: PostgreSQL goes away mid-run
+@pytest.fixture
+def pg_database():
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(os.environ.get("SORA_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        admin.connect().close()
+    except OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL unreachable at {admin_url.render_as_string()}: {exc}")
+        pytest.skip("PostgreSQL unreachable; set SORA_TEST_PG_URL to an admin URL")
+    name = f"sora_test_outage_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield admin_url.set(database=name)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+def test_ledger_outage_mid_run_fails_the_run_and_the_next_run_resumes(tmp_path, make_simulator, pg_database):
+    """The ledger's PostgreSQL goes away (a cut connection) while requests are in flight: the run exits non-zero
+    saying so, and once the database is back the next run resumes every paid request: one submit per item."""
+    from tests.pipeline_helpers import catalog_rows, make_project
+    from tests.tcp_proxy import TcpProxy
+
+    sim = make_simulator(run_latency=4.0)
+    proxy = TcpProxy((pg_database.host or "127.0.0.1", pg_database.port or 5432))
+    try:
+        project = make_project(tmp_path, catalog_rows(n=6))
+        project["ledger_url"] = pg_database.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+        env = _subprocess_env(project, sim)
+        proc = subprocess.Popen([sys.executable, str(REPO / "tests/run_day.py"), DAY], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while sim.stats()["submits"] < 6:
+            assert time.monotonic() < deadline and proc.poll() is None, "never got 6 requests in flight"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the ids are recorded; the run is waiting on fal
+        proxy.cut()
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode != 0, f"a run whose ledger failed must not succeed\n{out}\n{err}"
+        assert "ledger" in err and "next run resumes" in err, err[-4000:]
+        proxy.restore()
+        rerun = subprocess.run([sys.executable, str(REPO / "tests/run_day.py"), DAY], env=env, cwd=REPO,
+                               capture_output=True, text=True, timeout=240)
+        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-4000:]
+        assert sim.stats()["submits"] == 6 and set(Counter(sim.stats()["submits_by_prompt"]).values()) == {1}
+        with Ledger(project["ledger_url"]) as ledger:
+            assert Counter(e.state.value for e in ledger.entries_for_day(DAY)) == Counter({"completed": 6})
+    finally:
+        proxy.close()
+
+
+def _subprocess_env(project: dict, sim) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))}
+    env.update(SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
+               SORA_LEDGER_URL=project["ledger_url"], SORA_FAL_QUEUE_URL=sim.base_url, SORA_POLL_INTERVAL="0.05",
+               PYTHONPATH=str(REPO))
+    return env
