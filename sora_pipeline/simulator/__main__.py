@@ -1,4 +1,8 @@
-"""`python -m sora_pipeline.simulator --port 8765 --seed 1 --fault rate_limit=0.1` — run the simulator by hand."""
+"""`python -m sora_pipeline.simulator --port 8765 --seed 1 --fault rate_limit=0.1` — run the simulator by hand.
+
+Hostile modes for testing clients: e.g. `--fault foreign_urls=1 --foreign-base-url http://127.0.0.1:9000`,
+`--fault huge_json=1 --hostile-bytes 100000000`, `--fault echo_key=1`. Every answer carries `x-sora-simulator: 1`
+and `GET /.well-known/sora-simulator` answers {"simulator": true, "version": 1}."""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import signal
 import threading
 
-from sora_pipeline.simulator.config import FAULT_KINDS, SimulatorConfig
+from sora_pipeline.simulator.config import FAULT_DOCS, FAULT_KINDS, SimulatorConfig
 from sora_pipeline.simulator.server import SimulatorServer
 
 
@@ -18,7 +22,10 @@ def _fault(text: str) -> tuple[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sora_pipeline.simulator", description=__doc__)
+    kinds = "\n".join(f"  {kind:<25} {doc}" for kind, doc in FAULT_DOCS.items())
+    ap = argparse.ArgumentParser(prog="python -m sora_pipeline.simulator", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=f"fault kinds (--fault KIND=PROBABILITY):\n{kinds}")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 = pick a free port")
     ap.add_argument("--seed", type=int, default=0)
@@ -27,7 +34,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-running", type=int, default=None)
     ap.add_argument("--fps", type=int, default=24)
     ap.add_argument("--no-metadata", action="store_true", help="result video has only url + content_type")
-    ap.add_argument("--fault", type=_fault, action="append", default=[], metavar="KIND=P")
+    ap.add_argument("--fault", type=_fault, action="append", default=[], metavar="KIND=P",
+                    help="inject a fault with probability P (repeatable; kinds below)")
+    ap.add_argument("--fault-call", action="append", default=None, metavar="CALL",
+                    help="calls the per-call kinds hit: submit/status/result/cancel/file (repeatable; default: "
+                         "all but file)")
+    ap.add_argument("--foreign-base-url", default=None,
+                    help="where foreign_urls / redirect point (default http://127.0.0.2:<port>)")
+    ap.add_argument("--hostile-bytes", type=int, default=1 << 32,
+                    help="size of huge_* bodies, where endless ones stop (default 4 GiB)")
+    ap.add_argument("--hostile-declare-length", action="store_true",
+                    help="huge_json/huge_status_json/endless_video declare Content-Length up front")
     ap.add_argument("--slow-seconds", type=float, default=2.0)
     ap.add_argument("--retry-after", type=float, default=0.2)
     ap.add_argument("--key", action="append", default=None, help="accepted key (repeatable; default: any)")
@@ -43,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     config = SimulatorConfig(
         seed=args.seed, queue_latency=args.queue_latency, run_latency=args.run_latency,
         max_running=args.max_running, fps=args.fps, include_metadata=not args.no_metadata,
-        faults=dict(args.fault), slow_seconds=args.slow_seconds, retry_after_seconds=args.retry_after,
+        faults=dict(args.fault), slow_seconds=args.slow_seconds, foreign_base_url=args.foreign_base_url,
+        hostile_bytes=args.hostile_bytes, hostile_declare_length=args.hostile_declare_length,
+        **({"fault_calls": frozenset(args.fault_call)} if args.fault_call else {}), retry_after_seconds=args.retry_after,
         accepted_keys=args.key, auth_required=not args.no_auth, video_cache_dir=args.video_cache_dir,
         webhook_signing_seed=args.webhook_signing_seed, webhook_delay=args.webhook_delay,
         webhook_duplicate_probability=args.webhook_duplicate, webhook_drop_probability=args.webhook_drop,

@@ -2,7 +2,9 @@
 
 Routes: `POST /{owner}/{alias}/{path}` (submit), `GET …/requests/{id}/status[?logs=1]`, `GET …/requests/{id}/status/
 stream` (SSE), `GET …/requests/{id}` (result), `PUT …/requests/{id}/cancel`, `GET /_simulator/files/{name}`,
-`GET /_simulator/stats`, `POST /_simulator/reset`. Encoding runs in a thread pool so the event loop never blocks.
+`GET /_simulator/stats`, `POST /_simulator/reset`, `GET /.well-known/sora-simulator` (no auth: {"simulator": true,
+"version": 1}); every answer carries `x-sora-simulator: 1`. Hostile fault modes are answered by `hostile.py`; the
+shared state lives in `core.py`. Encoding runs in a thread pool so the event loop never blocks.
 A submit with `?fal_webhook=<url>` gets its outcome POSTed there when it finishes (`webhook.py`).
 """
 
@@ -14,147 +16,23 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from sora_pipeline.simulator import hostile
 from sora_pipeline.simulator._models import ImageToVideoInput
 from sora_pipeline.simulator.config import SimulatorConfig
-from sora_pipeline.simulator.faults import PRE_RECORD_KINDS, FaultInjector, fault_response, request_error_response
-from sora_pipeline.simulator.jobs import ClipInfo, Job, JobBook
-from sora_pipeline.simulator.video import cached_clip, dimensions, image_size, load_image_bytes
+from sora_pipeline.simulator.core import Simulator, SimulatorApp, _base, _clip_failed, _detail, _drop, _Ticker
+from sora_pipeline.simulator.faults import PRE_RECORD_KINDS, fault_response, request_error_response
+from sora_pipeline.simulator.jobs import ClipInfo, Job
 from sora_pipeline.simulator.webhook import WebhookDeliverer
 
-_RAW_SEND = "sora_sim.raw_send"
 _FILE_NAME = re.compile(r"^[0-9a-f]{64}\.mp4$")
-_TERMINAL = ("COMPLETED", "CANCELLED")
-
-
-def _clip_failed(fut: Future | None) -> bool:
-    return fut is not None and fut.done() and (fut.cancelled() or fut.exception() is not None)
-
-
-class Simulator:
-    """State shared by the handlers: the job book, the fault injector, the encoder pool and the clip cache."""
-
-    def __init__(self, config: SimulatorConfig) -> None:
-        self.config = config
-        self.book = JobBook(config)
-        self.faults = FaultInjector(config)
-        self._own_cache = config.video_cache_dir is None
-        self.cache_dir = config.video_cache_dir or tempfile.mkdtemp(prefix="sora-sim-videos-")
-        os.makedirs(self.cache_dir, exist_ok=True)
-        workers = config.encode_workers or max(2, min(4, os.cpu_count() or 2))
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sora-sim-encode")
-        self._clips: dict[tuple[Any, ...], Future] = {}
-        self.deliverer: WebhookDeliverer | None = None  # set by create_app
-
-    def stats(self) -> dict[str, Any]:
-        return self.book.stats()
-
-    def reset(self) -> None:
-        with self.book.lock:
-            if self.deliverer is not None:
-                self.deliverer.reset()
-            self.book.reset()
-            self.faults.reset()
-            self._clips.clear()
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        if self._own_cache:
-            shutil.rmtree(self.cache_dir, ignore_errors=True)
-
-    def clip_for(self, payload: dict[str, Any]) -> Future:
-        """The (shared) future of the clip for an input; identical inputs share one encode."""
-        key = (payload["image_url"], payload["resolution"], payload["aspect_ratio"], payload["duration"])
-        with self.book.lock:
-            fut = self._clips.get(key)
-            if fut is None or _clip_failed(fut):
-                fut = self.executor.submit(self._render, *key)
-                self._clips[key] = fut
-            return fut
-
-    def _render(self, image_url: str, resolution: str, aspect_ratio: str, duration: int) -> ClipInfo:
-        image = load_image_bytes(image_url)
-        size = image_size(image) or (None, None)
-        width, height = dimensions(resolution, aspect_ratio, *size)
-        fps, seed = self.config.fps, self.config.seed
-        path = cached_clip(self.cache_dir, image, width, height, duration, fps, seed)
-        return ClipInfo(name=path.name, path=str(path), width=width, height=height, fps=fps,
-                        num_frames=int(round(duration * fps)), duration=float(duration),
-                        file_size=path.stat().st_size)
-
-
-def _detail(status: int, detail: Any, **headers: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
-
-
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
-
-
-async def _drop(request: Request) -> Response:
-    """Close the connection without any response (uvicorn: abort the transport, mark the cycle disconnected)."""
-    send = request.scope.get(_RAW_SEND)
-    cycle = getattr(send, "__self__", None)
-    transport = getattr(cycle, "transport", None)
-    if transport is None:
-        raise RuntimeError("simulated connection drop")
-    cycle.disconnected = True  # uvicorn then discards whatever the app sends
-    transport.abort()
-    await asyncio.sleep(0)
-    return Response(status_code=500)
-
-
-class SimulatorApp(Starlette):
-    """Starlette that remembers the server's raw `send` (needed to drop connections)."""
-
-    sim: Simulator
-
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
-        if scope["type"] == "http":
-            scope[_RAW_SEND] = send
-        await super().__call__(scope, receive, send)
-
-
-class _Ticker:
-    """A shared clock for status streams: one task advances the job book every `period` seconds while anyone
-    waits, and wakes all waiters at once (instead of every stream polling the book on its own)."""
-
-    def __init__(self, book: JobBook, period: float = 0.02) -> None:
-        self.book, self.period = book, period
-        self.waiters = 0
-        self.event: asyncio.Event | None = None
-        self.task: asyncio.Task | None = None
-
-    async def wait(self) -> None:
-        if self.task is None or self.task.done():
-            self.event = asyncio.Event()
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        event = self.event
-        self.waiters += 1
-        try:
-            await event.wait()
-        finally:
-            self.waiters -= 1
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.period)
-            self.book.advance(time.monotonic())
-            event, self.event = self.event, asyncio.Event()
-            event.set()
-            if self.waiters == 0:
-                return
 
 
 def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
@@ -181,6 +59,17 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             book.count_fault(kind)
         return kind
 
+    def draw_one_call(call: str) -> str | None:
+        """A fault of the kinds that hit only this call (drawn where it applies; counted when drawn)."""
+        with book.lock:
+            kind = faults.pick_one_call(call)
+        if kind:
+            book.count_fault(kind)
+        return kind
+
+    def canned(request: Request, kind: str) -> Response:
+        return hostile.call_response(kind, request, config) or fault_response(kind, config)
+
     async def serve_fault(request: Request, kind: str | None) -> Response | None:
         """For non-submit calls: the fault's response, or None to answer normally (after `slow`)."""
         if kind is None:
@@ -190,23 +79,25 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         if kind == "slow":
             await asyncio.sleep(config.slow_seconds)
             return None
-        return fault_response(kind, config)
+        return canned(request, kind)
 
-    async def gate(request: Request, call: str) -> Response | None:
+    async def gate(request: Request, call: str, fault_call: str | None = None) -> Response | None:
         book.count_call(call)
-        return auth_error(request) or await serve_fault(request, draw_fault(call))
+        return auth_error(request) or await serve_fault(request, draw_fault(fault_call or call))
 
-    def urls(base: str, job: Job) -> dict[str, str]:
+    def urls(base: str, job: Job, request: Request | None = None) -> dict[str, str]:
+        if job.faults.foreign_urls and request is not None:
+            base = hostile.foreign_base(config, request)
         root = f"{base}/{job.owner}/{job.alias}/requests/{job.id}"
         return {"status_url": f"{root}/status", "response_url": root, "cancel_url": f"{root}/cancel"}
 
-    def status_body(job: Job, base: str, with_logs: bool) -> tuple[int, dict[str, Any]]:
+    def status_body(request: Request, job: Job, with_logs: bool) -> tuple[int, dict[str, Any]]:
         with book.lock:
-            return _status_body(job, base, with_logs)
+            return _status_body(request, job, with_logs)
 
-    def _status_body(job: Job, base: str, with_logs: bool) -> tuple[int, dict[str, Any]]:
+    def _status_body(request: Request, job: Job, with_logs: bool) -> tuple[int, dict[str, Any]]:
         now = time.monotonic()
-        u = urls(base, job)
+        u = urls(_base(request), job, request)
         body: dict[str, Any] = {"status": job.state, "request_id": job.id, "response_url": u["response_url"],
                                 "status_url": u["status_url"], "cancel_url": u["cancel_url"]}
         if job.state == "IN_QUEUE":
@@ -234,7 +125,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             return _detail(404, f"Application '{endpoint}' not found")
         kind = draw_fault("submit")
         if kind in PRE_RECORD_KINDS:  # answered before anything is recorded
-            return fault_response(kind, config)
+            return canned(request, kind)
         try:
             data = json.loads(await request.body() or b"null")
         except ValueError:
@@ -252,8 +143,9 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         payload.pop("api_key", None)
         with book.lock:
             job_faults = faults.for_job()
-        if job_faults.request_error:
-            book.count_fault("request_error")
+        for name in ("request_error", "foreign_urls", "bad_request_id"):
+            if getattr(job_faults, name):
+                book.count_fault(name)
         failure = job_faults.request_error
         token = config.fail_prompts_containing
         if token and token in inp.prompt:
@@ -270,17 +162,17 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         position = book.add(job)
         if job.webhook:
             deliverer.add(job)
-        body = {"request_id": rid, "gateway_request_id": gid, **urls(_base(request), job),
-                "queue_position": position}
+        body = {"request_id": hostile.bad_request_id(rid) if job_faults.bad_request_id else rid,
+                "gateway_request_id": gid, **urls(_base(request), job, request), "queue_position": position}
         if kind in ("drop", "slow", "malformed"):  # recorded: the job runs, the client just does not hear it
             if (resp := await serve_fault(request, kind)) is not None:
                 return resp
         return JSONResponse(body, headers={"x-fal-request-id": rid})
 
-    async def find_job(request: Request, call: str) -> Job | Response:
+    async def find_job(request: Request, call: str, fault_call: str | None = None) -> Job | Response:
         """The job a request-scoped call is about, or the answer to send instead (fault, auth, 404)."""
         p = request.path_params
-        if (resp := await gate(request, call)) is not None:
+        if (resp := await gate(request, call, fault_call)) is not None:
             return resp
         job = book.get(p["owner"], p["alias"], p["request_id"])
         if job is None:
@@ -296,14 +188,21 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         if isinstance(job := await find_job(request, "status"), Response):
             return job
         with_logs = wants_logs(request)
-        code, body = status_body(job, _base(request), with_logs)
-        return JSONResponse(body, status_code=code, headers={"x-fal-request-id": job.id})
+        code, body = status_body(request, job, with_logs)
+        headers = {"x-fal-request-id": job.id}
+        if draw_one_call("status") == "huge_status_json":
+            body["logs"] = [{"message": "", "level": "INFO", "source": "user",
+                             "timestamp": job.wall(job.submitted_at)}]
+            return hostile.padded_json(book, config, body, ("logs", 0, "message"), code, headers)
+        return JSONResponse(body, status_code=code, headers=headers)
 
     async def status_stream(request: Request) -> Response:
-        if isinstance(job := await find_job(request, "status"), Response):
+        if isinstance(job := await find_job(request, "status", "stream"), Response):
             return job
         with_logs = wants_logs(request)
-        base = _base(request)
+        if draw_one_call("stream") == "huge_stream_event":
+            _code, body = status_body(request, job, with_logs)
+            return hostile.endless_event(book, config, f"data: {json.dumps(body)}\n\n".encode())
 
         async def events():
             # like fal: an event whenever the status changes, a comment now and then to keep the line alive;
@@ -315,7 +214,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
                 signature = (job.state, position, job.started_at, job.finished_at)
                 if signature != last:
                     last, quiet_since = signature, time.monotonic()
-                    code, body = status_body(job, base, with_logs)
+                    code, body = status_body(request, job, with_logs)
                     yield f"data: {json.dumps(body)}\n\n".encode()
                     if code == 200:
                         return
@@ -361,11 +260,15 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             book.count_fault("result_404_once")
             return _detail(404, "Request not found", **headers)
         code, body, headers = finished_result(job, _base(request))
+        if code == 200 and draw_one_call("result") == "huge_json":
+            return hostile.padded_json(book, config, body, ("video", "file_name"), code, headers)
         return JSONResponse(body, status_code=code, headers=headers)
 
     async def cancel(request: Request) -> Response:
         if isinstance(job := await find_job(request, "cancel"), Response):
             return job
+        if draw_one_call("cancel") == "cancel_already_completed":
+            return hostile.cancel_already_completed()
         if book.cancel(job):
             return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
@@ -378,6 +281,8 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         path = os.path.join(sim.cache_dir, name)
         if not _FILE_NAME.match(name) or not os.path.isfile(path):
             return _detail(404, "File not found")
+        if draw_one_call("file") == "endless_video":
+            return hostile.endless_video(book, config)
         return FileResponse(path, media_type="video/mp4", filename=None)
 
     async def stats(request: Request) -> Response:
@@ -401,6 +306,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
 
     req = "/{owner}/{alias}/requests/{request_id}"
     routes = [
+        Route("/.well-known/sora-simulator", hostile.well_known, methods=["GET"]),
         Route("/_simulator/stats", stats, methods=["GET"]),
         Route("/_simulator/reset", reset, methods=["POST"]),
         Route("/_simulator/files/{name}", files, methods=["GET"]),

@@ -6,21 +6,41 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sora_pipeline.simulator._models import DEFAULT_ENDPOINT_ID
 
-#: fault kinds the simulator can inject (see `faults.py`)
-FAULT_KINDS: tuple[str, ...] = (
-    "rate_limit",
-    "server_error",
-    "unavailable",
-    "drop",
-    "slow",
-    "malformed",
-    "result_404_once",
-    "request_error",
-)
+#: fault kinds the simulator can inject, with what each does (see `faults.py` and `hostile.py`); enable one with
+#: `SimulatorConfig(faults={"<kind>": probability})` or `python -m sora_pipeline.simulator --fault <kind>=<p>`
+FAULT_DOCS: dict[str, str] = {
+    # per call (every call listed in `fault_calls`)
+    "rate_limit": "429 with Retry-After",
+    "server_error": "500 with X-Fal-Error-Type",
+    "unavailable": "503",
+    "drop": "connection closed without an answer (on submit: after the job was recorded)",
+    "slow": "sleep `slow_seconds`, then answer normally",
+    "malformed": "200 with a non-JSON body (on submit: after the job was recorded)",
+    "echo_key": "401 whose JSON `detail` repeats the request's Authorization header verbatim "
+                "('invalid key: Key <the key>'); on submit before anything is recorded",
+    "redirect": "302 to the same path on `foreign_base_url` (a client must not follow it); on submit before "
+                "anything is recorded",
+    # per call, on one call only (whatever `fault_calls` says)
+    "cancel_already_completed": "cancel answers ALREADY_COMPLETED (HTTP 400) without cancelling: the job "
+                                "still completes and its result stays fetchable",
+    "huge_status_json": "a status poll answers the job's status padded (in `logs`) to `hostile_bytes`",
+    "huge_json": "a completed job's result answers its JSON padded (in video.file_name) to `hostile_bytes`",
+    "huge_stream_event": "the status stream sends its first event, then `data: ` and bytes without a newline "
+                         "until `hostile_bytes`",
+    "endless_video": "the video file answers 200 video/mp4 with a body that does not end (until `hostile_bytes`)",
+    # per job (drawn once at submit)
+    "result_404_once": "the first result fetch after completion answers 404",
+    "request_error": "the job completes but its result is a 422 content-policy or a 500 runner_disconnected error",
+    "foreign_urls": "the submit answer's (and status answers') status/response/cancel URLs point at "
+                    "`foreign_base_url` instead of this server",
+    "bad_request_id": "the submit answer's request_id is a path ('../<id>'); the job is recorded and runs",
+}
+FAULT_KINDS: tuple[str, ...] = tuple(FAULT_DOCS)
 
 
 class SimulatorConfig(BaseModel):
-    """Knobs of the simulated queue. Latencies are seconds; `faults` maps a kind to a probability per call."""
+    """Knobs of the simulated queue. Latencies are seconds; `faults` maps a kind (`FAULT_DOCS`) to a probability
+    per call (per job for the per-job kinds)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -59,6 +79,17 @@ class SimulatorConfig(BaseModel):
     webhook_drop_probability: float = Field(default=0.0, ge=0, le=1)
     #: hosts webhooks may be sent to; None = any. Loopback only by default: the simulator never calls out.
     webhook_allowed_hosts: tuple[str, ...] | None = ("127.0.0.1", "localhost", "::1")
+
+    # -- hostile modes (see `hostile.py`) --------------------------------------------------------------------------
+    #: where `foreign_urls` and `redirect` point; None = http://127.0.0.2:<this server's port> (loopback, but
+    #: another origin; nothing listens there unless a test starts a server)
+    foreign_base_url: str | None = None
+    #: size of the `huge_*` bodies and where the "endless" ones (`endless_video`, `huge_stream_event`) stop: a
+    #: safety stop for tests; the default (4 GiB) is endless for any sane client
+    hostile_bytes: int = Field(default=1 << 32, ge=1)
+    #: the `huge_json` / `huge_status_json` / `endless_video` bodies declare `Content-Length: hostile_bytes` up
+    #: front (else they are sent chunked, with no length)
+    hostile_declare_length: bool = False
 
     @field_validator("faults")
     @classmethod

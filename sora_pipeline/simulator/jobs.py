@@ -124,6 +124,7 @@ class JobBook:
             self.calls = {c: 0 for c in CALLS}
             self.cancels = 0
             self.faults: dict[str, int] = {}
+            self.hostile_bytes_sent = 0
             self.completed = 0
             self.failed = 0
             self.cancelled = 0
@@ -140,6 +141,10 @@ class JobBook:
     def count_fault(self, kind: str) -> None:
         with self.lock:
             self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    def count_hostile_bytes(self, n: int) -> None:
+        with self.lock:
+            self.hostile_bytes_sent += n
 
     def count_webhook(self, counter: str, request_id: str | None = None, **info: Any) -> None:
         """Bump a delivery counter and update the job's entry of `stats()["webhooks"]`."""
@@ -260,6 +265,7 @@ class JobBook:
                 "calls": dict(self.calls),
                 "cancels": self.cancels,
                 "faults": dict(self.faults),
+                "hostile_bytes_sent": self.hostile_bytes_sent,
                 "completed": self.completed,
                 "failed": self.failed,
                 "cancelled": self.cancelled,
