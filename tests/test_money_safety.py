@@ -202,28 +202,16 @@ def test_old_ledgers_migrate_simulator_rows_to_their_own_keys(tmp_path):
 
 # ---------------------------------------------------------------- 7, for real: PostgreSQL goes away mid-run
 @pytest.fixture
-def pg_database():
+def pg_database(pg_admin):
     import uuid
 
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    admin_url = make_url(os.environ.get("SORA_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"))
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        admin.connect().close()
-    except OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL unreachable at {admin_url.render_as_string()}: {exc}")
-        pytest.skip("PostgreSQL unreachable; set SORA_TEST_PG_URL to an admin URL")
+    engine, admin_url = pg_admin
     name = f"sora_test_outage_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
+    with engine.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     yield admin_url.set(database=name)
-    with admin.connect() as conn:
+    with engine.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
 
 
 def test_ledger_outage_mid_run_fails_the_run_and_the_next_run_resumes(tmp_path, make_simulator, pg_database):
