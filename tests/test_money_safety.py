@@ -254,3 +254,46 @@ def _subprocess_env(project: dict, sim) -> dict:
                SORA_LEDGER_URL=project["ledger_url"], SORA_FAL_QUEUE_URL=sim.base_url, SORA_POLL_INTERVAL="0.05",
                PYTHONPATH=str(REPO))
     return env
+
+
+# ---------------------------------------------------------------- 6. a key echoed by the server is never stored
+SECRET = "sk-fal-9f8e7d6c5b4a3210:deadbeefcafef00dfeedface"
+
+
+def test_a_key_echoed_by_the_server_is_redacted_everywhere(tmp_path, make_simulator, caplog, capfd):
+    """fal answers 401 repeating the Authorization header: the key reaches neither the tables, the ledger,
+    Dagster's event log and compute logs, Python's logs, nor stdout/stderr."""
+    import logging
+
+    import dagster as dg
+    import pyarrow.dataset as ds
+
+    from tests.pipeline_helpers import make_project, materialize_day, resources
+
+    sim = make_simulator(faults={"echo_key": 1.0}, fault_calls=frozenset({"submit"}))
+    project = make_project(tmp_path)
+    caplog.set_level(logging.DEBUG)
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        result = materialize_day(resources(sim.base_url, project, fal_key=SECRET), instance=instance,
+                                 raise_on_error=False)
+        events = instance.all_logs(result.run_id)
+        assert events, "the run left an event log"
+        assert all(SECRET not in str(e) for e in events)
+        failures = [e for e in events if "401" in str(e) or "refused the key" in str(e)]
+        assert failures, "the 401 is reported (without the key)"
+    leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, f"the key is stored in {leaks}"
+    for table in ("generations", "failed_generations"):
+        rows = ds.dataset(f"{project['warehouse_uri']}/{table}", format="parquet", partitioning="hive").to_table()
+        assert rows.num_rows == 4
+        assert SECRET not in str(rows.to_pylist())
+    with Ledger(project["ledger_url"]) as ledger:
+        entries = ledger.entries_for_day("2026-11-20")
+        assert {e.state.value for e in entries} == {"failed"}
+        assert all(SECRET not in str(ledger.history(e.request_key)) for e in entries)
+        assert all("Key [REDACTED]" in (e.error_message or "") or "[REDACTED]" in (e.error_message or "")
+                   for e in entries), [e.error_message for e in entries]
+    assert all(SECRET not in r.getMessage() for r in caplog.records)
+    out, err = capfd.readouterr()
+    assert SECRET not in out and SECRET not in err
