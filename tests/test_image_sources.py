@@ -235,3 +235,12 @@ def test_a_new_url_or_regenerate_makes_a_new_video(tmp_path, simulator):
     result = materialize_day(res, run_config={"regenerate": True})  # or: the same URL, regenerated
     assert result.success and simulator.stats()["submits"] == 3
     assert materializations(result, "generations")[0].metadata["decision_counts"].data == {"submitted": 1}
+
+
+def test_the_url_keying_contract_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "image-sources.md").read_text()
+    for words in ("keyed by their URL", "?v=2", "regenerate: true", "s3:// needs s3fs", "not an allowed image source"):
+        assert words in doc, words
+    assert "keyed by their URL only" in load_image_input.__doc__ and "regenerate" in load_image_input.__doc__
