@@ -2,8 +2,9 @@
 
 Checks, without connecting to anything: the YAML parses; the file matches Dagster's instance schema; every
 configurable class it names (storage, run coordinator, run launcher, …) accepts its `config` block when that
-class's package is installed (otherwise it is reported as not checked); and lists the environment variables the
-file reads (`{env: NAME}`), so the deployment can provide them. Exit status 1 on any error.
+class's package is installed (otherwise it is reported as not checked); that dagster-postgres storage uses the
+psycopg2 driver (`postgresql+psycopg2://`); and lists the environment variables the file reads (`{env: NAME}`), so
+the deployment can provide them. Exit status 1 on any error; warnings (what could not be checked) do not fail.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Report:
     env_vars: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
     not_checked: list[str] = field(default_factory=list)  # class packages not installed here
+    warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +87,51 @@ def _check_class(report: Report, label: str, module: str, cls_name: str, config:
         report.errors += [f"{label}: {e.message}" for e in result.errors]
 
 
+def _env_value(value: Any) -> tuple[Any, str | None]:
+    """(value, None) for a literal; (the variable's value or None, its name) for `{env: NAME}`."""
+    if isinstance(value, Mapping) and set(value) == {"env"}:
+        return os.environ.get(value["env"]), value["env"]
+    return value, None
+
+
+def _check_postgres_driver(report: Report, label: str, config: Any) -> None:
+    """dagster-postgres works on psycopg2 only. With psycopg 3 — what SQLAlchemy 2.1 picks for a plain `postgresql`
+    scheme, and what the `postgres` extra installs for the ledger — every event write fails (`NOTIFY run_events, $1`:
+    psycopg 3 binds parameters server-side) and dagster-webserver's connections are closed by its statement-timeout
+    hook (`with conn:` closes a psycopg 3 connection). So the URL must name the driver: `postgresql+psycopg2://`."""
+    if not isinstance(config, Mapping):
+        return
+    if config.get("postgres_url") is not None:
+        where, (url, env) = "postgres_url", _env_value(config["postgres_url"])
+        scheme = url.split("://", 1)[0] if isinstance(url, str) and "://" in url else None
+    elif isinstance(config.get("postgres_db"), Mapping):
+        where = "postgres_db.scheme" if "scheme" in config["postgres_db"] else "postgres_db (no scheme: postgresql)"
+        scheme, env = _env_value(config["postgres_db"].get("scheme", "postgresql"))
+    else:
+        return
+    if env is not None and scheme is None:
+        report.warnings.append(f"{label}: {where} comes from ${env}, not set here: it must start with "
+                               "postgresql+psycopg2:// (dagster-postgres works on psycopg2 only)")
+        return
+    if not isinstance(scheme, str) or not scheme.startswith("postgresql"):
+        return  # not a PostgreSQL URL: the storage itself reports it
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        driver = make_url(f"{scheme}://").get_driver_name()
+    except Exception as exc:  # an unknown driver name
+        report.errors.append(f"{label}: {where}: {exc}")
+        return
+    if driver == "psycopg2":
+        report.checked.append(f"{label}: driver psycopg2 ({where})")
+        return
+    implied = "" if "+" in scheme else f" (SQLAlchemy {sqlalchemy.__version__} maps a plain {scheme}:// to it)"
+    report.errors.append(f"{label}: {where} selects the {driver} driver{implied}; dagster-postgres works on psycopg2 "
+                         f"only (run event writes fail on psycopg 3): write postgresql+psycopg2://, or "
+                         f"`scheme: postgresql+psycopg2` under postgres_db")
+
+
 def check_instance_file(path: str) -> Report:
     report = Report(path)
     try:
@@ -112,11 +159,15 @@ def check_instance_file(path: str) -> Report:
         value = doc.get(section)
         if isinstance(value, dict) and "module" in value and "class" in value:
             _check_class(report, section, value["module"], value["class"], value.get("config"))
+            if str(value["module"]).startswith("dagster_postgres"):
+                _check_postgres_driver(report, section, value.get("config"))
     storage = doc.get("storage")
     if isinstance(storage, dict):
         for kind, config in storage.items():
             if kind in STORAGE_CLASSES:
                 _check_class(report, f"storage.{kind}", *STORAGE_CLASSES[kind], config)
+            if kind == "postgres":
+                _check_postgres_driver(report, f"storage.{kind}", config)
     return report
 
 
@@ -133,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  checked      {line}")
         for line in r.not_checked:
             print(f"  not checked  {line}")
+        for line in r.warnings:
+            print(f"  WARNING      {line}")
         for line in r.errors:
             print(f"  ERROR        {line}")
         print(f"  env vars     {', '.join(r.env_vars) or '-'}")

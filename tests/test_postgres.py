@@ -28,8 +28,10 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ProgrammingError
 
-from sora_pipeline.ledger import Ledger, RequestState
+from sora_pipeline.ledger import Ledger, RequestSpec, RequestState, ResubmitPolicy
+from sora_pipeline.ledger.schema import make_engine
 from sora_pipeline.tables import read_day_partition
 from tests.pipeline_helpers import DAY, catalog_rows, make_project, materialize_day, resources
 
@@ -80,6 +82,47 @@ def test_deploy_workspace_points_at_a_code_server(monkeypatch):
     ensure_workspace_config(doc, str(DEPLOY / "workspace.yaml"))
     (entry,) = doc["load_from"]
     assert entry["grpc_server"]["location_name"] == "sora_pipeline"
+
+
+def _storage_file(path: Path, postgres: dict) -> Path:
+    path.write_text(yaml.safe_dump({"storage": {"postgres": postgres}, "telemetry": {"enabled": False}}))
+    return path
+
+
+def test_deploy_config_checker_requires_psycopg2_for_dagster_postgres(tmp_path, monkeypatch):
+    """dagster-postgres works on psycopg2 only (test_dagster_instance_on_each_postgres_url_form): a URL or scheme
+    that SQLAlchemy 2.1 resolves to psycopg 3 is an error; a URL the checker cannot see is a warning."""
+    db = {"hostname": "h", "username": "u", "db_name": "d"}
+    for postgres in ({"postgres_url": "postgresql://u@h:5432/d"}, {"postgres_url": "postgresql+psycopg://u@h/d"},
+                     {"postgres_db": db}, {"postgres_db": dict(db, scheme="postgresql+psycopg")}):
+        report = check_instance_file(str(_storage_file(tmp_path / "bad.yaml", postgres)))
+        assert not report.ok and len(report.errors) == 1, (postgres, report.errors)
+        assert "psycopg driver" in report.errors[0] and "postgresql+psycopg2" in report.errors[0]
+    for postgres in ({"postgres_url": "postgresql+psycopg2://u@h:5432/d"},
+                     {"postgres_db": dict(db, scheme="postgresql+psycopg2")}):
+        report = check_instance_file(str(_storage_file(tmp_path / "good.yaml", postgres)))
+        assert report.ok and not report.warnings, report.errors
+        assert any(c.startswith("storage.postgres: driver psycopg2") for c in report.checked)
+    monkeypatch.delenv("SORA_TEST_INSTANCE_URL", raising=False)
+    from_env = _storage_file(tmp_path / "env.yaml", {"postgres_url": {"env": "SORA_TEST_INSTANCE_URL"}})
+    report = check_instance_file(str(from_env))
+    assert report.ok and "SORA_TEST_INSTANCE_URL" in report.warnings[0]
+    monkeypatch.setenv("SORA_TEST_INSTANCE_URL", "postgresql://u@h/d")
+    assert not check_instance_file(str(from_env)).ok
+
+
+def test_ledger_url_without_a_driver_uses_an_installed_one(monkeypatch):
+    """`postgresql://` → psycopg 3, else psycopg2; a missing driver says which extra to install (no server)."""
+    url = "postgresql://u:secret@127.0.0.1:5432/d"
+    assert make_engine(url).dialect.driver == "psycopg"  # both are in the `postgres` extra
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # find_spec → None, import → ImportError
+    assert make_engine(url).dialect.driver == "psycopg2"
+    with pytest.raises(ImportError, match=r"needs the psycopg module.*install sora_pipeline\[postgres\]"):
+        make_engine("postgresql+psycopg://u@127.0.0.1/d")
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    with pytest.raises(ImportError, match=r"neither is installed: install sora_pipeline\[postgres\]") as err:
+        make_engine(url)
+    assert "secret" not in str(err.value)
 
 
 # ---------------------------------------------------------------- PostgreSQL fixtures (pg_admin: conftest.py)
@@ -173,6 +216,55 @@ def step_intervals(instance: DagsterInstance, run_ids, step_key: str = "generati
 
 def overlaps(intervals: list[tuple[float, float]]) -> bool:
     return any(b[0] < a[1] for a, b in zip(intervals, intervals[1:]))
+
+
+# ---------------------------------------------------------------- (0) URL forms: the ledger, the Dagster instance
+@pytest.mark.parametrize("scheme, driver", [("postgresql", "psycopg"), ("postgresql+psycopg", "psycopg"),
+                                            ("postgresql+psycopg2", "psycopg2")])
+def test_ledger_on_each_postgresql_url_form(new_database, scheme, driver):
+    url = url_string(new_database("ledger").set(drivername=scheme))
+    spec = RequestSpec.create("fal-ai/sora-2/image-to-video/pro", item_id="u0", day=DAY, prompt="p", resolution="720p",
+                              aspect_ratio="16:9", duration=4, image_sha256="ab" * 32, used_openai_key=False,
+                              estimated_cost=1.0)
+    with Ledger(url) as ledger:
+        assert ledger._engine.dialect.driver == driver
+        ledger.plan([spec])
+        decision, entry = ledger.claim(spec.request_key, owner="o", policy=ResubmitPolicy())
+        assert decision.name == "SUBMIT" and entry.attempt == 1
+    with Ledger(url) as again:  # a second process on the same database: the schema is there, the claim too
+        assert again.counts_by_state(DAY)[RequestState.SUBMITTING.value] == 1
+
+
+_PSYCOPG3_BREAKS_DAGSTER = pytest.mark.xfail(
+    strict=True, raises=ProgrammingError,
+    reason="dagster-postgres 0.29 works on psycopg2 only: its event log runs `NOTIFY run_events, :id`, which "
+           "psycopg 3 binds server-side (syntax error at $1). If this passes, drop the psycopg2 requirement in "
+           "deploy/check_config.py and docs/deployment.md")
+
+
+@pytest.mark.parametrize("scheme", [pytest.param("postgresql", marks=_PSYCOPG3_BREAKS_DAGSTER),
+                                    pytest.param("postgresql+psycopg", marks=_PSYCOPG3_BREAKS_DAGSTER),
+                                    "postgresql+psycopg2"])
+def test_dagster_instance_on_each_postgres_url_form(tmp_path, new_database, monkeypatch, scheme):
+    """DAGSTER_HOME with `storage.postgres.postgres_url: <scheme>://…` (as Dagster's docs write it), a trivial run."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    _storage_file(home / "dagster.yaml", {"postgres_url": url_string(new_database("dagster").set(drivername=scheme))})
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+
+    @dg.asset
+    def one() -> int:
+        return 1
+
+    instance = DagsterInstance.get()
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        result = dg.materialize([one], instance=instance)
+        assert result.success
+        assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.SUCCESS
+        assert instance.get_latest_materialization_event(dg.AssetKey("one")) is not None
+    finally:
+        instance.dispose()
 
 
 # ---------------------------------------------------------------- (1) a sample day on a PostgreSQL instance
