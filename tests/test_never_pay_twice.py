@@ -98,17 +98,68 @@ def test_sigterm_cancels_in_flight_requests_and_the_ledger_says_so(tmp_path, mak
             assert [a.state.value for a in ledger.history(entry.request_key)] == ["cancelled", "completed"]
 
 
+#: tests/run_day.py as it is, but on a persistent SQLite instance in argv[1] (not an ephemeral one), so the test can
+#: read when each run's `generations` step started and ended
+_RUN_DAY_RECORDED = """
+import runpy, sys
+import dagster as dg
+home, sys.argv = sys.argv[1], sys.argv[2:]
+dg.DagsterInstance.ephemeral = staticmethod(lambda *args, **kwargs: dg.DagsterInstance.from_config(home))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _generation_step_window(home: Path) -> tuple[float, float]:
+    """(start, end) of the `generations` step of the one run recorded in `home` (STEP_START → SUCCESS/FAILURE)."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        (run,) = instance.get_runs()
+        ends = {DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}
+        records = instance.all_logs(run.run_id, of_type={DagsterEventType.STEP_START, *ends})
+        times = {r.dagster_event.event_type: r.timestamp for r in records if r.step_key == "generations"}
+    finally:
+        instance.dispose()
+    end = next((times[t] for t in ends if t in times), None)
+    assert DagsterEventType.STEP_START in times and end is not None, f"{home}: no complete generations step"
+    return times[DagsterEventType.STEP_START], end
+
+
+def _run_outputs(procs: list[subprocess.Popen], outs: list[tuple[str, str]]) -> str:
+    return "".join(f"\n===== run {i} (exit {p.returncode}): stdout =====\n{out}\n===== run {i}: stderr =====\n{err}"
+                   for i, (p, (out, err)) in enumerate(zip(procs, outs)))
+
+
 def test_two_concurrent_runs_of_the_same_day_submit_each_item_once(tmp_path, make_simulator):
-    sim = make_simulator(run_latency=1.0)
+    # generation (≥ run_latency) much longer than the start-up skew of two processes, so the runs overlap even
+    # on a loaded machine; the test checks that they did (Dagster's event log of each run), as test_postgres does
+    sim = make_simulator(run_latency=4.0)
     project = make_project(tmp_path, catalog_rows(n=8))
     env = subprocess_env(project, sim)
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests/run_day.py"), DAY], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=240) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    homes = [tmp_path / f"dagster_home_{i}" for i in range(2)]
+    procs = []
+    for home in homes:
+        home.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-c", _RUN_DAY_RECORDED, str(home),
+                                       str(REPO / "tests/run_day.py"), DAY], env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=240))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            outs = [q.communicate() for q in procs]
+            pytest.fail(f"a run did not finish in 240 s{_run_outputs(procs, outs)}")
+    assert all(p.returncode == 0 for p in procs), _run_outputs(procs, outs)
+    windows = sorted(_generation_step_window(home) for home in homes)
+    assert windows[1][0] < windows[0][1], \
+        f"the generation steps did not overlap ({windows}): the test proved nothing{_run_outputs(procs, outs)}"
     per_prompt = submits_per_prompt(sim)
-    assert len(per_prompt) == 8 and set(per_prompt.values()) == {1}
-    assert ledger_states(project) == Counter({"completed": 8})
+    assert len(per_prompt) == 8 and set(per_prompt.values()) == {1}, f"{per_prompt}{_run_outputs(procs, outs)}"
+    assert ledger_states(project) == Counter({"completed": 8}), _run_outputs(procs, outs)
 
 
 def test_fault_injection_loses_nothing_and_pays_once(tmp_path, make_simulator):
