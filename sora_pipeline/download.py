@@ -1,5 +1,11 @@
 """Fetch finished videos: only from https:// or from the queue's own host (the simulator / a test server),
-streamed to a local temp file while hashing, then moved into the archive through fsspec."""
+streamed to a local temp file while hashing, then moved into the archive through fsspec.
+
+Bounded: a video may be at most `max_bytes` long (env `SORA_MAX_VIDEO_BYTES`, default 2 GiB): a larger
+Content-Length is refused before reading, and the bytes are counted while streaming (`DownloadTooLarge`; the
+partial temp file is deleted). Before writing, the temp directory must have at least max(Content-Length,
+`min_free_bytes`) free (default 256 MiB; `InsufficientDiskSpace`). Redirects are never followed: a 3xx answer is
+refused (`DownloadRefused`)."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import posixpath
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -16,12 +23,34 @@ from urllib.parse import urlsplit
 import fsspec
 import httpx
 
+from sora_pipeline.fal.protocol import byte_cap, describe_bytes, origin
 from sora_pipeline.media import probe_video
 from sora_pipeline.tables import is_local_fs
 
+MAX_VIDEO_BYTES_ENV = "SORA_MAX_VIDEO_BYTES"
+DEFAULT_MAX_VIDEO_BYTES = 2 << 30  # 2 GiB: a 12 s 1080p clip is tens of MB
+DEFAULT_MIN_FREE_BYTES = 256 << 20  # free space the temp directory must keep (at least) to start a download
+
 
 class DownloadRefused(ValueError):
-    """The video URL is not one we are allowed to fetch."""
+    """The video URL is not one we are allowed to fetch (or it answered a redirect, never followed)."""
+
+
+class DownloadError(RuntimeError):
+    """A video download stopped before it went wrong (the partial file is deleted)."""
+
+
+class DownloadTooLarge(DownloadError):
+    """The video is longer than `max_bytes` (SORA_MAX_VIDEO_BYTES)."""
+
+
+class InsufficientDiskSpace(DownloadError):
+    """The temp directory has less free space than the download needs."""
+
+
+def max_video_bytes(value: int | None = None) -> int:
+    """The video cap: `value` if given, else SORA_MAX_VIDEO_BYTES, else 2 GiB."""
+    return byte_cap(value, MAX_VIDEO_BYTES_ENV, DEFAULT_MAX_VIDEO_BYTES)
 
 
 @dataclass(frozen=True)
@@ -45,24 +74,64 @@ def check_video_url(url: str, queue_base_url: str) -> None:
 
 
 async def download_video(http: httpx.AsyncClient, url: str, *, queue_base_url: str, tmp_dir: str | None = None,
-                         chunk_size: int = 1 << 20) -> DownloadedFile:
-    """Stream `url` to a temp file, hashing as it goes; never holds the whole video in memory."""
+                         chunk_size: int = 1 << 20, max_bytes: int | None = None,
+                         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> DownloadedFile:
+    """Stream `url` to a temp file, hashing as it goes; never holds the whole video in memory.
+
+    `max_bytes`: the longest video accepted (None: env SORA_MAX_VIDEO_BYTES, default 2 GiB). `min_free_bytes`:
+    the free space the temp directory must have (or the Content-Length, if larger) before anything is written."""
     check_video_url(url, queue_base_url)
+    cap = max_video_bytes(max_bytes)
     digest, size = hashlib.sha256(), 0
     fd, path = tempfile.mkstemp(suffix=".mp4", dir=tmp_dir)
     try:
         with os.fdopen(fd, "wb") as out:
             async with http.stream("GET", url, follow_redirects=False) as response:
-                response.raise_for_status()
+                _check_answer(response, url, cap, os.path.dirname(path), min_free_bytes)
                 content_type = response.headers.get("content-type")
                 async for chunk in response.aiter_bytes(chunk_size):
+                    size += len(chunk)
+                    if size > cap:
+                        raise DownloadTooLarge(_too_large(url, cap))
                     out.write(chunk)
                     digest.update(chunk)
-                    size += len(chunk)
     except BaseException:
         os.unlink(path)
         raise
     return DownloadedFile(path=path, sha256=digest.hexdigest(), size=size, content_type=content_type)
+
+
+def _shown(url: str) -> str:
+    where = origin(url)
+    return f"{where[0]}://{where[1]}:{where[2]}/…" if where else "the video URL"
+
+
+def _too_large(url: str, cap: int, declared: int | None = None) -> str:
+    how = f"declares Content-Length {declared}, over" if declared is not None else "is larger than"
+    return (f"the video at {_shown(url)} {how} the {describe_bytes(cap)} cap on videos (max_bytes / "
+            f"{MAX_VIDEO_BYTES_ENV}); the download was stopped and its partial file deleted")
+
+
+def _check_answer(response: httpx.Response, url: str, cap: int, tmp_dir: str, min_free_bytes: int) -> None:
+    """Before a byte is written: no redirect, a success, a Content-Length within the cap, enough free disk."""
+    if 300 <= response.status_code < 400:
+        target = origin(response.headers.get("location", ""))
+        where = f" to {target[0]}://{target[1]}:{target[2]}" if target else ""
+        raise DownloadRefused(f"the video at {_shown(url)} answered HTTP {response.status_code} (a redirect"
+                              f"{where}); redirects are never followed")
+    response.raise_for_status()
+    try:
+        declared = int(response.headers.get("content-length", ""))
+    except ValueError:
+        declared = None
+    if declared is not None and declared > cap:
+        raise DownloadTooLarge(_too_large(url, cap, declared))
+    need = max(declared or 0, min_free_bytes)
+    free = shutil.disk_usage(tmp_dir).free
+    if free < need:
+        raise InsufficientDiskSpace(f"only {describe_bytes(free)} free in {tmp_dir}; downloading the video at "
+                                    f"{_shown(url)} needs at least {describe_bytes(need)} (its Content-Length or "
+                                    f"the {describe_bytes(min_free_bytes)} margin, whichever is larger)")
 
 
 def archive_file(local_path: str, target_uri: str, storage_options: dict | None = None) -> str:
@@ -88,15 +157,18 @@ def archive_file(local_path: str, target_uri: str, storage_options: dict | None 
 
 async def fetch_video(http: httpx.AsyncClient, url: str, *, queue_base_url: str, archive_stem: str | None,
                       storage_options: dict | None = None,
-                      before_probe: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+                      before_probe: Callable[[], Awaitable[None]] | None = None, max_bytes: int | None = None,
+                      min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> dict[str, Any]:
     """Download → probe (PyAV, headers only) → archive to `<archive_stem>-<sha256[:12]>.mp4` (if given).
 
-    Returns the artifacts recorded in the ledger: archive_uri, sha256, file_size, content_type, probe."""
+    `max_bytes` / `min_free_bytes` as for `download_video`. Returns the artifacts recorded in the ledger:
+    archive_uri, sha256, file_size, content_type, probe."""
     tmp_dir = None
     if archive_stem and "://" not in archive_stem:  # same disk as the archive: the final move is a rename
         tmp_dir = os.path.join(os.path.dirname(archive_stem), ".incoming")
         os.makedirs(tmp_dir, exist_ok=True)
-    file = await download_video(http, url, queue_base_url=queue_base_url, tmp_dir=tmp_dir)
+    file = await download_video(http, url, queue_base_url=queue_base_url, tmp_dir=tmp_dir, max_bytes=max_bytes,
+                                min_free_bytes=min_free_bytes)
     try:
         if before_probe is not None:
             await before_probe()

@@ -1,7 +1,15 @@
 """Sync and async clients for fal's queue: submit → status (with logs) → result, cancel, and wait/subscribe.
 
-Both share `QueueProtocol` (what to send, how to read answers) and one retry policy (tenacity); they differ only
-in how bytes move. Pass `transport=` (an httpx transport) to test pinpoint faults."""
+Both share `QueueProtocol` (what to send, how to read answers, where the caps are) and one retry policy
+(tenacity); they differ only in how bytes move. Pass `transport=` (an httpx transport) to test pinpoint faults.
+
+Safety settings (constructor keywords; None reads the env var, else the default applies):
+`max_json_bytes` (env `SORA_MAX_JSON_BYTES`, default 8 MiB) caps every submit/status/result/cancel answer: it is
+read as a stream and abandoned past the cap (an oversized result is a non-retryable `RequestFailedError`, never a
+completed request; an oversized status a `TransientError`; an oversized submit an `AmbiguousSubmitError`).
+`max_stream_event_bytes` (env `SORA_MAX_STREAM_EVENT_BYTES`, default 1 MiB) caps each status-stream line: a longer
+one abandons the stream and the client polls instead. Redirects are never followed: a 3xx answer is an error
+(`TransientError`; on submit `AmbiguousSubmitError`), and the key is only ever sent to the configured origin."""
 
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from sora_pipeline.fal.protocol import (
     QueueStatus,
     RetryPolicy,
     RetrySignal,
+    StreamEventTooLarge,
 )
 
 log = logging.getLogger("sora_pipeline.fal")
@@ -55,9 +64,11 @@ class _ClientBase:
                  endpoint_id: str = DEFAULT_ENDPOINT_ID, retry: RetryPolicy | None = None,
                  poll: PollPolicy | None = None, timeout: float = 30.0, connect_timeout: float = 10.0,
                  priority: str | None = None, start_timeout: float | None = None, webhook_url: str | None = None,
-                 max_connections: int = 100) -> None:
+                 max_connections: int = 100, max_json_bytes: int | None = None,
+                 max_stream_event_bytes: int | None = None) -> None:
         self.protocol = QueueProtocol(base_url=base_url, endpoint_id=endpoint_id, key=key, priority=priority,
-                                      start_timeout=start_timeout, webhook_url=webhook_url)
+                                      start_timeout=start_timeout, webhook_url=webhook_url,
+                                      max_json_bytes=max_json_bytes, max_stream_event_bytes=max_stream_event_bytes)
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=None)
@@ -115,8 +126,8 @@ class FalQueueClient(_ClientBase):
     def __init__(self, *, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._http = httpx.Client(timeout=self._timeout, limits=self._limits, transport=transport,
-                                  verify=shared_ssl_context(),
-                                  headers=self.protocol.headers())
+                                  verify=shared_ssl_context(), headers=self.protocol.headers(),
+                                  follow_redirects=False)
 
     def __enter__(self) -> FalQueueClient:
         return self
@@ -132,10 +143,14 @@ class FalQueueClient(_ClientBase):
             for attempt in Retrying(**self._retry_kwargs(req)):
                 with attempt:
                     try:
-                        response = self._http.request(req.method, req.url, **self._request_kwargs(req))
+                        with self._http.stream(req.method, req.url, **self._request_kwargs(req)) as response:
+                            body = self.protocol.body_reader(response, req.phase, request_id)
+                            for chunk in response.iter_bytes():
+                                if body.feed(chunk):
+                                    break
                     except httpx.HTTPError as exc:
                         raise self.protocol.network_error(exc, req.phase, request_id) from None
-                    return parse(response)
+                    return parse(body.finish())
         except RetrySignal as signal:
             raise signal.error from None
 
@@ -184,11 +199,12 @@ class AsyncFalQueueClient(_ClientBase):
     def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._http = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, transport=transport,
-                                       headers=self.protocol.headers(), verify=shared_ssl_context())
+                                       headers=self.protocol.headers(), verify=shared_ssl_context(),
+                                       follow_redirects=False)
         # status streams hold a connection each for a whole generation: a pool of their own, so the short calls
         # (submit, result) do not scan a pool of hundreds of stream connections; same few idle ones kept
         self._streams = httpx.AsyncClient(timeout=self._timeout, transport=transport, headers=self.protocol.headers(),
-                                          verify=shared_ssl_context(), limits=self._limits)
+                                          verify=shared_ssl_context(), limits=self._limits, follow_redirects=False)
 
     async def __aenter__(self) -> AsyncFalQueueClient:
         return self
@@ -206,10 +222,14 @@ class AsyncFalQueueClient(_ClientBase):
             async for attempt in AsyncRetrying(**self._retry_kwargs(req)):
                 with attempt:
                     try:
-                        response = await self._http.request(req.method, req.url, **self._request_kwargs(req))
+                        async with self._http.stream(req.method, req.url, **self._request_kwargs(req)) as response:
+                            body = self.protocol.body_reader(response, req.phase, request_id)
+                            async for chunk in response.aiter_bytes():
+                                if body.feed(chunk):
+                                    break
                     except httpx.HTTPError as exc:
                         raise self.protocol.network_error(exc, req.phase, request_id) from None
-                    return parse(response)
+                    return parse(body.finish())
         except RetrySignal as signal:
             raise signal.error from None
 
@@ -273,17 +293,22 @@ class AsyncFalQueueClient(_ClientBase):
             status = None
             try:
                 async with self._streams.stream(req.method, req.url, params=req.params) as response:
-                    if response.status_code >= 400:
-                        return None  # no stream here (or an error the polling path maps properly)
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        status = self.protocol.status_from_body(json.loads(line[5:]), handle.request_id)
-                        if await self._seen(handle, status, on_status):
-                            return status
-                        self._wait_step(handle, status, started, timeout, None)
+                    if response.status_code != 200:
+                        return None  # no stream here (or an error/redirect the polling path maps properly)
+                    lines = self.protocol.line_splitter()  # capped: a line without end never fills memory
+                    async for chunk in response.aiter_bytes():
+                        for line in lines.feed(chunk):
+                            if not line.startswith("data:"):
+                                continue
+                            status = self.protocol.status_from_body(json.loads(line[5:]), handle.request_id)
+                            if await self._seen(handle, status, on_status):
+                                return status
+                            self._wait_step(handle, status, started, timeout, None)
             except httpx.ReadTimeout:
                 continue  # nothing to report for a while: reopen
+            except StreamEventTooLarge as exc:
+                log.warning("status stream of %s: %s; polling instead", handle.request_id, exc)
+                return None
             except (httpx.HTTPError, ValueError, RetrySignal) as exc:
                 failures += 1
                 log.debug("status stream of %s failed (%s); retrying", handle.request_id, type(exc).__name__)

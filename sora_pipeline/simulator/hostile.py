@@ -12,6 +12,7 @@ self-identification: `GET /.well-known/sora-simulator`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,6 +67,8 @@ async def _count(book: JobBook, parts: AsyncIterator[bytes]) -> AsyncIterator[by
     async for part in parts:
         yield part
         book.count_hostile_bytes(len(part))  # after the send returned: handed to the network
+        # a send to a client that hung up returns at once: yield to the loop so the disconnect ends the stream
+        await asyncio.sleep(0)
 
 
 async def _padding(total: int) -> AsyncIterator[bytes]:
