@@ -39,12 +39,35 @@ def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.E
     read, repeats included); only the other rows are scanned, and only their item_id. Row groups are skipped
     when their statistics (the day's own, or clustered ids) or their item_id Bloom filter (catalogs written by
     `write_catalog`) show they hold none of the ids; what remains is scanned exactly."""
-    typ = dataset.schema.field("item_id").type
+    return duplicated_ids_across([(dataset, day_filter, day_parts)], day_ids)
+
+
+def duplicated_ids_across(groups: Sequence[tuple[ds.Dataset, ds.Expression, Sequence[ds.Fragment]]],
+                          day_ids: Sequence[str]) -> dict[str, int]:
+    """`duplicated_ids` of a catalog given as `groups` of files — (dataset, day_filter, day_parts) each, together
+    covering every file once — for catalogs whose files disagree on the type of item_id or scheduled_date: each
+    group's files agree, and gets the day filter of its own types. Integer item_ids count as their decimal
+    string (`7` and `"7"` are the same id to a person, so neither is generated)."""
     counts = Counter(day_ids)
-    if not counts or not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+    if not counts:
         return {}
     ordered = sorted(counts)
-    others = ~day_filter | ds.field("scheduled_date").is_null()  # the day's own rows are counted above
+    for dataset, day_filter, day_parts in groups:
+        counts.update(_other_rows_ids(dataset, ordered, day_filter, day_parts))
+    return {item_id: n for item_id, n in counts.items() if n > 1}
+
+
+def _other_rows_ids(dataset: ds.Dataset, ordered: list[str], day_filter: ds.Expression,
+                    day_parts: Sequence[ds.Fragment]) -> list[str]:
+    """The item_ids among `ordered` (sorted) that rows of `dataset` outside `day_filter` carry, repeats included."""
+    typ = dataset.schema.field("item_id").type
+    others = ~day_filter | ds.field("scheduled_date").is_null()  # the day's own rows are counted by the caller
+    if pa.types.is_integer(typ):  # (a catalog whose files disagree on item_id's type)
+        wanted = set(ordered)
+        column = dataset.to_table(columns=["item_id"], filter=others).column("item_id")
+        return [text for text in map(str, column.drop_null().to_pylist()) if text in wanted]
+    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        return []
     flt = ds.field("item_id").isin(pa.array(ordered, type=typ)) & others
     candidates = _bloom_candidates(dataset, ordered, day_parts, others)
     if candidates is None:
@@ -55,9 +78,9 @@ def duplicated_ids(dataset: ds.Dataset, day_ids: Sequence[str], day_filter: ds.E
         # (random ids: nothing to skip, and the range term would cost ~60% more string comparisons)
     else:  # only the row groups that may hold one of the ids (often none)
         dataset = fragments_dataset(dataset, candidates)
-    if candidates != []:
-        counts.update(dataset.to_table(columns=["item_id"], filter=flt).column("item_id").to_pylist())
-    return {item_id: n for item_id, n in counts.items() if n > 1}
+    if candidates == []:
+        return []
+    return dataset.to_table(columns=["item_id"], filter=flt).column("item_id").to_pylist()
 
 
 def _bloom_candidates(dataset: ds.Dataset, ids: list[str], day_parts: Sequence[ds.Fragment],

@@ -10,7 +10,7 @@ import os
 import posixpath
 import re
 from datetime import date
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -191,6 +191,11 @@ def _inside(path: str, root: str) -> bool:
         return False
 
 
+def unusable(value: Any, arrow_type: Any, file: str, expected: str) -> str:
+    """The reason for a value a catalog file holds in a type the contract cannot use (files that disagree)."""
+    return f"{_show(value)} is {arrow_type} in catalog file {_show(file)} (expected {expected})"
+
+
 def _raw(row: dict[str, Any]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for col in CONTRACT_COLUMNS:
@@ -200,14 +205,23 @@ def _raw(row: dict[str, Any]) -> dict[str, str | None]:
     return out
 
 
-def check_rows(table: pa.Table, day: date, dups: dict[str, int],
-               resolver: ImageResolver) -> tuple[list[CatalogItem], list[RejectedRow]]:
+# what a catalog reader could not use of a row (its file's type for a column disagrees with the contract):
+# row index → field → (the one-line why, the value as the file holds it); the field's value in the table is null
+Notes = Mapping[int, Mapping[str, tuple[str, Any]]]
+
+
+def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: ImageResolver,
+               notes: Notes | None = None) -> tuple[list[CatalogItem], list[RejectedRow]]:
     """The day's rows (`table`, contract columns) split into valid items and rejected rows, in row order.
-    `dups`: item_ids that more than one row of the catalog carries, with their counts."""
+    `dups`: item_ids that more than one row of the catalog carries, with their counts. `notes`: values the
+    reader could not use (see `Notes`), each the row's problem for that field, in the usual field order."""
+    notes = notes or {}
     absent = [None] * table.num_rows
     columns = [table.column(c).to_pylist() if c in table.column_names else absent  # no dict per row
                for c in CONTRACT_COLUMNS if c != "scheduled_date"]
     plain = _plainly_valid(table, dups)
+    for index in notes:
+        plain[index] = False
     valid: list[CatalogItem] = []
     rejected: list[RejectedRow] = []
     for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration) in enumerate(
@@ -216,39 +230,54 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int],
             valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day, _RESOLUTIONS[resolution],
                                      _ASPECT_RATIOS[aspect_ratio], _PLAIN_DURATIONS[duration], index))
             continue
+        note = notes.get(index, {})
         problem: tuple[str, str] | None = None
-        if item_id is None:
+        if "item_id" in note:
+            problem = ("item_id", note["item_id"][0])
+        elif item_id is None:
             problem = ("item_id", "missing")
         elif not isinstance(item_id, str) or not item_id.strip():
             problem = ("item_id", "must be a non-empty string")
         elif item_id in dups:
             problem = ("item_id", f"{_show(item_id, opaque=False)} is shared by {dups[item_id]} rows of the catalog "
                                   "(must be unique)")
+        if problem is None and "prompt" in note:
+            problem = ("prompt", note["prompt"][0])
         if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
             problem = ("prompt", "missing" if prompt is None else "empty after stripping whitespace")
         image_ref, why = (None, None)
+        if problem is None and "image_uri" in note:
+            problem = ("image_uri", note["image_uri"][0])
         if problem is None:
             image_ref, why = resolver.resolve(image_uri)
             if why:
                 problem = ("image_uri", why)
         res, why = _enum_value(resolution, Resolution, Resolution.AUTO, _ALLOWED_RES)
+        if problem is None and "resolution" in note:
+            problem = ("resolution", note["resolution"][0])
         if problem is None and why:
             problem = ("resolution", why)
         ar, why = _enum_value(aspect_ratio, AspectRatio, AspectRatio.AUTO, _ALLOWED_AR)
+        if problem is None and "aspect_ratio" in note:
+            problem = ("aspect_ratio", note["aspect_ratio"][0])
         if problem is None and why:
             problem = ("aspect_ratio", why)
         dur, why = _duration(duration)
+        if problem is None and "duration" in note:
+            problem = ("duration", note["duration"][0])
         if problem is None and why:
             problem = ("duration", why)
         if problem is None:
             valid.append(CatalogItem(item_id, prompt, image_uri, image_ref, day, res, ar, dur, index))
             continue
         field, why = problem
-        shown_id = _show(item_id, opaque=False) if item_id is not None else "None"
+        shown = note["item_id"][1] if "item_id" in note else item_id
+        shown_id = _show(shown, opaque=False) if shown is not None else "None"
         reason = re.sub(r"[\r\n\t]+", " ", f"row {index} (item_id={shown_id}): {field}: {why}")
+        raw = table.slice(index, 1).to_pylist()[0]
+        raw.update({name: original for name, (_, original) in note.items()})
         rejected.append(RejectedRow(item_id=item_id if isinstance(item_id, str) else None, scheduled_date=day,
-                                    row_index=index, field=field, reason=reason,
-                                    raw=_raw(table.slice(index, 1).to_pylist()[0])))
+                                    row_index=index, field=field, reason=reason, raw=_raw(raw)))
     return valid, rejected
 
 
