@@ -158,3 +158,23 @@ def test_a_catalog_filesystem_outside_the_allowlist_resolves_nothing():
                         image_roots=())
     assert res.resolve("images/a.png") == (None, f"'images/a.png' is a path in the catalog's filesystem: "
                                                  f"ftp:// {NOT_ALLOWED}")
+
+
+def test_notes_of_the_reader_take_their_field_place_with_and_without_the_fast_path(monkeypatch):
+    """Values a reader could not use (files that disagree on a type) arrive as nulls plus a note: the row is
+    rejected with the note even where the nulls alone would pass (a null duration means 4 s)."""
+    t = pa.table({"item_id": ["a", None, "c", "d"], "prompt": ["p", "p", None, "p"], "image_uri": [IMAGES[0]] * 4,
+                  "scheduled_date": [DAY] * 4, "duration": pa.array([None, 4.0, 8.0, None], pa.float64())})
+    notes = {0: {"duration": ("'x' is string in catalog file 'b.parquet' (expected 4, 8 or 12)", "x")},
+             1: {"item_id": ("7 is int64 in catalog file 'b.parquet' (expected a string)", 7)},
+             2: {"duration": ("True is bool in catalog file 'c.parquet' (expected 4, 8 or 12)", True)}}
+    fast = check_rows(t, DAY, {}, resolver(), notes)
+    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups: [False] * table.num_rows)
+    full = check_rows(t, DAY, {}, resolver(), notes)
+    assert fast[0] == full[0] and [r.model_dump() for r in fast[1]] == [r.model_dump() for r in full[1]]
+    assert [i.item_id for i in fast[0]] == ["d"]
+    assert [r.reason for r in fast[1]] == [
+        "row 0 (item_id='a'): duration: 'x' is string in catalog file 'b.parquet' (expected 4, 8 or 12)",
+        "row 1 (item_id=7): item_id: 7 is int64 in catalog file 'b.parquet' (expected a string)",
+        "row 2 (item_id='c'): prompt: missing"]  # the first offending field, in the usual order
+    assert fast[1][0].raw["duration"] == "x" and fast[1][1].raw["item_id"] == "7" and fast[1][1].item_id is None
