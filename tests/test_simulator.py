@@ -489,3 +489,102 @@ def test_server_stops_cleanly(cache_dir):
     server.stop()
     leftover = {t.name for t in threading.enumerate()} - before
     assert not leftover
+
+
+# -- self-identification and hostile modes -------------------------------------------------------------------------
+
+def test_self_identification(sim):
+    with httpx.Client(trust_env=False) as anonymous:
+        r = anonymous.get(sim.base_url + "/.well-known/sora-simulator")
+        assert r.status_code == 200 and r.json() == {"simulator": True, "version": 1}
+        assert r.headers["x-sora-simulator"] == "1"
+        assert anonymous.post(sim.base_url + ENDPOINT, json={}).headers["x-sora-simulator"] == "1"  # 401 too
+    with client() as c:
+        sub = submit(c, sim.base_url)
+        assert sub.headers["x-sora-simulator"] == "1"
+        assert c.get(sub.json()["status_url"]).headers["x-sora-simulator"] == "1"
+        assert c.get(sim.base_url + "/fal-ai/sora-2/requests/nope/status").headers["x-sora-simulator"] == "1"
+
+
+def test_echo_key_repeats_the_authorization_header(cache_dir):
+    with running(cache_dir, faults={"echo_key": 1.0}) as server, client() as c:
+        r = submit(c, server.base_url)
+        assert r.status_code == 401 and r.json()["detail"] == "invalid key: Key test-key"
+        assert server.stats()["submits"] == 0  # answered before anything is recorded
+    with running(cache_dir, faults={"echo_key": 1.0}, fault_calls=frozenset({"status"})) as server, client() as c:
+        sub = submit(c, server.base_url).json()
+        r = c.get(sub["status_url"])
+        assert r.status_code == 401 and "Key test-key" in r.json()["detail"]
+
+
+def test_cancel_already_completed_leaves_the_job_running(cache_dir):
+    with running(cache_dir, faults={"cancel_already_completed": 1.0}, run_latency=0.3) as server, client() as c:
+        sub = submit(c, server.base_url).json()
+        r = c.put(sub["cancel_url"])
+        assert r.status_code == 400 and r.json() == {"status": "ALREADY_COMPLETED"}
+        _, body = wait_done(c, sub["status_url"])
+        assert "error" not in body
+        assert c.get(sub["response_url"]).status_code == 200 and c.get(sub["response_url"]).status_code == 200
+        assert server.stats()["cancels"] == 0 and server.stats()["faults"] == {"cancel_already_completed": 1}
+
+
+def test_foreign_urls_bad_request_id_and_redirect(cache_dir):
+    foreign = "http://127.0.0.1:9"
+    with running(cache_dir, faults={"foreign_urls": 1.0}, foreign_base_url=foreign) as server, client() as c:
+        sub = submit(c, server.base_url).json()
+        assert all(sub[k].startswith(foreign + "/fal-ai/sora-2/requests/" + sub["request_id"])
+                   for k in ("status_url", "response_url", "cancel_url"))
+        own = f"{server.base_url}/fal-ai/sora-2/requests/{sub['request_id']}/status"
+        assert c.get(own).json()["status_url"].startswith(foreign)  # status answers too
+    with running(cache_dir, faults={"foreign_urls": 1.0}) as server, client() as c:
+        assert submit(c, server.base_url).json()["status_url"].startswith(f"http://127.0.0.2:{server.port}/")
+    with running(cache_dir, faults={"bad_request_id": 1.0}) as server, client() as c:
+        sub = submit(c, server.base_url).json()
+        assert sub["request_id"].startswith("../") and sub["request_id"][3:] in sub["status_url"]
+        wait_done(c, sub["status_url"])  # recorded and runs
+    with running(cache_dir, faults={"redirect": 1.0}, foreign_base_url=foreign,
+                 fault_calls=frozenset({"submit"})) as server, client() as c:
+        r = submit(c, server.base_url)
+        assert r.status_code == 302 and r.headers["location"] == foreign + ENDPOINT
+        assert server.stats()["submits"] == 0
+
+
+@pytest.mark.parametrize("declare", [False, True])
+def test_huge_and_endless_bodies(cache_dir, declare):
+    size = 3 * 1024 * 1024 + 17
+    faults = {"huge_json": 1.0, "huge_status_json": 1.0, "endless_video": 1.0}
+    with running(cache_dir, faults=faults, hostile_bytes=size, hostile_declare_length=declare,
+                 run_latency=0.0) as server, client() as c:
+        sub = submit(c, server.base_url).json()
+        status = c.get(sub["status_url"], params={"logs": 1})
+        assert len(status.content) == size and status.json()["request_id"] == sub["request_id"]
+        assert ("content-length" in status.headers) == declare
+        while c.get(sub["status_url"]).status_code != 200:
+            time.sleep(0.02)
+        result = c.get(sub["response_url"])
+        assert result.status_code == 200 and len(result.content) == size
+        video = result.json()["video"]
+        assert video["url"].endswith(".mp4") and len(video["file_name"]) > size - 1000
+        file = c.get(video["url"])
+        assert file.status_code == 200 and len(file.content) == size and file.headers["content-type"] == "video/mp4"
+        assert server.stats()["hostile_bytes_sent"] >= 3 * size
+
+
+def test_huge_stream_event(cache_dir):
+    with running(cache_dir, faults={"huge_stream_event": 1.0}, hostile_bytes=1_000_000) as server, client() as c:
+        sub = submit(c, server.base_url).json()
+        with c.stream("GET", sub["status_url"] + "/stream") as r:
+            body = r.read()
+        first, _, rest = body.partition(b"\n\n")
+        assert first.startswith(b"data: {") and rest.startswith(b"data: AAAA") and b"\n" not in rest
+        assert len(rest) == 1_000_000 + len(b"data: ")
+        assert c.get(sub["status_url"]).status_code in (200, 202)  # polling answers normally
+        assert server.stats()["faults"] == {"huge_stream_event": 1}
+
+
+def test_cli_help_lists_every_fault_kind():
+    from sora_pipeline.simulator import FAULT_KINDS
+
+    out = subprocess.run([sys.executable, "-m", "sora_pipeline.simulator", "--help"], check=True,
+                         capture_output=True, text=True).stdout
+    assert all(kind in out for kind in FAULT_KINDS) and "--foreign-base-url" in out and "--hostile-bytes" in out
