@@ -35,7 +35,6 @@ from sora_pipeline.fal.errors import (
     TransientError,
 )
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput, validation_messages
-from sora_pipeline.redact import register_secret
 
 log = logging.getLogger("sora_pipeline.fal")
 Phase = Literal["submit", "status", "result", "cancel"]
@@ -288,7 +287,6 @@ class QueueProtocol:
         self.endpoint_id = endpoint_id
         self.owner, self.alias, _ = split_endpoint(endpoint_id)
         self._key = key if isinstance(key, SecretStr) or key is None else SecretStr(key)
-        register_secret(self._key)  # a server that echoes it back gets it masked in errors and logs
         self.max_json_bytes = byte_cap(max_json_bytes, MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES)
         self.max_stream_event_bytes = byte_cap(max_stream_event_bytes, MAX_STREAM_EVENT_BYTES_ENV,
                                                DEFAULT_MAX_STREAM_EVENT_BYTES)
