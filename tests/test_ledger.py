@@ -12,9 +12,8 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 from sora_pipeline.ledger import (
     UNCONFIRMED_SUBMIT, Decision, Ledger, LedgerConflict, RequestNotPlanned, RequestSpec, RequestState,
@@ -22,8 +21,6 @@ from sora_pipeline.ledger import (
 )
 from sora_pipeline.ledger.schema import LATEST_VERSION
 
-PG_ENV = "SORA_TEST_POSTGRES_URL"
-PG_DEFAULT = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 EP = "fal-ai/sora-2/image-to-video/pro"
 SHA = "ab" * 32
 DAY = "2026-01-02"
@@ -33,23 +30,17 @@ S = RequestState
 
 # ---------------------------------------------------------------- fixtures / helpers
 @pytest.fixture(scope="session")
-def pg_url():
-    admin_url = make_url(os.environ.get(PG_ENV, PG_DEFAULT))
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        conn = engine.connect()
-    except OperationalError:
-        engine.dispose()
-        pytest.skip(f"PostgreSQL unreachable at {admin_url.render_as_string(hide_password=True)}; "
-                    f"set {PG_ENV} to an admin URL of a reachable server")
+def pg_url(pg_admin):
+    """A throwaway database on conftest's `pg_admin` (skipped without PostgreSQL, a failure when CI is set)."""
+    engine, admin_url = pg_admin
     name = f"sora_ledger_test_{uuid.uuid4().hex[:12]}"
-    conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
-        engine.dispose()
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _fresh_pg(pg_url: str) -> str:
