@@ -26,7 +26,7 @@ class ObjectStore(NamedTuple):
 
 _S3 = ObjectStore("s3fs", "pip install 'sora_pipeline[s3]'")
 _GCS = ObjectStore("gcsfs", "pip install 'sora_pipeline[gcs]'")
-_AZURE = ObjectStore("adlfs", "pip install adlfs")
+_AZURE = ObjectStore("adlfs", "pip install 'sora_pipeline[az]'")
 OBJECT_STORES: dict[str, ObjectStore] = {"s3": _S3, "s3a": _S3, "gs": _GCS, "gcs": _GCS,
                                          "az": _AZURE, "abfs": _AZURE, "abfss": _AZURE}
 LOCAL_SCHEMES = frozenset({"file", "local"})

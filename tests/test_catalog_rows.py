@@ -127,7 +127,7 @@ def test_image_sources_are_an_allowlist(monkeypatch, drivers):
     assert {i.image_uri: i.image_ref for i in valid} == expected_valid
     got = {images[r.row_index]: r.reason.split(": ", 1)[1] for r in rejected}
     s3, gcs, az = "s3fs: pip install 'sora_pipeline[s3]'", "gcsfs: pip install 'sora_pipeline[gcs]'", \
-        "adlfs: pip install adlfs"
+        "adlfs: pip install 'sora_pipeline[az]'"
     install = {"s3": s3, "s3a": s3, "gs": gcs, "gcs": gcs, "az": az, "abfs": az, "abfss": az}
     expected = {} if drivers else {uri: f"image_uri: {ref.split('://')[0]}:// needs {install[ref.split('://')[0]]}"
                                    for uri, ref in stores.items()}

@@ -150,7 +150,7 @@ def test_load_image_input_refuses_without_importing_or_connecting(listener, monk
             "zip://x.png": "zip:// " + NOT_ALLOWED,
             "s3://bucket/x.png": "s3:// needs s3fs: pip install 'sora_pipeline[s3]'",
             "GCS://bucket/x.png": "gcs:// needs gcsfs: pip install 'sora_pipeline[gcs]'",
-            "abfss://c@acct.dfs.core.windows.net/x.png": "abfss:// needs adlfs: pip install adlfs",
+            "abfss://c@acct.dfs.core.windows.net/x.png": "abfss:// needs adlfs: pip install 'sora_pipeline[az]'",
             f"simplecache::http://{host}:{port}/x.png": f"simplecache::http://{host}:{port}/x.png: chained fsspec "
                                                         "URLs are not an allowed image source"}
     for ref, why in refs.items():
