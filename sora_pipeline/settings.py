@@ -10,7 +10,15 @@ from datetime import date
 from urllib.parse import urlsplit
 
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
-from sora_pipeline.fal.protocol import split_endpoint
+from sora_pipeline.download import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV
+from sora_pipeline.fal.protocol import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_MAX_STREAM_EVENT_BYTES,
+    MAX_JSON_BYTES_ENV,
+    MAX_STREAM_EVENT_BYTES_ENV,
+    byte_cap,
+    split_endpoint,
+)
 
 DEFAULT_POLL_INTERVAL = 1.0  # seconds; backs off for long generations, never below this
 
@@ -74,6 +82,12 @@ class PipelineSettings:
         if webhook_url is not None and urlsplit(webhook_url).scheme not in ("http", "https"):
             raise ConfigError(f"SORA_WEBHOOK_URL={webhook_url!r} must be the http(s) URL fal can reach the "
                               "webhook receiver at, or unset (poll fal)")
+        for name, default in ((MAX_VIDEO_BYTES_ENV, DEFAULT_MAX_VIDEO_BYTES), (MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES),
+                              (MAX_STREAM_EVENT_BYTES_ENV, DEFAULT_MAX_STREAM_EVENT_BYTES)):
+            try:
+                byte_cap(None, name, default, env)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         roots = tuple(r.strip() for r in (get("SORA_IMAGE_ROOTS") or "").split(",") if r.strip())
         return cls(
             catalog_uri=get("SORA_CATALOG_URI") or "data/catalog",

@@ -297,3 +297,49 @@ def test_a_key_echoed_by_the_server_is_redacted_everywhere(tmp_path, make_simula
     assert all(SECRET not in r.getMessage() for r in caplog.records)
     out, err = capfd.readouterr()
     assert SECRET not in out and SECRET not in err
+
+
+def test_simulator_videos_never_pass_as_real_ones(tmp_path, make_simulator):
+    """A day generated on the simulator, then with FAL_KEY against fal (a stand-in that does not identify as a
+    simulator): fal generates every item (labelled `fal`), through a proxy to the same account nothing is paid
+    again, a standalone simulator reuses the simulator's videos, and the fal budget counts only fal's spend."""
+    from sora_pipeline.tables import read_day_partition
+    from tests.pipeline_helpers import make_project, materialize_day, resources
+    from tests.tcp_proxy import TcpProxy
+
+    project = make_project(tmp_path)
+
+    def run(url: str, **fal) -> list[dict]:
+        assert materialize_day(resources(url, project, **fal)).success
+        return read_day_partition(project["warehouse_uri"], "video_metadata", DAY).to_pylist()
+
+    embedded = make_simulator()
+    rows = run(embedded.base_url)
+    assert embedded.stats()["submits"] == 4 and {r["backend"] for r in rows} == {"simulator"}
+
+    fal = make_simulator(impersonate_fal=True)
+    rows = run(fal.base_url, fal_key="fal-test-key-0123456789")
+    assert fal.stats()["submits"] == 4, "a simulator's result must never be reused for fal"
+    assert {r["backend"] for r in rows} == {"fal"} and {r["request_id"] for r in rows} <= set(_ids(fal))
+
+    proxy = TcpProxy(("127.0.0.1", int(urlsplit(fal.base_url).port)))
+    try:
+        rows = run(f"http://127.0.0.1:{proxy.port}", fal_key="fal-test-key-0123456789")
+    finally:
+        proxy.close()
+    assert fal.stats()["submits"] == 4, "a proxy to the same fal account must not cause a resubmit"
+    assert {r["backend"] for r in rows} == {"fal"}
+
+    standalone = make_simulator()  # `python -m sora_pipeline.simulator` with a key set: still a simulator
+    rows = run(standalone.base_url, fal_key="fal-test-key-0123456789")
+    assert standalone.stats()["submits"] == 0 and {r["backend"] for r in rows} == {"simulator"}
+
+    with Ledger(project["ledger_url"]) as ledger:
+        entries = ledger.entries_for_day(DAY)
+        fal_cost = sum(e.estimated_cost for e in entries if e.backend == "fal")
+        assert len(entries) == 8 and fal_cost > 0
+        assert ledger.spent(DAY, backend="fal") == pytest.approx(fal_cost)
+
+
+def _ids(sim) -> list[str]:
+    return list(sim.app.sim.book.jobs)

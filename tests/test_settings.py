@@ -64,3 +64,12 @@ def test_progress_line_counts_and_eta():
     assert "1/4 done" in lines[-1] and "in queue 1 (positions 3–3)" in lines[-1] and "ETA 30s" in lines[-1]
     p.set("d", "failed")  # within the interval: no new line
     assert len(lines) == 2
+
+
+@pytest.mark.parametrize("name", ["SORA_MAX_VIDEO_BYTES", "SORA_MAX_JSON_BYTES", "SORA_MAX_STREAM_EVENT_BYTES"])
+def test_byte_caps_are_checked_at_load(name):
+    with pytest.raises(ConfigError, match=name):
+        PipelineSettings.from_env({name: "lots"})
+    with pytest.raises(ConfigError, match=name):
+        PipelineSettings.from_env({name: "0"})
+    PipelineSettings.from_env({name: "1_000_000"})

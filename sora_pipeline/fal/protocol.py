@@ -35,6 +35,7 @@ from sora_pipeline.fal.errors import (
     TransientError,
 )
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput, validation_messages
+from sora_pipeline.redact import register_secret
 
 log = logging.getLogger("sora_pipeline.fal")
 Phase = Literal["submit", "status", "result", "cancel"]
@@ -287,6 +288,7 @@ class QueueProtocol:
         self.endpoint_id = endpoint_id
         self.owner, self.alias, _ = split_endpoint(endpoint_id)
         self._key = key if isinstance(key, SecretStr) or key is None else SecretStr(key)
+        register_secret(self._key)  # an answer that echoes it back is redacted before anyone sees it
         self.max_json_bytes = byte_cap(max_json_bytes, MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES)
         self.max_stream_event_bytes = byte_cap(max_stream_event_bytes, MAX_STREAM_EVENT_BYTES_ENV,
                                                DEFAULT_MAX_STREAM_EVENT_BYTES)

@@ -23,7 +23,7 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.costs import BudgetGuard, actual_cost, estimate_cost
-from sora_pipeline.download import fetch_video
+from sora_pipeline.download import DownloadError, DownloadRefused, fetch_video
 from sora_pipeline.failpoints import armed, failpoint
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.fal.errors import (
@@ -447,6 +447,9 @@ class GenerationRunner:
                                               before_probe=lambda: self._crash_point("mid_download"))
             except MediaProbeError as exc:
                 raise FalError(f"the video of {p.item.item_id} is not a readable MP4: {exc}") from None
+            except (DownloadError, DownloadRefused) as exc:  # the result stays in the ledger: a re-run downloads
+                raise FalError(f"the video of {p.item.item_id} was not downloaded: {exc}",
+                               retryable=isinstance(exc, DownloadError)) from None
         artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
         await self._write("set_artifacts", p.spec.request_key, entry.attempt, artifacts)
         self._apply_artifacts(out, artifacts)

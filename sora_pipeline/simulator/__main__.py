@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="size of huge_* bodies, where endless ones stop (default 4 GiB)")
     ap.add_argument("--hostile-declare-length", action="store_true",
                     help="huge_json/huge_status_json/endless_video declare Content-Length up front")
+    ap.add_argument("--impersonate-fal", action="store_true",
+                    help="do not identify as a simulator (no x-sora-simulator header or /.well-known answer): "
+                         "clients take it for fal and keep its results apart from a simulator's")
     ap.add_argument("--slow-seconds", type=float, default=2.0)
     ap.add_argument("--retry-after", type=float, default=0.2)
     ap.add_argument("--key", action="append", default=None, help="accepted key (repeatable; default: any)")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         max_running=args.max_running, fps=args.fps, include_metadata=not args.no_metadata,
         faults=dict(args.fault), slow_seconds=args.slow_seconds, foreign_base_url=args.foreign_base_url,
         hostile_bytes=args.hostile_bytes, hostile_declare_length=args.hostile_declare_length,
+        impersonate_fal=args.impersonate_fal,
         retry_after_seconds=args.retry_after,
         **({"fault_calls": frozenset(args.fault_call)} if args.fault_call else {}),
         accepted_keys=args.key, auth_required=not args.no_auth, video_cache_dir=args.video_cache_dir,

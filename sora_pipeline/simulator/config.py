@@ -90,6 +90,9 @@ class SimulatorConfig(BaseModel):
     #: the `huge_json` / `huge_status_json` / `endless_video` bodies declare `Content-Length: hostile_bytes` up
     #: front (else they are sent chunked, with no length)
     hostile_declare_length: bool = False
+    #: stand in for fal: no `x-sora-simulator` header and no `/.well-known/sora-simulator` (404), so a client
+    #: takes it for fal (tests of what must never be reused across backends)
+    impersonate_fal: bool = False
 
     @field_validator("faults")
     @classmethod

@@ -117,6 +117,9 @@ class SimulatorApp(Starlette):
             await super().__call__(scope, receive, send)
             return
         scope[_RAW_SEND] = send
+        if self.sim.config.impersonate_fal:
+            await super().__call__(scope, receive, send)
+            return
 
         async def marked(message) -> None:
             if message["type"] == "http.response.start":

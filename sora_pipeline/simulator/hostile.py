@@ -29,7 +29,10 @@ SIMULATOR_INFO = {"simulator": True, "version": 1}
 
 
 async def well_known(request: Request) -> Response:
-    """`GET /.well-known/sora-simulator` (no auth): tells a client it is talking to the simulator, not fal."""
+    """`GET /.well-known/sora-simulator` (no auth): tells a client it is talking to the simulator, not fal
+    (404, as fal answers, when the simulator impersonates fal)."""
+    if request.app.sim.config.impersonate_fal:
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
     return JSONResponse(SIMULATOR_INFO)
 
 
