@@ -346,8 +346,8 @@ def make_project(root: Path, days: dict[str, int], **row_kw) -> dict[str, str]:
 
 
 def resources(sim_url: str, project: dict, **fal_overrides) -> dict:
-    from sora_pipeline.resources import FalVideoResource
-    from sora_pipeline.warehouse import WarehouseResource
+    from sora_pipeline.defs.resources import FalVideoResource
+    from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
     fal = dict(queue_url=sim_url, poll_interval=0.1, max_concurrency=50, retry_total_timeout=60.0)
     fal.update(fal_overrides)
@@ -360,7 +360,7 @@ def selection() -> list:
     import dagster as dg
 
     from sora_pipeline import definitions
-    from sora_pipeline.checks import ALL_CHECKS
+    from sora_pipeline.defs.checks import ALL_CHECKS
 
     assets = getattr(definitions, "DAILY_ASSETS", None) or definitions.ASSETS
     return [a for a in assets if not isinstance(a, dg.AssetSpec)] + list(ALL_CHECKS)
@@ -436,7 +436,7 @@ def _cpu() -> float:
 
 
 def generations_rows(project: dict, day: str = DAY) -> list[dict]:
-    from sora_pipeline.tables import read_day_partition
+    from sora_pipeline.warehouse.tables import read_day_partition
 
     table = read_day_partition(project["warehouse_uri"], "generations", day)
     return table.to_pylist() if table is not None else []

@@ -82,7 +82,7 @@ def fal_client_peer(n: int, latency: float) -> dict:
 
 def own_client_peer(n: int, latency: float, poll: float) -> dict:
     from sora_pipeline.fal import FalQueueClient, PollPolicy
-    from sora_pipeline.resources import SIMULATOR_KEY
+    from sora_pipeline.defs.resources import SIMULATOR_KEY
 
     with SimProcess(run_latency=latency) as sim:
         times = []

@@ -39,7 +39,7 @@ def schedule(policy, latency: float) -> tuple[int, list[float]]:
 
 async def _long_requests(base_url: str, policy, k: int) -> list[dict]:
     from sora_pipeline.fal import AsyncFalQueueClient
-    from sora_pipeline.resources import SIMULATOR_KEY
+    from sora_pipeline.defs.resources import SIMULATOR_KEY
     from benchmarks.p1b_sequential import _arguments
 
     async with AsyncFalQueueClient(key=SIMULATOR_KEY, base_url=base_url, poll=policy) as client:
@@ -67,7 +67,7 @@ def _polling(policy_cls, **kw):
 
 def measure_backoff() -> dict:
     from sora_pipeline.fal import PollPolicy
-    from sora_pipeline.resources import FalVideoResource
+    from sora_pipeline.defs.resources import FalVideoResource
 
     default = FalVideoResource(queue_url="http://127.0.0.1:9")  # only for its default poll settings
     d = default.client_kwargs()["poll"]

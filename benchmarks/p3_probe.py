@@ -51,7 +51,7 @@ def timed(fn, path: Path, k: int) -> tuple[list[float], object]:
 
 
 def run(argv: list[str] | None = None) -> Result:
-    from sora_pipeline.media import probe_video, probe_video_by_decoding
+    from sora_pipeline.media.probe import probe_video, probe_video_by_decoding
 
     mode, _ = parse_mode(argv)
     k_fast, k_slow = (50, 5) if mode == "full" else (20, 3)

@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 import httpx
 from PIL import Image
 
-from sora_pipeline.download import download_video
+from sora_pipeline.media.download import download_video
 from sora_pipeline.fal.client import AsyncFalQueueClient
 from sora_pipeline.fal.models import ImageToVideoInput
 from sora_pipeline.fal.protocol import PollPolicy
 from sora_pipeline.ledger import Ledger, RequestSpec, ResubmitPolicy
-from sora_pipeline.media import probe_video
+from sora_pipeline.media.probe import probe_video
 
 EP = "fal-ai/sora-2/image-to-video/pro"
 
@@ -125,7 +125,7 @@ def ledger_cost(url: str, n: int = 300) -> dict:
 
 
 def webhook_throughput(url: str, specs: list[RequestSpec]) -> dict:
-    from sora_pipeline.webhooks import WebhookServer
+    from sora_pipeline.generation.webhooks import WebhookServer
 
     with Ledger(url) as lg, WebhookServer(lg) as hooks:
         bodies = [json.dumps({"request_id": f"rid-{s.request_key[:16]}", "status": "OK", "error": None,

@@ -1,48 +1,6 @@
-"""The code location: `defs` wires assets, checks, resources, the schedule and the sensor.
+"""The code location's entry point, `sora_pipeline.definitions:defs` (workspace.yaml, `[tool.dagster]`, `dg`).
+Everything lives in `sora_pipeline.defs.definitions`; this module only re-exports it."""
 
-Settings come from the environment (see CONTRACT.md); secrets are passed as `EnvVar`s so only their names
-are stored in Dagster's config."""
+from sora_pipeline.defs.definitions import ASSETS, DAILY_ASSETS, build_resources, defs
 
-from __future__ import annotations
-
-import dagster as dg
-
-from sora_pipeline.assets.analytics import generation_daily_stats, generation_summary
-from sora_pipeline.assets.catalog import catalog_slice, catalog_source
-from sora_pipeline.assets.generations import generations
-from sora_pipeline.assets.metadata import video_metadata
-from sora_pipeline.automation import catalog_change_sensor, daily_generation_job, daily_generation_schedule
-from sora_pipeline.checks import ALL_CHECKS
-from sora_pipeline.redact import install_log_redaction
-from sora_pipeline.resources import FalVideoResource
-from sora_pipeline.settings import PipelineSettings
-from sora_pipeline.warehouse import WarehouseResource
-
-
-def build_resources(settings: PipelineSettings | None = None) -> dict:
-    settings = settings or PipelineSettings.from_env()
-    return {
-        "fal": FalVideoResource(
-            endpoint_id=settings.endpoint_id, queue_url=settings.queue_url,
-            fal_key=dg.EnvVar("FAL_KEY") if settings.has_fal_key else None,
-            openai_api_key=dg.EnvVar("SORA_OPENAI_API_KEY") if settings.has_openai_key else None,
-            max_concurrency=settings.max_concurrency, poll_interval=settings.poll_interval,
-            webhook_url=settings.webhook_url),
-        "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
-                                       ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
-    }
-
-
-install_log_redaction()  # FAL_KEY / SORA_OPENAI_API_KEY never reach a log record, the event log or compute logs
-
-DAILY_ASSETS = [catalog_slice, generations, video_metadata, generation_daily_stats]  # one run per day
-ASSETS = [catalog_source, *DAILY_ASSETS, generation_summary]
-
-defs = dg.Definitions(
-    assets=ASSETS,
-    asset_checks=ALL_CHECKS,
-    jobs=[daily_generation_job],
-    schedules=[daily_generation_schedule],
-    sensors=[catalog_change_sensor],
-    resources=build_resources(),
-)
+__all__ = ["ASSETS", "DAILY_ASSETS", "build_resources", "defs"]

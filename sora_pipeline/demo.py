@@ -18,10 +18,10 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)  # e.g. `backfill_pol
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from sora_pipeline.catalog import catalog_fingerprints  # noqa: E402
-from sora_pipeline.checks import ALL_CHECKS  # noqa: E402
+from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
 from sora_pipeline.definitions import ASSETS, build_resources  # noqa: E402
-from sora_pipeline.settings import PipelineSettings  # noqa: E402
-from sora_pipeline.stats import fmt  # noqa: E402
+from sora_pipeline.defs.settings import PipelineSettings  # noqa: E402
+from sora_pipeline.analytics.stats import fmt  # noqa: E402
 
 SUMMARY_KEY = "generation_summary"
 # Dagster's console logger only shows errors; the run's full log stays in the instance's event log
@@ -90,7 +90,7 @@ def main() -> int:
 def print_report(settings: PipelineSettings, ledger_url: str) -> None:
     from sqlalchemy.engine import make_url
 
-    from sora_pipeline.query import connect, views
+    from sora_pipeline.analytics.query import connect, views
 
     con = connect(settings.warehouse_uri, empty_missing=True)
     have = set(views(con))
@@ -115,7 +115,7 @@ def print_report(settings: PipelineSettings, ledger_url: str) -> None:
           f"  rollup  {base}/generation_summary/summary.parquet (+ summary.png, summary.md)\n"
           f"  videos  {base}/videos/date=YYYY-MM-DD/*.mp4\n"
           f"  ledger  {ledger}\n"
-          "Query them with DuckDB: .venv/bin/python -c \"from sora_pipeline.query import connect; "
+          "Query them with DuckDB: .venv/bin/python -c \"from sora_pipeline.analytics.query import connect; "
           "connect().sql('FROM generation_summary').show()\"  (see README)")
 
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from sora_pipeline.checks import ALL_CHECKS
+from sora_pipeline.defs.checks import ALL_CHECKS
 from sora_pipeline.definitions import DAILY_ASSETS
-from sora_pipeline.resources import FalVideoResource
-from sora_pipeline.warehouse import WarehouseResource
+from sora_pipeline.defs.resources import FalVideoResource
+from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 DAY = "2026-11-20"
 SELECTION = DAILY_ASSETS
@@ -75,7 +75,7 @@ def materialize_day(res: dict, day: str = DAY, run_config: dict | None = None, i
 
 def materialize_summary(res: dict, instance=None):
     """The non-partitioned `generation_summary` rollup over every materialized day."""
-    from sora_pipeline.assets.analytics import generation_summary
+    from sora_pipeline.defs.assets.analytics import generation_summary
 
     return dg.materialize([generation_summary], resources=res, instance=instance)
 

@@ -1,5 +1,5 @@
 """Analytics: `generation_daily_stats` and `generation_summary` over two materialized days against the simulator,
-the DuckDB views of `sora_pipeline.query.connect` (and the README's queries), a memory:// warehouse, the demo."""
+the DuckDB views of `sora_pipeline.analytics.query.connect` (and the README's queries), a memory:// warehouse, the demo."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sora_pipeline.query import connect, views
+from sora_pipeline.analytics.query import connect, views
 from sora_pipeline.simulator import SimulatorConfig, SimulatorServer
-from sora_pipeline.stats import DAILY_STATS, SUMMARY, daily_stats_row, headline_markdown
-from sora_pipeline.tables import read_day_partition, read_table
+from sora_pipeline.analytics.stats import DAILY_STATS, SUMMARY, daily_stats_row, headline_markdown
+from sora_pipeline.warehouse.tables import read_day_partition, read_table
 from tests.pipeline_helpers import (
     catalog_rows,
     make_project,

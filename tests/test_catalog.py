@@ -17,7 +17,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from sora_pipeline.catalog import (CatalogError, catalog_fingerprints, image_roots_from_env, open_catalog,
                                    read_catalog_day)
-from sora_pipeline import image_sources
+from sora_pipeline.fal import image_sources
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
 
 D1, D2, D3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)

@@ -10,8 +10,9 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from sora_pipeline import catalog_rows, image_sources
-from sora_pipeline.catalog_rows import CatalogItem, ImageResolver, check_rows
+from sora_pipeline.catalog import rows as catalog_rows
+from sora_pipeline.fal import image_sources
+from sora_pipeline.catalog.rows import CatalogItem, ImageResolver, check_rows
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
 
 DAY = date(2026, 5, 1)

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sora_pipeline import catalog as catalog_mod
+from sora_pipeline.catalog import reader as catalog_mod
 from sora_pipeline.catalog import catalog_fingerprints, read_catalog_day, write_catalog
 from sora_pipeline.fal.models import Duration
-from sora_pipeline.tables import read_day_partition
+from sora_pipeline.warehouse.tables import read_day_partition
 from tests.pipeline_helpers import DAY, make_project, materialize_day, resources
 
 D1, D2 = date(2026, 11, 20), date(2026, 11, 21)
@@ -106,7 +106,7 @@ def test_scheduled_date_types_disagree(tmp_path, first, second):
 def test_bloom_filtered_files_of_different_types(tmp_path, monkeypatch):
     """Catalogs written by `write_catalog` (Bloom filters on item_id): the id check still reads the filters, group
     by group, and finds an id shared across files of different types."""
-    from sora_pipeline import catalog_ids
+    from sora_pipeline.catalog import ids as catalog_ids
 
     real, used = catalog_ids._bloom_candidates, []
     monkeypatch.setattr(catalog_ids, "_bloom_candidates", lambda *a: used.append(real(*a)) or used[-1])

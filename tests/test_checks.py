@@ -1,6 +1,6 @@
 """The video_metadata checks as functions of a day's rows (the Dagster wiring is exercised by test_pipeline)."""
 
-from sora_pipeline.checks import VIDEO_CHECKS, dimension_problems
+from sora_pipeline.defs.checks import VIDEO_CHECKS, dimension_problems
 
 
 def row(**over) -> dict:

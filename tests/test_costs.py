@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from sora_pipeline.costs import (
+from sora_pipeline.generation.costs import (
     PRICE_TABLE_ENV, BudgetGuard, PriceTable, PriceTableError, actual_cost, describe, estimate_cost,
 )
 from sora_pipeline.fal.models import Resolution

@@ -16,8 +16,8 @@ from collections import namedtuple
 import httpx
 import pytest
 
-from sora_pipeline import download
-from sora_pipeline.download import DownloadRefused, DownloadTooLarge, InsufficientDiskSpace, download_video, fetch_video
+from sora_pipeline.media import download
+from sora_pipeline.media.download import DownloadRefused, DownloadTooLarge, InsufficientDiskSpace, download_video, fetch_video
 from sora_pipeline.fal import (
     AmbiguousSubmitError,
     AsyncFalQueueClient,

@@ -11,12 +11,12 @@ import threading
 import fsspec
 import pytest
 
-from sora_pipeline import image_sources
+from sora_pipeline.fal import image_sources
 from sora_pipeline.catalog import read_catalog_day
 from sora_pipeline.fal import inputs
 from sora_pipeline.fal.inputs import ImageInputError, load_image_input
 from sora_pipeline.ledger import RequestSpec
-from sora_pipeline.tables import read_day_partition
+from sora_pipeline.warehouse.tables import read_day_partition
 from tests.conftest import png_bytes
 from tests.pipeline_helpers import (
     DAY,

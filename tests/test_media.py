@@ -1,4 +1,4 @@
-"""Tests of sora_pipeline.media on real MP4s written with PyAV (libx264 yuv420p + AAC)."""
+"""Tests of sora_pipeline.media.probe on real MP4s written with PyAV (libx264 yuv420p + AAC)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from sora_pipeline.media import MediaProbeError, VideoProbe, probe_video, probe_video_by_decoding
+from sora_pipeline.media.probe import MediaProbeError, VideoProbe, probe_video, probe_video_by_decoding
 
 
 def write_mp4(target, width: int, height: int, fps: int, seconds: float, *, audio: bool = True,

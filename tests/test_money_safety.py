@@ -303,7 +303,7 @@ def test_simulator_videos_never_pass_as_real_ones(tmp_path, make_simulator):
     """A day generated on the simulator, then with FAL_KEY against fal (a stand-in that does not identify as a
     simulator): fal generates every item (labelled `fal`), through a proxy to the same account nothing is paid
     again, a standalone simulator reuses the simulator's videos, and the fal budget counts only fal's spend."""
-    from sora_pipeline.tables import read_day_partition
+    from sora_pipeline.warehouse.tables import read_day_partition
     from tests.pipeline_helpers import make_project, materialize_day, resources
     from tests.tcp_proxy import TcpProxy
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sora_pipeline.failpoints import POINTS
+from sora_pipeline.generation.failpoints import POINTS
 from sora_pipeline.ledger import Ledger
-from sora_pipeline.tables import read_day_partition
+from sora_pipeline.warehouse.tables import read_day_partition
 from tests.pipeline_helpers import (
     DAY,
     catalog_rows,

@@ -11,7 +11,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from sora_pipeline import catalog_ids, parquet_bloom
+from sora_pipeline.catalog import bloom as parquet_bloom
+from sora_pipeline.catalog import ids as catalog_ids
 from sora_pipeline.catalog import read_catalog_day, write_catalog
 
 DAY0 = date(2026, 3, 1)

@@ -11,8 +11,8 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from sora_pipeline.media import probe_video
-from sora_pipeline.tables import read_day_partition
+from sora_pipeline.media.probe import probe_video
+from sora_pipeline.warehouse.tables import read_day_partition
 from tests.pipeline_helpers import (
     DAY,
     catalog_rows,
@@ -139,9 +139,9 @@ def test_rematerializing_a_completed_day_submits_nothing(tmp_path, simulator):
 
 
 def test_definitions_load_and_automation(tmp_path, monkeypatch):
-    from sora_pipeline.automation import catalog_change_sensor, daily_generation_schedule
+    from sora_pipeline.defs.automation import catalog_change_sensor, daily_generation_schedule
     from sora_pipeline.definitions import defs
-    from sora_pipeline.warehouse import WarehouseResource
+    from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
     defs.resolve_all_job_defs()
     assert defs.resolve_job_def("daily_generation_job").partitions_def is not None
@@ -158,7 +158,7 @@ def test_definitions_load_and_automation(tmp_path, monkeypatch):
         assert sorted(r.partition_key for r in first) == ["2026-11-20", "2026-11-21"]
         ctx.update_cursor(ctx.cursor)
         with monkeypatch.context() as m:  # nothing written: decided from the file listing, no row read
-            m.setattr("sora_pipeline.automation.catalog_fingerprints", lambda *a, **k: pytest.fail("rows read"))
+            m.setattr("sora_pipeline.defs.automation.catalog_fingerprints", lambda *a, **k: pytest.fail("rows read"))
             assert isinstance(catalog_change_sensor(ctx), dg.SkipReason)  # no duplicate requests
         write_catalog(project["catalog_uri"], [dict(catalog_rows(day="2026-11-21", n=1, prefix="c")[0])],
                       name="part-1.parquet")

@@ -32,7 +32,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from sora_pipeline.ledger import Ledger, RequestSpec, RequestState, ResubmitPolicy
 from sora_pipeline.ledger.schema import make_engine
-from sora_pipeline.tables import read_day_partition
+from sora_pipeline.warehouse.tables import read_day_partition
 from tests.pipeline_helpers import DAY, catalog_rows, make_project, materialize_day, resources
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
@@ -464,7 +464,7 @@ def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulat
 
     from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
     from sora_pipeline.simulator.webhook import sign_headers, signing_key
-    from sora_pipeline.webhooks import WebhookConfig, WebhookServer, parse_public_key
+    from sora_pipeline.generation.webhooks import WebhookConfig, WebhookServer, parse_public_key
 
     sim = make_simulator()  # only for its signing key
     key = signing_key(sim.config)

@@ -38,8 +38,8 @@ from pathlib import Path
 import pytest
 
 from sora_pipeline.ledger import Decision, Ledger, RequestState, ResubmitPolicy
-from sora_pipeline.resources import FalVideoResource
-from sora_pipeline.tables import read_day_partition
+from sora_pipeline.defs.resources import FalVideoResource
+from sora_pipeline.warehouse.tables import read_day_partition
 from tests.pipeline_helpers import DAY, catalog_rows, make_project
 
 REPO = Path(__file__).resolve().parents[1]

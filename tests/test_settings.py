@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from sora_pipeline.progress import Progress
-from sora_pipeline.resources import FalVideoResource
-from sora_pipeline.settings import ConfigError, PipelineSettings
+from sora_pipeline.generation.progress import Progress
+from sora_pipeline.defs.resources import FalVideoResource
+from sora_pipeline.defs.settings import ConfigError, PipelineSettings
 
 
 @pytest.mark.parametrize("env, names", [

@@ -1,4 +1,4 @@
-"""Tests of sora_pipeline.tables: per-day Parquet partitions, atomic replacement, crash recovery."""
+"""Tests of sora_pipeline.warehouse.tables: per-day Parquet partitions, atomic replacement, crash recovery."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import fsspec
 import pyarrow as pa
 import pytest
 
-from sora_pipeline import tables
-from sora_pipeline.tables import (file_uri_for, partition_uri, read_day_partition, read_table, table_uri,
+from sora_pipeline.warehouse import tables
+from sora_pipeline.warehouse.tables import (file_uri_for, partition_uri, read_day_partition, read_table, table_uri,
                                   write_day_partition)
 
 D1, D2 = date(2026, 11, 20), date(2026, 11, 21)

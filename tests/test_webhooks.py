@@ -1,4 +1,4 @@
-"""Webhook mode end to end over loopback: simulator → receiver (`sora_pipeline.webhooks`) → ledger → waiter."""
+"""Webhook mode end to end over loopback: simulator → receiver (`sora_pipeline.generation.webhooks`) → ledger → waiter."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from sora_pipeline.costs import PriceTable
+from sora_pipeline.generation.costs import PriceTable
 from sora_pipeline.fal.client import AsyncFalQueueClient
 from sora_pipeline.fal.models import ImageToVideoInput
 from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy
@@ -26,7 +26,7 @@ from sora_pipeline.ledger import (
     ResubmitPolicy,
 )
 from sora_pipeline.simulator.webhook import sign_headers
-from sora_pipeline.webhooks import (
+from sora_pipeline.generation.webhooks import (
     WebhookConfig,
     WebhookEvent,
     WebhookServer,
@@ -327,7 +327,7 @@ def test_generation_runner_falls_back_to_polling(make_simulator, ledger, tmp_pat
 
 
 def test_receiver_service_entry_point(tmp_path):
-    """`python -m sora_pipeline.webhooks` with keys from a JWKS file: healthz, a refused unsigned call, SIGTERM."""
+    """`python -m sora_pipeline.generation.webhooks` with keys from a JWKS file: healthz, a refused unsigned call, SIGTERM."""
     import os
     import signal
     import socket
@@ -344,7 +344,7 @@ def test_receiver_service_entry_point(tmp_path):
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SORA_")}
     env.update(SORA_LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.sqlite'}", SORA_WEBHOOK_JWKS_FILE=str(jwks))
-    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.webhooks", "--host", "127.0.0.1", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--host", "127.0.0.1", "--port",
                              str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -370,7 +370,7 @@ def _get_ok(url: str) -> bool:
 
 
 def test_dagster_materialization_in_webhook_mode(make_simulator, tmp_path):
-    from sora_pipeline.tables import read_day_partition
+    from sora_pipeline.warehouse.tables import read_day_partition
     from tests.pipeline_helpers import DAY as PDAY
     from tests.pipeline_helpers import (
         catalog_rows,

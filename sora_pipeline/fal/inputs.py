@@ -1,5 +1,5 @@
 """Image inputs for the endpoint: https URLs pass through; data URIs are checked; local files, `memory://` and
-the object stores of the allowlist (`sora_pipeline.image_sources`) are read and sent as a base64 data URI, after
+the object stores of the allowlist (`sora_pipeline.fal.image_sources`) are read and sent as a base64 data URI, after
 checking their size and that they really decode as an image. Nothing else is opened."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import fsspec
 from PIL import Image
 
-from sora_pipeline.image_sources import LOCAL_SCHEMES, refusal, scheme_of
+from sora_pipeline.fal.image_sources import LOCAL_SCHEMES, refusal, scheme_of
 
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp"}
@@ -70,7 +70,7 @@ def load_image_input(ref: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     """Turn a catalog image reference into what the endpoint accepts, or raise ImageInputError (only that: a
     bad image fails its item, never the day).
 
-    Sources are the allowlist of `sora_pipeline.image_sources` (also applied by the catalog's row rules; this is
+    Sources are the allowlist of `sora_pipeline.fal.image_sources` (also applied by the catalog's row rules; this is
     the second line of defence): https URLs, `data:image/...;base64,` URIs, local files, `memory://`, and
     s3/gs/az URIs when their fsspec driver is installed. Anything else (`http://`, `ftp://`, `webhdfs://`,
     `github://`, chained or wrapper URLs, a store without its driver) is refused before anything is opened.

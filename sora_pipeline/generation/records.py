@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sora_pipeline.costs import PriceTable
+from sora_pipeline.generation.costs import PriceTable
 from sora_pipeline.fal.inputs import ImageInput
 from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
 from sora_pipeline.redact import redact

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
-from sora_pipeline.costs import BudgetGuard, actual_cost, estimate_cost
-from sora_pipeline.download import DownloadError, DownloadRefused, fetch_video
-from sora_pipeline.failpoints import armed, failpoint
+from sora_pipeline.generation.costs import BudgetGuard, actual_cost, estimate_cost
+from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
+from sora_pipeline.generation.failpoints import armed, failpoint
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.fal.errors import (
     AmbiguousSubmitError,
@@ -54,10 +54,10 @@ from sora_pipeline.ledger import (
     RequestState,
     ResubmitPolicy,
 )
-from sora_pipeline.media import MediaProbeError
-from sora_pipeline.progress import Progress
+from sora_pipeline.media.probe import MediaProbeError
+from sora_pipeline.generation.progress import Progress
 from sora_pipeline.redact import install_log_redaction, register_secret
-from sora_pipeline.webhooks import wait_for_webhook
+from sora_pipeline.generation.webhooks import wait_for_webhook
 
 log = logging.getLogger("sora_pipeline.generation")
 # only these cancel answers mean fal will not bill the request: anything else (ALREADY_COMPLETED, an unknown

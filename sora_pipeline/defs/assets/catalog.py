@@ -5,11 +5,11 @@ from datetime import date
 
 import dagster as dg
 
-from sora_pipeline.assets.lineage import selected_results, spec_metadata, table_metadata
+from sora_pipeline.defs.assets.lineage import selected_results, spec_metadata, table_metadata
 from sora_pipeline.catalog import read_catalog_day
-from sora_pipeline.partitions import daily_partitions
-from sora_pipeline.schemas import CATALOG_ITEMS, REJECTED_ITEMS
-from sora_pipeline.warehouse import WarehouseResource
+from sora_pipeline.defs.partitions import daily_partitions
+from sora_pipeline.warehouse.schemas import CATALOG_ITEMS, REJECTED_ITEMS
+from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 GROUP = "catalog"
 

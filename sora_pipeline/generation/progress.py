@@ -18,7 +18,7 @@ class Progress:
     def __init__(self, total: int, *, emit: Callable[[str], None] | None = None, interval: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.total = total
-        self._emit = emit or logging.getLogger("sora_pipeline.progress").info
+        self._emit = emit or logging.getLogger("sora_pipeline.generation.progress").info
         self._interval = interval
         self._clock = clock
         self._started = clock()

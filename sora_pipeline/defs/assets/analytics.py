@@ -1,6 +1,6 @@
 """Analytics: `generation_daily_stats` (one row per day) and `generation_summary` (rollup over all days).
 
-Both compute the same metrics with the same DuckDB query (`sora_pipeline.stats.stats_sql`): the daily asset over
+Both compute the same metrics with the same DuckDB query (`sora_pipeline.analytics.stats.stats_sql`): the daily asset over
 the day's three tables, the summary directly over the hive-partitioned Parquet tables of every day. Each
 materialization carries a Markdown table of the headline figures with a chart embedded (rendered by the Dagster
 UI) and writes the chart to the warehouse too."""
@@ -14,15 +14,15 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sora_pipeline import charts
-from sora_pipeline.assets.lineage import spec_metadata, table_metadata
-from sora_pipeline.partitions import daily_partitions
-from sora_pipeline.query import connect, retry_io, summary_uri, warehouse_fs
-from sora_pipeline.stats import (
+from sora_pipeline.analytics import charts
+from sora_pipeline.defs.assets.lineage import spec_metadata, table_metadata
+from sora_pipeline.defs.partitions import daily_partitions
+from sora_pipeline.analytics.query import connect, retry_io, summary_uri, warehouse_fs
+from sora_pipeline.analytics.stats import (
     DAILY_STATS, HEADLINE, METRIC_LINEAGE, SUMMARY, daily_stats_row, days_markdown, headline_markdown, summary_rows,
 )
-from sora_pipeline.tables import file_uri_for
-from sora_pipeline.warehouse import WarehouseResource
+from sora_pipeline.warehouse.tables import file_uri_for
+from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 GROUP = "analytics"
 SOURCES = ["generations", "video_metadata", "rejected_items"]

@@ -13,7 +13,7 @@ from sora_pipeline.fal.identity import identify_backend
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
 from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy, check_base_url, split_endpoint
 from sora_pipeline.redact import install_log_redaction, register_secret
-from sora_pipeline.settings import DEFAULT_POLL_INTERVAL
+from sora_pipeline.defs.settings import DEFAULT_POLL_INTERVAL
 
 SIMULATOR_KEY = "simulator-local-key"  # the simulator wants *a* key; this one is not a secret
 log = logging.getLogger("sora_pipeline")
@@ -41,7 +41,7 @@ class FalVideoResource(dg.ConfigurableResource):
     start_timeout: float | None = Field(default=None, description="X-Fal-Request-Timeout (seconds to start)")
     archive_videos: bool = Field(default=True, description="copy videos into <warehouse>/videos/")
     webhook_url: str | None = Field(default=None, description="webhook mode: public URL of the receiver "
-                                    "(`python -m sora_pipeline.webhooks`), sent as ?fal_webhook= on submit")
+                                    "(`python -m sora_pipeline.generation.webhooks`), sent as ?fal_webhook= on submit")
     webhook_wait_seconds: float = Field(default=900.0, gt=0, description="webhook mode: wait this long for the "
                                         "callback before polling fal")
     webhook_ledger_poll_seconds: float = Field(default=2.0, gt=0, description="webhook mode: ledger re-read interval")

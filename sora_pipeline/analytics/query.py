@@ -1,6 +1,6 @@
 """Query the warehouse with DuckDB: `connect()` opens an in-memory DuckDB with one view per output table.
 
-    from sora_pipeline.query import connect
+    from sora_pipeline.analytics.query import connect
     con = connect()                      # SORA_WAREHOUSE_URI, default data/warehouse
     con.sql("SELECT date, count(*) FROM video_metadata GROUP BY date ORDER BY date").show()
 
@@ -26,9 +26,9 @@ import duckdb
 import fsspec
 import pyarrow as pa
 
-from sora_pipeline.schemas import ALL_TABLES, TableDef
-from sora_pipeline.stats import DAILY_STATS, SUMMARY, empty_source
-from sora_pipeline.tables import file_uri_for
+from sora_pipeline.warehouse.schemas import ALL_TABLES, TableDef
+from sora_pipeline.analytics.stats import DAILY_STATS, SUMMARY, empty_source
+from sora_pipeline.warehouse.tables import file_uri_for
 
 __all__ = ["DAY_TABLES", "SUMMARY_FILE", "connect", "summary_uri", "warehouse_fs"]
 
@@ -47,9 +47,8 @@ T = TypeVar("T")
 
 
 def _default_warehouse() -> str:
-    from sora_pipeline.settings import PipelineSettings
-
-    return PipelineSettings.from_env().warehouse_uri
+    """`SORA_WAREHOUSE_URI`, default `data/warehouse` (as the code location reads it)."""
+    return (os.environ.get("SORA_WAREHOUSE_URI") or "").strip() or "data/warehouse"
 
 
 def _local_path(uri: str) -> str | None:

@@ -3,7 +3,7 @@
 `generation_daily_stats` (one row per day) and `generation_summary` (one row per day plus a total row) share
 their metric columns and the query that computes them (`stats_sql`), so a day's figures and the rollup never
 disagree. The query reads three relations with a `date` column: `generations`, `video_metadata` and
-`rejected_items` — views over the hive-partitioned Parquet tables (`sora_pipeline.query.connect`) or, for one
+`rejected_items` — views over the hive-partitioned Parquet tables (`sora_pipeline.analytics.query.connect`) or, for one
 day, the day's Arrow tables registered under those names (`daily_stats_row`). No Dagster import here.
 
 Percentiles are `quantile_cont` (linear interpolation, like numpy's default) over the completed items; the total
@@ -18,7 +18,7 @@ from datetime import date
 import duckdb
 import pyarrow as pa
 
-from sora_pipeline.schemas import GENERATIONS, REJECTED_ITEMS, VIDEO_METADATA, Column, TableDef
+from sora_pipeline.warehouse.schemas import GENERATIONS, REJECTED_ITEMS, VIDEO_METADATA, Column, TableDef
 
 JSON_COUNTS = "JSON {value: count}"
 

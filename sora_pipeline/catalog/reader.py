@@ -23,11 +23,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from sora_pipeline.catalog_ids import (day_row_groups, duplicated_ids, duplicated_ids_across, fragments_dataset,
+from sora_pipeline.catalog.ids import (day_row_groups, duplicated_ids, duplicated_ids_across, fragments_dataset,
                                        write_catalog)
-from sora_pipeline.catalog_rows import (CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem,
+from sora_pipeline.catalog.rows import (CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem,
                                         ImageResolver, RejectedRow, check_rows, redact, unusable)
-from sora_pipeline.tables import is_local_fs
+from sora_pipeline.warehouse.tables import is_local_fs
 
 __all__ = [
     "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogError", "CatalogItem", "CatalogSlice",
@@ -215,7 +215,7 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     accepted only if its realpath lies inside the catalog's folder, the *parent* of a directory catalog (so
     `data/catalog` may use `../images/x.png`), or one of `image_roots`; and the file must exist. For a
     non-local catalog (`memory://`, `s3://`, ...) protocol-less paths resolve inside that filesystem. URIs must
-    be on the allowlist of `sora_pipeline.image_sources` (https, data:image, memory://, s3/gs/az with their
+    be on the allowlist of `sora_pipeline.fal.image_sources` (https, data:image, memory://, s3/gs/az with their
     driver): `http://`, `ftp://`, chained (`a::b`), wrapper and other fsspec protocols are rejected.
     """
     day = date.fromisoformat(day) if isinstance(day, str) else day

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from sora_pipeline.settings import PipelineSettings
+from sora_pipeline.defs.settings import PipelineSettings
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=PipelineSettings.from_env().partitions_start,
                                                 timezone="UTC", end_offset=1)

@@ -5,11 +5,11 @@ import json
 
 import dagster as dg
 
-from sora_pipeline.assets.lineage import arrow_rows, spec_metadata, table_metadata
-from sora_pipeline.partitions import daily_partitions
-from sora_pipeline.reconcile import reconcile
-from sora_pipeline.schemas import VIDEO_METADATA
-from sora_pipeline.warehouse import WarehouseResource
+from sora_pipeline.defs.assets.lineage import arrow_rows, spec_metadata, table_metadata
+from sora_pipeline.defs.partitions import daily_partitions
+from sora_pipeline.media.reconcile import reconcile
+from sora_pipeline.warehouse.schemas import VIDEO_METADATA
+from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 GROUP = "generation"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pyarrow as pa
 
-from sora_pipeline.schemas import TableDef
+from sora_pipeline.warehouse.schemas import TableDef
 
 _ARROW_TO_DAGSTER = {"string": "string", "large_string": "string", "int32": "int", "int64": "int",
                      "double": "float", "float": "float", "bool": "bool", "date32[day]": "date"}

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
-from sora_pipeline.image_sources import LOCAL_SCHEMES, refusal, scheme_of
+from sora_pipeline.fal.image_sources import LOCAL_SCHEMES, refusal, scheme_of
 
 REQUIRED_COLUMNS = ("item_id", "prompt", "image_uri", "scheduled_date")
 OPTIONAL_COLUMNS = ("resolution", "aspect_ratio", "duration")

@@ -9,9 +9,9 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field, PrivateAttr
 
-from sora_pipeline import tables
+from sora_pipeline.warehouse import tables
 from sora_pipeline.ledger import Ledger, default_ledger_url
-from sora_pipeline.schemas import TableDef
+from sora_pipeline.warehouse.schemas import TableDef
 
 _LEDGERS: dict[str, Ledger] = {}  # one engine per URL and process
 

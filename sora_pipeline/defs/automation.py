@@ -6,8 +6,8 @@ import json
 import dagster as dg
 
 from sora_pipeline.catalog import catalog_fingerprints, catalog_signature
-from sora_pipeline.partitions import daily_partitions
-from sora_pipeline.warehouse import WarehouseResource
+from sora_pipeline.defs.partitions import daily_partitions
+from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 daily_generation_job = dg.define_asset_job(
     "daily_generation_job",

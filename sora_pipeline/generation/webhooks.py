@@ -8,7 +8,7 @@ Pieces (no Dagster import):
   ledger does not know (yet — fal can call back before the submitter has recorded the id) is answered 409 so fal
   retries it later.
 - `WebhookServer` — runs that app with uvicorn in a background thread (tests, demos, a sidecar), like
-  `sora_pipeline.simulator.server.SimulatorServer`; `python -m sora_pipeline.webhooks` runs it as a service.
+  `sora_pipeline.simulator.server.SimulatorServer`; `python -m sora_pipeline.generation.webhooks` runs it as a service.
 - `wait_for_webhook(ledger, request_key, attempt, timeout=…, poll_ledger_every=…)` — what the generation engine
   awaits instead of polling fal: the ledger entry once the attempt reached an outcome, or None on timeout (the
   caller then falls back to polling fal, so a webhook that never arrives costs latency, never a result).
@@ -18,7 +18,7 @@ Signature (fal's scheme): Ed25519 over `"{request_id}\\n{user_id}\\n{timestamp}\
 as hex or base64(url) raw 32-byte keys, or as a JWKS document (`{"keys": [{"kty": "OKP", "crv": "Ed25519",
 "x": …}]}` — fal publishes its keys that way).
 
-Environment of `python -m sora_pipeline.webhooks`: `SORA_LEDGER_URL` (required: the shared ledger),
+Environment of `python -m sora_pipeline.generation.webhooks`: `SORA_LEDGER_URL` (required: the shared ledger),
 `SORA_WEBHOOK_PUBLIC_KEYS` (comma-separated keys) and/or `SORA_WEBHOOK_JWKS_FILE`, `SORA_WEBHOOK_REQUIRE_SIGNATURE`
 (default: true when keys are set), `SORA_WEBHOOK_MAX_SKEW` (seconds, default 300), `SORA_PRICE_*` (as elsewhere).
 """
@@ -51,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sora_pipeline.costs import PriceTable, actual_cost
+from sora_pipeline.generation.costs import PriceTable, actual_cost
 from sora_pipeline.fal.models import ImageToVideoOutput
 from sora_pipeline.ledger import (
     AttemptRef,
@@ -62,7 +62,7 @@ from sora_pipeline.ledger import (
 )
 from sora_pipeline.serving import BackgroundServer
 
-log = logging.getLogger("sora_pipeline.webhooks")
+log = logging.getLogger("sora_pipeline.generation.webhooks")
 
 WEBHOOK_PATH = "/fal/webhook"
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -398,7 +398,7 @@ async def wait_for_webhook(ledger: Ledger, request_key: str, attempt: int, *, ti
 
 # ----------------------------------------------------------------------------------------- service entry point
 def main(argv: Iterable[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sora_pipeline.webhooks",
+    ap = argparse.ArgumentParser(prog="python -m sora_pipeline.generation.webhooks",
                                  description="fal webhook receiver writing outcomes into the request ledger")
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=8080)

@@ -8,15 +8,15 @@ from collections import Counter
 import dagster as dg
 from pydantic import Field
 
-from sora_pipeline.assets.lineage import arrow_rows, selected_results, spec_metadata, table_metadata
-from sora_pipeline.costs import PriceTable
-from sora_pipeline.failpoints import failpoint
+from sora_pipeline.defs.assets.lineage import arrow_rows, selected_results, spec_metadata, table_metadata
+from sora_pipeline.generation.costs import PriceTable
+from sora_pipeline.generation.failpoints import failpoint
 from sora_pipeline.generation import GenerationConfig, GenerationRunner, Outcome, WorkItem
 from sora_pipeline.ledger import ResubmitPolicy
-from sora_pipeline.partitions import daily_partitions
-from sora_pipeline.resources import FalVideoResource
-from sora_pipeline.schemas import FAILED_GENERATIONS, GENERATIONS
-from sora_pipeline.warehouse import WarehouseResource
+from sora_pipeline.defs.partitions import daily_partitions
+from sora_pipeline.defs.resources import FalVideoResource
+from sora_pipeline.warehouse.schemas import FAILED_GENERATIONS, GENERATIONS
+from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 GROUP = "generation"
 FAL_POOL = "fal_sora"

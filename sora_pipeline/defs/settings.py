@@ -10,7 +10,7 @@ from datetime import date
 from urllib.parse import urlsplit
 
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
-from sora_pipeline.download import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV
+from sora_pipeline.media.download import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV
 from sora_pipeline.fal.protocol import (
     DEFAULT_MAX_JSON_BYTES,
     DEFAULT_MAX_STREAM_EVENT_BYTES,

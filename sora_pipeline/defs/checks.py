@@ -4,9 +4,9 @@ from collections import Counter
 
 import dagster as dg
 
-from sora_pipeline.assets.lineage import arrow_rows
-from sora_pipeline.partitions import daily_partitions
-from sora_pipeline.warehouse import WarehouseResource
+from sora_pipeline.defs.assets.lineage import arrow_rows
+from sora_pipeline.defs.partitions import daily_partitions
+from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 SHORT_SIDE = {"720p": 720, "1080p": 1080}
 

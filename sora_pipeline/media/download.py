@@ -24,8 +24,8 @@ import fsspec
 import httpx
 
 from sora_pipeline.fal.protocol import byte_cap, describe_bytes, origin
-from sora_pipeline.media import probe_video
-from sora_pipeline.tables import is_local_fs
+from sora_pipeline.media.probe import probe_video
+from sora_pipeline.warehouse.tables import is_local_fs
 
 MAX_VIDEO_BYTES_ENV = "SORA_MAX_VIDEO_BYTES"
 DEFAULT_MAX_VIDEO_BYTES = 2 << 30  # 2 GiB: a 12 s 1080p clip is tens of MB

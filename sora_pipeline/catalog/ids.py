@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from sora_pipeline import parquet_bloom
+from sora_pipeline.catalog import bloom as parquet_bloom
 
 
 def day_row_groups(dataset: ds.Dataset, day_filter: ds.Expression) -> list[ds.Fragment]:
