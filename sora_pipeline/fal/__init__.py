@@ -1,49 +1,27 @@
-"""fal queue client for the Sora 2 Pro image-to-video endpoint (pure httpx; no Dagster import)."""
+"""The fal room: the queue client (`client`, sans-IO `protocol`, typed `errors`), the endpoint's input/output
+schema (`models`, shared with the simulator), image inputs and their allowed sources (`inputs`,
+`image_sources`), and which backend a queue URL is (`identity`). Pure httpx; no Dagster import.
 
-from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
-from sora_pipeline.fal.errors import (
-    AmbiguousSubmitError,
-    AuthenticationError,
-    FalError,
-    InputValidationError,
-    RateLimitedError,
-    RequestFailedError,
-    ResultGoneError,
-    TransientError,
-    WaitTimeoutError,
-)
-from sora_pipeline.fal.models import (
-    DEFAULT_ENDPOINT_ID,
-    AspectRatio,
-    Duration,
-    ImageToVideoInput,
-    ImageToVideoOutput,
-    Resolution,
-    VideoFile,
-)
-from sora_pipeline.fal.protocol import PollPolicy, QueueHandle, QueueStatus, RetryPolicy
+Names are imported lazily, so importing the shared schema (`sora_pipeline.fal.models`) does not load the client."""
 
-__all__ = [
-    "DEFAULT_ENDPOINT_ID",
-    "AmbiguousSubmitError",
-    "AspectRatio",
-    "AsyncFalQueueClient",
-    "AuthenticationError",
-    "Duration",
-    "FalError",
-    "FalQueueClient",
-    "ImageToVideoInput",
-    "ImageToVideoOutput",
-    "InputValidationError",
-    "PollPolicy",
-    "RetryPolicy",
-    "QueueHandle",
-    "QueueStatus",
-    "RateLimitedError",
-    "RequestFailedError",
-    "Resolution",
-    "ResultGoneError",
-    "TransientError",
-    "VideoFile",
-    "WaitTimeoutError",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AsyncFalQueueClient": "client", "FalQueueClient": "client",
+    "AmbiguousSubmitError": "errors", "AuthenticationError": "errors", "FalError": "errors",
+    "InputValidationError": "errors", "RateLimitedError": "errors", "RequestFailedError": "errors",
+    "ResultGoneError": "errors", "TransientError": "errors", "WaitTimeoutError": "errors",
+    "DEFAULT_ENDPOINT_ID": "models", "AspectRatio": "models", "Duration": "models",
+    "ImageToVideoInput": "models", "ImageToVideoOutput": "models", "Resolution": "models", "VideoFile": "models",
+    "PollPolicy": "protocol", "QueueHandle": "protocol", "QueueStatus": "protocol", "RetryPolicy": "protocol",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"sora_pipeline.fal.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'sora_pipeline.fal' has no attribute {name!r}")
