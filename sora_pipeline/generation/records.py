@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sora_pipeline.generation.costs import PriceTable
 from sora_pipeline.fal.inputs import ImageInput
-from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
+from sora_pipeline.fal.models import ImageToVideoOutput
+from sora_pipeline.ledger import LedgerEntry, RequestSpec, ResubmitPolicy
 from sora_pipeline.redact import redact
 
 
@@ -83,6 +86,29 @@ class Outcome:
     actual_cost: float | None = None
     seconds_generated: float | None = None
     used_openai_key: bool = False
+
+    def fill_from_entry(self, entry: LedgerEntry) -> None:
+        self.attempt, self.request_id, self.submitted_at = entry.attempt, entry.request_id, entry.submitted_at
+
+    def fill_completed(self, entry: LedgerEntry) -> LedgerEntry:
+        """Completed from the ledger's stored result (a reuse, a webhook, or this run's own fetch)."""
+        self.fill_from_entry(entry)
+        output = ImageToVideoOutput.model_validate(entry.output)
+        self.status, self.completed_at = "completed", entry.completed_at
+        self.video_id, self.video_url = output.video_id, output.video.url
+        self.content_type = output.video.content_type
+        self.api_json = output.video.model_dump_json(exclude_none=True)
+        self.seconds_generated, self.actual_cost = entry.seconds_generated, entry.actual_cost
+        return entry
+
+    def apply_artifacts(self, artifacts: dict[str, Any]) -> None:
+        """The downloaded video's facts: archive, hash, size, probe."""
+        self.archive_uri, self.sha256 = artifacts.get("archive_uri"), artifacts.get("sha256")
+        self.file_size = artifacts.get("file_size")
+        self.content_type = self.content_type or artifacts.get("content_type")
+        self.probe_json = json.dumps(artifacts.get("probe"), sort_keys=True) if artifacts.get("probe") else None
+        if artifacts.get("started_at") and self.started_at is None:
+            self.started_at = datetime.fromisoformat(artifacts["started_at"])
 
     def fail(self, status: str, error_type: str, message: str, retryable: bool | None = None) -> Outcome:
         self.status, self.error_type, self.retryable = status, redact(error_type), retryable

@@ -10,21 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
-from sora_pipeline.generation.costs import BudgetGuard, actual_cost, estimate_cost
-from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
-from sora_pipeline.generation.failpoints import armed, failpoint
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.fal.errors import (
     AmbiguousSubmitError,
@@ -34,35 +29,31 @@ from sora_pipeline.fal.errors import (
     TransientError,
     WaitTimeoutError,
 )
-from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
-from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
+from sora_pipeline.fal.models import ImageToVideoInput
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
+from sora_pipeline.generation.cancel import cancel_requests
+from sora_pipeline.generation.costs import BudgetGuard, actual_cost
+from sora_pipeline.generation.failpoints import armed, failpoint
 from sora_pipeline.generation.group_commit import GroupCommit, ledger_unavailable
 from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
-from sora_pipeline.generation.records import (
-    GenerationConfig,
-    Outcome,
-    Planned,
-    WorkItem,
-)
+from sora_pipeline.generation.pacing import Slot, SubmitsFirst
+from sora_pipeline.generation.planning import plan_items
+from sora_pipeline.generation.progress import Progress
+from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned, WorkItem
+from sora_pipeline.generation.webhooks import wait_for_webhook
 from sora_pipeline.ledger import (
     Decision,
     Ledger,
     LedgerEntry,
     LedgerUnavailable,
-    RequestSpec,
     RequestState,
     ResubmitPolicy,
 )
+from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
 from sora_pipeline.media.probe import MediaProbeError
-from sora_pipeline.generation.progress import Progress
 from sora_pipeline.redact import install_log_redaction, register_secret
-from sora_pipeline.generation.webhooks import wait_for_webhook
 
 log = logging.getLogger("sora_pipeline.generation")
-# only these cancel answers mean fal will not bill the request: anything else (ALREADY_COMPLETED, an unknown
-# answer, no answer) leaves it SUBMITTED, and the next run resumes it and fetches its result
-CONFIRMED_CANCEL = frozenset({"CANCELLATION_REQUESTED", "NOT_FOUND"})
 SUBMITS_FIRST_MAX_WAIT = 2.0  # seconds a status stream or a download waits for pending submits at most
 
 
@@ -142,38 +133,11 @@ class GenerationRunner:
         return LedgerUnavailable(message)
 
     def plan(self, items: list[WorkItem]) -> list[Planned]:
-        """Read/verify every image once (cached by reference), compute request keys, record PLANNED rows."""
+        """Record the rescued ids of an earlier run, then plan the items (see `planning.plan_items`)."""
         rescued = self.ledger.replay_rescued()  # ids a previous run could not record: resumed, never resubmitted
         if rescued:
             self._emit(f"recorded {rescued} request id(s) from the rescue journal {self.ledger.rescue_journal.path}")
-        cache: dict[str, ImageInput | str] = {}
-        byo = self.config.openai_api_key is not None
-
-        def load(ref: str) -> ImageInput | str:
-            try:
-                return load_image_input(ref, storage_options=self.config.storage_options)
-            except ImageInputError as exc:
-                return str(exc)
-
-        refs = list(dict.fromkeys(i.image_ref for i in items))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            cache.update(zip(refs, pool.map(load, refs)))
-        planned = []
-        for item in items:
-            image = cache[item.image_ref]
-            if isinstance(image, str):
-                planned.append(Planned(item, None, None, f"image_uri: {image}"))
-                continue
-            cost = estimate_cost(self.config.prices, resolution=item.resolution, duration_s=item.duration,
-                                 byo_openai_key=byo)
-            spec = RequestSpec.create(self.config.endpoint_id, item_id=item.item_id, day=item.day,
-                                      prompt=item.prompt, resolution=item.resolution,
-                                      aspect_ratio=item.aspect_ratio, duration=item.duration,
-                                      image_sha256=image.sha256, used_openai_key=byo, estimated_cost=cost,
-                                      backend=self.config.backend)
-            planned.append(Planned(item, spec, image))
-        self.ledger.plan([p.spec for p in planned if p.spec is not None])
-        return planned
+        return plan_items(items, self.config, self.ledger)
 
     async def _run(self, items: list[WorkItem]) -> list[Outcome]:
         cfg = self.config
@@ -193,9 +157,7 @@ class GenerationRunner:
         self._budget = BudgetGuard(per_run_cap=cfg.run_budget, per_day_cap=cfg.day_budget,
                                    already_spent_today=spent)
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
-        self._submits_waiting = 0
-        self._no_submits_waiting = asyncio.Event()
-        self._no_submits_waiting.set()
+        self._submits_first = SubmitsFirst(SUBMITS_FIRST_MAX_WAIT)
         self._submitting = asyncio.Semaphore(cfg.submit_concurrency)
         self._downloads = asyncio.Semaphore(cfg.download_concurrency)
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
@@ -252,7 +214,7 @@ class GenerationRunner:
             progress.set(p.item.item_id, "failed")
             return out.fail("failed", "invalid_image", p.error, False)
         try:
-            async with _Slot(self._slots) as slot:
+            async with Slot(self._slots) as slot:
                 entry = await self._claim_and_wait(p, out, entry, slot)
             if entry is not None and out.status == "completed":
                 await self._fetch_video(p, out, entry)
@@ -267,7 +229,7 @@ class GenerationRunner:
         return out
 
     async def _claim_and_wait(self, p: Planned, out: Outcome, entry: LedgerEntry | None,
-                              slot: _Slot) -> LedgerEntry | None:
+                              slot: Slot) -> LedgerEntry | None:
         """Claim the item in the ledger and act on the decision; returns the completed entry or None."""
         cfg, key, item = self.config, p.spec.request_key, p.item
         if would_submit(entry, cfg.policy) and not self._budget.try_reserve(p.spec.estimated_cost):
@@ -279,7 +241,7 @@ class GenerationRunner:
             if would_submit(entry, cfg.policy) or (entry and entry.state == RequestState.SUBMITTING):
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
-                async with self._submits_first(), self._submitting:
+                async with self._submits_first.waiting(), self._submitting:
                     if self._ledger_down is not None:  # the run is stopping: no new submit
                         raise self._ledger_down
                     decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy)
@@ -294,10 +256,10 @@ class GenerationRunner:
         if decision == Decision.REUSE:
             self.progress.reused += 1
             out.decision = "reused"
-            return self._fill_completed(out, entry)
+            return out.fill_completed(entry)
         if decision in (Decision.SKIP_UNKNOWN, Decision.SKIP_FAILED, Decision.BUSY):
             out.decision = "skipped"
-            self._fill_from_entry(out, entry)
+            out.fill_from_entry(entry)
             status = {Decision.SKIP_UNKNOWN: "unknown", Decision.SKIP_FAILED: "failed"}.get(decision, "pending")
             reason = entry.error_message or f"ledger state {entry.state.value}"
             if decision == Decision.SKIP_UNKNOWN:
@@ -351,7 +313,7 @@ class GenerationRunner:
         return handle
 
     async def _wait_for_result(self, p: Planned, out: Outcome, attempt: int, handle: QueueHandle,
-                               slot: _Slot) -> LedgerEntry | None:
+                               slot: Slot) -> LedgerEntry | None:
         key, item_id = p.spec.request_key, p.item.item_id
         self._in_flight[key] = (attempt, handle)
         seen_logs = 0
@@ -367,11 +329,11 @@ class GenerationRunner:
             seen_logs = max(seen_logs, len(status.logs))
 
         self.progress.set(item_id, "in_queue")
-        await self._after_submits()  # a burst of submits (the first wave) goes out before its status streams
+        await self._submits_first.wait()  # a burst of submits (the first wave) goes out before its status streams
         if self.config.webhook_wait:
             entry = await self._wait_for_webhook(key, attempt)
             if entry is not None:
-                return self._fill_completed(out, entry)
+                return out.fill_completed(entry)
         try:
             await self._client.wait(handle, timeout=self.config.total_timeout, on_status=on_status)
             slot.release()  # done at fal: no longer counts against its concurrency
@@ -400,7 +362,7 @@ class GenerationRunner:
             self._write("mark_completed", key, attempt, output=document, completed_at=completed_at,
                         seconds_generated=seconds, actual_cost=cost),
             self._write("get", key))  # queued in this order, so in one batch the read sees the write
-        return self._fill_completed(out, entry)
+        return out.fill_completed(entry)
 
     async def _wait_for_webhook(self, key: str, attempt: int) -> LedgerEntry | None:
         """Webhook mode: the receiver writes the outcome into the ledger; no status calls to fal. None → no
@@ -417,26 +379,13 @@ class GenerationRunner:
                                      fal_error_type=entry.error_type)
         return entry
 
-    def _fill_from_entry(self, out: Outcome, entry: LedgerEntry) -> None:
-        out.attempt, out.request_id, out.submitted_at = entry.attempt, entry.request_id, entry.submitted_at
-
-    def _fill_completed(self, out: Outcome, entry: LedgerEntry) -> LedgerEntry:
-        self._fill_from_entry(out, entry)
-        output = ImageToVideoOutput.model_validate(entry.output)
-        out.status, out.completed_at = "completed", entry.completed_at
-        out.video_id, out.video_url = output.video_id, output.video.url
-        out.content_type = output.video.content_type
-        out.api_json = output.video.model_dump_json(exclude_none=True)
-        out.seconds_generated, out.actual_cost = entry.seconds_generated, entry.actual_cost
-        return entry
-
     async def _fetch_video(self, p: Planned, out: Outcome, entry: LedgerEntry) -> None:
         """Download (or reuse the archived copy), hash and probe; record the artifacts in the ledger."""
         artifacts = entry.artifacts or {}
         if artifacts.get("probe") and (artifacts.get("archive_uri") or not self.config.archive_root):
-            self._apply_artifacts(out, artifacts)
+            out.apply_artifacts(artifacts)
             return
-        await self._after_submits()  # freed slots are refilled before finished videos are fetched
+        await self._submits_first.wait()  # freed slots are refilled before finished videos are fetched
         self.progress.set(p.item.item_id, "downloading")
         cfg = self.config
         target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}" if cfg.archive_root else None
@@ -452,35 +401,7 @@ class GenerationRunner:
                                retryable=isinstance(exc, DownloadError)) from None
         artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
         await self._write("set_artifacts", p.spec.request_key, entry.attempt, artifacts)
-        self._apply_artifacts(out, artifacts)
-
-    def _apply_artifacts(self, out: Outcome, artifacts: dict[str, Any]) -> None:
-        out.archive_uri, out.sha256 = artifacts.get("archive_uri"), artifacts.get("sha256")
-        out.file_size = artifacts.get("file_size")
-        out.content_type = out.content_type or artifacts.get("content_type")
-        out.probe_json = json.dumps(artifacts.get("probe"), sort_keys=True) if artifacts.get("probe") else None
-        if artifacts.get("started_at") and out.started_at is None:
-            out.started_at = datetime.fromisoformat(artifacts["started_at"])
-
-    async def _after_submits(self) -> None:
-        """Let the items waiting to submit go first (bounded: a submit stuck in retries holds nobody up long).
-        Submits gate what fal can start; status streams and downloads can start a moment later at no cost."""
-        if not self._no_submits_waiting.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SUBMITS_FIRST_MAX_WAIT):
-                    await self._no_submits_waiting.wait()
-
-    @contextlib.asynccontextmanager
-    async def _submits_first(self):
-        """Mark an item as waiting to submit: downloads hold back meanwhile (a wave's submits go first)."""
-        self._submits_waiting += 1
-        self._no_submits_waiting.clear()
-        try:
-            yield
-        finally:
-            self._submits_waiting -= 1
-            if self._submits_waiting == 0:
-                self._no_submits_waiting.set()
+        out.apply_artifacts(artifacts)
 
     async def _crash_point(self, name: str, held: int = 0) -> None:
         """Test crash points fire while no submit is in flight (a crash *during* a submit is the unknown case,
@@ -493,51 +414,11 @@ class GenerationRunner:
 
     # -- interruption --------------------------------------------------------------------------------
     def cancel_in_flight(self) -> int:
-        """Best effort, bounded: cancel every request this run is waiting on and record it in the ledger."""
+        """Best effort, bounded: cancel every request this run is waiting on (see `cancel.cancel_requests`)."""
         pending = dict(self._in_flight)
         if not pending or self._sync_client_factory is None:
             return 0
-        deadline = time.monotonic() + self.config.cancel_timeout
-
-        def cancel(key: str, attempt: int, handle: QueueHandle) -> None:
-            if time.monotonic() > deadline:
-                return
-            try:
-                with self._sync_client_factory() as client:
-                    answer = client.cancel(handle)
-                if answer not in CONFIRMED_CANCEL:
-                    # e.g. ALREADY_COMPLETED: the result exists and is billed; it stays SUBMITTED so the next
-                    # run fetches it instead of paying for it again
-                    log.warning("cancel of %s answered %s: kept for the next run to fetch", handle.request_id,
-                                answer)
-                    return
-                self.ledger.mark_cancelled(key, attempt, reason=f"run {self.config.owner} terminated; "
-                                           f"cancel answered {answer}")
-            except Exception as exc:  # no answer: it stays SUBMITTED (resumable); keep cancelling the others
-                log.warning("could not cancel %s: %s", handle.request_id, exc)
-
-        with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
-            for key, (attempt, handle) in pending.items():
-                pool.submit(cancel, key, attempt, handle)
+        cancel_requests(pending, self._sync_client_factory, self.ledger, owner=self.config.owner,
+                        timeout=self.config.cancel_timeout)
         self._emit(f"run interrupted: asked fal to cancel {len(pending)} in-flight request(s)")
         return len(pending)
-
-
-class _Slot:
-    """One of the `max_concurrency` places at fal; released as soon as the request is done there."""
-
-    def __init__(self, semaphore: asyncio.Semaphore) -> None:
-        self._semaphore, self._held = semaphore, False
-
-    async def __aenter__(self) -> _Slot:
-        await self._semaphore.acquire()
-        self._held = True
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self._semaphore.release()

@@ -1,0 +1,44 @@
+"""Cancelling the requests an interrupted run was waiting on, so that nobody pays for what nobody will collect —
+and never so that an item is paid twice: only a confirmed cancellation is recorded as `cancelled`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sora_pipeline.fal.client import FalQueueClient
+from sora_pipeline.fal.protocol import QueueHandle
+from sora_pipeline.ledger import Ledger
+
+log = logging.getLogger("sora_pipeline.generation")
+# only these cancel answers mean fal will not bill the request: anything else (ALREADY_COMPLETED, an unknown
+# answer, no answer) leaves it SUBMITTED, and the next run resumes it and fetches its result
+CONFIRMED_CANCEL = frozenset({"CANCELLATION_REQUESTED", "NOT_FOUND"})
+
+
+def cancel_requests(pending: dict[str, tuple[int, QueueHandle]], client_factory: Callable[[], FalQueueClient],
+                    ledger: Ledger, *, owner: str, timeout: float) -> None:
+    """Ask fal to cancel each `request_key → (attempt, handle)` at once (bounded by `timeout`); record the
+    confirmed ones as cancelled, leave every other one SUBMITTED (resumable)."""
+    deadline = time.monotonic() + timeout
+
+    def cancel(key: str, attempt: int, handle: QueueHandle) -> None:
+        if time.monotonic() > deadline:
+            return
+        try:
+            with client_factory() as client:
+                answer = client.cancel(handle)
+            if answer not in CONFIRMED_CANCEL:
+                # e.g. ALREADY_COMPLETED: the result exists and is billed; it stays SUBMITTED so the next run
+                # fetches it instead of paying for it again
+                log.warning("cancel of %s answered %s: kept for the next run to fetch", handle.request_id, answer)
+                return
+            ledger.mark_cancelled(key, attempt, reason=f"run {owner} terminated; cancel answered {answer}")
+        except Exception as exc:  # no answer: it stays SUBMITTED (resumable); keep cancelling the others
+            log.warning("could not cancel %s: %s", handle.request_id, exc)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
+        for key, (attempt, handle) in pending.items():
+            pool.submit(cancel, key, attempt, handle)

@@ -1,0 +1,41 @@
+"""Planning a day: read and check every image once, price each item, compute its request key, and record the
+PLANNED rows in the ledger (before anything is claimed or sent)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
+from sora_pipeline.generation.costs import estimate_cost
+from sora_pipeline.generation.records import GenerationConfig, Planned, WorkItem
+from sora_pipeline.ledger import Ledger, RequestSpec
+
+
+def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) -> list[Planned]:
+    """One `Planned` per item: its spec and image, or why it cannot be submitted (images cached by reference)."""
+    byo = config.openai_api_key is not None
+
+    def load(ref: str) -> ImageInput | str:
+        try:
+            return load_image_input(ref, storage_options=config.storage_options)
+        except ImageInputError as exc:
+            return str(exc)
+
+    refs = list(dict.fromkeys(i.image_ref for i in items))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        cache = dict(zip(refs, pool.map(load, refs), strict=True))
+    planned = []
+    for item in items:
+        image = cache[item.image_ref]
+        if isinstance(image, str):
+            planned.append(Planned(item, None, None, f"image_uri: {image}"))
+            continue
+        cost = estimate_cost(config.prices, resolution=item.resolution, duration_s=item.duration,
+                             byo_openai_key=byo)
+        spec = RequestSpec.create(config.endpoint_id, item_id=item.item_id, day=item.day, prompt=item.prompt,
+                                  resolution=item.resolution, aspect_ratio=item.aspect_ratio,
+                                  duration=item.duration, image_sha256=image.sha256, used_openai_key=byo,
+                                  estimated_cost=cost, backend=config.backend)
+        planned.append(Planned(item, spec, image))
+    ledger.plan([p.spec for p in planned if p.spec is not None])
+    return planned
