@@ -1,5 +1,24 @@
 """The catalog room: read one day of the Parquet catalog (`reader`), the row rules (`rows`), the catalog-wide
-`item_id` check (`ids`) and the Parquet Bloom filters it reads (`bloom`). No Dagster import."""
+`item_id` check (`ids`) and the Parquet Bloom filters it reads (`bloom`), what changed (`changes`). No Dagster."""
 
-from sora_pipeline.catalog.reader import *  # noqa: F403 — the room's public API is the reader's
-from sora_pipeline.catalog.reader import __all__  # noqa: F401
+from sora_pipeline.catalog.changes import catalog_fingerprints, catalog_signature
+from sora_pipeline.catalog.reader import (
+    CONTRACT_COLUMNS,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    CatalogError,
+    CatalogItem,
+    CatalogSlice,
+    RejectedRow,
+    image_roots_from_env,
+    open_catalog,
+    read_catalog_day,
+    redact,
+    write_catalog,
+)
+
+__all__ = [
+    "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogError", "CatalogItem", "CatalogSlice",
+    "RejectedRow", "catalog_fingerprints", "catalog_signature", "image_roots_from_env", "open_catalog",
+    "read_catalog_day", "redact", "write_catalog",
+]

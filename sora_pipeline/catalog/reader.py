@@ -1,14 +1,12 @@
 """The catalog (input): a day-filtered Parquet scan through fsspec + pyarrow.dataset, validated by the row rules
-of `catalog_rows` and the catalog-wide item_id check of `catalog_ids`.
+(`catalog.rows`) and the catalog-wide item_id check (`catalog.ids`); what changed is told by `catalog.changes`.
 
 The `scheduled_date` filter is pushed down into the scan (partition pruning and row-group statistics); nothing
-here loads the whole catalog or goes through pandas. See CONTRACT.md for the columns and rules.
+here loads the whole catalog or goes through pandas. docs/reference.md lists the columns and rules.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import posixpath
 from collections import defaultdict
@@ -31,7 +29,7 @@ from sora_pipeline.warehouse.tables import is_local_fs
 
 __all__ = [
     "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogError", "CatalogItem", "CatalogSlice",
-    "RejectedRow", "catalog_fingerprints", "catalog_signature", "image_roots_from_env", "open_catalog",
+    "RejectedRow", "image_roots_from_env", "open_catalog",
     "read_catalog_day", "redact", "write_catalog",
 ]
 
@@ -393,61 +391,3 @@ def _day_key(value: Any) -> str | None:
         except ValueError:
             return None
     return None
-
-
-# what filesystems report of a file's last write (local mtime, S3/GCS/Azure ETags and timestamps, fsspec memory)
-_CHANGE_MARKERS = ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated", "md5Hash", "generation",
-                   "created")
-
-
-def catalog_signature(uri: str, storage_options: dict | None = None) -> str | None:
-    """A marker of the catalog's data files from one listing (paths, sizes, modification times or ETags), no
-    Parquet read: it changes when a file is written, added or removed. None when the filesystem reports no
-    modification marker for a file (then nothing may be concluded from it)."""
-    fs, path = open_catalog(uri, storage_options)
-    try:
-        info = fs.info(path)
-        is_dir = info.get("type") == "directory"
-        listing = fs.find(path, detail=True) if is_dir else {path: info}
-    except FileNotFoundError:
-        return None
-    entries = []
-    for name in _data_files(fs, path, listing) if is_dir else [path]:
-        meta = listing[name]
-        markers = {k: str(meta[k]) for k in _CHANGE_MARKERS if meta.get(k) is not None}
-        if not markers:
-            return None
-        entries.append([name, str(meta.get("size")), markers])
-    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
-
-
-def catalog_fingerprints(uri: str, storage_options: dict | None = None) -> dict[str, str]:
-    """Per scheduled_date (ISO string), a SHA-256 of that day's rows' contract columns.
-
-    Row order and file layout do not matter (row hashes are sorted); only contract columns are read, batch by
-    batch. A day changes fingerprint when a row is added, removed or edited.
-    """
-    cat = _open(uri, storage_options)
-    per_day: dict[str, list[str]] = defaultdict(list)
-    if not cat.drift:
-        try:
-            _fingerprint_rows(cat.dataset, per_day)
-        except _TYPE_ERRORS:  # a file's values do not fit the unified schema: file by file
-            per_day.clear()
-            cat.drift = True
-        except (pa.ArrowException, OSError) as exc:
-            raise CatalogError(f"catalog {cat.uri!r} could not be scanned: {exc}") from exc
-    if cat.drift:  # each file with its own schema (the values are hashed as they are)
-        _scan(cat, lambda: [_fingerprint_rows(view.dataset(cat), per_day) for view in _views(cat)])
-    return {day: hashlib.sha256("\n".join(sorted(h)).encode()).hexdigest() for day, h in sorted(per_day.items())}
-
-
-def _fingerprint_rows(dataset: ds.Dataset, per_day: dict[str, list[str]]) -> None:
-    columns = [c for c in CONTRACT_COLUMNS if c in dataset.schema.names]
-    for batch in dataset.to_batches(columns=columns):
-        for row in batch.to_pylist():
-            key = _day_key(row.get("scheduled_date"))
-            if key is None:
-                continue
-            blob = json.dumps([_canonical(row.get(c)) for c in CONTRACT_COLUMNS], default=str, ensure_ascii=False)
-            per_day[key].append(hashlib.sha256(blob.encode()).hexdigest())
