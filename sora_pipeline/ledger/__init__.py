@@ -7,13 +7,17 @@ call returns, then `mark_completed()` / `mark_failed()` / `mark_cancelled()` / `
 `set_artifacts()`. Every `mark_*` is guarded by the attempt number: a stale worker never overwrites a newer
 attempt (its facts land only on its own history row, and `LedgerConflict(recorded=True)` is raised).
 
-Claim rules (`claim(key, owner=..., policy=...)`):
+Claim rules (`claim(key, owner=..., policy=...)`), stated once as the pure function `decide` (rules.py), which
+`claim` calls before performing its writes and a dry run can call without any (`Ledger.decide`, `would_submit`):
   planned -> SUBMIT; completed -> REUSE, or SUBMIT when `policy.regenerate` and the completed attempt was made by
   another owner (so one run regenerates at most once); submitted -> RESUME; submitting by another owner within
   `submit_lease_seconds` -> BUSY; submitting past the lease or by the same owner -> marked UNKNOWN, then the
   unknown rule; unknown -> SKIP_UNKNOWN, or SUBMIT when `policy.resubmit_unknown` and under the cap;
   failed -> SUBMIT when retryable and under the cap, else SKIP_FAILED; cancelled -> SUBMIT under the cap, else
   SKIP_FAILED. The cap `max_attempts` counts attempts since the latest completed attempt (all attempts if none).
+
+Modules: model (value types), rules (the claim rules), store (`Ledger`, composed of claims, transitions, queries
+and ops), rows and schema (tables and statements), rescue (the local journal of unrecorded request ids).
 """
 
 from .model import (
@@ -21,11 +25,12 @@ from .model import (
     RequestNotPlanned, RequestSpec,
     RequestState, ResubmitPolicy, default_ledger_url, normalized_spec, request_key,
 )
+from .rules import decide, would_submit
 from .schema import LATEST_VERSION as SCHEMA_VERSION
 from .store import UNCONFIRMED_SUBMIT, Ledger
 
 __all__ = [
     "SCHEMA_VERSION", "UNCONFIRMED_SUBMIT", "AttemptRecord", "AttemptRef", "Decision", "Ledger", "LedgerConflict", "LedgerEntry",
     "LedgerError", "LedgerUnavailable", "RequestNotPlanned", "RequestSpec", "RequestState", "ResubmitPolicy", "default_ledger_url",
-    "normalized_spec", "request_key",
+    "decide", "normalized_spec", "request_key", "would_submit",
 ]
