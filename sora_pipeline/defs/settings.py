@@ -11,14 +11,14 @@ from urllib.parse import urlsplit
 
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
 from sora_pipeline.media.download import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV
-from sora_pipeline.fal.protocol import (
+from sora_pipeline.fal.limits import (
     DEFAULT_MAX_JSON_BYTES,
     DEFAULT_MAX_STREAM_EVENT_BYTES,
     MAX_JSON_BYTES_ENV,
     MAX_STREAM_EVENT_BYTES_ENV,
     byte_cap,
-    split_endpoint,
 )
+from sora_pipeline.fal.urls import split_endpoint
 
 DEFAULT_POLL_INTERVAL = 1.0  # seconds; backs off for long generations, never below this
 

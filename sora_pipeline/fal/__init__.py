@@ -1,6 +1,7 @@
-"""The fal room: the queue client (`client`, sans-IO `protocol`, typed `errors`), the endpoint's input/output
-schema (`models`, shared with the simulator), image inputs and their allowed sources (`inputs`,
-`image_sources`), and which backend a queue URL is (`identity`). Pure httpx; no Dagster import.
+"""The fal room: the queue client (`client`; sans-IO `protocol` with its `urls`, byte `limits`, `error_mapping`
+and retry/poll `policies`; typed `errors`), the endpoint's input/output schema (`models`, shared with the
+simulator), image inputs and their allowed sources (`inputs`, `image_sources`), and which backend a queue URL is
+(`identity`). Pure httpx; no Dagster import.
 
 Names are imported lazily, so importing the shared schema (`sora_pipeline.fal.models`) does not load the client."""
 
@@ -16,7 +17,7 @@ _EXPORTS = {
     "ResultGoneError": "errors", "TransientError": "errors", "WaitTimeoutError": "errors",
     "DEFAULT_ENDPOINT_ID": "models", "AspectRatio": "models", "Duration": "models",
     "ImageToVideoInput": "models", "ImageToVideoOutput": "models", "Resolution": "models", "VideoFile": "models",
-    "PollPolicy": "protocol", "QueueHandle": "protocol", "QueueStatus": "protocol", "RetryPolicy": "protocol",
+    "PollPolicy": "policies", "QueueHandle": "protocol", "QueueStatus": "protocol", "RetryPolicy": "policies",
 }
 __all__ = sorted(_EXPORTS)
 

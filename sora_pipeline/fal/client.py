@@ -29,16 +29,10 @@ from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_afte
 
 from sora_pipeline.fal.errors import FalError, RequestFailedError, WaitTimeoutError
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID, ImageToVideoInput, ImageToVideoOutput
-from sora_pipeline.fal.protocol import (
-    OutgoingRequest,
-    PollPolicy,
-    QueueHandle,
-    QueueProtocol,
-    QueueStatus,
-    RetryPolicy,
-    RetrySignal,
-    StreamEventTooLarge,
-)
+from sora_pipeline.fal.error_mapping import RetrySignal
+from sora_pipeline.fal.limits import StreamEventTooLarge
+from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
+from sora_pipeline.fal.protocol import OutgoingRequest, QueueHandle, QueueProtocol, QueueStatus
 
 log = logging.getLogger("sora_pipeline.fal")
 DEFAULT_QUEUE_URL = "https://queue.fal.run"

@@ -1,22 +1,18 @@
-"""fal's queue protocol without I/O: request building, answer parsing, error mapping, retry and poll policy.
+"""fal's queue protocol without I/O: request building and answer parsing for one endpoint (`QueueProtocol`).
 
 The sync and async clients in `client.py` only send what this module builds and hand back what they receive.
 
 The key goes only to the configured queue origin (scheme, host, port): every status, status-stream, result and
 cancel URL is built here from the configured base URL, the endpoint's owner/alias and the request id; the URLs a
 submit answer (or a ledger row) carries are never used, and ones that point elsewhere are logged once per request.
-Request ids are checked (`valid_request_id`). Bytes coming in are capped: every JSON answer at `max_json_bytes`
-(env `SORA_MAX_JSON_BYTES`, default 8 MiB; `BodyReader`), every status-stream line at `max_stream_event_bytes`
-(env `SORA_MAX_STREAM_EVENT_BYTES`, default 1 MiB; `LineSplitter`)."""
+Request ids are checked (`urls.valid_request_id`). Bytes coming in are capped (`limits`: every JSON answer at
+`max_json_bytes`, every status-stream line at `max_stream_event_bytes`); error answers become typed errors in
+`error_mapping`; retry and poll policy are in `policies`. The names that used to live here are re-exported."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import random
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -24,117 +20,43 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr, ValidationError
 
-from sora_pipeline.fal.errors import (
-    AmbiguousSubmitError,
-    AuthenticationError,
-    FalError,
-    InputValidationError,
-    RateLimitedError,
-    RequestFailedError,
-    ResultGoneError,
-    TransientError,
+from sora_pipeline.fal import error_mapping, limits
+from sora_pipeline.fal.error_mapping import (
+    NOT_SENT_ERRORS,
+    RETRYABLE_STATUS,
+    SUBMIT_RETRYABLE_STATUS,
+    Phase,
+    RetrySignal,
+)
+from sora_pipeline.fal.errors import AmbiguousSubmitError, InputValidationError, RequestFailedError, TransientError
+from sora_pipeline.fal.limits import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_MAX_STREAM_EVENT_BYTES,
+    ERROR_BODY_BYTES,
+    MAX_JSON_BYTES_ENV,
+    MAX_STREAM_EVENT_BYTES_ENV,
+    BodyReader,
+    LineSplitter,
+    MiB,
+    StreamEventTooLarge,
+    byte_cap,
+    describe_bytes,
 )
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput, validation_messages
+from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
+from sora_pipeline.fal.urls import MAX_REQUEST_ID_LENGTH, check_base_url, origin, split_endpoint, valid_request_id
 from sora_pipeline.redact import register_secret
 
+__all__ = [  # what callers import from here (some from the modules above, re-exported)
+    "DEFAULT_MAX_JSON_BYTES", "DEFAULT_MAX_STREAM_EVENT_BYTES", "ERROR_BODY_BYTES", "MAX_JSON_BYTES_ENV",
+    "MAX_REQUEST_ID_LENGTH", "MAX_STREAM_EVENT_BYTES_ENV", "NOT_SENT_ERRORS", "RETRYABLE_STATUS",
+    "SUBMIT_RETRYABLE_STATUS", "BodyReader", "LineSplitter", "MiB", "OutgoingRequest", "Phase", "PollPolicy",
+    "QueueHandle", "QueueProtocol", "QueueStatus", "RetryPolicy", "RetrySignal", "StreamEventTooLarge",
+    "byte_cap", "check_base_url", "describe_bytes", "origin", "split_endpoint", "valid_request_id",
+]
+
 log = logging.getLogger("sora_pipeline.fal")
-Phase = Literal["submit", "status", "result", "cancel"]
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
-# a submit may be repeated only when fal provably did not accept it
-SUBMIT_RETRYABLE_STATUS = frozenset({429, 503})
-NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-MiB = 1 << 20
-MAX_JSON_BYTES_ENV = "SORA_MAX_JSON_BYTES"
-DEFAULT_MAX_JSON_BYTES = 8 * MiB  # submit / status / result / cancel answers
-MAX_STREAM_EVENT_BYTES_ENV = "SORA_MAX_STREAM_EVENT_BYTES"
-DEFAULT_MAX_STREAM_EVENT_BYTES = 1 * MiB  # one line of the status stream
-ERROR_BODY_BYTES = 64 * 1024  # error and redirect answers are read this far (they only feed a message), then cut
-MAX_REQUEST_ID_LENGTH = 128
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % MAX_REQUEST_ID_LENGTH)
 _WARNED_LIMIT = 10_000  # request ids remembered for the once-per-request warning about foreign URLs
-
-
-def byte_cap(value: int | None, env_var: str, default: int, env: Mapping[str, str] | None = None) -> int:
-    """A byte cap: `value` if given, else the integer in `env_var` (bytes; `_` allowed), else `default`."""
-    if value is None:
-        raw = (os.environ if env is None else env).get(env_var, "").strip()
-        if not raw:
-            return default
-        try:
-            value = int(raw.replace("_", ""))
-        except ValueError:
-            raise ValueError(f"{env_var}={raw!r} is not a whole number of bytes (default {default})") from None
-        if value < 1:
-            raise ValueError(f"{env_var}={raw!r} must be at least 1 byte (default {default})")
-        return value
-    if int(value) < 1:
-        raise ValueError(f"a byte cap must be at least 1 (got {value}; the default is {default}, env {env_var})")
-    return int(value)
-
-
-def describe_bytes(n: int) -> str:
-    """`8 MiB`, `1.5 GiB`, `512 KiB`, `300 bytes`."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.4g} {unit}"
-    return f"{n} bytes"
-
-
-def valid_request_id(value: Any) -> bool:
-    """fal request ids are UUIDs; accept 1-128 of [A-Za-z0-9_.:-], never a path ('/', '..') or only dots."""
-    return (isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None and ".." not in value
-            and value.strip(".") != "")
-
-
-def origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an http(s) URL, default ports filled in; None if it is not one."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except (ValueError, TypeError, AttributeError):
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, bounded in attempts and in total seconds (Retry-After is honoured)."""
-
-    max_attempts: int = 6
-    initial_delay: float = 0.2
-    max_delay: float = 10.0
-    total_timeout: float = 120.0
-    jitter: float = 0.5  # delay × uniform(1 - jitter, 1 + jitter)
-
-    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        base = min(self.initial_delay * 2 ** max(attempt - 1, 0), self.max_delay)
-        delay = base * random.uniform(1 - self.jitter, 1 + self.jitter)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_delay * 3))
-        return delay
-
-
-@dataclass(frozen=True)
-class PollPolicy:
-    """How to wait for a request. With `stream` the async client follows fal's status stream (server-sent
-    events: one long request per job instead of one call per poll) and polls only if the stream is unavailable.
-    Polls are `interval` seconds apart at first, growing by `backoff` per poll once the request has run longer
-    than `backoff_after`, capped at `max_interval` (never below `interval`)."""
-
-    stream: bool = True
-    interval: float = 1.0
-    max_interval: float = 10.0
-    backoff: float = 1.5
-    backoff_after: float = 30.0
-
-    def next_delay(self, elapsed: float, previous: float | None) -> float:
-        if previous is None or elapsed < self.backoff_after:
-            return self.interval
-        return max(self.interval, min(previous * self.backoff, self.max_interval))
-
 
 @dataclass(frozen=True)
 class QueueHandle:
@@ -170,106 +92,6 @@ class OutgoingRequest:
     json: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
-
-
-class RetrySignal(Exception):
-    """Raised inside a retry loop for an answer or network error that may be retried."""
-
-    def __init__(self, error: FalError, retry_after: float | None = None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.retry_after = retry_after
-
-
-def split_endpoint(endpoint_id: str) -> tuple[str, str, str]:
-    """`fal-ai/sora-2/image-to-video/pro` → ("fal-ai", "sora-2", "image-to-video/pro")."""
-    parts = endpoint_id.strip("/").split("/")
-    if len(parts) < 2 or not all(parts):
-        raise ValueError(f"endpoint id {endpoint_id!r} must look like 'owner/alias[/path]'")
-    return parts[0], parts[1], "/".join(parts[2:])
-
-
-def check_base_url(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"queue base URL {base_url!r} is not an http(s) URL; set SORA_FAL_QUEUE_URL "
-                         "(e.g. https://queue.fal.run)")
-    return base_url.rstrip("/")
-
-
-class StreamEventTooLarge(Exception):
-    """A status-stream line grew past `max_stream_event_bytes` without a newline: the stream is abandoned."""
-
-
-class LineSplitter:
-    """Splits a byte stream into text lines (`\n` or `\r\n`), holding at most `max_line` bytes of a line that
-    has not ended yet: a line longer than that raises `StreamEventTooLarge` (memory stays bounded)."""
-
-    def __init__(self, max_line: int) -> None:
-        self.max_line = max_line
-        self._pending = bytearray()
-
-    def feed(self, chunk: bytes) -> list[str]:
-        self._pending += chunk
-        if b"\n" not in chunk:
-            self._check(len(self._pending))
-            return []
-        *lines, rest = bytes(self._pending).split(b"\n")
-        for line in lines:
-            self._check(len(line))
-        self._check(len(rest))
-        self._pending = bytearray(rest)
-        return [line.rstrip(b"\r").decode("utf-8", "replace") for line in lines]
-
-    def _check(self, size: int) -> None:
-        if size > self.max_line:
-            raise StreamEventTooLarge(
-                f"a status-stream line is longer than {describe_bytes(self.max_line)} (max_stream_event_bytes / "
-                f"{MAX_STREAM_EVENT_BYTES_ENV}); the stream was abandoned")
-
-
-class BodyReader:
-    """Collects an answer's (decoded) body up to a cap; the clients feed it the chunks they read and stop when
-    `feed` says so. A success answer beyond the cap is an error (`QueueProtocol.too_large`), checked against its
-    Content-Length up front too; an error or redirect answer is only cut (its text only feeds a message)."""
-
-    def __init__(self, protocol: QueueProtocol, response: httpx.Response, phase: Phase,
-                 request_id: str | None = None) -> None:
-        self.protocol, self.response, self.phase, self.request_id = protocol, response, phase, request_id
-        self.strict = 200 <= response.status_code < 300
-        self.cap = protocol.max_json_bytes if self.strict else min(protocol.max_json_bytes, ERROR_BODY_BYTES)
-        self._chunks: list[bytes] = []
-        self._size = 0
-        declared = _content_length(response)
-        if self.strict and declared is not None and declared > self.cap:
-            raise protocol.too_large(phase, request_id, response.status_code, declared=declared)
-
-    def feed(self, chunk: bytes) -> bool:
-        """Take a chunk; True when reading should stop (an error answer cut at its cap)."""
-        if self._size + len(chunk) > self.cap:
-            if self.strict:
-                raise self.protocol.too_large(self.phase, self.request_id, self.response.status_code)
-            self._chunks.append(chunk[:self.cap - self._size])
-            self._size = self.cap
-            return True
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        return False
-
-    def finish(self) -> httpx.Response:
-        """The answer with the body read so far, for the `parse_*` methods."""
-        skip = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
-        headers = [(k, v) for k, v in self.response.headers.multi_items() if k.lower() not in skip]
-        return httpx.Response(self.response.status_code, headers=headers, content=b"".join(self._chunks),
-                              request=self.response.request)
-
-
-def _content_length(response: httpx.Response) -> int | None:
-    try:
-        value = int(response.headers.get("content-length", ""))
-    except ValueError:
-        return None
-    return value if value >= 0 else None
 
 
 class QueueProtocol:
@@ -390,7 +212,7 @@ class QueueProtocol:
     # -- reading -------------------------------------------------------------------------------------
     def body_reader(self, response: httpx.Response, phase: Phase, request_id: str | None = None) -> BodyReader:
         """A capped reader for this answer's body (raises at once if its Content-Length is over the cap)."""
-        return BodyReader(self, response, phase, request_id)
+        return BodyReader(response, phase, self.max_json_bytes, request_id)
 
     def line_splitter(self) -> LineSplitter:
         """A capped line splitter for the status stream."""
@@ -398,19 +220,8 @@ class QueueProtocol:
 
     def too_large(self, phase: Phase, request_id: str | None, status_code: int, *,
                   declared: int | None = None) -> Exception:
-        """The error for a JSON answer over `max_json_bytes`. Submit: ambiguous (fal may have accepted it);
-        status: retryable (the request may still finish: it stays resumable); result and cancel: not retryable
-        (the same oversized answer would come again; an oversized result is never accepted as completed)."""
-        cap = f"the {describe_bytes(self.max_json_bytes)} cap on JSON answers (max_json_bytes / {MAX_JSON_BYTES_ENV})"
-        text = (f"the {phase} answer declares Content-Length {declared}, over {cap}; it was not read"
-                if declared is not None else f"the {phase} answer is larger than {cap}; reading stopped there")
-        if phase == "submit":
-            return AmbiguousSubmitError(f"{text}; fal may have accepted the submit", status_code=status_code)
-        if phase == "status":
-            return RetrySignal(TransientError(text, status_code=status_code, request_id=request_id))
-        if phase == "result":
-            text += "; the result is not accepted as completed"
-        return RequestFailedError(text, status_code=status_code, request_id=request_id, retryable=False)
+        """The error for a JSON answer over `max_json_bytes` (`limits.too_large`)."""
+        return limits.too_large(phase, request_id, status_code, self.max_json_bytes, declared=declared)
 
     # -- parsing -------------------------------------------------------------------------------------
     def parse_submit(self, response: httpx.Response) -> QueueHandle:
@@ -487,96 +298,8 @@ class QueueProtocol:
 
     def error_for(self, response: httpx.Response, phase: Phase, request_id: str | None = None) -> Exception:
         """Map an HTTP error answer to a typed error, or to a RetrySignal when trying again may help."""
-        code = response.status_code
-        detail, error_type = _detail(response)
-        error_type = response.headers.get("x-fal-error-type") or error_type
-        hint = response.headers.get("x-fal-retryable")
-        retryable_hint = None if hint is None else hint.strip().lower() in ("1", "true", "yes")
-        text = _describe(detail)
-        kw = {"status_code": code, "request_id": request_id, "detail": detail}
-        if 300 <= code < 400:
-            return self._redirect_error(response, phase, request_id)
-        if code in (401, 403):
-            return AuthenticationError(f"fal refused the key on {phase}: {text or 'unauthorized'}; "
-                                       "check FAL_KEY", **kw)
-        if code == 422 and phase == "submit":
-            errors = detail if isinstance(detail, list) else []
-            return InputValidationError(f"fal rejected the input: {text}", errors=errors, **kw)
-        if code == 504 and response.headers.get("x-fal-request-timeout-type") == "user":
-            return RequestFailedError("the request did not start before X-Fal-Request-Timeout", retryable=False,
-                                      **kw)
-        if phase == "result" and (code == 422 or retryable_hint is not None):
-            # the model's own failure, reported through the result
-            fal_type = error_type or _first_type(detail)
-            label = f" ({fal_type})" if fal_type else ""
-            return RequestFailedError(f"request failed{label}: {text or code}", retryable=bool(retryable_hint),
-                                      fal_error_type=fal_type, **kw)
-        if code in (404, 410) and phase != "cancel":
-            gone = ResultGoneError(f"{phase}: request unknown or its result expired", **kw)
-            return RetrySignal(gone) if (phase == "result" and code == 404) else gone
-        if code == 429:
-            err = RateLimitedError("rate limited by fal", retry_after=_retry_after(response), **kw)
-            return RetrySignal(err, err.retry_after)
-        if code in RETRYABLE_STATUS:
-            err = TransientError(f"fal answered {code} on {phase}" + (f": {text}" if text else ""), **kw)
-            if phase == "submit" and code not in SUBMIT_RETRYABLE_STATUS:
-                return AmbiguousSubmitError(f"submit answered {code}; fal may have accepted it", **kw)
-            return RetrySignal(err, _retry_after(response))
-        if phase == "submit" and code >= 500:
-            return AmbiguousSubmitError(f"submit answered {code}; fal may have accepted it", **kw)
-        if code >= 500:
-            return RetrySignal(TransientError(f"fal answered {code} on {phase}", **kw))
-        return RequestFailedError(f"{phase} failed: {text or code}", retryable=bool(retryable_hint), **kw)
-
-    def _redirect_error(self, response: httpx.Response, phase: Phase, request_id: str | None) -> Exception:
-        code = response.status_code
-        target = origin(response.headers.get("location", ""))
-        where = f"a redirect to {target[0]}://{target[1]}:{target[2]}"[:160] if target else "a redirect"
-        text = (f"the queue answered HTTP {code} ({where}) on {phase}; redirects are never followed, so the key "
-                f"only goes to {self.base_url}: set SORA_FAL_QUEUE_URL to the queue's own address")
-        if phase == "submit":
-            return AmbiguousSubmitError(f"{text}; fal may have accepted the submit", status_code=code)
-        # not retried (the same redirect would come back) but transient: the request stays resumable
-        return TransientError(text, status_code=code, request_id=request_id)
+        return error_mapping.error_for(response, phase, request_id, base_url=self.base_url)
 
     def network_error(self, exc: httpx.HTTPError, phase: Phase, request_id: str | None = None) -> Exception:
         """A network failure: retryable, except a submit that may already have reached fal."""
-        name = type(exc).__name__
-        if phase == "submit" and not isinstance(exc, NOT_SENT_ERRORS):
-            return AmbiguousSubmitError(f"submit sent but no answer ({name}); fal may have accepted it")
-        return RetrySignal(TransientError(f"network error on {phase} ({name})", request_id=request_id))
-
-
-def _detail(response: httpx.Response) -> tuple[Any, str | None]:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200], None
-    if isinstance(body, dict):
-        return body.get("detail", body.get("error")), body.get("error_type")
-    return body, None
-
-
-def _describe(detail: Any) -> str:
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
-                parts.append(f"{loc or 'input'}: {item.get('msg', item.get('type', 'invalid'))}")
-        return "; ".join(parts)
-    return "" if detail is None else str(detail)[:300]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _first_type(detail: Any) -> str | None:
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        return detail[0].get("type")
-    return None
+        return error_mapping.network_error(exc, phase, request_id)

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import fsspec
 import httpx
 
-from sora_pipeline.fal.protocol import byte_cap, describe_bytes, origin
+from sora_pipeline.fal.limits import byte_cap, describe_bytes
+from sora_pipeline.fal.urls import origin
 from sora_pipeline.media.probe import probe_video
 from sora_pipeline.warehouse.tables import is_local_fs
 

@@ -1,0 +1,141 @@
+"""How many bytes may come in, and the readers that stop there. Every JSON answer is capped at
+`max_json_bytes` (env `SORA_MAX_JSON_BYTES`, default 8 MiB; `BodyReader`, over the cap: `too_large`), every
+status-stream line at `max_stream_event_bytes` (env `SORA_MAX_STREAM_EVENT_BYTES`, default 1 MiB;
+`LineSplitter`); error and redirect answers are only cut. `byte_cap` and `describe_bytes` serve the video
+download cap too. No I/O: the clients feed these the chunks they read."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import httpx
+
+from sora_pipeline.fal.error_mapping import Phase, RetrySignal
+from sora_pipeline.fal.errors import AmbiguousSubmitError, RequestFailedError, TransientError
+
+MiB = 1 << 20
+MAX_JSON_BYTES_ENV = "SORA_MAX_JSON_BYTES"
+DEFAULT_MAX_JSON_BYTES = 8 * MiB  # submit / status / result / cancel answers
+MAX_STREAM_EVENT_BYTES_ENV = "SORA_MAX_STREAM_EVENT_BYTES"
+DEFAULT_MAX_STREAM_EVENT_BYTES = 1 * MiB  # one line of the status stream
+ERROR_BODY_BYTES = 64 * 1024  # error and redirect answers are read this far (they only feed a message), then cut
+
+
+def byte_cap(value: int | None, env_var: str, default: int, env: Mapping[str, str] | None = None) -> int:
+    """A byte cap: `value` if given, else the integer in `env_var` (bytes; `_` allowed), else `default`."""
+    if value is None:
+        raw = (os.environ if env is None else env).get(env_var, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise ValueError(f"{env_var}={raw!r} is not a whole number of bytes (default {default})") from None
+        if value < 1:
+            raise ValueError(f"{env_var}={raw!r} must be at least 1 byte (default {default})")
+        return value
+    if int(value) < 1:
+        raise ValueError(f"a byte cap must be at least 1 (got {value}; the default is {default}, env {env_var})")
+    return int(value)
+
+
+def describe_bytes(n: int) -> str:
+    """`8 MiB`, `1.5 GiB`, `512 KiB`, `300 bytes`."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.4g} {unit}"
+    return f"{n} bytes"
+
+
+def too_large(phase: Phase, request_id: str | None, status_code: int, max_json_bytes: int, *,
+              declared: int | None = None) -> Exception:
+    """The error for a JSON answer over `max_json_bytes`. Submit: ambiguous (fal may have accepted it);
+    status: retryable (the request may still finish: it stays resumable); result and cancel: not retryable
+    (the same oversized answer would come again; an oversized result is never accepted as completed)."""
+    cap = f"the {describe_bytes(max_json_bytes)} cap on JSON answers (max_json_bytes / {MAX_JSON_BYTES_ENV})"
+    text = (f"the {phase} answer declares Content-Length {declared}, over {cap}; it was not read"
+            if declared is not None else f"the {phase} answer is larger than {cap}; reading stopped there")
+    if phase == "submit":
+        return AmbiguousSubmitError(f"{text}; fal may have accepted the submit", status_code=status_code)
+    if phase == "status":
+        return RetrySignal(TransientError(text, status_code=status_code, request_id=request_id))
+    if phase == "result":
+        text += "; the result is not accepted as completed"
+    return RequestFailedError(text, status_code=status_code, request_id=request_id, retryable=False)
+
+
+class StreamEventTooLarge(Exception):
+    """A status-stream line grew past `max_stream_event_bytes` without a newline: the stream is abandoned."""
+
+
+class LineSplitter:
+    """Splits a byte stream into text lines (`\n` or `\r\n`), holding at most `max_line` bytes of a line that
+    has not ended yet: a line longer than that raises `StreamEventTooLarge` (memory stays bounded)."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self._pending = bytearray()
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self._pending += chunk
+        if b"\n" not in chunk:
+            self._check(len(self._pending))
+            return []
+        *lines, rest = bytes(self._pending).split(b"\n")
+        for line in lines:
+            self._check(len(line))
+        self._check(len(rest))
+        self._pending = bytearray(rest)
+        return [line.rstrip(b"\r").decode("utf-8", "replace") for line in lines]
+
+    def _check(self, size: int) -> None:
+        if size > self.max_line:
+            raise StreamEventTooLarge(
+                f"a status-stream line is longer than {describe_bytes(self.max_line)} (max_stream_event_bytes / "
+                f"{MAX_STREAM_EVENT_BYTES_ENV}); the stream was abandoned")
+
+
+class BodyReader:
+    """Collects an answer's (decoded) body up to a cap; the clients feed it the chunks they read and stop when
+    `feed` says so. A success answer beyond `max_json_bytes` is an error (`too_large`), checked against its
+    Content-Length up front too; an error or redirect answer is only cut (its text only feeds a message)."""
+
+    def __init__(self, response: httpx.Response, phase: Phase, max_json_bytes: int,
+                 request_id: str | None = None) -> None:
+        self.response, self.phase, self.request_id = response, phase, request_id
+        self.max_json_bytes = max_json_bytes
+        self.strict = 200 <= response.status_code < 300
+        self.cap = max_json_bytes if self.strict else min(max_json_bytes, ERROR_BODY_BYTES)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        declared = _content_length(response)
+        if self.strict and declared is not None and declared > self.cap:
+            raise too_large(phase, request_id, response.status_code, max_json_bytes, declared=declared)
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take a chunk; True when reading should stop (an error answer cut at its cap)."""
+        if self._size + len(chunk) > self.cap:
+            if self.strict:
+                raise too_large(self.phase, self.request_id, self.response.status_code, self.max_json_bytes)
+            self._chunks.append(chunk[:self.cap - self._size])
+            self._size = self.cap
+            return True
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        return False
+
+    def finish(self) -> httpx.Response:
+        """The answer with the body read so far, for the `parse_*` methods."""
+        skip = {"content-encoding", "content-length", "transfer-encoding"}  # the body is already decoded
+        headers = [(k, v) for k, v in self.response.headers.multi_items() if k.lower() not in skip]
+        return httpx.Response(self.response.status_code, headers=headers, content=b"".join(self._chunks),
+                              request=self.response.request)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    try:
+        value = int(response.headers.get("content-length", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
