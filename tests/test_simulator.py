@@ -1,73 +1,35 @@
-"""Tests of the embedded fal queue simulator, over real HTTP on loopback (httpx → uvicorn)."""
+"""Tests of the embedded fal queue simulator, over real HTTP on loopback (httpx → uvicorn): video synthesis,
+the happy path, errors, scheduling, stats and self-identification. Fault and hostile modes:
+tests/test_simulator_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import http.server
-import io
 import subprocess
 import sys
 import threading
 import time
 
-import av
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from sora_pipeline.simulator import SimulatorConfig, SimulatorServer
 from sora_pipeline.simulator.video import cached_clip, dimensions, synthesize_mp4
-
-ENDPOINT = "/fal-ai/sora-2/image-to-video/pro"
-AUTH = {"Authorization": "Key test-key"}
-RED = (200, 40, 40)
-
-
-def png(width: int, height: int, colour=RED) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), colour).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def data_uri(width: int = 640, height: int = 360, colour=RED) -> str:
-    return "data:image/png;base64," + base64.b64encode(png(width, height, colour)).decode()
-
-
-LANDSCAPE = data_uri(640, 360)
-PORTRAIT = data_uri(360, 640)
-
-
-def client(**kw) -> httpx.Client:
-    return httpx.Client(trust_env=False, headers=AUTH, timeout=kw.pop("timeout", 30), **kw)
-
-
-def submit(c: httpx.Client, base: str, prompt: str = "a cat", image_url: str = LANDSCAPE, **inp) -> httpx.Response:
-    return c.post(base + ENDPOINT, json={"prompt": prompt, "image_url": image_url, **inp})
-
-
-def wait_done(c: httpx.Client, status_url: str, timeout: float = 30) -> tuple[set[str], dict]:
-    """Poll until COMPLETED; returns the set of states seen and the final body."""
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = c.get(status_url, params={"logs": 1})
-        body = r.json()
-        seen.add(body["status"])
-        if body["status"] == "COMPLETED":
-            assert r.status_code == 200
-            return seen, body
-        assert r.status_code == 202
-        time.sleep(0.02)
-    raise AssertionError("request did not complete in time")
-
-
-@contextlib.contextmanager
-def running(cache_dir, **config):
-    with SimulatorServer(SimulatorConfig(video_cache_dir=str(cache_dir), **config)) as server:
-        yield server
+from tests.simulator_helpers import (
+    AUTH,
+    ENDPOINT,
+    LANDSCAPE,
+    PORTRAIT,
+    RED,
+    client,
+    png,
+    probe,
+    running,
+    submit,
+    wait_done,
+)
 
 
 @pytest.fixture(scope="session")
@@ -92,15 +54,6 @@ def test_dimensions():
     assert dimensions("auto", "auto", 640, 360) == (1280, 720)
     assert dimensions("1080p", "auto", None, None) == (1920, 1080)
 
-
-def probe(data: bytes) -> dict:
-    with av.open(io.BytesIO(data)) as container:
-        v = container.streams.video[0]
-        audio = [a.codec_context.name for a in container.streams.audio]
-        first = next(container.decode(video=0)).to_ndarray(format="rgb24")
-        return {"width": v.width, "height": v.height, "frames": v.frames, "rate": v.average_rate,
-                "duration": container.duration / 1e6, "codec": v.codec_context.name, "audio": audio,
-                "first_mean": first.reshape(-1, 3).mean(axis=0)}
 
 
 @pytest.mark.parametrize("w,h,duration", [(1920, 1080, 12), (1280, 720, 4)])
@@ -283,101 +236,6 @@ def test_cancel(cache_dir):
         assert r.status_code == 400 and r.json() == {"status": "ALREADY_COMPLETED"}
 
 
-# -- faults ----------------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kind,code", [("rate_limit", 429), ("unavailable", 503), ("server_error", 500)])
-def test_submit_faults_before_recording(cache_dir, kind, code):
-    with running(cache_dir, faults={kind: 1.0}, retry_after_seconds=0.2) as server, client() as c:
-        r = submit(c, server.base_url)
-        assert r.status_code == code and "detail" in r.json()
-        if kind == "rate_limit":
-            assert r.headers["retry-after"] == "0.2" and r.json() == {"detail": "Rate limited"}
-        if kind == "server_error":
-            assert r.headers["x-fal-error-type"] == "internal_server_error"
-            assert r.json()["error_type"] == "internal_server_error"
-        stats = server.stats()
-        assert stats["submits"] == 0 and stats["calls"]["submit"] == 1 and stats["faults"] == {kind: 1}
-        assert stats["in_queue"] + stats["in_progress"] + stats["completed"] == 0
-
-
-def test_submit_drop_slow_malformed_are_recorded(cache_dir):
-    with running(cache_dir, faults={"drop": 1.0}, run_latency=0.0) as server, client() as c:
-        with pytest.raises(httpx.RemoteProtocolError):
-            submit(c, server.base_url, prompt="dropped")
-        stats = server.stats()
-        assert stats["submits"] == 1 and stats["faults"] == {"drop": 1}
-        assert stats["submits_by_prompt"] == {"dropped": 1}
-    with running(cache_dir, faults={"slow": 1.0}, slow_seconds=0.6, run_latency=0.0) as server, client() as c:
-        with pytest.raises(httpx.ReadTimeout):
-            c.post(server.base_url + ENDPOINT, json={"prompt": "slow", "image_url": LANDSCAPE}, timeout=0.2)
-        assert server.stats()["submits"] == 1 and server.stats()["faults"] == {"slow": 1}
-        t0 = time.monotonic()
-        r = submit(c, server.base_url, prompt="slow but patient")
-        assert r.status_code == 200 and time.monotonic() - t0 >= 0.55
-    with running(cache_dir, faults={"malformed": 1.0}) as server, client() as c:
-        r = submit(c, server.base_url)
-        assert r.status_code == 200 and r.text == "{not json"
-        with pytest.raises(ValueError):
-            r.json()
-        assert server.stats()["submits"] == 1
-
-
-def test_faults_on_status_result_cancel(cache_dir):
-    with running(cache_dir, faults={"rate_limit": 1.0}, fault_calls=frozenset({"status", "cancel"}),
-                 run_latency=0.0) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        assert c.get(sub["status_url"]).status_code == 429
-        assert c.put(sub["cancel_url"]).status_code == 429
-        assert server.stats()["faults"] == {"rate_limit": 2}
-    with running(cache_dir, faults={"drop": 1.0}, fault_calls=frozenset({"status"})) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        with pytest.raises(httpx.RemoteProtocolError):
-            c.get(sub["status_url"])
-        assert server.stats()["calls"]["status"] == 1
-    with running(cache_dir, faults={"malformed": 1.0, "server_error": 0.0},
-                 fault_calls=frozenset({"result"})) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        assert c.get(sub["response_url"]).text == "{not json"
-    with running(cache_dir, faults={"unavailable": 1.0}, fault_calls=frozenset({"file"}),
-                 run_latency=0.0) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        wait_done(c, sub["status_url"])
-        video = c.get(sub["response_url"]).json()["video"]
-        assert c.get(video["url"]).status_code == 503
-        assert server.stats()["calls"]["file"] == 1 and server.stats()["faults"] == {"unavailable": 1}
-
-
-def test_result_404_once(cache_dir):
-    with running(cache_dir, faults={"result_404_once": 1.0}, run_latency=0.0) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        wait_done(c, sub["status_url"])
-        assert c.get(sub["response_url"]).status_code == 404
-        assert c.get(sub["response_url"]).status_code == 200
-        assert c.get(sub["response_url"]).status_code == 200
-        assert server.stats()["faults"] == {"result_404_once": 1}
-
-
-def test_request_error(cache_dir):
-    with running(cache_dir, faults={"request_error": 1.0}, run_latency=0.0, seed=7) as server, client() as c:
-        subs = [submit(c, server.base_url, prompt=f"p{i}").json() for i in range(10)]
-        kinds = {}
-        for sub in subs:
-            _, body = wait_done(c, sub["status_url"])
-            r = c.get(sub["response_url"])
-            kinds[r.status_code] = r
-            assert body["error_type"] in ("content_policy_violation", "runner_disconnected")
-        assert set(kinds) == {422, 500}
-        policy, disconnected = kinds[422], kinds[500]
-        assert policy.headers["x-fal-retryable"] == "false"
-        assert policy.json()["detail"][0]["type"] == "content_policy_violation"
-        assert policy.json()["detail"][0]["loc"] == ["body", "prompt"]
-        assert disconnected.headers["x-fal-retryable"] == "true"
-        assert disconnected.json()["error_type"] == "runner_disconnected"
-        assert disconnected.headers["x-fal-error-type"] == "runner_disconnected"
-        stats = server.stats()
-        assert stats["faults"] == {"request_error": 10} and stats["completed"] == 10 and stats["failed"] == 10
-
-
 # -- scheduling, metadata, determinism, stats --------------------------------------------------------------------
 
 def test_max_running_queue_positions(cache_dir):
@@ -491,7 +349,7 @@ def test_server_stops_cleanly(cache_dir):
     assert not leftover
 
 
-# -- self-identification and hostile modes -------------------------------------------------------------------------
+# -- self-identification -------------------------------------------------------------------------------------------
 
 def test_self_identification(sim):
     with httpx.Client(trust_env=False) as anonymous:
@@ -504,87 +362,3 @@ def test_self_identification(sim):
         assert sub.headers["x-sora-simulator"] == "1"
         assert c.get(sub.json()["status_url"]).headers["x-sora-simulator"] == "1"
         assert c.get(sim.base_url + "/fal-ai/sora-2/requests/nope/status").headers["x-sora-simulator"] == "1"
-
-
-def test_echo_key_repeats_the_authorization_header(cache_dir):
-    with running(cache_dir, faults={"echo_key": 1.0}) as server, client() as c:
-        r = submit(c, server.base_url)
-        assert r.status_code == 401 and r.json()["detail"] == "invalid key: Key test-key"
-        assert server.stats()["submits"] == 0  # answered before anything is recorded
-    with running(cache_dir, faults={"echo_key": 1.0}, fault_calls=frozenset({"status"})) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        r = c.get(sub["status_url"])
-        assert r.status_code == 401 and "Key test-key" in r.json()["detail"]
-
-
-def test_cancel_already_completed_leaves_the_job_running(cache_dir):
-    with running(cache_dir, faults={"cancel_already_completed": 1.0}, run_latency=0.3) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        r = c.put(sub["cancel_url"])
-        assert r.status_code == 400 and r.json() == {"status": "ALREADY_COMPLETED"}
-        _, body = wait_done(c, sub["status_url"])
-        assert "error" not in body
-        assert c.get(sub["response_url"]).status_code == 200 and c.get(sub["response_url"]).status_code == 200
-        assert server.stats()["cancels"] == 0 and server.stats()["faults"] == {"cancel_already_completed": 1}
-
-
-def test_foreign_urls_bad_request_id_and_redirect(cache_dir):
-    foreign = "http://127.0.0.1:9"
-    with running(cache_dir, faults={"foreign_urls": 1.0}, foreign_base_url=foreign) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        assert all(sub[k].startswith(foreign + "/fal-ai/sora-2/requests/" + sub["request_id"])
-                   for k in ("status_url", "response_url", "cancel_url"))
-        own = f"{server.base_url}/fal-ai/sora-2/requests/{sub['request_id']}/status"
-        assert c.get(own).json()["status_url"].startswith(foreign)  # status answers too
-    with running(cache_dir, faults={"foreign_urls": 1.0}) as server, client() as c:
-        assert submit(c, server.base_url).json()["status_url"].startswith(f"http://127.0.0.2:{server.port}/")
-    with running(cache_dir, faults={"bad_request_id": 1.0}) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        assert sub["request_id"].startswith("../") and sub["request_id"][3:] in sub["status_url"]
-        wait_done(c, sub["status_url"])  # recorded and runs
-    with running(cache_dir, faults={"redirect": 1.0}, foreign_base_url=foreign,
-                 fault_calls=frozenset({"submit"})) as server, client() as c:
-        r = submit(c, server.base_url)
-        assert r.status_code == 302 and r.headers["location"] == foreign + ENDPOINT
-        assert server.stats()["submits"] == 0
-
-
-@pytest.mark.parametrize("declare", [False, True])
-def test_huge_and_endless_bodies(cache_dir, declare):
-    size = 3 * 1024 * 1024 + 17
-    faults = {"huge_json": 1.0, "huge_status_json": 1.0, "endless_video": 1.0}
-    with running(cache_dir, faults=faults, hostile_bytes=size, hostile_declare_length=declare,
-                 run_latency=0.0) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        status = c.get(sub["status_url"], params={"logs": 1})
-        assert len(status.content) == size and status.json()["request_id"] == sub["request_id"]
-        assert ("content-length" in status.headers) == declare
-        while c.get(sub["status_url"]).status_code != 200:
-            time.sleep(0.02)
-        result = c.get(sub["response_url"])
-        assert result.status_code == 200 and len(result.content) == size
-        video = result.json()["video"]
-        assert video["url"].endswith(".mp4") and len(video["file_name"]) > size - 1000
-        file = c.get(video["url"])
-        assert file.status_code == 200 and len(file.content) == size and file.headers["content-type"] == "video/mp4"
-        assert server.stats()["hostile_bytes_sent"] >= 3 * size
-
-
-def test_huge_stream_event(cache_dir):
-    with running(cache_dir, faults={"huge_stream_event": 1.0}, hostile_bytes=1_000_000) as server, client() as c:
-        sub = submit(c, server.base_url).json()
-        with c.stream("GET", sub["status_url"] + "/stream") as r:
-            body = r.read()
-        first, _, rest = body.partition(b"\n\n")
-        assert first.startswith(b"data: {") and rest.startswith(b"data: AAAA") and b"\n" not in rest
-        assert len(rest) == 1_000_000 + len(b"data: ")
-        assert c.get(sub["status_url"]).status_code in (200, 202)  # polling answers normally
-        assert server.stats()["faults"] == {"huge_stream_event": 1}
-
-
-def test_cli_help_lists_every_fault_kind():
-    from sora_pipeline.simulator import FAULT_KINDS
-
-    out = subprocess.run([sys.executable, "-m", "sora_pipeline.simulator", "--help"], check=True,
-                         capture_output=True, text=True).stdout
-    assert all(kind in out for kind in FAULT_KINDS) and "--foreign-base-url" in out and "--hostile-bytes" in out
