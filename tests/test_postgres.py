@@ -3,18 +3,14 @@ processes on one day, and the daemon path (backfill → queued runs → code ser
 
 Each test creates its own databases with `CREATE DATABASE` on the admin URL (`SORA_TEST_POSTGRES_URL`, default
 postgresql+psycopg2://postgres@127.0.0.1:5432/postgres) and drops them at the end. Without a reachable server the
-PostgreSQL tests skip with a message naming that variable, or fail when `CI` is set (conftest's `pg_admin`); the
-config checks at the top always run.
+PostgreSQL tests skip with a message naming that variable, or fail when `CI` is set (conftest's `pg_admin`). The
+config checks that need no server: tests/test_deploy_config.py; helpers: tests/pg_helpers.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,105 +20,33 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ProgrammingError
 
 from sora_pipeline.ledger import Ledger, RequestSpec, RequestState, ResubmitPolicy
-from sora_pipeline.ledger.schema import make_engine
 from sora_pipeline.warehouse.tables import read_day_partition
+from tests.pg_helpers import (
+    DEPLOY,
+    REPO,
+    base_env,
+    dagster_home,
+    free_port,
+    instance_env,
+    overlaps,
+    start_process,
+    step_intervals,
+    stop_process,
+    storage_file,
+    url_string,
+    wait_for_code_server,
+)
 from tests.pipeline_helpers import DAY, catalog_rows, make_project, materialize_day, resources
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-from check_config import check_instance_file
-
-REPO = Path(__file__).resolve().parents[1]
-DEPLOY = REPO / "deploy"
 BIN = Path(sys.executable).parent
 #: run config: steps in the run's own process (a subprocess per step costs ~3 s each on a 2-core machine)
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
-INSTANCE_FILES = ["dagster.yaml", "dagster.docker.yaml", "dagster.k8s.yaml", "dagster.celery.yaml"]
-
-
-# ---------------------------------------------------------------- deploy/ configs (no server needed)
-@pytest.mark.parametrize("name", INSTANCE_FILES)
-def test_deploy_instance_configs_validate(name):
-    report = check_instance_file(str(DEPLOY / name))
-    assert report.ok, report.errors
-    assert "instance schema" in report.checked and "storage.postgres: dagster_postgres.DagsterPostgresStorage" in \
-        report.checked  # launcher packages (dagster-k8s, …) are checked too where installed
-    doc = yaml.safe_load((DEPLOY / name).read_text())
-    assert doc["telemetry"] == {"enabled": False}
-    assert doc["concurrency"]["runs"]["max_concurrent_runs"] >= 1 and doc["concurrency"]["pools"]["default_limit"]
-    assert doc["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert doc["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
-    assert {"DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD"} <= set(report.env_vars)
-    assert not re.search(r"FAL_KEY\s*[:=]", (DEPLOY / name).read_text())  # a name at most, never a value
-
-
-def test_deploy_config_checker_catches_mistakes(tmp_path):
-    bad = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-    bad["concurrency"]["pools"]["granularity_typo"] = "op"
-    bad["storage"]["postgres"]["postgres_db"]["hostnme"] = "x"
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    report = check_instance_file(str(tmp_path / "bad.yaml"))
-    assert not report.ok and len(report.errors) == 2
-    (tmp_path / "broken.yaml").write_text("storage: [unclosed")
-    assert not check_instance_file(str(tmp_path / "broken.yaml")).ok
-
-
-def test_deploy_workspace_points_at_a_code_server(monkeypatch):
-    from dagster._core.workspace.config_schema import ensure_workspace_config
-
-    monkeypatch.setenv("SORA_CODE_SERVER_HOST", "sora-code")
-    monkeypatch.setenv("SORA_CODE_SERVER_PORT", "4000")
-    doc = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
-    ensure_workspace_config(doc, str(DEPLOY / "workspace.yaml"))
-    (entry,) = doc["load_from"]
-    assert entry["grpc_server"]["location_name"] == "sora_pipeline"
-
-
-def _storage_file(path: Path, postgres: dict) -> Path:
-    path.write_text(yaml.safe_dump({"storage": {"postgres": postgres}, "telemetry": {"enabled": False}}))
-    return path
-
-
-def test_deploy_config_checker_requires_psycopg2_for_dagster_postgres(tmp_path, monkeypatch):
-    """dagster-postgres works on psycopg2 only (test_dagster_instance_on_each_postgres_url_form): a URL or scheme
-    that SQLAlchemy 2.1 resolves to psycopg 3 is an error; a URL the checker cannot see is a warning."""
-    db = {"hostname": "h", "username": "u", "db_name": "d"}
-    for postgres in ({"postgres_url": "postgresql://u@h:5432/d"}, {"postgres_url": "postgresql+psycopg://u@h/d"},
-                     {"postgres_db": db}, {"postgres_db": dict(db, scheme="postgresql+psycopg")}):
-        report = check_instance_file(str(_storage_file(tmp_path / "bad.yaml", postgres)))
-        assert not report.ok and len(report.errors) == 1, (postgres, report.errors)
-        assert "psycopg driver" in report.errors[0] and "postgresql+psycopg2" in report.errors[0]
-    for postgres in ({"postgres_url": "postgresql+psycopg2://u@h:5432/d"},
-                     {"postgres_db": dict(db, scheme="postgresql+psycopg2")}):
-        report = check_instance_file(str(_storage_file(tmp_path / "good.yaml", postgres)))
-        assert report.ok and not report.warnings, report.errors
-        assert any(c.startswith("storage.postgres: driver psycopg2") for c in report.checked)
-    monkeypatch.delenv("SORA_TEST_INSTANCE_URL", raising=False)
-    from_env = _storage_file(tmp_path / "env.yaml", {"postgres_url": {"env": "SORA_TEST_INSTANCE_URL"}})
-    report = check_instance_file(str(from_env))
-    assert report.ok and "SORA_TEST_INSTANCE_URL" in report.warnings[0]
-    monkeypatch.setenv("SORA_TEST_INSTANCE_URL", "postgresql://u@h/d")
-    assert not check_instance_file(str(from_env)).ok
-
-
-def test_ledger_url_without_a_driver_uses_an_installed_one(monkeypatch):
-    """`postgresql://` → psycopg 3, else psycopg2; a missing driver says which extra to install (no server)."""
-    url = "postgresql://u:secret@127.0.0.1:5432/d"
-    assert make_engine(url).dialect.driver == "psycopg"  # both are in the `postgres` extra
-    monkeypatch.setitem(sys.modules, "psycopg", None)  # find_spec → None, import → ImportError
-    assert make_engine(url).dialect.driver == "psycopg2"
-    with pytest.raises(ImportError, match=r"needs the psycopg module.*install sora_pipeline\[postgres\]"):
-        make_engine("postgresql+psycopg://u@127.0.0.1/d")
-    monkeypatch.setitem(sys.modules, "psycopg2", None)
-    with pytest.raises(ImportError, match=r"neither is installed: install sora_pipeline\[postgres\]") as err:
-        make_engine(url)
-    assert "secret" not in str(err.value)
 
 
 # ---------------------------------------------------------------- PostgreSQL fixtures (pg_admin: conftest.py)
@@ -145,35 +69,6 @@ def new_database(pg_admin):
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def url_string(url: URL) -> str:
-    return url.render_as_string(hide_password=False)
-
-
-def instance_env(db: URL) -> dict[str, str]:
-    """The variables deploy/dagster.yaml reads, for database `db`."""
-    return {"DAGSTER_PG_HOST": db.host or "127.0.0.1", "DAGSTER_PG_PORT": str(db.port or 5432),
-            "DAGSTER_PG_USERNAME": db.username or "postgres", "DAGSTER_PG_PASSWORD": db.password or "",
-            "DAGSTER_PG_DB": str(db.database)}
-
-
-def dagster_home(tmp_path: Path, **overrides) -> Path:
-    """A DAGSTER_HOME holding deploy/dagster.yaml (with `concurrency.runs`/run_coordinator overrides for speed)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    doc = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = doc
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    if overrides:
-        (home / "dagster.yaml").write_text(yaml.safe_dump(doc))
-    else:
-        shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    return home
-
-
 @pytest.fixture
 def pg_instance(tmp_path, new_database, monkeypatch):
     """`pg_instance(**overrides)` → (DagsterInstance on a fresh PostgreSQL database from deploy/dagster.yaml, env)."""
@@ -193,29 +88,6 @@ def pg_instance(tmp_path, new_database, monkeypatch):
     yield make
     for instance in made:
         instance.dispose()
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_", "DAGSTER_"))}
-    env.update(PYTHONPATH=str(REPO), **extra)
-    return env
-
-
-def step_intervals(instance: DagsterInstance, run_ids, step_key: str = "generations") -> list[tuple[float, float]]:
-    """(start, end) of `step_key` in each run, from the event log (STEP_START → STEP_SUCCESS/FAILURE)."""
-    out = []
-    for run_id in run_ids:
-        records = instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS,
-                                                     DagsterEventType.STEP_FAILURE})
-        times = {r.dagster_event.event_type: r.timestamp for r in records if r.step_key == step_key}
-        end = times.get(DagsterEventType.STEP_SUCCESS) or times.get(DagsterEventType.STEP_FAILURE)
-        assert DagsterEventType.STEP_START in times and end, f"run {run_id}: no complete {step_key} step"
-        out.append((times[DagsterEventType.STEP_START], end))
-    return sorted(out)
-
-
-def overlaps(intervals: list[tuple[float, float]]) -> bool:
-    return any(b[0] < a[1] for a, b in zip(intervals, intervals[1:]))
 
 
 # ---------------------------------------------------------------- (0) URL forms: the ledger, the Dagster instance
@@ -249,7 +121,7 @@ def test_dagster_instance_on_each_postgres_url_form(tmp_path, new_database, monk
     """DAGSTER_HOME with `storage.postgres.postgres_url: <scheme>://…` (as Dagster's docs write it), a trivial run."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    _storage_file(home / "dagster.yaml", {"postgres_url": url_string(new_database("dagster").set(drivername=scheme))})
+    storage_file(home / "dagster.yaml", {"postgres_url": url_string(new_database("dagster").set(drivername=scheme))})
     monkeypatch.setenv("DAGSTER_HOME", str(home))
 
     @dg.asset
@@ -342,43 +214,6 @@ def test_two_processes_same_day_submit_each_item_once(tmp_path, pg_instance, new
 
 
 # ---------------------------------------------------------------- (3) the daemon path with the pool limit
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    # SIGINT reset to default so SIGTERM (mapped to the SIGINT handler by Dagster) stops the process cleanly
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def _wait_for_code_server(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    from dagster._grpc.client import DagsterGrpcClient
-
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"code server exited:\n{log.read_text()[-3000:]}"
-        try:
-            client.ping("ready")
-            return
-        except Exception:
-            time.sleep(0.25)
-    raise AssertionError(f"code server not ready:\n{log.read_text()[-3000:]}")
-
-
 @pytest.mark.timeout(300)
 def test_daemon_backfill_of_three_days_respects_the_pool(tmp_path, pg_instance, new_database, make_simulator):
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
@@ -394,18 +229,18 @@ def test_daemon_backfill_of_three_days_respects_the_pool(tmp_path, pg_instance, 
     rows = [r for i, d in enumerate(days) for r in catalog_rows(day=d, n=2, prefix=f"d{i}_")]
     project = make_project(tmp_path, rows)
     ledger_db = new_database("ledger")
-    port = _free_port()
+    port = free_port()
     penv = base_env(**env, SORA_FAL_QUEUE_URL=sim.base_url, SORA_LEDGER_URL=url_string(ledger_db),
                     SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
                     SORA_POLL_INTERVAL="0.1", SORA_CODE_SERVER_HOST="127.0.0.1", SORA_CODE_SERVER_PORT=str(port))
     started = time.monotonic()
     code_log, daemon_log = tmp_path / "code_server.log", tmp_path / "daemon.log"
-    code = _start([str(BIN / "dagster"), "api", "grpc", "-m", "sora_pipeline.definitions", "-h", "127.0.0.1",
+    code = start_process([str(BIN / "dagster"), "api", "grpc", "-m", "sora_pipeline.definitions", "-h", "127.0.0.1",
                    "-p", str(port)], penv, code_log)
     daemon = None
     try:
-        _wait_for_code_server(port, code, code_log)
-        daemon = _start([str(BIN / "dagster-daemon"), "run", "-w", str(DEPLOY / "workspace.yaml")], penv,
+        wait_for_code_server(port, code, code_log)
+        daemon = start_process([str(BIN / "dagster-daemon"), "run", "-w", str(DEPLOY / "workspace.yaml")], penv,
                         daemon_log)
         graph = defs.resolve_asset_graph()
         daily = sorted(k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is not None)
@@ -430,8 +265,8 @@ def test_daemon_backfill_of_three_days_respects_the_pool(tmp_path, pg_instance, 
         elapsed = time.monotonic() - started
     finally:
         if daemon is not None:
-            _stop(daemon)
-        _stop(code)
+            stop_process(daemon)
+        stop_process(code)
     runs = instance.get_runs(filters=flt)
     # multi_run(1) backfill runs carry a one-day range
     assert sorted(r.tags["dagster/asset_partition_range_start"] for r in runs) == days
@@ -502,4 +337,3 @@ def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulat
             assert attempt.state == RequestState.COMPLETED and attempt.output["video_id"] == f"v-{s.item_id}"
         counts = Counter(r1.stats()) + Counter(r2.stats())
         assert counts["received"] == 40 and counts["completed"] + counts["duplicate"] == 40
-
