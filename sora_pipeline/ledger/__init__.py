@@ -30,7 +30,7 @@ from .schema import LATEST_VERSION as SCHEMA_VERSION
 from .store import UNCONFIRMED_SUBMIT, Ledger
 
 __all__ = [
-    "SCHEMA_VERSION", "UNCONFIRMED_SUBMIT", "AttemptRecord", "AttemptRef", "Decision", "Ledger", "LedgerConflict", "LedgerEntry",
-    "LedgerError", "LedgerUnavailable", "RequestNotPlanned", "RequestSpec", "RequestState", "ResubmitPolicy", "default_ledger_url",
-    "decide", "normalized_spec", "request_key", "would_submit",
+    "SCHEMA_VERSION", "UNCONFIRMED_SUBMIT", "AttemptRecord", "AttemptRef", "Decision", "Ledger", "LedgerConflict",
+    "LedgerEntry", "LedgerError", "LedgerUnavailable", "RequestNotPlanned", "RequestSpec", "RequestState",
+    "ResubmitPolicy", "decide", "default_ledger_url", "normalized_spec", "request_key", "would_submit",
 ]
