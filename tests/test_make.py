@@ -27,9 +27,17 @@ def _phony_targets() -> list[str]:
     return m.group(1).split()
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The environment for a `make` of its own: no fal/SORA settings, nothing of an outer `make test`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in SECRETS and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    env.update(extra)
+    return env
+
+
 def _make(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 # -- make help ----------------------------------------------------------------------------------------------------
@@ -181,8 +189,7 @@ def test_make_ui_stops_every_process(tmp_path, how):
     import psutil
 
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    env.update(DAGSTER_HOME=str(tmp_path / "home"), SORA_WAREHOUSE_URI=str(tmp_path / "warehouse"))
+    env = _env(DAGSTER_HOME=str(tmp_path / "home"), SORA_WAREHOUSE_URI=str(tmp_path / "warehouse"))
     log = tmp_path / "make-ui.log"
     # a terminal's foreground job has SIGINT at its default; a job started from a script (`make ui &`, CI, an IDE)
     # inherits it ignored — the case in which a bare `dagster dev` ignored SIGTERM too
