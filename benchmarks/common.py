@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -217,153 +216,48 @@ class RSSSampler:
         return [[round(t, 1), round(m, 1)] for t, m in self.samples[::step]]
 
 
-# ----------------------------------------------------------------------------------------------- simulator
-class SimProcess:
-    """The fal queue simulator in its own process (as fal is remote: it does not compete for our GIL)."""
-
-    def __init__(self, *, run_latency: float, queue_latency: float = 0.0, max_running: int | None = None,
-                 seed: int = 0, extra_args: list[str] | None = None, tls_cert_dir: Path | None = None) -> None:
-        self.tls_cert_dir = tls_cert_dir
-        if tls_cert_dir is None:
-            self.module = "sora_pipeline.simulator"
-            self.args = ["--host", "127.0.0.1", "--port", "0", "--run-latency", str(run_latency),
-                         "--queue-latency", str(queue_latency), "--seed", str(seed)]
-        else:  # the same app behind TLS (for clients that only build https:// URLs)
-            self.module = "benchmarks._tls_sim"
-            self.args = ["--cert-dir", str(tls_cert_dir), "--run-latency", str(run_latency)]
-        self.args += ["--video-cache-dir", str(SIM_VIDEO_CACHE)]
-        if max_running:
-            self.args += ["--max-running", str(max_running)]
-        self.args += extra_args or []
-        self.proc: subprocess.Popen | None = None
-        self.base_url = ""
-
-    @property
-    def cert_file(self) -> str | None:
-        return str(self.tls_cert_dir / "cert.pem") if self.tls_cert_dir else None
-
-    def start(self, timeout: float = 30.0) -> SimProcess:
-        SIM_VIDEO_CACHE.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=REPO,
-                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith(("http://", "https://")):
-            self.stop()
-            raise RuntimeError(f"the simulator did not start (said {line!r})")
-        self.base_url = line
-        return self
-
-    def _http(self, method: str, path: str) -> dict:
-        import httpx
-
-        with httpx.Client(trust_env=False, timeout=30, verify=self.cert_file or True) as client:
-            resp = client.request(method, f"{self.base_url}{path}")
-            resp.raise_for_status()
-            return resp.json()
-
-    def stats(self) -> dict[str, Any]:
-        return self._http("GET", "/_simulator/stats")
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) the simulator process has used so far."""
-        import psutil
-
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
-
-    def reset(self) -> None:
-        self._http("POST", "/_simulator/reset")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def __enter__(self) -> SimProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def queue_calls(stats: dict[str, Any]) -> dict[str, int]:
-    calls = dict(stats.get("calls", {}))
-    calls["queue_total"] = sum(calls.get(k, 0) for k in ("submit", "status", "result", "cancel"))
-    return calls
-
+from benchmarks.sim_process import SimProcess, queue_calls  # noqa: E402,F401 — the simulator in its own process
 
 # ---------------------------------------------------------------------------------------------- projects
+# catalogs, images and resources come from the fixtures the tests use too (sora_pipeline.defs.testing)
 IMAGE_NAME = "land.png"
 
 
 def write_image(folder: Path) -> Path:
-    """One small landscape PNG: every item uses it, so the simulator encodes one clip (its cache is shared)."""
-    from PIL import Image
+    """The benchmarks' one small landscape PNG as `<folder>/land.png` (`folder` is an `images/` directory): every
+    item uses it, so the simulator encodes one clip."""
+    from sora_pipeline.defs.testing import write_images
 
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / IMAGE_NAME
-    if not path.exists():
-        Image.new("RGB", (320, 180), (20, 120, 220)).save(path, format="PNG")
-    return path
-
-
-CATALOG_SCHEMA = None
+    assert folder.name == "images", folder
+    write_images(str(folder.parent), ("land",))
+    return folder / IMAGE_NAME
 
 
-def catalog_schema():
-    import pyarrow as pa
+def day_rows(day: str, n: int, **row_kw) -> list[dict]:
+    from sora_pipeline.defs.testing import uniform_rows
 
-    return pa.schema([("item_id", pa.string()), ("prompt", pa.string()), ("image_uri", pa.string()),
-                      ("scheduled_date", pa.date32()), ("resolution", pa.string()), ("aspect_ratio", pa.string()),
-                      ("duration", pa.int64())])
-
-
-def day_rows(day: str, n: int, prefix: str = "it", resolution: str = "720p", aspect_ratio: str = "16:9",
-             duration: int = 4) -> list[dict]:
-    d = dt.date.fromisoformat(day)
-    return [{"item_id": f"{prefix}{day}-{i:05d}", "prompt": f"benchmark clip {i} of {day}: a calm lake at dawn",
-             "image_uri": f"../images/{IMAGE_NAME}", "scheduled_date": d, "resolution": resolution,
-             "aspect_ratio": aspect_ratio, "duration": duration} for i in range(n)]
+    return uniform_rows(day, n, **row_kw)
 
 
 def make_project(root: Path, days: dict[str, int], **row_kw) -> dict[str, str]:
     """A catalog with `days[day]` items per day (identical image and parameters), a warehouse, a SQLite ledger."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from sora_pipeline.defs import testing
 
-    data = root / "data"
-    write_image(data / "images")
-    (data / "catalog").mkdir(parents=True, exist_ok=True)
-    rows = [r for day, n in days.items() for r in day_rows(day, n, **row_kw)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=catalog_schema()), data / "catalog" / "part-0.parquet")
-    return {"catalog_uri": str(data / "catalog"), "warehouse_uri": str(root / "warehouse"),
-            "ledger_url": f"sqlite:///{root / 'ledger.sqlite'}"}
+    return testing.make_project(root, [r for day, n in days.items() for r in day_rows(day, n, **row_kw)])
 
 
 def resources(sim_url: str, project: dict, **fal_overrides) -> dict:
-    from sora_pipeline.defs.resources import FalVideoResource
-    from sora_pipeline.defs.warehouse_resource import WarehouseResource
+    from sora_pipeline.defs import testing
 
-    fal = dict(queue_url=sim_url, poll_interval=0.1, max_concurrency=50, retry_total_timeout=60.0)
-    fal.update(fal_overrides)
-    return {"fal": FalVideoResource(**fal), "warehouse": WarehouseResource(**project)}
+    return testing.resources(sim_url, project, **({"poll_interval": 0.1, "max_concurrency": 50,
+                                                    "retry_total_timeout": 60.0} | fal_overrides))
 
 
 def selection() -> list:
-    """What one day's run materializes: the daily assets (`DAILY_ASSETS` when the code location names them) and
-    the asset checks."""
-    import dagster as dg
+    """What one day's run materializes: the daily assets and the asset checks."""
+    from sora_pipeline.defs.testing import DAILY_SELECTION
 
-    from sora_pipeline import definitions
-    from sora_pipeline.defs.checks import ALL_CHECKS
-
-    assets = getattr(definitions, "DAILY_ASSETS", None) or definitions.ASSETS
-    return [a for a in assets if not isinstance(a, dg.AssetSpec)] + list(ALL_CHECKS)
+    return DAILY_SELECTION
 
 
 @dataclass
@@ -400,11 +294,11 @@ def materialize_day(res: dict, day: str = DAY, run_config: dict | None = None) -
     """`dagster.materialize` of the pipeline's assets and checks for one day on a fresh ephemeral instance."""
     import dagster as dg
 
+    from sora_pipeline.defs import testing
+
     instance = dg.DagsterInstance.ephemeral()
-    config = {"ops": {"generations": {"config": run_config}}} if run_config else None
     c0, t0 = _cpu(), time.perf_counter()
-    result = dg.materialize(selection(), partition_key=day, resources=res, run_config=config, instance=instance,
-                            raise_on_error=False)
+    result = testing.materialize_day(res, day, run_config, instance=instance, raise_on_error=False)
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     logs = instance.all_logs(result.run_id)
     starts: dict[str, float] = {}

@@ -47,7 +47,7 @@ from sora_pipeline.ledger import (
     LedgerEntry,
     LedgerUnavailable,
     RequestState,
-    ResubmitPolicy,
+    would_submit,
 )
 from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
 from sora_pipeline.media.probe import MediaProbeError
@@ -55,19 +55,6 @@ from sora_pipeline.redact import install_log_redaction, register_secret
 
 log = logging.getLogger("sora_pipeline.generation")
 SUBMITS_FIRST_MAX_WAIT = 2.0  # seconds a status stream or a download waits for pending submits at most
-
-
-def would_submit(entry: LedgerEntry | None, policy: ResubmitPolicy) -> bool:
-    """Whether `Ledger.claim` would submit this entry (for dry runs and budget reservations)."""
-    if entry is None or entry.state == RequestState.PLANNED:
-        return True
-    if entry.state == RequestState.COMPLETED:
-        return policy.regenerate
-    if entry.state in (RequestState.FAILED, RequestState.CANCELLED):
-        return (entry.state == RequestState.CANCELLED or bool(entry.retryable)) and entry.attempt < policy.max_attempts
-    if entry.state == RequestState.UNKNOWN:
-        return policy.resubmit_unknown
-    return False
 
 
 class GenerationRunner:
