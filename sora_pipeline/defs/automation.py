@@ -14,6 +14,8 @@ daily_generation_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("generation_daily_stats").upstream().required_multi_asset_neighbors()
     - dg.AssetSelection.assets("catalog"),
     partitions_def=daily_partitions,
+    # the steps wait on I/O (fal, the ledger, Parquet): one process per run, no process start-up per step
+    executor_def=dg.in_process_executor,
     description="Catalog slice → generations → video_metadata → daily stats for one day.",
 )
 

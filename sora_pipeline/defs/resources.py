@@ -27,7 +27,12 @@ class FalVideoResource(dg.ConfigurableResource):
     queue_url: str | None = Field(default=None, description="queue base URL (https://queue.fal.run for fal)")
     fal_key: str | None = Field(default=None, description="fal API key; pass EnvVar('FAL_KEY')")
     openai_api_key: str | None = Field(default=None, description="optional OpenAI key sent as `api_key`")
-    max_concurrency: int = Field(default=8, ge=1, description="requests in flight at once")
+    account_concurrency: int = Field(default=8, ge=1, description="the fal account's concurrency C (requests "
+                                     "it runs at once); shared by every run, process and worker of the ledger")
+    inflight_cap: int | None = Field(default=None, ge=1, description="requests in flight account-wide at most "
+                                     "(running + queued at fal); default 2 × account_concurrency")
+    max_concurrency: int = Field(default=8, ge=1, description="requests in flight in one run at most (never "
+                                 "more than the account's in-flight cap)")
     submit_concurrency: int = Field(default=4, ge=1, description="submit calls at once; a crash mid-submit "
                                     "leaves at most this many requests `unknown`")
     poll_interval: float = Field(default=DEFAULT_POLL_INTERVAL, gt=0, description="seconds between polls")
@@ -91,6 +96,15 @@ class FalVideoResource(dg.ConfigurableResource):
         return self._backend or "fal"
 
     @property
+    def account_cap(self) -> int:
+        """Requests in flight account-wide at most (admission through the ledger)."""
+        return self.inflight_cap or 2 * self.account_concurrency
+
+    @property
+    def run_concurrency(self) -> int:
+        return min(self.max_concurrency, self.account_cap)
+
+    @property
     def uses_embedded_simulator(self) -> bool:
         return not self.fal_key and not self.queue_url
 
@@ -141,7 +155,7 @@ class FalVideoResource(dg.ConfigurableResource):
                             backoff_after=self.poll_backoff_after),
             timeout=self.request_timeout, priority=self.queue_priority, start_timeout=self.start_timeout,
             webhook_url=self.webhook_url,
-            max_connections=max(2 * self.max_concurrency, 16))
+            max_connections=max(2 * self.run_concurrency, 16))
 
     def async_client(self) -> AsyncFalQueueClient:
         return AsyncFalQueueClient(**self.client_kwargs())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 
 class SubmitsFirst:
@@ -38,20 +39,35 @@ class SubmitsFirst:
 
 
 class Slot:
-    """One of the `max_concurrency` places at fal; released as soon as the request is done there."""
+    """One of the run's `max_concurrency` places and, with account admission, one of the fal account's places
+    (`AccountAdmission`); both are given back as soon as the request is done at fal. `needed=False` (an item
+    whose video is already in the ledger) takes neither."""
 
-    def __init__(self, semaphore: asyncio.Semaphore) -> None:
-        self._semaphore, self._held = semaphore, False
+    def __init__(self, semaphore: asyncio.Semaphore, admission: Any = None, *, needed: bool = True) -> None:
+        self._semaphore, self._admission, self._needed = semaphore, admission, needed
+        self._held, self._place = False, None
+        self._returning: asyncio.Task | None = None
 
     async def __aenter__(self) -> Slot:
+        if not self._needed:
+            return self
         await self._semaphore.acquire()
         self._held = True
+        if self._admission is not None:
+            try:
+                self._place = await self._admission.acquire()
+            except BaseException:
+                self.release()
+                raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
 
     def release(self) -> None:
+        if self._place is not None:
+            place, self._place = self._place, None
+            self._returning = asyncio.ensure_future(self._admission.release(place))
         if self._held:
             self._held = False
             self._semaphore.release()

@@ -34,7 +34,10 @@ class GenerationConfig:
     queue_base_url: str
     owner: str  # the Dagster run id (claims are per owner)
     day: str
-    max_concurrency: int = 8
+    max_concurrency: int = 8  # this run's requests in flight at most
+    # the fal account's in-flight cap, shared through the ledger by every run, process and machine (None: none)
+    account_cap: int | None = None
+    admission_lease: float = 60.0  # seconds a dead process's places stay taken
     # claim→submit→record sections at once: a hard crash leaves at most this many requests `unknown`
     submit_concurrency: int = 4
     download_concurrency: int = 16

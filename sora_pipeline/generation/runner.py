@@ -31,6 +31,7 @@ from sora_pipeline.fal.errors import (
 )
 from sora_pipeline.fal.models import ImageToVideoInput
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
+from sora_pipeline.generation.admission import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests
 from sora_pipeline.generation.costs import BudgetGuard, actual_cost
 from sora_pipeline.generation.failpoints import armed, failpoint
@@ -75,6 +76,7 @@ class GenerationRunner:
         self.estimated_total = 0.0
         self._rescued: list[str] = []  # request ids fal answered that the ledger could not record
         self._ledger_down: LedgerUnavailable | None = None
+        self._admission: AccountAdmission | None = None
         register_secret(config.openai_api_key)
         install_log_redaction()
 
@@ -150,7 +152,10 @@ class GenerationRunner:
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
         downloads = httpx.AsyncClient(timeout=httpx.Timeout(120.0), verify=shared_ssl_context(),
                                       limits=httpx.Limits(max_keepalive_connections=IDLE_CONNECTIONS))
-        async with self._client_factory() as client, downloads as http:
+        admission = (AccountAdmission(self.ledger, self._db, account=cfg.backend, cap=cfg.account_cap,
+                                      owner=cfg.owner, lease_s=cfg.admission_lease)
+                     if cfg.account_cap else contextlib.nullcontext())
+        async with self._client_factory() as client, downloads as http, admission as self._admission:
             self._client, self._http = client, http
             outcomes = await self._process_all(planned, entries)
         self.progress.maybe_log(force=True)
@@ -201,7 +206,8 @@ class GenerationRunner:
             progress.set(p.item.item_id, "failed")
             return out.fail("failed", "invalid_image", p.error, False)
         try:
-            async with Slot(self._slots) as slot:
+            needed = not (entry and entry.state == RequestState.COMPLETED and not self.config.policy.regenerate)
+            async with Slot(self._slots, self._admission, needed=needed) as slot:
                 entry = await self._claim_and_wait(p, out, entry, slot)
             if entry is not None and out.status == "completed":
                 await self._fetch_video(p, out, entry)
@@ -231,7 +237,8 @@ class GenerationRunner:
                 async with self._submits_first.waiting(), self._submitting:
                     if self._ledger_down is not None:  # the run is stopping: no new submit
                         raise self._ledger_down
-                    decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy)
+                    decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy,
+                                                        day_budget=cfg.day_budget)
                     if decision == Decision.SUBMIT:
                         handle = await self._submit(p, out, entry.attempt)
             else:
@@ -244,6 +251,11 @@ class GenerationRunner:
             self.progress.reused += 1
             out.decision = "reused"
             return out.fill_completed(entry)
+        if decision == Decision.SKIP_BUDGET:
+            self._budget.release(p.spec.estimated_cost)  # this run's reservation: nothing was sent
+            out.fail("skipped", "budget", f"item {item.item_id}: skipped, the day's budget ${cfg.day_budget:,.2f} "
+                     f"would be exceeded by ${p.spec.estimated_cost:,.2f} (spent by every run of {cfg.day})")
+            return None
         if decision in (Decision.SKIP_UNKNOWN, Decision.SKIP_FAILED, Decision.BUSY):
             out.decision = "skipped"
             out.fill_from_entry(entry)

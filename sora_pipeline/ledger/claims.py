@@ -4,14 +4,16 @@ history row — so only one caller across threads, processes and runs gets SUBMI
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from .model import Decision, LedgerEntry, RequestNotPlanned, RequestState, ResubmitPolicy
 from .ops import LostRace, Op, aware
+from .queries import spent_query
 from .rows import CLAIM_CAS, ENTRY_BY_KEY_FOR_UPDATE, INSERT_ATTEMPT, entry_from_row
 from .rules import decide, effective_state, needs_history
 from .schema import attempts, read, requests, utcnow
@@ -34,9 +36,14 @@ class LedgerClaims:
 
     def claim(
         self, request_key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None,
+        day_budget: float | None = None,
     ) -> tuple[Decision, LedgerEntry]:
-        """Atomically decide what the caller does with this request; see `rules.decide` for the rules."""
-        return self._run(self._op_claim(request_key, owner=owner, policy=policy, now=now))
+        """Atomically decide what the caller does with this request; see `rules.decide` for the rules.
+
+        With `day_budget`, a SUBMIT that would take the day's spend (every attempt of the request's day and backend
+        that may have reached fal, `spent`) over it is SKIP_BUDGET instead — counted inside this transaction,
+        serialized with every other budgeted claim of the day, so parallel runs never overshoot it together."""
+        return self._run(self._op_claim(request_key, owner=owner, policy=policy, now=now, day_budget=day_budget))
 
     def decide(self, entry: LedgerEntry | None, policy: ResubmitPolicy, *, owner: str,
                now: datetime | None = None) -> Decision:
@@ -49,13 +56,14 @@ class LedgerClaims:
                 last = self._last_completed(conn, entry.request_key)
         return decide(entry, policy, owner=owner, now=now, last_completed_attempt=last)
 
-    def _op_claim(self, key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None) -> Op:
+    def _op_claim(self, key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None,
+                  day_budget: float | None = None) -> Op:
         if not owner:
             raise ValueError("owner must be a non-empty run/worker id")
         now = aware(now, "now") or utcnow()
 
         def op(conn: Connection) -> tuple[Decision, LedgerEntry]:
-            decision = self._claim_in(conn, key, owner, policy, now)
+            decision = self._claim_in(conn, key, owner, policy, now, day_budget)
             entry = self._get(conn, key)
             assert entry is not None
             return decision, entry
@@ -63,7 +71,8 @@ class LedgerClaims:
         op.claimed_key = key  # type: ignore[attr-defined]  # a claim that lost a race decides again
         return op
 
-    def _claim_in(self, conn: Connection, key: str, owner: str, policy: ResubmitPolicy, now: datetime) -> Decision:
+    def _claim_in(self, conn: Connection, key: str, owner: str, policy: ResubmitPolicy, now: datetime,
+                  day_budget: float | None = None) -> Decision:
         """Lock the row, `decide`, then perform the decision's writes."""
         row = conn.execute(ENTRY_BY_KEY_FOR_UPDATE, {"b_key": key}).first()
         if row is None:
@@ -74,6 +83,8 @@ class LedgerClaims:
             self._expire_submitting(conn, e, now)
         last = self._last_completed(conn, key) if needs_history(e, policy, owner=owner, now=now) else 0
         decision = decide(e, policy, owner=owner, now=now, last_completed_attempt=last)
+        if decision is Decision.SUBMIT and day_budget is not None and self._over_budget(conn, e, day_budget):
+            return Decision.SKIP_BUDGET
         if decision is Decision.SUBMIT:
             self._submit(conn, e, state, owner, now)
         return decision
@@ -111,6 +122,14 @@ class LedgerClaims:
             request_key=e.request_key, attempt=new, state=S.SUBMITTING.value, owner=owner,
             estimated_cost=e.estimated_cost, created_at=now, updated_at=now,
         ))
+
+    @staticmethod
+    def _over_budget(conn: Connection, e: LedgerEntry, day_budget: float) -> bool:
+        if conn.dialect.name == "postgresql":  # budgeted claims of one day, one at a time (SQLite: BEGIN IMMEDIATE)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                         {"k": 0x534F_5241_4200_0000 | zlib.crc32(f"{e.backend}:{e.day}".encode())})
+        spent = float(conn.execute(spent_query(e.day, backend=e.backend)).scalar() or 0.0)
+        return spent + e.estimated_cost > day_budget + 1e-9
 
     @staticmethod
     def _last_completed(conn: Connection, key: str) -> int:

@@ -40,6 +40,7 @@ class Decision(str, Enum):
     SKIP_UNKNOWN = "skip_unknown"  # a submit may have been sent without a recorded id: needs a human
     SKIP_FAILED = "skip_failed"  # not retryable, or the attempt cap is reached
     BUSY = "busy"  # another live owner is submitting: wait and claim again
+    SKIP_BUDGET = "skip_budget"  # a submit would cross the day's budget (counted in the claim's transaction)
 
 
 class LedgerError(RuntimeError):

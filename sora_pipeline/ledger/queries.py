@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
-from sqlalchemy import and_, func, not_, select
+from sqlalchemy import Select, and_, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
 from .model import AttemptRecord, AttemptRef, LedgerEntry, RequestState
@@ -86,17 +86,22 @@ class LedgerQueries:
         been billed and count. `backend="fal"` counts only money really spent at fal (not a simulator's would-be
         cost); None counts every backend.
         """
-        start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=timezone.utc)
-        q = select(func.coalesce(func.sum(_A.estimated_cost), 0.0)).where(
-            not_(and_(_A.state == S.FAILED.value, _A.request_id.is_(None)))
-        )
-        if backend is not None:
-            q = q.where(_A.request_key.in_(select(_R.request_key).where(_R.backend == backend)))
-        if by == "request_day":
-            q = q.select_from(attempts.join(requests, _R.request_key == _A.request_key)).where(_R.day == day)
-        elif by == "claimed_utc":
-            q = q.where(_A.created_at >= start, _A.created_at < start + timedelta(days=1))
-        else:
-            raise ValueError("by must be 'request_day' or 'claimed_utc'")
         with read(self._engine) as conn:
-            return float(conn.execute(q).scalar() or 0.0)
+            return float(conn.execute(spent_query(day, by=by, backend=backend)).scalar() or 0.0)
+
+
+def spent_query(day: str, *, by: str = "request_day", backend: str | None = None) -> Select:
+    """The sum `LedgerQueries.spent` reads (also run inside a claim's transaction for the day budget)."""
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=timezone.utc)
+    q = select(func.coalesce(func.sum(_A.estimated_cost), 0.0)).where(
+        not_(and_(_A.state == S.FAILED.value, _A.request_id.is_(None)))
+    )
+    if backend is not None:
+        q = q.where(_A.request_key.in_(select(_R.request_key).where(_R.backend == backend)))
+    if by == "request_day":
+        q = q.select_from(attempts.join(requests, _R.request_key == _A.request_key)).where(_R.day == day)
+    elif by == "claimed_utc":
+        q = q.where(_A.created_at >= start, _A.created_at < start + timedelta(days=1))
+    else:
+        raise ValueError("by must be 'request_day' or 'claimed_utc'")
+    return q

@@ -101,6 +101,17 @@ def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[requests, attempts], checkfirst=True)
 
 
+admission = Table(
+    "fal_admission", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # arrival order: grants go oldest first
+    Column("account", String(32), nullable=False, index=True),  # the backend: fal | simulator
+    Column("holder", Text, nullable=False),  # one process's admission broker
+    Column("state", String(8), nullable=False),  # waiting | holding
+    Column("lease_until", UTCDateTime, nullable=False),  # renewed by the holder; past it the row is dead
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+
 def _simulated(status_url: str | None, output: Any) -> bool:
     """Whether an attempt was answered by a simulator or a test server: fal's queue and files are https only."""
     video = output.get("video") if isinstance(output, dict) else None
@@ -132,8 +143,13 @@ def _migration_2(conn: Connection) -> None:
         conn.execute(update(attempts).where(attempts.c.request_key == key).values(request_key=new_key))
 
 
+def _migration_3(conn: Connection) -> None:
+    """The fal account's admission: leased places in flight, shared by every run, process and machine."""
+    metadata.create_all(conn, tables=[admission], checkfirst=True)
+
+
 # Append new migrations here; never edit an applied one. Each runs in the migrating transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from .admission import LedgerAdmission
 from .claims import UNCONFIRMED_SUBMIT, LedgerClaims
 from .model import LedgerConflict, RequestNotPlanned, RequestSpec, RequestState
 from .ops import LedgerWrites
@@ -35,7 +36,7 @@ def _default_rescue_path(engine: Engine) -> str:
     return os.path.join(os.environ.get("DAGSTER_HOME") or os.getcwd(), "sora_ledger_rescued.jsonl")
 
 
-class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites):
+class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites, LedgerAdmission):
     """Durable per-request state on SQLite (file) or PostgreSQL. Every method uses its own pooled connection."""
 
     def __init__(self, url: str, *, engine_kwargs: dict[str, Any] | None = None,

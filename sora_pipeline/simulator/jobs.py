@@ -129,6 +129,7 @@ class JobBook:
             self.failed = 0
             self.cancelled = 0
             self.max_running_seen = 0
+            self.max_in_flight_seen = 0  # queued + running at once (what an account-wide cap bounds)
             self.webhooks: list[dict[str, Any]] = []
             self._webhook_info: dict[str, dict[str, Any]] = {}
             self.webhook_counts = {c: 0 for c in WEBHOOK_COUNTERS}
@@ -174,6 +175,7 @@ class JobBook:
             job.seq = self._seq
             self.jobs[job.id] = job
             self._queue.append(job)
+            self.max_in_flight_seen = max(self.max_in_flight_seen, len(self._queue) + len(self._running))
             self.submits += 1
             h = input_hash(job.payload)
             self.submits_by_input[h] = self.submits_by_input.get(h, 0) + 1
@@ -272,6 +274,7 @@ class JobBook:
                 "in_queue": len(self._queue),
                 "in_progress": len(self._running),
                 "max_running_seen": self.max_running_seen,
+                "max_in_flight_seen": self.max_in_flight_seen,
                 "webhooks": [dict(w) for w in self.webhooks],
                 "webhook_deliveries": dict(self.webhook_counts),
             }

@@ -61,7 +61,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}")
     run_config = GenerationConfig(
         endpoint_id=fal.endpoint_id, backend=fal.backend, queue_base_url=fal.base_url, owner=context.run_id,
-        day=day, max_concurrency=fal.max_concurrency, submit_concurrency=fal.submit_concurrency, total_timeout=fal.total_timeout,
+        day=day, max_concurrency=fal.run_concurrency, account_cap=fal.account_cap, submit_concurrency=fal.submit_concurrency, total_timeout=fal.total_timeout,
         archive_root=warehouse.videos_uri(day) if fal.archive_videos else None,
         storage_options=dict(warehouse.storage_options),
         policy=ResubmitPolicy(max_attempts=config.max_attempts, resubmit_unknown=config.resubmit_unknown,
