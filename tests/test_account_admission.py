@@ -1,0 +1,185 @@
+"""The fal account is one resource (issue 14): its in-flight cap holds across processes and runs sharing the
+ledger (SQLite and PostgreSQL), a killed process's places come back after its lease, and budgets hold across
+runs in parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sora_pipeline.ledger import Ledger
+from tests.pipeline_helpers import catalog_rows, make_project
+
+REPO = Path(__file__).resolve().parents[1]
+
+# one worker process: takes a place `n` times (one ticket each, waiting for its grant), holds it, gives it back,
+# and writes down when it held it
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    from sora_pipeline.ledger import Ledger
+    url, holder, cap, n, hold, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \\
+        float(sys.argv[5]), sys.argv[6]
+    spans = []
+    with Ledger(url) as ledger:
+        for _ in range(n):
+            (ticket,) = ledger.request_places("fal", holder, 1, lease_s=30)
+            while ticket not in ledger.grant("fal", holder, cap):
+                time.sleep(0.005)
+            start = time.time()
+            time.sleep(hold)
+            end = time.time()
+            ledger.release_places(holder, [ticket])
+            spans.append([start, end])
+    json.dump(spans, open(out, "w"))
+""")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        return
+    engine, admin_url = request.getfixturevalue("pg_admin")
+    name = f"sora_test_admission_{uuid.uuid4().hex[:10]}"
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield admin_url.set(database=name).render_as_string(hide_password=False)
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def max_overlap(spans: list[list[float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def test_the_cap_holds_across_processes(ledger_url, tmp_path):
+    cap, workers, n = 3, 4, 6
+    Ledger(ledger_url).close()  # schema first, so the workers do not race to create it
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, ledger_url, f"w{i}", str(cap), str(n), "0.05",
+                               str(tmp_path / f"w{i}.json")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+             for i in range(workers)]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    spans = [s for i in range(workers) for s in json.loads((tmp_path / f"w{i}.json").read_text())]
+    assert len(spans) == workers * n
+    assert max_overlap(spans) <= cap, "more places held at once than the account's cap"
+    assert max_overlap(spans) == cap, "the workers should have filled the account"
+    with Ledger(ledger_url) as ledger:
+        assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}
+
+
+def test_a_killed_process_gives_its_places_back_after_its_lease(ledger_url, tmp_path):
+    """A process takes every place and is killed -9: nobody gets one while its lease runs, everybody after."""
+    holder_script = textwrap.dedent("""
+        import sys, time
+        from sora_pipeline.ledger import Ledger
+        with Ledger(sys.argv[1]) as ledger:
+            tickets = ledger.request_places("fal", "doomed", 2, lease_s=3)
+            assert ledger.grant("fal", "doomed", 2) == tickets
+            print("holding", flush=True)
+            time.sleep(600)
+    """)
+    Ledger(ledger_url).close()
+    proc = subprocess.Popen([sys.executable, "-c", holder_script, ledger_url], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "holding"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    killed_at = time.monotonic()
+    with Ledger(ledger_url) as ledger:
+        (ticket,) = ledger.request_places("fal", "survivor", 1, lease_s=30)
+        assert ledger.grant("fal", "survivor", 2) == [], "the dead process's places are still leased"
+        while not ledger.grant("fal", "survivor", 2):
+            assert time.monotonic() - killed_at < 30, "the places never came back"
+            time.sleep(0.1)
+        waited = time.monotonic() - killed_at
+        assert 1.0 < waited < 15, waited
+        assert ledger.admission_counts("fal")["holding"] == 1  # the dead rows are gone, ours is held
+        ledger.release_places("survivor", [ticket])
+
+
+def test_grants_go_oldest_first_across_holders(tmp_path):
+    """No day or process is starved: a holder that asks again and again does not overtake an older ticket."""
+    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+        first = ledger.request_places("fal", "a", 2, lease_s=30)
+        assert ledger.grant("fal", "a", 2) == first  # the account is full
+        older = ledger.request_places("fal", "b", 1, lease_s=30)
+        newer = ledger.request_places("fal", "a", 1, lease_s=30)
+        ledger.release_places("a", [first[0]])
+        assert ledger.grant("fal", "a", 2) == [], "b's older ticket goes first"
+        assert ledger.grant("fal", "b", 2) == older
+        ledger.release_places("a", [first[1]])
+        assert ledger.grant("fal", "a", 2) == newer
+
+
+# ---------------------------------------------------------------- whole runs in parallel
+def _env(project: dict, sim, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))}
+    env.update(SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
+               SORA_LEDGER_URL=project["ledger_url"], SORA_FAL_QUEUE_URL=sim.base_url, SORA_POLL_INTERVAL="0.05",
+               PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def _run_days(env: dict, days: list[str], run_config: dict | None = None) -> list[subprocess.CompletedProcess]:
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests/run_day.py"), day]
+                              + ([json.dumps(run_config)] if run_config else []),
+                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for day in days]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, o, e) for p, (o, e) in zip(procs, outs, strict=True)]
+
+
+def _failures(runs: list[subprocess.CompletedProcess]) -> str:
+    return "\n\n".join(f"--- {r.args[-1]} exit {r.returncode}\n{r.stdout}\n{r.stderr}" for r in runs
+                       if r.returncode != 0)
+
+
+DAYS = ["2026-11-20", "2026-11-21", "2026-11-22"]
+
+
+def test_parallel_days_share_the_accounts_cap(tmp_path, make_simulator):
+    """Three days in three processes at once, each allowed 8 in flight; the account allows 3 in flight: the
+    simulator never sees more, every item is submitted once, every day lands."""
+    sim = make_simulator(run_latency=0.4, max_running=2)
+    rows = [r for d in DAYS for r in catalog_rows(day=d, n=5, prefix=f"d{d[-2:]}-")]
+    project = make_project(tmp_path, rows)
+    runs = _run_days(_env(project, sim, SORA_FAL_CONCURRENCY="2", SORA_FAL_INFLIGHT_CAP="3",
+                          SORA_MAX_CONCURRENCY="8"), DAYS)
+    assert all(r.returncode == 0 for r in runs), _failures(runs)
+    stats = sim.stats()
+    assert stats["max_in_flight_seen"] <= 3, stats["max_in_flight_seen"]
+    assert stats["max_running_seen"] <= 2
+    assert stats["submits"] == 15 and set(Counter(stats["submits_by_prompt"]).values()) == {1}
+    with Ledger(project["ledger_url"]) as ledger:
+        for day in DAYS:
+            assert Counter(e.state.value for e in ledger.entries_for_day(day)) == Counter({"completed": 5})
+        assert ledger.admission_counts("simulator") == {"holding": 0, "waiting": 0}
+
+
+def test_a_day_budget_holds_across_runs_in_parallel(tmp_path, make_simulator):
+    """Two runs of the same day at once, each told the day may cost $6: together they never spend more."""
+    sim = make_simulator(run_latency=0.3)
+    project = make_project(tmp_path, catalog_rows(n=8, resolution="720p", aspect_ratio="16:9", duration=4))
+    env = _env(project, sim)
+    runs = _run_days(env, [DAYS[0], DAYS[0]], {"day_budget_usd": 6.0})  # $1.20 an item: 5 fit
+    assert all(r.returncode == 0 for r in runs), _failures(runs)
+    with Ledger(project["ledger_url"]) as ledger:
+        assert ledger.spent(DAYS[0], backend="simulator") <= 6.0 + 1e-9
+        states = Counter(e.state.value for e in ledger.entries_for_day(DAYS[0]))
+    assert sim.stats()["submits"] == 5 and states["completed"] == 5
