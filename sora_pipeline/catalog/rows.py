@@ -1,4 +1,4 @@
-"""The contract's rules for one catalog row (CONTRACT.md): which values are accepted, how they are normalized
+"""The contract's rules for one catalog row (docs/reference.md): which values are accepted, how they are normalized
 (nulls → defaults, image locations resolved and confined), and the one-line reason a row is rejected with.
 `check_rows` applies them to a day's rows: a vectorised pass over the Arrow columns finds the rows that are
 plainly valid (the usual https image, exact enum values), and only the others go through the full rules."""

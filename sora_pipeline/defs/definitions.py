@@ -1,6 +1,6 @@
 """The code location: `defs` wires assets, checks, resources, the schedule and the sensor.
 
-Settings come from the environment (see CONTRACT.md); secrets are passed as `EnvVar`s so only their names
+Settings come from the environment (docs/reference.md lists them); secrets are passed as `EnvVar`s so only their names
 are stored in Dagster's config."""
 
 from __future__ import annotations

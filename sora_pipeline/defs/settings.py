@@ -1,4 +1,4 @@
-"""Pipeline settings read from the environment (CONTRACT.md's table), validated once, with errors that say
+"""Pipeline settings read from the environment (docs/reference.md lists them), validated once, with errors that say
 what to set. Secrets are not read here: the Dagster layer passes them as `EnvVar`s so only names are stored."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where a catalog image may come from: one allowlist, shared by the row rules (`catalog_rows`, which reject the
+"""Where a catalog image may come from: one allowlist, shared by the row rules (`catalog.rows`, which reject the
 row with a reason) and by `fal.inputs.load_image_input` (which refuses the image again before reading it).
 
 Allowed: `https://` URLs (passed through to fal, never fetched here), `data:image/...;base64,` URIs, local files
@@ -54,7 +54,7 @@ def scheme_of(ref: str) -> str | None:
 
 def refusal(scheme: str) -> str | None:
     """Why a `scheme://` image source is not read (one line, naming what to install when that is the fix), or
-    None when it is allowed. `https` and `data` have their own rules (see `catalog_rows`) and are not handled
+    None when it is allowed. `https` and `data` have their own rules (see `catalog.rows`) and are not handled
     here; `file`/`local` are allowed (the roots are the caller's to check)."""
     scheme = scheme.lower()
     if scheme in LOCAL_SCHEMES or scheme in MEMORY_SCHEMES:

@@ -15,9 +15,11 @@ Claim rules (`claim(key, owner=..., policy=...)`), stated once as the pure funct
   unknown rule; unknown -> SKIP_UNKNOWN, or SUBMIT when `policy.resubmit_unknown` and under the cap;
   failed -> SUBMIT when retryable and under the cap, else SKIP_FAILED; cancelled -> SUBMIT under the cap, else
   SKIP_FAILED. The cap `max_attempts` counts attempts since the latest completed attempt (all attempts if none).
+  With `day_budget`, a SUBMIT that would take the day's spend over it is SKIP_BUDGET (counted in the claim).
 
-Modules: model (value types), rules (the claim rules), store (`Ledger`, composed of claims, transitions, queries
-and ops), rows and schema (tables and statements), rescue (the local journal of unrecorded request ids).
+Modules: model (value types), rules (the claim rules), store (`Ledger`, composed of claims, transitions, queries,
+ops and admission — the fal account's leased places in flight), rows and schema (tables and statements), rescue
+(the local journal of unrecorded request ids).
 """
 
 from .model import (

@@ -46,7 +46,7 @@ def video_metadata_rows(generation_rows: list[dict], log=None) -> list[dict]:
     key="video_metadata", group_name=GROUP, code_version="1", deps=["generations", "catalog_items"], kinds={"parquet"},
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),
     metadata=spec_metadata(VIDEO_METADATA),
-    description="One row per successfully generated video of the day (CONTRACT.md columns): ids, URL, size, "
+    description="One row per successfully generated video of the day (columns: docs/reference.md): ids, URL, size, "
                 "width/height/fps/num_frames/duration reconciled between the API's answer and a PyAV probe of "
                 "the file (`metadata_source`), what was asked, timestamps, backend.",
 )
