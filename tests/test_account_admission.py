@@ -183,3 +183,21 @@ def test_a_day_budget_holds_across_runs_in_parallel(tmp_path, make_simulator):
         assert ledger.spent(DAYS[0], backend="simulator") <= 6.0 + 1e-9
         states = Counter(e.state.value for e in ledger.entries_for_day(DAYS[0]))
     assert sim.stats()["submits"] == 5 and states["completed"] == 5
+
+
+def test_many_parallel_runs_on_one_sqlite_ledger_under_cpu_load(tmp_path, make_simulator):
+    """Six days in six processes at once on one SQLite ledger while two processes burn the CPU: no run dies of
+    lock contention (the whole output of a failing run is printed)."""
+    days = [f"2026-11-{d:02d}" for d in range(10, 16)]
+    sim = make_simulator(run_latency=0.3, max_running=4)
+    project = make_project(tmp_path, [r for d in days for r in catalog_rows(day=d, n=3, prefix=f"d{d[-2:]}-")])
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        runs = _run_days(_env(project, sim, SORA_FAL_CONCURRENCY="4"), days)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert all(r.returncode == 0 for r in runs), _failures(runs)
+    assert sim.stats()["submits"] == 18 and set(Counter(sim.stats()["submits_by_prompt"]).values()) == {1}
+    assert sim.stats()["max_in_flight_seen"] <= 8

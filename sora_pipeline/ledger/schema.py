@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -196,6 +198,23 @@ def _postgres_driver(u: URL) -> URL:
                       "installed: install sora_pipeline[postgres]")
 
 
+def _ensure_wal(cur: Any) -> None:
+    """WAL mode, switched once per database file. Switching needs the file to itself, and SQLite may answer
+    "database is locked" at once (without its busy handler) while other connections work: a connection that
+    finds WAL already on does not switch, and a switch that meets a lock is retried for up to the busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -204,7 +223,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-            cur.execute("PRAGMA journal_mode = WAL")
+            _ensure_wal(cur)
             cur.execute("PRAGMA synchronous = FULL")  # a recorded request id must survive a power cut
         finally:
             cur.close()
