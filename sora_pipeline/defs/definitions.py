@@ -5,18 +5,81 @@ are stored in Dagster's config."""
 
 from __future__ import annotations
 
+import re
+import sys
+import warnings
+
 import dagster as dg
 
-from sora_pipeline.defs.assets.analytics import generation_daily_stats, generation_summary
-from sora_pipeline.defs.assets.catalog import catalog_slice, catalog_source
-from sora_pipeline.defs.assets.generations import generations
-from sora_pipeline.defs.assets.metadata import video_metadata
-from sora_pipeline.defs.automation import catalog_change_sensor, daily_generation_job, daily_generation_schedule
-from sora_pipeline.defs.checks import ALL_CHECKS
-from sora_pipeline.redact import install_log_redaction
-from sora_pipeline.defs.resources import FalVideoResource
-from sora_pipeline.defs.settings import PipelineSettings
-from sora_pipeline.defs.warehouse_resource import WarehouseResource
+# Before the assets are imported (their decorators warn at import time): the Beta/Preview features this project
+# chooses on purpose (`backfill_policy`, `partitions_def` on checks, …) would print ~25 lines in every process that
+# loads the code location — each run worker and each step. Every such process imports this module first.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+from sora_pipeline.defs.settings import ConfigError, PipelineSettings  # noqa: E402
+
+_PARTITION_KEY = re.compile(r"partition key `([^`]*)`")
+
+
+def one_line_error(exc: BaseException | None) -> str | None:
+    """The one line to show for a configuration mistake the user can fix (a bad setting, a day outside the
+    partitions), or None for anything else. Looks through the exception's causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConfigError):
+            return str(exc)
+        if isinstance(exc, (dg.DagsterInvalidSubsetError, dg.DagsterUnknownPartitionError)):
+            match = _PARTITION_KEY.search(str(exc))
+            if match:
+                from sora_pipeline.defs.partitions import partition_problem
+
+                return partition_problem(match.group(1))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _install_cli_error_hook() -> None:
+    """In a command-line process (`dagster asset materialize`, `dg launch`, `python -m sora_pipeline.demo`), a
+    configuration mistake that reaches the top ends the program with `error: <one line>` instead of a traceback
+    through click and importlib. Only replaces Python's default hook; anything else prints as before."""
+    if sys.excepthook is not sys.__excepthook__:
+        return
+
+    def hook(exc_type, exc, tb):
+        line = one_line_error(exc)
+        if line is None:
+            return sys.__excepthook__(exc_type, exc, tb)
+        print(f"error: {line}", file=sys.stderr, flush=True)
+
+    sys.excepthook = hook
+
+
+def _load_settings() -> tuple[PipelineSettings | None, ConfigError | None]:
+    try:
+        settings = PipelineSettings.from_env()
+        settings.check_catalog()
+        return settings, None
+    except ConfigError as exc:
+        return None, exc
+
+
+_install_cli_error_hook()
+SETTINGS, _error = _load_settings()
+if _error is not None:  # the code location does not load; the message names the setting and what to set
+    raise _error.with_traceback(None) from None  # a setting is wrong: the message names it and what to set
+
+from sora_pipeline.defs.assets.analytics import generation_daily_stats, generation_summary  # noqa: E402
+from sora_pipeline.defs.assets.catalog import catalog_slice, catalog_source  # noqa: E402
+from sora_pipeline.defs.assets.generations import generations  # noqa: E402
+from sora_pipeline.defs.assets.metadata import video_metadata  # noqa: E402
+from sora_pipeline.defs.automation import (  # noqa: E402
+    catalog_change_sensor, daily_generation_job, daily_generation_schedule)
+from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
+from sora_pipeline.redact import install_log_redaction  # noqa: E402
+from sora_pipeline.defs.resources import FalVideoResource  # noqa: E402
+from sora_pipeline.defs.warehouse_resource import WarehouseResource  # noqa: E402
 
 
 def build_resources(settings: PipelineSettings | None = None) -> dict:

@@ -52,6 +52,14 @@ class PipelineSettings:
     def uses_embedded_simulator(self) -> bool:
         return not self.has_fal_key and not self.queue_url
 
+    def check_catalog(self) -> None:
+        """A local catalog path must exist (checked when the code location loads, before anything runs); remote
+        URIs are checked by the first read. Raises ConfigError naming SORA_CATALOG_URI."""
+        problem = local_path_problem(self.catalog_uri)
+        if problem:
+            raise ConfigError(f"SORA_CATALOG_URI={self.catalog_uri!r}: {problem}; set SORA_CATALOG_URI to the "
+                              "catalog's Parquet file or folder (the sample catalog is data/catalog in the repo)")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineSettings:
         env = os.environ if env is None else env
@@ -75,11 +83,7 @@ class PipelineSettings:
         except ValueError:
             raise ConfigError(f"SORA_ENDPOINT_ID={endpoint_id!r} must look like owner/alias/path, "
                               f"e.g. {DEFAULT_ENDPOINT_ID}") from None
-        start = get("SORA_PARTITIONS_START") or "2026-01-01"
-        try:
-            date.fromisoformat(start)
-        except ValueError:
-            raise ConfigError(f"SORA_PARTITIONS_START={start!r} must be a date like 2026-01-01") from None
+        start = partitions_start_from_env(env)
         webhook_url = get("SORA_WEBHOOK_URL")
         if webhook_url is not None and urlsplit(webhook_url).scheme not in ("http", "https"):
             raise ConfigError(f"SORA_WEBHOOK_URL={webhook_url!r} must be the http(s) URL fal can reach the "
@@ -107,6 +111,35 @@ class PipelineSettings:
             partitions_start=start,
             webhook_url=webhook_url,
         )
+
+
+DEFAULT_PARTITIONS_START = "2026-01-01"
+
+
+def partitions_start_from_env(env: Mapping[str, str] | None = None) -> str:
+    """`SORA_PARTITIONS_START` (YYYY-MM-DD), checked; the first daily partition."""
+    env = os.environ if env is None else env
+    start = (env.get("SORA_PARTITIONS_START") or "").strip() or DEFAULT_PARTITIONS_START
+    try:
+        date.fromisoformat(start)
+    except ValueError:
+        raise ConfigError(f"SORA_PARTITIONS_START={start!r} must be a date like 2026-01-01") from None
+    return start
+
+
+def local_path_problem(uri: str) -> str | None:
+    """Why a local path (plain, or `file://`) cannot be a catalog, or None (also for any other scheme)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        path = parts.path
+    elif parts.scheme and len(parts.scheme) > 1:  # s3://, gs://, memory://, …: the first read tells
+        return None
+    else:  # a plain path (a one-letter "scheme" is a Windows drive)
+        path = uri
+    if not os.path.exists(path):
+        where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
+        return f"no such file or folder{where}"
+    return None
 
 
 def _number(get, name: str, kind: type, default, *, minimum):

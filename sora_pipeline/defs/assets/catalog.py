@@ -6,8 +6,8 @@ from datetime import date
 import dagster as dg
 
 from sora_pipeline.defs.assets.lineage import selected_results, spec_metadata, table_metadata
-from sora_pipeline.catalog import read_catalog_day
-from sora_pipeline.defs.partitions import daily_partitions
+from sora_pipeline.catalog import CatalogError, read_catalog_day
+from sora_pipeline.defs.partitions import daily_partitions, partition_problem
 from sora_pipeline.warehouse.schemas import CATALOG_ITEMS, REJECTED_ITEMS
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
@@ -36,8 +36,14 @@ catalog_source = dg.AssetSpec(
 )
 def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
-    sl = read_catalog_day(warehouse.catalog_uri, date.fromisoformat(day), image_roots=warehouse.image_roots,
-                          storage_options=warehouse.storage_options or None)
+    problem = partition_problem(day)  # (Dagster refuses such a day before a run; a run from elsewhere may not)
+    if problem:
+        raise dg.Failure(description=problem, allow_retries=False)
+    try:
+        sl = read_catalog_day(warehouse.catalog_uri, date.fromisoformat(day), image_roots=warehouse.image_roots,
+                              storage_options=warehouse.storage_options or None)
+    except CatalogError as exc:  # the whole catalog is unusable (not a row): one line saying what to set
+        raise dg.Failure(description=catalog_problem(exc), allow_retries=False) from None
     valid = [{
         "item_id": i.item_id, "prompt": i.prompt, "image_uri": i.image_uri,
         "image_ref": i.image_ref,
@@ -57,3 +63,14 @@ def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         "rejected_items": table_metadata(REJECTED_ITEMS, rejected_uri, len(rejected), upstream="catalog", extra={
             "reasons": dg.MetadataValue.md("\n".join(f"- {r['reason']}" for r in rejected) or "none")}),
     })
+
+
+def catalog_problem(exc: Exception) -> str:
+    """A catalog that cannot be read, in one line that names SORA_CATALOG_URI."""
+    text, cause = str(exc), exc.__cause__
+    if cause is not None and str(cause) and text.endswith(f": {cause}"):  # pyarrow's words: only its last clause
+        detail = " ".join(str(cause).split()).rsplit("': ", 1)[-1]
+        text = f"{text[:-len(str(cause)) - 2]} ({detail[:160]})"
+    text = " ".join(text.split())
+    return (f"{text}; set SORA_CATALOG_URI to a Parquet file or folder with the catalog columns (item_id, prompt, "
+            "image_uri, scheduled_date; the sample is data/catalog)")
