@@ -10,22 +10,26 @@ import logging
 import os
 import sys
 import time
-import warnings
+from collections import Counter
 
 import dagster as dg
 
-warnings.filterwarnings("ignore", category=dg.BetaWarning)  # e.g. `backfill_policy`, printed at import time
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-
-from sora_pipeline.catalog import catalog_fingerprints  # noqa: E402
-from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
+# the code location first: it filters Dagster's Beta/Preview warnings before the assets are imported, and makes a
+# configuration mistake one line (`error: …`) instead of a traceback
 from sora_pipeline.definitions import ASSETS, build_resources  # noqa: E402
-from sora_pipeline.defs.settings import PipelineSettings  # noqa: E402
+from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
+from sora_pipeline.catalog import CatalogError, catalog_fingerprints  # noqa: E402
+from sora_pipeline.defs.assets.catalog import catalog_problem  # noqa: E402
+from sora_pipeline.defs.partitions import partition_problem, partition_range  # noqa: E402
+from sora_pipeline.defs.settings import ConfigError, PipelineSettings  # noqa: E402
 from sora_pipeline.analytics.stats import fmt  # noqa: E402
 
 SUMMARY_KEY = "generation_summary"
 # Dagster's console logger only shows errors; the run's full log stays in the instance's event log
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+#: what a generations row's `decision` says this run did with the item, in the order the demo reports them
+DECISIONS = ("submitted", "reused", "resumed")
+FAILED = ("failed", "unknown")  # statuses counted as failed
 
 
 def _quiet_python_logging() -> None:
@@ -37,7 +41,11 @@ def _quiet_python_logging() -> None:
 def _failure(result) -> str:
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
-            error = event.event_specific_data.error
+            data = event.event_specific_data
+            failure = getattr(data, "user_failure_data", None)
+            if failure is not None and failure.description:  # a dagster.Failure: its one-line description
+                return f"step {event.step_key}: {failure.description.strip()}"
+            error = data.error
             return f"step {event.step_key}: {error.message.strip().splitlines()[-1] if error else 'failed'}"
     return "run failed"
 
@@ -51,12 +59,57 @@ def _table(header: tuple[str, ...], lines: list[tuple[str, ...]], right: set[int
     return [row(header).rstrip(), row(tuple("-" * w for w in widths)), *(row(line).rstrip() for line in lines)]
 
 
+def day_activity(warehouse, day: str) -> tuple[Counter, float]:
+    """What the day's run did — items by decision (submitted / reused / resumed / …) and by status — and what
+    the requests it submitted cost (fal's price; on the simulator what fal would have charged)."""
+    table = warehouse.read("generations", day)
+    rows = [] if table is None else table.select(["decision", "status", "actual_cost", "estimated_cost"]).to_pylist()
+    counts: Counter = Counter()
+    cost = 0.0
+    for row in rows:
+        counts[row["decision"]] += 1
+        if row["status"] in FAILED:
+            counts["status:failed"] += 1
+        if row["decision"] == "submitted":
+            cost += row["actual_cost"] if row["actual_cost"] is not None else (row["estimated_cost"] or 0.0)
+    return counts, cost
+
+
+def activity_text(counts: Counter, cost: float, backend: str, seconds: float) -> str:
+    """`4 submitted, 0 reused, 0 resumed, 0 failed in 6.3s; would-be cost $7.60` (the cost of what was submitted)"""
+    text = ", ".join(f"{counts.get(d, 0)} {d}" for d in DECISIONS) + f", {counts.get('status:failed', 0)} failed"
+    skipped = counts.get("skipped", 0)
+    if skipped:
+        text += f", {skipped} skipped"
+    return text + f" in {seconds:.1f}s; " + (f"cost ${cost:,.2f}" if backend == "fal" else
+                                             f"would-be cost ${cost:,.2f}")
+
+
 def main() -> int:
     _quiet_python_logging()
-    settings = PipelineSettings.from_env()
-    days = sorted(catalog_fingerprints(settings.catalog_uri))
+    try:
+        settings = PipelineSettings.from_env()
+        settings.check_catalog()
+        days = sorted(catalog_fingerprints(settings.catalog_uri))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CatalogError as exc:
+        print(f"error: {catalog_problem(exc)}", file=sys.stderr)
+        return 2
+    first, last = partition_range()
+    early = [d for d in days if d < first]
+    if early:  # nothing is run (or paid) for a catalog the partitions do not cover
+        print(f"error: catalog day {partition_problem(early[0])}"
+              + (f" ({len(early)} catalog days are before {first})" if len(early) > 1 else ""), file=sys.stderr)
+        return 2
+    later = [d for d in days if d > last]
+    days = [d for d in days if d <= last]
     print(f"sora_pipeline demo — backend: {settings.backend}; catalog {settings.catalog_uri}: "
           f"{len(days)} day(s) {', '.join(days)}")
+    if later:
+        print(f"  ({len(later)} later catalog day(s) {', '.join(later[:3])}{' …' if len(later) > 3 else ''} "
+              f"skipped: not a partition before they begin, UTC)")
     if settings.backend == "simulator":
         print("  (no FAL_KEY: the embedded fal simulator generates synthetic videos; nothing is billed)")
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
@@ -64,6 +117,8 @@ def main() -> int:
     materializable = [a for a in ASSETS if not isinstance(a, dg.AssetSpec)]
     per_day = [a for a in materializable if SUMMARY_KEY not in {k.to_user_string() for k in a.keys}]
     summary = [a for a in materializable if SUMMARY_KEY in {k.to_user_string() for k in a.keys}]
+    total: Counter = Counter()
+    total_cost, begun = 0.0, time.monotonic()
     for day in days:
         started = time.monotonic()
         result = dg.materialize([*per_day, *ALL_CHECKS], partition_key=day, resources=resources,
@@ -71,12 +126,19 @@ def main() -> int:
         checks = [e.event_specific_data for e in result.all_events
                   if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         failed_checks = [c.check_name for c in checks if not c.passed]
-        print(f"  {day}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s; "
+        if not result.success:
+            print(f"  {day}: FAILED in {time.monotonic() - started:.1f}s\n    {_failure(result)}\n"
+                  f"    run id {result.run_id}; full log: `make ui` → Runs")
+            return 1
+        counts, cost = day_activity(resources["warehouse"], day)
+        total.update(counts)
+        total_cost += cost
+        print(f"  {day}: ok — {activity_text(counts, cost, settings.backend, time.monotonic() - started)}; "
               f"checks {len(checks) - len(failed_checks)}/{len(checks)} passed"
               + (f" (not passed: {', '.join(failed_checks)})" if failed_checks else ""))
-        if not result.success:
-            print(f"    {_failure(result)}\n    run id {result.run_id}; full log: `make ui` → Runs")
-            return 1
+    print(f"  all days: {activity_text(total, total_cost, settings.backend, time.monotonic() - begun)}")
+    if days and not total.get("submitted") and total.get("reused"):
+        print("  (nothing was submitted: the request ledger reused the videos of an earlier run)")
     if summary:
         result = dg.materialize(summary, resources=resources, instance=instance, raise_on_error=False,
                                 run_config=QUIET)
