@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -34,6 +35,17 @@ from sora_pipeline.simulator.webhook import WebhookDeliverer
 
 _FILE_NAME = re.compile(r"^[0-9a-f]{64}\.mp4$")
 
+#: one line per request (`submit …`, `done …`, `cancel …`, refused submits). Silent unless a handler is attached:
+#: `python -m sora_pipeline.simulator` attaches one on stderr; the pipeline's embedded simulator stays quiet.
+request_log = logging.getLogger("sora_pipeline.simulator.requests")
+request_log.addHandler(logging.NullHandler())
+request_log.propagate = False
+
+
+def _short(text: str, n: int = 40) -> str:
+    text = " ".join(str(text).split())
+    return repr(text if len(text) <= n else text[:n] + "…")
+
 
 def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
     """The simulator as an ASGI app; its state is `app.sim` (a `Simulator`)."""
@@ -41,6 +53,26 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
     sim = Simulator(config)
     book, faults = sim.book, sim.faults
     ticker = _Ticker(book)
+    logged_done: set[str] = set()  # ids whose `done` line was written (only while request_log is enabled)
+
+    def log_done(job: Job) -> None:
+        """`done <id> 4.0s` (or `failed <id> <reason>`) the first time a client sees the job finished."""
+        if job.id in logged_done or job.state != "COMPLETED" or not request_log.isEnabledFor(logging.INFO):
+            return
+        logged_done.add(job.id)
+        took = (job.finished_at or time.monotonic()) - job.submitted_at
+        if job.failure or _clip_failed(job.clip):
+            request_log.info("failed %s %s after %.1fs", job.id, job.failure or "video encoding failed", took)
+        else:
+            request_log.info("done %s %.1fs", job.id, took)
+
+    def refused(what: str, resp: Response) -> Response:
+        if request_log.isEnabledFor(logging.INFO):
+            detail = ""
+            with contextlib.suppress(Exception):
+                detail = json.loads(resp.body).get("detail", "")
+            request_log.info("%s refused %s %s", what, resp.status_code, _short(detail, 80) if detail else "")
+        return resp
 
     def auth_error(request: Request) -> Response | None:
         if not config.auth_required:
@@ -106,6 +138,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         body["logs"] = job.logs(now) if with_logs else None
         if job.state == "IN_PROGRESS":
             return 202, body
+        log_done(job)
         body["status"] = "COMPLETED"
         body["metrics"] = {"inference_time": job.inference_time} if job.state == "COMPLETED" else {}
         if job.state == "CANCELLED":
@@ -119,10 +152,10 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         p = request.path_params
         book.count_call("submit")
         if (resp := auth_error(request)) is not None:
-            return resp
+            return refused("submit", resp)
         endpoint = "/".join(x for x in (p["owner"], p["alias"], p.get("path", "").strip("/")) if x)
         if endpoint not in config.endpoint_ids:
-            return _detail(404, f"Application '{endpoint}' not found")
+            return refused("submit", _detail(404, f"Application '{endpoint}' not found"))
         kind = draw_fault("submit")
         if kind in PRE_RECORD_KINDS:  # answered before anything is recorded
             return canned(request, kind)
@@ -131,14 +164,15 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            return _detail(422, [{"loc": ["body"], "msg": "Input should be a JSON object", "type": "json_invalid"}])
+            return refused("submit", _detail(422, [{"loc": ["body"], "msg": "Input should be a JSON object",
+                                                    "type": "json_invalid"}]))
         try:
             inp = ImageToVideoInput.model_validate(data)
         except ValidationError as exc:
             errors = [{"loc": ["body", *err.get("loc", ())], "msg": err.get("msg", "invalid"),
                        "type": err.get("type", "value_error")}
                       for err in exc.errors(include_input=False, include_url=False, include_context=False)]
-            return _detail(422, errors)
+            return refused("submit", _detail(422, errors))
         payload = inp.to_payload()
         payload.pop("api_key", None)
         with book.lock:
@@ -160,6 +194,10 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             job.clip = sim.clip_for(payload)
             job.clip.add_done_callback(lambda _f, j=job: setattr(j, "clip_ready_at", time.monotonic()))
         position = book.add(job)
+        if request_log.isEnabledFor(logging.INFO):
+            request_log.info("submit %s %s prompt=%s duration=%ss resolution=%s aspect_ratio=%s", rid, endpoint,
+                             _short(inp.prompt), payload.get("duration", "?"), payload.get("resolution", "?"),
+                             payload.get("aspect_ratio", "?"))
         if job.webhook:
             deliverer.add(job)
         body = {"request_id": hostile.bad_request_id(rid) if job_faults.bad_request_id else rid,
@@ -177,6 +215,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         job = book.get(p["owner"], p["alias"], p["request_id"])
         if job is None:
             if call == "cancel":
+                request_log.info("cancel %s NOT_FOUND", p["request_id"])
                 return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
             return _detail(404, "Request not found")
         return job
@@ -255,6 +294,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             return _detail(400, "Request was cancelled", **headers)
         if job.state != "COMPLETED":
             return _detail(400, "Request is still in progress", **headers)
+        log_done(job)
         if job.faults.result_404_once and not job.result_404_served:
             job.result_404_served = True
             book.count_fault("result_404_once")
@@ -268,9 +308,12 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         if isinstance(job := await find_job(request, "cancel"), Response):
             return job
         if draw_one_call("cancel") == "cancel_already_completed":
+            request_log.info("cancel %s ALREADY_COMPLETED (fault cancel_already_completed)", job.id)
             return hostile.cancel_already_completed()
         if book.cancel(job):
+            request_log.info("cancel %s CANCELLATION_REQUESTED", job.id)
             return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+        request_log.info("cancel %s ALREADY_COMPLETED", job.id)
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
 
     async def files(request: Request) -> Response:
