@@ -21,11 +21,11 @@ catalog_source = dg.AssetSpec(
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("catalog_items", group_name=GROUP, deps=[catalog_source], code_version="1", metadata=spec_metadata(CATALOG_ITEMS),
+        dg.AssetSpec("catalog_items", group_name=GROUP, deps=[catalog_source], code_version="1", metadata=spec_metadata(CATALOG_ITEMS, upstream="catalog"),
                      description="Valid catalog rows scheduled for the day (scheduled_date filter pushed down "
                                  "into the Parquet scan), normalized (nulls → defaults, paths resolved).",
                      kinds={"parquet"}),
-        dg.AssetSpec("rejected_items", group_name=GROUP, deps=[catalog_source], code_version="1", metadata=spec_metadata(REJECTED_ITEMS),
+        dg.AssetSpec("rejected_items", group_name=GROUP, deps=[catalog_source], code_version="1", metadata=spec_metadata(REJECTED_ITEMS, upstream="catalog"),
                      description="Catalog rows of the day that break a contract rule, each with a one-line "
                                  "reason naming the row and the field. They never stop the day.",
                      kinds={"parquet"}),

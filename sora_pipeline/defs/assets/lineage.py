@@ -23,6 +23,21 @@ def column_lineage(table: TableDef, upstream: str = "catalog_items") -> dg.Table
         for c in table.columns if c.derives_from})
 
 
+def column_lineage_md(table: TableDef, upstream: str = "catalog_items") -> str | None:
+    """The column lineage as a Markdown table (`| column | derives from |`), for people: Dagster OSS does not draw
+    `dagster/column_lineage`. None when no column derives from the upstream table. The same layout as the
+    column-lineage section of docs/reference.md."""
+    derived = [c for c in table.columns if c.derives_from]
+    if not derived:
+        return None
+    lines = [f"Column lineage of `{table.name}` (from `{upstream}`)", "", "| column | derives from |", "|---|---|"]
+    lines += [f"| `{c.name}` | {', '.join(f'`{upstream}.{src}`' for src in c.derives_from)} |" for c in derived]
+    other = [c.name for c in table.columns if not c.derives_from]
+    if other:
+        lines += ["", f"No recorded source (computed by this step): {', '.join(f'`{n}`' for n in other)}."]
+    return "\n".join(lines)
+
+
 def table_metadata(table: TableDef, uri: str, row_count: int, *, upstream: str | None = "catalog_items",
                    extra: dict | None = None) -> dict:
     metadata = {
@@ -33,13 +48,19 @@ def table_metadata(table: TableDef, uri: str, row_count: int, *, upstream: str |
     }
     if upstream:
         metadata["dagster/column_lineage"] = column_lineage(table, upstream)
+        if (md := column_lineage_md(table, upstream)) is not None:
+            metadata["column_lineage_md"] = dg.MetadataValue.md(md)
     metadata.update(extra or {})
     return metadata
 
 
-def spec_metadata(table: TableDef) -> dict:
-    """Static metadata for the asset definition (shown before the first materialization)."""
-    return {"dagster/column_schema": column_schema(table), "dagster/table_name": table.name}
+def spec_metadata(table: TableDef, upstream: str = "catalog_items") -> dict:
+    """Static metadata for the asset definition (shown before the first materialization), with the column
+    lineage as Markdown when the table has any."""
+    metadata = {"dagster/column_schema": column_schema(table), "dagster/table_name": table.name}
+    if (md := column_lineage_md(table, upstream)) is not None:
+        metadata["column_lineage_md"] = dg.MetadataValue.md(md)
+    return metadata
 
 
 def arrow_rows(data: pa.Table | None) -> list[dict]:
