@@ -67,7 +67,7 @@ def _load_settings() -> tuple[PipelineSettings | None, ConfigError | None]:
 
 _install_cli_error_hook()
 SETTINGS, _error = _load_settings()
-if _error is not None:  # the code location does not load; the message names the setting and what to set
+if _error is not None:  # the code location does not load (a traceback of two frames: this one and the entry point)
     raise _error.with_traceback(None) from None  # a setting is wrong: the message names it and what to set
 
 from sora_pipeline.defs.assets.analytics import generation_daily_stats, generation_summary  # noqa: E402
