@@ -19,7 +19,7 @@ help: ## list the targets (this text)
 $(STAMP): pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 	@test -x $(PY) || uv venv -q $(VENV)
-	uv pip install -q --compile-bytecode -p $(PY) -e '.[test,postgres]'
+	uv pip install -q --compile-bytecode -p $(PY) -e '.[test,postgres,celery]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its test and postgres extras
