@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	uv pip install -q --compile-bytecode -p $(PY) -e '.[test,postgres,celery]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with its test and postgres extras
+install: $(STAMP) ## create .venv and install the project with its test, postgres and celery extras
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
