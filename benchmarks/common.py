@@ -246,11 +246,20 @@ def make_project(root: Path, days: dict[str, int], **row_kw) -> dict[str, str]:
     return testing.make_project(root, [r for day, n in days.items() for r in day_rows(day, n, **row_kw)])
 
 
-def resources(sim_url: str, project: dict, **fal_overrides) -> dict:
+def resources(sim_url: str, project: dict, fal_class: type | None = None, **fal_overrides) -> dict:
+    """The shared fixtures' resources (`fal_class`: a subclass of `FalVideoResource` to use instead, same fields).
+
+    The simulated account has C = 50 (the simulators' `max_running` here), so its in-flight cap is 2C = 100: without
+    `account_concurrency` the resource's default C = 8 would cap every run at 16 in flight."""
     from sora_pipeline.defs import testing
 
-    return testing.resources(sim_url, project, **({"poll_interval": 0.1, "max_concurrency": 50,
-                                                    "retry_total_timeout": 60.0} | fal_overrides))
+    res = testing.resources(sim_url, project, **({"poll_interval": 0.1, "max_concurrency": 50,
+                                                  "account_concurrency": 50, "retry_total_timeout": 60.0}
+                                                 | fal_overrides))
+    if fal_class is not None:
+        fal = res["fal"]
+        res["fal"] = fal_class(**{name: getattr(fal, name) for name in type(fal).model_fields})
+    return res
 
 
 def selection() -> list:

@@ -40,7 +40,8 @@ def _days(k: int) -> list[str]:
 
 
 def measure(*, n: int = N, concurrency: int = C, latency: float = L, poll: float = POLL, repeats: int = 1,
-            in_flight: int = IN_FLIGHT, fal_overrides: dict | None = None) -> dict[str, Any]:
+            in_flight: int = IN_FLIGHT, fal_overrides: dict | None = None,
+            fal_class: type | None = None) -> dict[str, Any]:
     """Materialize `repeats` fresh days of `n` items; returns per-run timings and simulator call counts."""
     days = _days(repeats)
     ideal = latency * math.ceil(n / concurrency)
@@ -48,8 +49,8 @@ def measure(*, n: int = N, concurrency: int = C, latency: float = L, poll: float
     with tempfile.TemporaryDirectory(prefix="bench-p1-") as tmp, \
             SimProcess(run_latency=latency, max_running=concurrency) as sim:
         project = make_project(Path(tmp), {WARMUP_DAY: 1, **{d: n for d in days}})
-        rs = resources(sim.base_url, project, poll_interval=poll, max_concurrency=in_flight,
-                       **(fal_overrides or {}))
+        rs = resources(sim.base_url, project, fal_class=fal_class, poll_interval=poll, max_concurrency=in_flight,
+                       account_concurrency=concurrency, **(fal_overrides or {}))
         warm = materialize_day(rs, WARMUP_DAY)
         for day in days:
             sim.reset()

@@ -2,7 +2,11 @@
 
 1. From P1 (same `python -m benchmarks` run, else re-measured): queue calls (submit + status + result + cancel)
    per request, from the simulator's `calls` counters, against 2 + ⌈L / poll interval⌉. Video downloads (`file`)
-   are reported beside them.
+   are reported beside them. The default policy follows fal's status stream (one status call per request), which
+   meets that bound whatever the polling does; so P1's day is also run on the polling fallback (the resource's
+   client with `stream=False`, poll 0.1 s): with C in flight (nothing waits in fal's queue) against
+   2 + ⌈L / poll⌉, and with 2C in flight (P1's setting: half the requests wait up to L in fal's queue, and are
+   polled there too) against 2 + ⌈2L / poll⌉.
 2. Backoff, measured on a compressed clock: the project's `AsyncFalQueueClient.wait` polling (status stream switched
    off where the policy has one) with the default poll policy's shape scaled by 1/20 (interval 0.05 s, backoff ×1.5 after 1.5 s, cap 0.5 s ≙ 1 s / 30 s / 10 s) on a 6 s
    generation (≙ 120 s), against the same client without backoff — status calls counted by the simulator.
@@ -63,6 +67,32 @@ def _polling(policy_cls, **kw):
     if "stream" in {f.name for f in dataclasses.fields(policy_cls)}:
         kw["stream"] = False
     return policy_cls(**kw)
+
+
+def polling_resource_class():
+    """`FalVideoResource` with the status stream switched off: every request is polled (the fallback path the
+    client takes where fal's stream is unavailable). Everything else is the resource's own."""
+    from sora_pipeline.defs.resources import FalVideoResource
+
+    class PollingFalVideoResource(FalVideoResource):
+        def client_kwargs(self) -> dict:
+            kw = super().client_kwargs()
+            if "stream" in {f.name for f in dataclasses.fields(kw["poll"])}:
+                kw["poll"] = dataclasses.replace(kw["poll"], stream=False)
+            return kw
+
+    return PollingFalVideoResource
+
+
+def measure_polling(in_flight: int) -> dict:
+    """P1's day (N, C, L, poll interval of P1) with the status stream off, `in_flight` requests in flight."""
+    best = p1_day.measure(repeats=1, in_flight=in_flight, fal_class=polling_resource_class())["best"]
+    calls, n = best["calls"], p1_day.N
+    return {"in_flight": in_flight, "calls": calls, "queue_calls_per_request": calls["queue_total"] / n,
+            "status_polls_per_request": calls["status"] / n, "wall_s": best["wall_s"],
+            "wall_over_ideal": best["wall_s"] / (p1_day.L * math.ceil(n / p1_day.C)),
+            "submit_to_result_s": best["submit_to_result_s"], "completed": best["completed"],
+            "success": best["success"]}
 
 
 def measure_backoff() -> dict:
@@ -133,14 +163,29 @@ def run(argv: list[str] | None = None) -> Result:
         calls, source = p1_day.measure(repeats=1)["best"]["calls"], "measured here (P1 not in this run)"
     n, bound = p1_day.N, 2 + math.ceil(p1_day.L / p1_day.POLL)
     per = calls["queue_total"] / n
+    polling = {"in_flight_C": measure_polling(p1_day.C), "in_flight_2C": measure_polling(2 * p1_day.C)}
     backoff = measure_backoff()
     mb, mf = backoff["measured"]["with_backoff"], backoff["measured"]["fixed_interval"]
     res.numbers = {"p1_calls": calls, "p1_calls_source": source, "p1_queue_calls_per_request": rnd(per),
                    "p1_status_polls_per_request": rnd(calls["status"] / n),
-                   "p1_file_downloads_per_request": rnd(calls["file"] / n), "bound": bound, "backoff": backoff}
+                   "p1_file_downloads_per_request": rnd(calls["file"] / n), "bound": bound,
+                   "polling_fallback": polling, "backoff": backoff}
     res.check("P1c", "queue HTTP calls per request (P1)", rnd(per), f"≤ 2 + ⌈L/poll⌉ = {bound}", per <= bound, "",
               f"submit {calls['submit']}, status {calls['status']}, result {calls['result']} for {n}; "
               f"+ {calls['file']} video downloads")
+    for key, label, waits in (("in_flight_C", "C", 1), ("in_flight_2C", "2C", 2)):
+        pm = polling[key]
+        b = 2 + math.ceil(waits * p1_day.L / p1_day.POLL)
+        per_p = pm["queue_calls_per_request"]
+        why = ("no request waits in fal's queue (C in flight, C running): it is polled for ≈ L" if waits == 1 else
+               "half the requests wait in fal's queue first, at most L (C ahead of them, each running L): polled "
+               "for ≤ 2L")
+        res.check(f"P1c-poll-{label}", f"queue calls per request, status stream off (polling), {label} in flight",
+                  rnd(per_p), f"≤ 2 + ⌈{waits if waits > 1 else ''}L/poll⌉ = {b}",
+                  per_p <= b and pm["completed"] == n, "",
+                  f"submit {pm['calls']['submit']}, status {pm['calls']['status']}, result {pm['calls']['result']}; "
+                  f"{why}; wall {pm['wall_s']:.2f} s = {pm['wall_over_ideal']:.2f}× ideal (streaming P1: "
+                  f"{p1['numbers']['wall_over_ideal'] if p1 else 'n/a'}×)")
     ratio = mb["status_calls_per_request"] / mf["status_calls_per_request"]
     eq = backoff["equivalent_latency_s"]
     res.check("P1c-backoff", f"status polls for a {eq:.0f} s generation, backoff vs fixed interval", rnd(ratio),
@@ -153,7 +198,9 @@ def run(argv: list[str] | None = None) -> Result:
                   rnd(ms["status_calls_per_request"]), "report", None, "",
                   f"{ms['calls']['queue_total'] / K:.1f} queue calls per request in all")
     c600 = backoff["computed_default_policy"]["600s"]
-    res.save(f"P1: {per:.2f} queue calls/request (bound {bound}); a {eq:.0f} s generation: "
+    pc, p2c = polling["in_flight_C"], polling["in_flight_2C"]
+    res.save(f"P1: {per:.2f} queue calls/request (bound {bound}); polling fallback {pc['queue_calls_per_request']:.1f} "
+             f"(C in flight) / {p2c['queue_calls_per_request']:.1f} (2C); a {eq:.0f} s generation: "
              f"{mb['status_calls_per_request']:.1f} polls with backoff vs {mf['status_calls_per_request']:.1f} fixed; "
              f"default policy for 10 min: {c600['polls_with_backoff']} polls vs {c600['polls_fixed_interval']}")
     return res
