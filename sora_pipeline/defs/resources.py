@@ -27,10 +27,12 @@ class FalVideoResource(dg.ConfigurableResource):
     queue_url: str | None = Field(default=None, description="queue base URL (https://queue.fal.run for fal)")
     fal_key: str | None = Field(default=None, description="fal API key; pass EnvVar('FAL_KEY')")
     openai_api_key: str | None = Field(default=None, description="optional OpenAI key sent as `api_key`")
-    account_concurrency: int = Field(default=8, ge=1, description="the fal account's concurrency C (requests "
-                                     "it runs at once); shared by every run, process and worker of the ledger")
+    account_concurrency: int | None = Field(default=None, ge=1, description="the fal account's concurrency C "
+                                            "(requests it runs at once), shared by every run, process and worker "
+                                            "of the ledger; unset: 8")
     inflight_cap: int | None = Field(default=None, ge=1, description="requests in flight account-wide at most "
-                                     "(running + queued at fal); default 2 × account_concurrency")
+                                     "(running + queued at fal); default 2 × C (C unset: the larger of 16 and "
+                                     "max_concurrency, so one run keeps the concurrency it was given)")
     max_concurrency: int = Field(default=8, ge=1, description="requests in flight in one run at most (never "
                                  "more than the account's in-flight cap)")
     submit_concurrency: int = Field(default=4, ge=1, description="submit calls at once; a crash mid-submit "
@@ -98,7 +100,11 @@ class FalVideoResource(dg.ConfigurableResource):
     @property
     def account_cap(self) -> int:
         """Requests in flight account-wide at most (admission through the ledger)."""
-        return self.inflight_cap or 2 * self.account_concurrency
+        if self.inflight_cap:
+            return self.inflight_cap
+        if self.account_concurrency is None:  # the account was never described: do not cap a run below its own
+            return max(2 * 8, self.max_concurrency)
+        return 2 * self.account_concurrency
 
     @property
     def run_concurrency(self) -> int:

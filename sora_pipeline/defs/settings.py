@@ -37,7 +37,7 @@ class PipelineSettings:
     has_fal_key: bool = False
     has_openai_key: bool = False
     max_concurrency: int = 8  # one run's cap (the account's in-flight cap bounds every run together)
-    fal_concurrency: int = 8  # the account's C
+    fal_concurrency: int | None = None  # the account's C (None: 8, and the cap is at least SORA_MAX_CONCURRENCY)
     inflight_cap: int | None = None  # None: 2 × C
     poll_interval: float = DEFAULT_POLL_INTERVAL
     image_roots: tuple[str, ...] = field(default_factory=tuple)
@@ -104,7 +104,7 @@ class PipelineSettings:
             has_fal_key=has_key,
             has_openai_key=get("SORA_OPENAI_API_KEY") is not None,
             max_concurrency=_number(get, "SORA_MAX_CONCURRENCY", int, 8, minimum=1),
-            fal_concurrency=_number(get, "SORA_FAL_CONCURRENCY", int, 8, minimum=1),
+            fal_concurrency=_number(get, "SORA_FAL_CONCURRENCY", int, None, minimum=1),
             inflight_cap=_number(get, "SORA_FAL_INFLIGHT_CAP", int, None, minimum=1),
             poll_interval=_number(get, "SORA_POLL_INTERVAL", float, DEFAULT_POLL_INTERVAL, minimum=0.01),
             image_roots=roots,
