@@ -4,7 +4,7 @@ Each benchmark runs in its own fresh interpreter (clean RSS, no state shared bet
 summary line each) is shown, their logs (Dagster's console output) go to `benchmarks/.cache/logs/<name>.log`.
 Results: `benchmarks/results/<name>.json` and the table of the run in `benchmarks/results/summary.md`
 (`<name>.full.json` and `summary.full.md` with `--full`).
-Quick mode (default) keeps `make bench` to a few minutes; `--full` runs the big sizes (P5 with 10,000 items,
+Quick mode (default) keeps `make bench` to about ten minutes; `--full` runs the big sizes (P5 with 10,000 items,
 scaling up to 10,000, more repetitions).
 """
 
