@@ -3,6 +3,9 @@ pointed at a test simulator, one day's materialization) plus readers of a run's 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import dagster as dg
 
 from sora_pipeline.defs.testing import (  # noqa: F401 — re-exported for the tests
@@ -18,7 +21,21 @@ from sora_pipeline.defs.testing import (  # noqa: F401 — re-exported for the t
 
 
 __all__ = ["DAILY_SELECTION", "DAY", "catalog_rows", "check_results", "make_project", "materialize_day",
-           "materialize_summary", "materializations", "resources", "write_catalog", "write_images"]
+           "materialize_summary", "materializations", "resources", "subprocess_env", "write_catalog",
+           "write_images"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(project: dict, sim, **extra: str) -> dict:
+    """The environment of a pipeline process (`tests/run_day.py`, a CLI) for `project` against simulator `sim`:
+    the test's own SORA_/FAL_ variables dropped, the project's set, quick polls."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))}
+    env.update(SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
+               SORA_LEDGER_URL=project["ledger_url"], SORA_FAL_QUEUE_URL=sim.base_url, SORA_POLL_INTERVAL="0.05",
+               PYTHONPATH=str(REPO), **extra)
+    return env
 
 
 def materialize_summary(res: dict, instance=None):

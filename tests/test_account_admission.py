@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sora_pipeline.ledger import Ledger
-from tests.pipeline_helpers import catalog_rows, make_project
+from tests.pipeline_helpers import catalog_rows, make_project, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,14 +128,6 @@ def test_grants_go_oldest_first_across_holders(tmp_path):
 
 
 # ---------------------------------------------------------------- whole runs in parallel
-def _env(project: dict, sim, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))}
-    env.update(SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
-               SORA_LEDGER_URL=project["ledger_url"], SORA_FAL_QUEUE_URL=sim.base_url, SORA_POLL_INTERVAL="0.05",
-               PYTHONPATH=str(REPO), **extra)
-    return env
-
-
 def _run_days(env: dict, days: list[str], run_config: dict | None = None) -> list[subprocess.CompletedProcess]:
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests/run_day.py"), day]
                               + ([json.dumps(run_config)] if run_config else []),
@@ -159,7 +151,7 @@ def test_parallel_days_share_the_accounts_cap(tmp_path, make_simulator):
     sim = make_simulator(run_latency=0.4, max_running=2)
     rows = [r for d in DAYS for r in catalog_rows(day=d, n=5, prefix=f"d{d[-2:]}-")]
     project = make_project(tmp_path, rows)
-    runs = _run_days(_env(project, sim, SORA_FAL_CONCURRENCY="2", SORA_FAL_INFLIGHT_CAP="3",
+    runs = _run_days(subprocess_env(project, sim, SORA_FAL_CONCURRENCY="2", SORA_FAL_INFLIGHT_CAP="3",
                           SORA_MAX_CONCURRENCY="8"), DAYS)
     assert all(r.returncode == 0 for r in runs), _failures(runs)
     stats = sim.stats()
@@ -176,7 +168,7 @@ def test_a_day_budget_holds_across_runs_in_parallel(tmp_path, make_simulator):
     """Two runs of the same day at once, each told the day may cost $6: together they never spend more."""
     sim = make_simulator(run_latency=0.3)
     project = make_project(tmp_path, catalog_rows(n=8, resolution="720p", aspect_ratio="16:9", duration=4))
-    env = _env(project, sim)
+    env = subprocess_env(project, sim)
     runs = _run_days(env, [DAYS[0], DAYS[0]], {"day_budget_usd": 6.0})  # $1.20 an item: 5 fit
     assert all(r.returncode == 0 for r in runs), _failures(runs)
     with Ledger(project["ledger_url"]) as ledger:
@@ -193,7 +185,7 @@ def test_many_parallel_runs_on_one_sqlite_ledger_under_cpu_load(tmp_path, make_s
     project = make_project(tmp_path, [r for d in days for r in catalog_rows(day=d, n=3, prefix=f"d{d[-2:]}-")])
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        runs = _run_days(_env(project, sim, SORA_FAL_CONCURRENCY="4"), days)
+        runs = _run_days(subprocess_env(project, sim, SORA_FAL_CONCURRENCY="4"), days)
     finally:
         for b in burners:
             b.kill()

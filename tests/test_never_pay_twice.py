@@ -26,18 +26,10 @@ from tests.pipeline_helpers import (
     materializations,
     materialize_day,
     resources,
+    subprocess_env,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def subprocess_env(project: dict, sim, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))}
-    env.update(SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
-               SORA_LEDGER_URL=project["ledger_url"], SORA_FAL_QUEUE_URL=sim.base_url, SORA_POLL_INTERVAL="0.05",
-               PYTHONPATH=str(REPO))
-    env.update(extra)
-    return env
 
 
 def run_day(env: dict, run_config: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:

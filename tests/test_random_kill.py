@@ -40,7 +40,7 @@ import pytest
 from sora_pipeline.ledger import Decision, Ledger, RequestState, ResubmitPolicy
 from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.warehouse.tables import read_day_partition
-from tests.pipeline_helpers import DAY, catalog_rows, make_project
+from tests.pipeline_helpers import DAY, catalog_rows, make_project, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = range(6)
@@ -110,11 +110,8 @@ class Round:
 
 
 def run_env(project: dict, sim) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_", "DAGSTER_"))}
-    env.update(SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
-               SORA_LEDGER_URL=project["ledger_url"], SORA_FAL_QUEUE_URL=sim.base_url, SORA_POLL_INTERVAL="0.05",
-               PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    return env
+    env = subprocess_env(project, sim, PYTHONUNBUFFERED="1")
+    return {k: v for k, v in env.items() if not k.startswith("DAGSTER_")}
 
 
 def run_round(rnd: Round, env: dict, sim, *, kill: tuple[str, float] | None) -> None:
