@@ -10,14 +10,13 @@ PostgreSQL: a transaction-level advisory lock per account), so the cap holds exa
 
 from __future__ import annotations
 
-import zlib
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
-from .schema import admission, read, utcnow, write
+from .schema import ADMISSION_LOCKS, admission, read, serialize_on_postgres, utcnow, write
 
 _T = admission.c
 
@@ -44,8 +43,7 @@ class LedgerAdmission:
         held account-wide. Returns the ids granted now (a subset of the holder's waiting tickets)."""
         now = now or utcnow()
         with write(self._engine) as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_id(account)})
+            serialize_on_postgres(conn, ADMISSION_LOCKS, account)
             conn.execute(delete(admission).where(_T.account == account, _T.lease_until < now))
             held = conn.execute(select(func.count()).where(_T.account == account, _T.state == "holding")).scalar()
             free = cap - int(held or 0)
@@ -79,7 +77,3 @@ class LedgerAdmission:
         counts = {"holding": 0, "waiting": 0}
         counts.update({state: int(n) for state, n in rows})
         return counts
-
-
-def _lock_id(account: str) -> int:
-    return 0x534F_5241_0000_0000 | zlib.crc32(account.encode())

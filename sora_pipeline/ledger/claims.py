@@ -4,11 +4,10 @@ history row — so only one caller across threads, processes and runs gets SUBMI
 
 from __future__ import annotations
 
-import zlib
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from .model import Decision, LedgerEntry, RequestNotPlanned, RequestState, ResubmitPolicy
@@ -16,7 +15,7 @@ from .ops import LostRace, Op, aware
 from .queries import spent_query
 from .rows import CLAIM_CAS, ENTRY_BY_KEY_FOR_UPDATE, INSERT_ATTEMPT, entry_from_row
 from .rules import decide, effective_state, needs_history
-from .schema import attempts, read, requests, utcnow
+from .schema import BUDGET_LOCKS, attempts, read, requests, serialize_on_postgres, utcnow
 
 S = RequestState
 _A = attempts.c
@@ -125,9 +124,7 @@ class LedgerClaims:
 
     @staticmethod
     def _over_budget(conn: Connection, e: LedgerEntry, day_budget: float) -> bool:
-        if conn.dialect.name == "postgresql":  # budgeted claims of one day, one at a time (SQLite: BEGIN IMMEDIATE)
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                         {"k": 0x534F_5241_4200_0000 | zlib.crc32(f"{e.backend}:{e.day}".encode())})
+        serialize_on_postgres(conn, BUDGET_LOCKS, f"{e.backend}:{e.day}")  # budgeted claims of a day, one at a time
         spent = float(conn.execute(spent_query(e.day, backend=e.backend)).scalar() or 0.0)
         return spent + e.estimated_cost > day_budget + 1e-9
 

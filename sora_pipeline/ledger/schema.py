@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -232,6 +233,17 @@ def _install_sqlite_hooks(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = "IMMEDIATE" if conn.get_execution_options().get("ledger_write") else "DEFERRED"
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+ADMISSION_LOCKS = 0x534F_5241_0000_0000  # advisory lock key spaces: one account's grants,
+BUDGET_LOCKS = 0x534F_5241_4200_0000  # one day's budgeted claims
+
+
+def serialize_on_postgres(conn: Connection, space: int, name: str) -> None:
+    """Inside a write transaction, one at a time per (`space`, `name`): a PostgreSQL transaction-level advisory
+    lock. SQLite needs none: its write transactions (BEGIN IMMEDIATE) are serialized already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": space | zlib.crc32(name.encode())})
 
 
 @contextmanager

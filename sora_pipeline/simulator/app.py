@@ -84,20 +84,19 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             return _detail(403, "The provided key is not authorized to access this application")
         return None
 
-    def draw_fault(call: str) -> str | None:
+    def drawn(pick, call: str) -> str | None:
         with book.lock:
-            kind = faults.pick(call)
+            kind = pick(call)
         if kind:
             book.count_fault(kind)
         return kind
 
+    def draw_fault(call: str) -> str | None:
+        return drawn(faults.pick, call)
+
     def draw_one_call(call: str) -> str | None:
         """A fault of the kinds that hit only this call (drawn where it applies; counted when drawn)."""
-        with book.lock:
-            kind = faults.pick_one_call(call)
-        if kind:
-            book.count_fault(kind)
-        return kind
+        return drawn(faults.pick_one_call, call)
 
     def canned(request: Request, kind: str) -> Response:
         return hostile.call_response(kind, request, config) or fault_response(kind, config)
