@@ -151,8 +151,33 @@ def _migration_3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[admission], checkfirst=True)
 
 
+uploads = Table(
+    "fal_uploads", metadata,  # images uploaded to fal storage, remembered per content hash (schema 4)
+    Column("content_sha256", String(64), primary_key=True),
+    Column("storage_origin", Text, primary_key=True),  # where it was uploaded (fal's storage or a simulator)
+    Column("file_url", Text, nullable=False),
+    Column("size", Integer),
+    Column("content_type", Text),
+    Column("uploaded_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),  # re-upload after this
+)
+
+leases = Table(
+    "named_leases", metadata,  # one holder at a time per name, e.g. a day's warehouse writer (schema 4)
+    Column("name", String(255), primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("lease_until", UTCDateTime, nullable=False),
+    Column("acquired_at", UTCDateTime, nullable=False),
+)
+
+
+def _migration_4(conn: Connection) -> None:
+    """fal storage uploads per content hash, and named leases (serialized writers of one day on object stores)."""
+    metadata.create_all(conn, tables=[uploads, leases], checkfirst=True)
+
+
 # Append new migrations here; never edit an applied one. Each runs in the migrating transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 LATEST_VERSION = len(MIGRATIONS)
 
 
