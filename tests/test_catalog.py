@@ -155,7 +155,7 @@ def test_every_rejection_reason(data, tmp_path):
     ]
     write(cat / "catalog.parquet", rows)
     sl = read_catalog_day(str(cat), D1)
-    assert [i.item_id for i in sl.valid] == ["ok"] and sl.valid[0].resolution is Resolution.P720
+    assert [i.item_id for i in sl.valid] == ["ok"] and sl.valid[0].resolution == "720p"
     got = {r.row_index: (r.field, r.reason) for r in sl.rejected}
     missing = str((cat / "images" / "missing.png").resolve())
     assert got == {
@@ -185,9 +185,9 @@ def test_every_rejection_reason(data, tmp_path):
         15: ("image_uri", f"row 15 (item_id='u12'): image_uri: 'images/missing.png' does not exist (resolved "
                           f"to {missing})"),
         16: ("image_uri", "row 16 (item_id='u13'): image_uri: 'https:///nohost.png' has no host"),
-        17: ("resolution", "row 17 (item_id='r1'): resolution: '480p' is not one of auto, 720p, 1080p"),
-        18: ("aspect_ratio", "row 18 (item_id='r2'): aspect_ratio: '4:3' is not one of auto, 9:16, 16:9"),
-        19: ("duration", "row 19 (item_id='r3'): duration: 5 is not one of 4, 8, 12"),
+        17: ("resolution", "row 17 (item_id='r1'): resolution: '480p' is not one of auto, 720p, 1080p (the values fal-ai/sora-2/image-to-video/pro accepts)"),
+        18: ("aspect_ratio", "row 18 (item_id='r2'): aspect_ratio: '4:3' is not one of auto, 9:16, 16:9 (the values fal-ai/sora-2/image-to-video/pro accepts)"),
+        19: ("duration", "row 19 (item_id='r3'): duration: 5 is not one of 4, 8, 12 (the values fal-ai/sora-2/image-to-video/pro accepts)"),
     }
     assert all("\n" not in r.reason and r.scheduled_date == D1 for r in sl.rejected)
     assert sl.rejected[2].raw == {"item_id": "p1", "prompt": None, "image_uri": "images/sun.png",
@@ -202,8 +202,8 @@ def test_float_durations_and_nulls(data):
     sl = read_catalog_day(str(data / "catalog"), D1)
     assert [(i.item_id, i.duration) for i in sl.valid] == [("a", Duration.S8), ("b", Duration.S4),
                                                            ("c", Duration.S12)]
-    assert reasons(sl) == ["row 3 (item_id='d'): duration: 5 is not one of 4, 8, 12",
-                           "row 4 (item_id='e'): duration: 4.5 is not one of 4, 8, 12"]
+    assert reasons(sl) == ["row 3 (item_id='d'): duration: 5 is not one of 4, 8, 12 (the values fal-ai/sora-2/image-to-video/pro accepts)",
+                           "row 4 (item_id='e'): duration: 4.5 is not one of 4, 8, 12 (the values fal-ai/sora-2/image-to-video/pro accepts)"]
 
 
 def test_duplicates_across_the_whole_catalog(data):
@@ -237,7 +237,7 @@ def test_raw_and_reason_never_carry_secrets(data):
         image_uri="https://user:hunter2@example.com/x.png?X-Amz-Signature=deadbeef&size=2",
         api_key="fal-super-secret")])
     (rej,) = read_catalog_day(str(data / "catalog"), D1).rejected
-    assert rej.reason == "row 0 (item_id='a\\nb'): duration: 5 is not one of 4, 8, 12"
+    assert rej.reason == "row 0 (item_id='a\\nb'): duration: 5 is not one of 4, 8, 12 (the values fal-ai/sora-2/image-to-video/pro accepts)"
     assert set(rej.raw) == {"item_id", "prompt", "image_uri", "scheduled_date", "resolution", "aspect_ratio",
                             "duration"}
     text = repr(rej)
@@ -252,7 +252,7 @@ def test_long_item_ids_are_kept_but_opaque_tokens_elsewhere_are_masked(data):
     write(data / "catalog" / "c.parquet", [row(long_id, prompt=f"token {token} here", resolution="8k")])
     (rej,) = read_catalog_day(str(data / "catalog"), D1).rejected
     assert rej.item_id == long_id and rej.raw["item_id"] == long_id
-    assert rej.reason == f"row 0 (item_id='{long_id}'): resolution: '8k' is not one of auto, 720p, 1080p"
+    assert rej.reason == f"row 0 (item_id='{long_id}'): resolution: '8k' is not one of auto, 720p, 1080p (the values fal-ai/sora-2/image-to-video/pro accepts)"
     assert rej.raw["prompt"] == "token *** here"
 
 

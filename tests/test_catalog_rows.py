@@ -63,15 +63,15 @@ def test_the_fast_path_changes_nothing(monkeypatch, durations, duration_type):
     t = table(durations, duration_type)
     dups = {"dup-1": 2, "a1": 3}
     fast = check_rows(t, DAY, dups, resolver())
-    assert sum(catalog_rows._plainly_valid(t, dups)) >= 20  # the usual rows do take it
-    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups: [False] * table.num_rows)
+    assert sum(catalog_rows._plainly_valid(t, dups, catalog_rows.rules_for(None))) >= 20  # the usual rows do take it
+    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups, rules: [False] * table.num_rows)
     full = check_rows(t, DAY, dups, resolver())
     assert fast[0] == full[0]
     assert [r.model_dump() for r in fast[1]] == [r.model_dump() for r in full[1]]
     assert len(fast[0]) + len(fast[1]) == len(t)
-    for item in fast[0]:  # normalized values, as enums (not the raw strings)
-        assert type(item.resolution) is Resolution and type(item.aspect_ratio) is AspectRatio
-        assert type(item.duration) is Duration
+    for item in fast[0]:  # normalized values: the endpoint's own (exact strings, whole seconds)
+        assert item.resolution in ("auto", "720p", "1080p") and item.aspect_ratio in ("auto", "9:16", "16:9")
+        assert type(item.duration) is int and item.duration in (4, 8, 12)
 
 
 def test_plain_rows_normalize_like_the_rules():
@@ -99,7 +99,7 @@ def test_every_combination_of_the_tricky_values_agrees(monkeypatch, drivers):
     t = pa.table({"item_id": [r[0] for r in rows], "prompt": [r[1] for r in rows],
                   "image_uri": [r[2] for r in rows], "scheduled_date": [DAY] * len(rows)})
     fast = check_rows(t, DAY, {}, resolver())
-    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups: [False] * table.num_rows)
+    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups, rules: [False] * table.num_rows)
     assert fast == check_rows(t, DAY, {}, resolver())
     assert fast[0] and fast[1]
 
@@ -170,7 +170,7 @@ def test_notes_of_the_reader_take_their_field_place_with_and_without_the_fast_pa
              1: {"item_id": ("7 is int64 in catalog file 'b.parquet' (expected a string)", 7)},
              2: {"duration": ("True is bool in catalog file 'c.parquet' (expected 4, 8 or 12)", True)}}
     fast = check_rows(t, DAY, {}, resolver(), notes)
-    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups: [False] * table.num_rows)
+    monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups, rules: [False] * table.num_rows)
     full = check_rows(t, DAY, {}, resolver(), notes)
     assert fast[0] == full[0] and [r.model_dump() for r in fast[1]] == [r.model_dump() for r in full[1]]
     assert [i.item_id for i in fast[0]] == ["d"]

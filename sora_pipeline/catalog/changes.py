@@ -78,5 +78,8 @@ def _fingerprint_rows(dataset: ds.Dataset, per_day: dict[str, list[str]]) -> Non
             key = _day_key(row.get("scheduled_date"))
             if key is None:
                 continue
-            blob = json.dumps([_canonical(row.get(c)) for c in CONTRACT_COLUMNS], default=str, ensure_ascii=False)
+            values = [_canonical(row.get(c)) for c in CONTRACT_COLUMNS]
+            if values[-1] is None:  # no params: the fingerprint catalogs had before the column existed
+                values.pop()
+            blob = json.dumps(values, default=str, ensure_ascii=False)
             per_day[key].append(hashlib.sha256(blob.encode()).hexdigest())

@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 
 from sora_pipeline.catalog.ids import (day_row_groups, duplicated_ids, duplicated_ids_across, fragments_dataset,
                                        write_catalog)
+from sora_pipeline.endpoints import EndpointProfile
 from sora_pipeline.catalog.rows import (CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem,
                                         ImageResolver, RejectedRow, check_rows, redact, unusable)
 from sora_pipeline.warehouse.tables import is_local_fs
@@ -198,7 +199,7 @@ def _day_filter_for(typ: pa.DataType | None, day: date) -> ds.Expression | None:
 
 
 def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = (),
-                     storage_options: dict | None = None) -> CatalogSlice:
+                     storage_options: dict | None = None, profile: EndpointProfile | None = None) -> CatalogSlice:
     """The day's rows of the catalog at `uri`, validated: `valid` items and `rejected` rows with reasons.
 
     Only rows with `scheduled_date == day` are read (the filter is pushed into the Parquet scan); uniqueness of
@@ -215,6 +216,9 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     non-local catalog (`memory://`, `s3://`, ...) protocol-less paths resolve inside that filesystem. URIs must
     be on the allowlist of `sora_pipeline.fal.image_sources` (https, data:image, memory://, s3/gs/az with their
     driver): `http://`, `ftp://`, chained (`a::b`), wrapper and other fsspec protocols are rejected.
+
+    `profile`: the endpoint whose accepted resolutions, aspect ratios, durations and `params` apply (default:
+    Sora 2 Pro's); a value it does not accept rejects the row with the endpoint's allowed values.
     """
     day = date.fromisoformat(day) if isinstance(day, str) else day
     day = day.date() if isinstance(day, datetime) else day
@@ -231,7 +235,7 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
         read = _scan(cat, lambda: _read_day_per_file(cat, day))
     table, dups, notes = read
     resolver = ImageResolver(cat.fs, cat.folder, local=cat.local, is_dir=cat.is_dir, image_roots=image_roots)
-    valid, rejected = check_rows(table, day, dups, resolver, notes)
+    valid, rejected = check_rows(table, day, dups, resolver, notes, profile)
     return CatalogSlice(day=day, valid=valid, rejected=rejected, catalog_uri=uri, rows_scanned=table.num_rows)
 
 
@@ -318,7 +322,7 @@ def _read_day_per_file(cat: _Catalog, day: date) -> tuple[pa.Table, dict[str, in
 
 _TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 _NUMBER = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
-_EXPECTED = {"duration": "a number of seconds: 4, 8 or 12"}
+_EXPECTED = {"duration": "a whole number of seconds"}
 
 
 def _conform(table: pa.Table, view: _View, day: date) -> tuple[pa.Table, dict[int, dict[str, tuple[str, Any]]]]:

@@ -1,10 +1,12 @@
 """The contract's rules for one catalog row (docs/reference.md): which values are accepted, how they are normalized
 (nulls → defaults, image locations resolved and confined), and the one-line reason a row is rejected with.
 `check_rows` applies them to a day's rows: a vectorised pass over the Arrow columns finds the rows that are
-plainly valid (the usual https image, exact enum values), and only the others go through the full rules."""
+plainly valid (the usual https image, exact allowed values), and only the others go through the full rules.
+Which resolutions, aspect ratios, durations and `params` a row may ask for is the endpoint's (its profile)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import posixpath
@@ -17,11 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
+from sora_pipeline.endpoints import EndpointProfile, get_profile
 from sora_pipeline.fal.image_sources import LOCAL_SCHEMES, refusal, scheme_of
 
 REQUIRED_COLUMNS = ("item_id", "prompt", "image_uri", "scheduled_date")
-OPTIONAL_COLUMNS = ("resolution", "aspect_ratio", "duration")
+OPTIONAL_COLUMNS = ("resolution", "aspect_ratio", "duration", "params")
 CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 _URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.S)
@@ -48,10 +50,11 @@ class CatalogItem(NamedTuple):
     image_uri: str  # as given in the catalog
     image_ref: str  # https URL, data URI, or absolute fsspec URI/path
     scheduled_date: date
-    resolution: Resolution = Resolution.AUTO
-    aspect_ratio: AspectRatio = AspectRatio.AUTO
-    duration: Duration = Duration.S4
+    resolution: str | None = "auto"  # the endpoint's value (None: the endpoint has no such input)
+    aspect_ratio: str | None = "auto"
+    duration: int | None = 4  # seconds
     row_index: int = 0
+    params: Mapping[str, Any] | None = None  # extra endpoint inputs (the `params` column), checked by the profile
 
 
 class RejectedRow(BaseModel):
@@ -83,41 +86,64 @@ def _show(value: Any, *, opaque: bool = True) -> str:
     return redact(repr(value), 80, opaque=opaque)
 
 
-_ALLOWED_RES = ", ".join(r.value for r in Resolution)
-_ALLOWED_AR = ", ".join(a.value for a in AspectRatio)
-_ALLOWED_DUR = ", ".join(str(int(d)) for d in Duration)
-_MEMBERS = {enum: {m.value: m for m in enum} for enum in (Resolution, AspectRatio)}  # lookups, not enum() calls
-_DURATIONS = {int(d): d for d in Duration}
 # the usual image reference: https://host/... (anything unusual takes the full path below)
 _PLAIN_HTTPS = re.compile(r"https://[A-Za-z0-9.\-]+(?::\d+)?(?:[/?#]|$)", re.I)
 
 
-def _enum_value(value: Any, enum: type, default: Any, allowed: str) -> tuple[Any, str | None]:
-    if value is None:
-        return default, None
-    if isinstance(value, str):
-        member = _MEMBERS[enum].get(value) or _MEMBERS[enum].get(value.strip().lower())
-        if member is not None:
-            return member, None
-    return None, f"{_show(value)} is not one of {allowed}"
+class _Rules:
+    """One endpoint's accepted catalog values, prepared once per profile."""
+
+    def __init__(self, profile: EndpointProfile) -> None:
+        self.profile = profile
+        self.exact = {c: {None: profile.default(c), **{v: v for v in (profile.allowed(c) or ())}}
+                      for c in ("resolution", "aspect_ratio", "duration")}
+        self.free = {c for c in self.exact if profile.field_for(c) is not None and profile.allowed(c) is None}
+
+    def value(self, concept: str, value: Any) -> tuple[Any, str | None]:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return self.profile.default(concept), None
+        if concept == "duration":
+            number: Any = None
+            if isinstance(value, int) and not isinstance(value, bool):
+                number = value
+            elif isinstance(value, float) and value.is_integer():
+                number = int(value)
+            elif isinstance(value, str) and value.strip().isdigit():
+                number = int(value.strip())
+            if number is None:
+                if self.profile.allowed("duration") is not None:
+                    return None, self.profile.refusal("duration", value)
+                return None, f"{_show(value)} is not a whole number of seconds"
+            value = number
+        elif not isinstance(value, str):
+            return None, f"{_show(value)} is not a string"
+        return self.profile.catalog_value(concept, value)
+
+    def params(self, value: Any) -> tuple[dict[str, Any] | None, str | None]:
+        if value is None:
+            return None, None
+        if isinstance(value, str):
+            if not value.strip():
+                return None, None
+            if len(value) > 16_384:
+                return None, "is over 16 KiB of JSON"
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                return None, f"is not valid JSON ({type(exc).__name__})"
+        params, why = self.profile.validate_params(value)
+        return (params or None), why
 
 
-def _duration(value: Any) -> tuple[Duration | None, str | None]:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return Duration.S4, None
-    number: Any = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
-        number = int(value.strip())
-    if number is not None and number in _DURATIONS:
-        return _DURATIONS[number], None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    shown = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _show(value)
-    return None, f"{shown} is not one of {_ALLOWED_DUR}"
+_RULES: dict[int, _Rules] = {}
+
+
+def rules_for(profile: EndpointProfile | None) -> _Rules:
+    profile = profile or get_profile()
+    rules = _RULES.get(id(profile))
+    if rules is None or rules.profile is not profile:
+        rules = _RULES[id(profile)] = _Rules(profile)
+    return rules
 
 
 class ImageResolver:
@@ -200,6 +226,8 @@ def _raw(row: dict[str, Any]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for col in CONTRACT_COLUMNS:
         value = row.get(col)
+        if col == "params" and value is None:  # optional and rare: only shown when the row has some
+            continue
         text = value.isoformat() if isinstance(value, date) else str(value)
         out[col] = None if value is None else redact(text, opaque=col != "item_id")
     return out
@@ -211,24 +239,28 @@ Notes = Mapping[int, Mapping[str, tuple[str, Any]]]
 
 
 def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: ImageResolver,
-               notes: Notes | None = None) -> tuple[list[CatalogItem], list[RejectedRow]]:
+               notes: Notes | None = None, profile: EndpointProfile | None = None,
+               ) -> tuple[list[CatalogItem], list[RejectedRow]]:
     """The day's rows (`table`, contract columns) split into valid items and rejected rows, in row order.
     `dups`: item_ids that more than one row of the catalog carries, with their counts. `notes`: values the
-    reader could not use (see `Notes`), each the row's problem for that field, in the usual field order."""
+    reader could not use (see `Notes`), each the row's problem for that field, in the usual field order.
+    `profile`: the endpoint whose accepted values apply (default: `SORA_ENDPOINT_ID`'s default, Sora 2 Pro)."""
     notes = notes or {}
+    rules = rules_for(profile)
+    res_of, ar_of, dur_of = (rules.exact[c] for c in ("resolution", "aspect_ratio", "duration"))
     absent = [None] * table.num_rows
     columns = [table.column(c).to_pylist() if c in table.column_names else absent  # no dict per row
                for c in CONTRACT_COLUMNS if c != "scheduled_date"]
-    plain = _plainly_valid(table, dups)
+    plain = _plainly_valid(table, dups, rules)
     for index in notes:
         plain[index] = False
     valid: list[CatalogItem] = []
     rejected: list[RejectedRow] = []
-    for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration) in enumerate(
+    for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration, params) in enumerate(
             zip(plain, *columns)):
         if ok:  # every rule holds, as the vectorised checks showed: only normalize
-            valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day, _RESOLUTIONS[resolution],
-                                     _ASPECT_RATIOS[aspect_ratio], _PLAIN_DURATIONS[duration], index))
+            valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day, res_of[resolution],
+                                     ar_of[aspect_ratio], dur_of[duration], index))
             continue
         note = notes.get(index, {})
         problem: tuple[str, str] | None = None
@@ -252,23 +284,17 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
             image_ref, why = resolver.resolve(image_uri)
             if why:
                 problem = ("image_uri", why)
-        res, why = _enum_value(resolution, Resolution, Resolution.AUTO, _ALLOWED_RES)
-        if problem is None and "resolution" in note:
-            problem = ("resolution", note["resolution"][0])
-        if problem is None and why:
-            problem = ("resolution", why)
-        ar, why = _enum_value(aspect_ratio, AspectRatio, AspectRatio.AUTO, _ALLOWED_AR)
-        if problem is None and "aspect_ratio" in note:
-            problem = ("aspect_ratio", note["aspect_ratio"][0])
-        if problem is None and why:
-            problem = ("aspect_ratio", why)
-        dur, why = _duration(duration)
-        if problem is None and "duration" in note:
-            problem = ("duration", note["duration"][0])
-        if problem is None and why:
-            problem = ("duration", why)
+        values: dict[str, Any] = {}
+        for field, cell in (("resolution", resolution), ("aspect_ratio", aspect_ratio), ("duration", duration),
+                            ("params", params)):
+            values[field], why = rules.params(cell) if field == "params" else rules.value(field, cell)
+            if problem is None and field in note:
+                problem = (field, note[field][0])
+            if problem is None and why:
+                problem = (field, why)
         if problem is None:
-            valid.append(CatalogItem(item_id, prompt, image_uri, image_ref, day, res, ar, dur, index))
+            valid.append(CatalogItem(item_id, prompt, image_uri, image_ref, day, values["resolution"],
+                                     values["aspect_ratio"], values["duration"], index, values["params"]))
             continue
         field, why = problem
         shown = note["item_id"][1] if "item_id" in note else item_id
@@ -281,16 +307,13 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
     return valid, rejected
 
 
-_RESOLUTIONS = {None: Resolution.AUTO, **_MEMBERS[Resolution]}  # what a plainly valid row can hold
-_ASPECT_RATIOS = {None: AspectRatio.AUTO, **_MEMBERS[AspectRatio]}
-_PLAIN_DURATIONS = {None: Duration.S4, **_DURATIONS}
 # the plain https reference `ImageResolver` accepts as it is (ASCII, no case folding: a subset of _PLAIN_HTTPS)
 _PLAIN_HTTPS_RE2 = r"^[Hh][Tt][Tt][Pp][Ss]://[A-Za-z0-9.\-]+(:[0-9]+)?([/?#]|$)"
 
 
-def _plainly_valid(table: pa.Table, dups: dict[str, int]) -> list[bool]:
+def _plainly_valid(table: pa.Table, dups: dict[str, int], rules: _Rules) -> list[bool]:
     """Per row: True if the full rules would surely accept it as it is — ids and prompts with a letter or digit,
-    the usual https image, exact enum values or nulls, a duration of 4, 8 or 12 — checked column-wise in Arrow.
+    the usual https image, the endpoint's exact allowed values or nulls, no params — checked column-wise in Arrow.
     False only means "run the full rules"."""
     names = table.column_names
 
@@ -317,8 +340,8 @@ def _plainly_valid(table: pa.Table, dups: dict[str, int]) -> list[bool]:
         ids = table.column("item_id")
         ok = pc.and_kleene(ok, pc.invert(pc.is_in(ids, value_set=pa.array(list(dups), ids.type))))
     strings = (pa.types.is_string, pa.types.is_large_string)
-    for name, allowed, kinds in (("resolution", list(_MEMBERS[Resolution]), strings),
-                                 ("aspect_ratio", list(_MEMBERS[AspectRatio]), strings),
-                                 ("duration", sorted(_DURATIONS), (pa.types.is_integer, pa.types.is_floating))):
+    for name, kinds in (("resolution", strings), ("aspect_ratio", strings),
+                        ("duration", (pa.types.is_integer, pa.types.is_floating)), ("params", ())):
+        allowed = [v for v in rules.exact[name] if v is not None] if name in rules.exact else []
         ok = pc.and_kleene(ok, optional(name, allowed, kinds))
     return pc.fill_null(ok, False).to_pylist()

@@ -10,6 +10,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
 from sora_pipeline.fal.identity import identify_backend
+from sora_pipeline.endpoints import EndpointProfile, get_profile
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
 from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy, check_base_url, split_endpoint
 from sora_pipeline.redact import install_log_redaction, register_secret
@@ -74,7 +75,12 @@ class FalVideoResource(dg.ConfigurableResource):
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
         split_endpoint(value)
+        get_profile(value)  # an unknown endpoint fails at load, listing the known ones
         return value
+
+    def profile(self) -> EndpointProfile:
+        """The endpoint's profile: its inputs, catalog mapping, prices and video shape."""
+        return get_profile(self.endpoint_id)
 
     @field_validator("queue_priority")
     @classmethod

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from urllib.parse import urlsplit
 
+from sora_pipeline.endpoints import BadProfile, UnknownEndpoint, get_profile
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
 from sora_pipeline.media.download import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV
 from sora_pipeline.fal.limits import (
@@ -83,6 +84,10 @@ class PipelineSettings:
         except ValueError:
             raise ConfigError(f"SORA_ENDPOINT_ID={endpoint_id!r} must look like owner/alias/path, "
                               f"e.g. {DEFAULT_ENDPOINT_ID}") from None
+        try:
+            get_profile(endpoint_id, env=dict(env) if env is not None else None)
+        except (UnknownEndpoint, BadProfile) as exc:
+            raise ConfigError(f"SORA_ENDPOINT_ID: {exc}") from None
         start = partitions_start_from_env(env)
         webhook_url = get("SORA_WEBHOOK_URL")
         if webhook_url is not None and urlsplit(webhook_url).scheme not in ("http", "https"):

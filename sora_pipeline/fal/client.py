@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
 from sora_pipeline.fal.errors import FalError, RequestFailedError, WaitTimeoutError
+from sora_pipeline.endpoints import EndpointProfile
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID, ImageToVideoInput, ImageToVideoOutput
 from sora_pipeline.fal.error_mapping import RetrySignal
 from sora_pipeline.fal.limits import StreamEventTooLarge
@@ -59,10 +60,11 @@ class _ClientBase:
                  poll: PollPolicy | None = None, timeout: float = 30.0, connect_timeout: float = 10.0,
                  priority: str | None = None, start_timeout: float | None = None, webhook_url: str | None = None,
                  max_connections: int = 100, max_json_bytes: int | None = None,
-                 max_stream_event_bytes: int | None = None) -> None:
+                 max_stream_event_bytes: int | None = None, profile: EndpointProfile | None = None) -> None:
         self.protocol = QueueProtocol(base_url=base_url, endpoint_id=endpoint_id, key=key, priority=priority,
                                       start_timeout=start_timeout, webhook_url=webhook_url,
-                                      max_json_bytes=max_json_bytes, max_stream_event_bytes=max_stream_event_bytes)
+                                      max_json_bytes=max_json_bytes, max_stream_event_bytes=max_stream_event_bytes,
+                                      profile=profile)
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=None)

@@ -1,13 +1,18 @@
-"""Pydantic models of the `fal-ai/sora-2/image-to-video/pro` input and output, exactly as its schema says."""
+"""Pydantic models of the `fal-ai/sora-2/image-to-video/pro` input (exactly as its schema says) and of the video
+output every image-to-video endpoint shares (`video` is fal's File; `video_id` is Sora's, absent elsewhere). Other
+endpoints' inputs are checked by their profiles (`sora_pipeline.endpoints`)."""
 
 from __future__ import annotations
 
 from enum import Enum, IntEnum
 from typing import Any
 
+__all__ = ["DEFAULT_ENDPOINT_ID", "AspectRatio", "Duration", "ImageToVideoInput", "ImageToVideoOutput",
+           "Resolution", "VideoFile", "validation_messages"]
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator
 
-DEFAULT_ENDPOINT_ID = "fal-ai/sora-2/image-to-video/pro"
+from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID
 
 
 class Resolution(str, Enum):
@@ -92,12 +97,13 @@ class VideoFile(BaseModel):
 
 
 class ImageToVideoOutput(BaseModel):
-    """The endpoint's output: the generated `video` and the model's `video_id`."""
+    """The endpoint's output: the generated `video` and, for Sora, the model's `video_id` (which the profile's
+    `output.required` makes mandatory there)."""
 
     model_config = ConfigDict(extra="allow")
 
     video: VideoFile
-    video_id: str
+    video_id: str | None = None
 
 
 def validation_messages(exc: ValidationError) -> list[str]:

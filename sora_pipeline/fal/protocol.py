@@ -42,6 +42,7 @@ from sora_pipeline.fal.limits import (
     byte_cap,
     describe_bytes,
 )
+from sora_pipeline.endpoints import EndpointProfile, UnknownEndpoint, get_profile
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput, validation_messages
 from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
 from sora_pipeline.fal.urls import MAX_REQUEST_ID_LENGTH, check_base_url, origin, split_endpoint, valid_request_id
@@ -104,8 +105,9 @@ class QueueProtocol:
     def __init__(self, *, base_url: str, endpoint_id: str, key: str | SecretStr | None,
                  priority: str | None = None, start_timeout: float | None = None, no_retry: bool = False,
                  webhook_url: str | None = None, max_json_bytes: int | None = None,
-                 max_stream_event_bytes: int | None = None) -> None:
+                 max_stream_event_bytes: int | None = None, profile: EndpointProfile | None = None) -> None:
         self.base_url = check_base_url(base_url)
+        self.profile = profile if profile is not None else _known_profile(endpoint_id)
         self.origin = origin(self.base_url)
         self.endpoint_id = endpoint_id
         self.owner, self.alias, _ = split_endpoint(endpoint_id)
@@ -133,19 +135,30 @@ class QueueProtocol:
         return headers
 
     # -- building ------------------------------------------------------------------------------------
-    def validate_input(self, arguments: ImageToVideoInput | dict[str, Any]) -> ImageToVideoInput:
+    def payload_for(self, arguments: ImageToVideoInput | dict[str, Any]) -> dict[str, Any]:
+        """The submit body, checked against the endpoint's profile (or, for an endpoint without one, the Sora 2 Pro
+        schema) before anything is sent; InputValidationError says which field and why."""
         if isinstance(arguments, ImageToVideoInput):
-            return arguments
-        try:
-            return ImageToVideoInput.model_validate(arguments)
-        except ValidationError as exc:
-            lines = validation_messages(exc)
-            errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-                      for e in exc.errors(include_input=False, include_url=False)]
-            raise InputValidationError("invalid input: " + "; ".join(lines), errors=errors) from None
+            body = arguments.to_payload()
+        elif self.profile is None or not isinstance(arguments, dict):
+            try:
+                body = ImageToVideoInput.model_validate(arguments).to_payload()
+            except ValidationError as exc:
+                lines = validation_messages(exc)
+                errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                          for e in exc.errors(include_input=False, include_url=False)]
+                raise InputValidationError("invalid input: " + "; ".join(lines), errors=errors) from None
+        else:
+            body = dict(arguments)
+        problems = self.profile.payload_problems(body) if self.profile is not None else []
+        if problems:
+            raise InputValidationError(
+                f"invalid input for {self.endpoint_id}: " + "; ".join(f"{f}: {m}" for f, m, _ in problems),
+                errors=[{"loc": [f], "msg": m, "type": t} for f, m, t in problems])
+        return body
 
     def submit(self, arguments: ImageToVideoInput | dict[str, Any]) -> OutgoingRequest:
-        payload = self.validate_input(arguments).to_payload()
+        payload = self.payload_for(arguments)
         headers: dict[str, str] = {}
         if self.priority:
             headers["X-Fal-Queue-Priority"] = self.priority
@@ -260,11 +273,18 @@ class QueueProtocol:
     def parse_result(self, response: httpx.Response, request_id: str | None = None) -> ImageToVideoOutput:
         body = self._ok_json(response, "result", request_id)
         try:
-            return ImageToVideoOutput.model_validate(body)
+            output = ImageToVideoOutput.model_validate(body)
         except ValidationError as exc:
             raise RequestFailedError("result does not match the endpoint's output schema: "
                                      + "; ".join(validation_messages(exc)), request_id=request_id,
                                      status_code=response.status_code, retryable=False) from None
+        required = self.profile.output.required if self.profile is not None else ["video", "video_id"]
+        missing = [name for name in required if body.get(name) is None]
+        if missing:
+            raise RequestFailedError("result does not match the endpoint's output schema: "
+                                     + "; ".join(f"{m}: Field required" for m in missing), request_id=request_id,
+                                     status_code=response.status_code, retryable=False)
+        return output
 
     def parse_cancel(self, response: httpx.Response, request_id: str | None = None) -> str:
         if 300 <= response.status_code < 400:
@@ -303,3 +323,11 @@ class QueueProtocol:
     def network_error(self, exc: httpx.HTTPError, phase: Phase, request_id: str | None = None) -> Exception:
         """A network failure: retryable, except a submit that may already have reached fal."""
         return error_mapping.network_error(exc, phase, request_id)
+
+
+def _known_profile(endpoint_id: str) -> EndpointProfile | None:
+    """The endpoint's profile, or None for an endpoint without one (the client then checks the Sora 2 Pro schema)."""
+    try:
+        return get_profile(endpoint_id)
+    except UnknownEndpoint:
+        return None

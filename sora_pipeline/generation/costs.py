@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PRICE_TABLE_ENV = "SORA_PRICE_TABLE"
 _TIER_RE = re.compile(r"^(\d+)p$")
+ANY_TIER = "*"  # the price of an endpoint whose price does not depend on the resolution
 _EPS = 1e-9
 
 
@@ -37,8 +38,8 @@ class PriceTable(BaseModel):
         if not value:
             raise ValueError("per_second needs at least one resolution")
         for name, price in value.items():
-            if not _TIER_RE.match(name):
-                raise ValueError(f"resolution {name!r} must look like '720p'")
+            if not _TIER_RE.match(name) and name != ANY_TIER:
+                raise ValueError(f"resolution {name!r} must look like '720p' (or '*' for any)")
             if not math.isfinite(price) or price < 0:
                 raise ValueError(f"price of {name} must be a finite number >= 0")
         return value
@@ -51,13 +52,21 @@ class PriceTable(BaseModel):
         return value
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> PriceTable:
-        """Defaults overridden by `SORA_PRICE_TABLE`: a JSON object of per-second prices, e.g.
-        `{"720p": 0.3, "1080p": 0.5, "auto": 0.5}`, or a full `{"per_second": {...}, "auto": ..., "currency": ...}`.
-        """
+    def from_profile(cls, profile: Any) -> PriceTable:
+        """The endpoint profile's price per generated second (`sora_pipeline.endpoints`)."""
+        per_second = {str(k).lower(): float(v) for k, v in profile.pricing.per_second.items()}
+        tier = (profile.pricing.auto_tier or "").lower()
+        return cls(per_second=per_second, auto=per_second.get(tier), currency=profile.pricing.currency)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, profile: Any = None) -> PriceTable:
+        """The endpoint's prices (its profile's; Sora 2 Pro's without one) overridden by `SORA_PRICE_TABLE`: a JSON
+        object of per-second prices, e.g. `{"720p": 0.3, "1080p": 0.5, "auto": 0.5}`, or a full
+        `{"per_second": {...}, "auto": ..., "currency": ...}`."""
+        base = cls.from_profile(profile) if profile is not None else cls()
         raw = (os.environ if env is None else env).get(PRICE_TABLE_ENV)
         if raw is None or not raw.strip():
-            return cls()
+            return base
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -71,11 +80,13 @@ class PriceTable(BaseModel):
         if not isinstance(data.get("per_second"), dict):
             raise PriceTableError(f"{PRICE_TABLE_ENV}: per_second must be a JSON object")
         for name, price in data["per_second"].items():
-            if not _TIER_RE.match(str(name)):
-                raise PriceTableError(f"{PRICE_TABLE_ENV}: resolution {name!r} must look like '720p'")
+            if not _TIER_RE.match(str(name)) and name != ANY_TIER:
+                raise PriceTableError(f"{PRICE_TABLE_ENV}: resolution {name!r} must look like '720p' (or '*')")
             if isinstance(price, bool) or not isinstance(price, (int, float)):
                 raise PriceTableError(f"{PRICE_TABLE_ENV}: price of {name!r} must be a number")
-        data["per_second"] = cls().per_second | data["per_second"]
+        data["per_second"] = base.per_second | data["per_second"]
+        if "auto" not in data and base.auto is not None:
+            data["auto"] = base.auto
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -86,20 +97,27 @@ class PriceTable(BaseModel):
             raise PriceTableError(f"{PRICE_TABLE_ENV} is invalid: {msgs}") from None
 
     def _tiers(self) -> list[tuple[int, str]]:
-        return sorted((int(_TIER_RE.match(k).group(1)), k) for k in self.per_second)  # type: ignore[union-attr]
+        return sorted((int(m.group(1)), k) for k in self.per_second if (m := _TIER_RE.match(k)))
 
-    def rate(self, resolution: str | Enum) -> float:
-        """Price per second for a requested resolution ("720p", "1080p" or "auto")."""
+    def rate(self, resolution: str | Enum | None) -> float:
+        """Price per second for a requested resolution ("720p", "1080p", "auto", or None for an endpoint
+        without a resolution input)."""
+        if resolution is None:
+            resolution = ANY_TIER if ANY_TIER in self.per_second else "auto"
         name = str(resolution.value if isinstance(resolution, Enum) else resolution).strip().lower()
         if name == "auto":
             return self.auto if self.auto is not None else max(self.per_second.values())
         if name not in self.per_second:
+            if ANY_TIER in self.per_second:
+                return self.per_second[ANY_TIER]
             raise KeyError(f"no price for resolution {name!r} (known: {', '.join(sorted(self.per_second))})")
         return self.per_second[name]
 
     def rate_for_pixels(self, short_side: int) -> float:
         """Price per second of an output whose shorter side is `short_side` pixels (1080 or more -> 1080p)."""
         tiers = self._tiers()
+        if not tiers:
+            return self.per_second[ANY_TIER]
         chosen = tiers[0][1]
         for lines, name in tiers:
             if short_side >= lines:
@@ -107,8 +125,10 @@ class PriceTable(BaseModel):
         return self.per_second[chosen]
 
 
-def estimate_cost(prices: PriceTable, *, resolution: str | Enum, duration_s: float, byo_openai_key: bool) -> float:
+def estimate_cost(prices: PriceTable, *, resolution: str | Enum | None, duration_s: float | None,
+                  byo_openai_key: bool) -> float:
     """Expected charge of one generation; 0 when the user's own OpenAI key is used (fal does not bill)."""
+    duration_s = 0.0 if duration_s is None else duration_s
     if duration_s < 0:
         raise ValueError("duration_s must be >= 0")
     if byo_openai_key:

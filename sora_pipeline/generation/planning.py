@@ -35,7 +35,7 @@ def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) 
         spec = RequestSpec.create(config.endpoint_id, item_id=item.item_id, day=item.day, prompt=item.prompt,
                                   resolution=item.resolution, aspect_ratio=item.aspect_ratio,
                                   duration=item.duration, image_sha256=image.sha256, used_openai_key=byo,
-                                  estimated_cost=cost, backend=config.backend)
+                                  estimated_cost=cost, backend=config.backend, params=item.params)
         planned.append(Planned(item, spec, image))
     ledger.plan([p.spec for p in planned if p.spec is not None])
     return planned

@@ -21,15 +21,16 @@ class WorkItem:
     item_id: str
     prompt: str
     image_ref: str
-    resolution: str
-    aspect_ratio: str
-    duration: int
+    resolution: str | None
+    aspect_ratio: str | None
+    duration: int | None
     day: str
+    params: dict | None = None  # extra endpoint inputs (the catalog's `params`)
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    endpoint_id: str
+    endpoint_id: str  # its profile (`sora_pipeline.endpoints`) shapes the payload, checks, prices
     backend: str
     queue_base_url: str
     owner: str  # the Dagster run id (claims are per owner)

@@ -29,7 +29,7 @@ from sora_pipeline.fal.errors import (
     TransientError,
     WaitTimeoutError,
 )
-from sora_pipeline.fal.models import ImageToVideoInput
+from sora_pipeline.endpoints import get_profile
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests
@@ -280,9 +280,9 @@ class GenerationRunner:
 
     async def _submit(self, p: Planned, out: Outcome, attempt: int) -> QueueHandle | None:
         key, item = p.spec.request_key, p.item
-        arguments = ImageToVideoInput(prompt=item.prompt, image_url=p.image.url, resolution=item.resolution,
-                                      aspect_ratio=item.aspect_ratio, duration=item.duration,
-                                      api_key=self.config.openai_api_key)
+        arguments = get_profile(self.config.endpoint_id).payload(
+            prompt=item.prompt, image_url=p.image.url, resolution=item.resolution, aspect_ratio=item.aspect_ratio,
+            duration=item.duration, params=item.params, secrets={"openai_api_key": self.config.openai_api_key})
         self.progress.set(item.item_id, "submitting")
         out.decision = "submitted"
         try:
@@ -352,7 +352,7 @@ class GenerationRunner:
         # (on cancellation the entry stays, so `cancel_in_flight` can cancel it at fal)
         completed_at = datetime.now(UTC)
         self._in_flight.pop(key, None)
-        seconds = output.video.duration or float(p.item.duration)
+        seconds = output.video.duration or float(p.item.duration or 0) or None
         cost = actual_cost(self.config.prices, resolution=p.item.resolution, height=output.video.height,
                            width=output.video.width, seconds_generated=seconds,
                            byo_openai_key=p.spec.used_openai_key)

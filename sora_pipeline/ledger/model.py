@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import URL
 
-from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
+from sora_pipeline.endpoints import UnknownEndpoint, get_profile
 
 KEY_VERSION = 1
 BACKENDS = ("fal", "simulator")  # what answered: the real fal account, or a simulator (embedded or standalone)
@@ -71,21 +71,21 @@ class RequestNotPlanned(LedgerError, KeyError):
         return str(self.args[0]) if self.args else "request not planned"
 
 
-def _enum_value(enum_cls: type[Enum], value: Any) -> Any:
-    if isinstance(value, enum_cls):
-        return value.value
-    if isinstance(value, Enum):
-        value = value.value
-    return enum_cls(value.strip() if isinstance(value, str) else value).value
+def _plain(value: Any) -> Any:
+    value = value.value if isinstance(value, Enum) else value
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if value.isdigit() else value
+    return value
 
 
 def normalized_spec(
     endpoint_id: str, *, item_id: str, prompt: str, resolution: Any, aspect_ratio: Any, duration: Any,
-    image_sha256: str,
+    image_sha256: str, params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The normalized fields a request key is computed from (no secrets; validated)."""
-    if isinstance(duration, str) and duration.strip().isdigit():
-        duration = int(duration.strip())
+    """The normalized fields a request key is computed from (no secrets; validated against the endpoint's profile
+    when it has one). `params` (extra endpoint inputs) count only when there are some, so the keys of requests
+    without them are the keys ledgers have always held."""
     prompt_n = str(prompt).strip()
     if not prompt_n:
         raise ValueError("prompt must not be blank")
@@ -95,15 +95,28 @@ def normalized_spec(
     endpoint = str(endpoint_id).strip()
     if not endpoint:
         raise ValueError("endpoint_id must not be blank")
-    return {
-        "endpoint_id": endpoint,
-        "item_id": str(item_id),
-        "prompt": prompt_n,
-        "resolution": _enum_value(Resolution, resolution),
-        "aspect_ratio": _enum_value(AspectRatio, aspect_ratio),
-        "duration": int(_enum_value(Duration, duration)),
-        "image_sha256": sha,
-    }
+    try:
+        profile = get_profile(endpoint)
+    except UnknownEndpoint:
+        profile = None
+    values = {"resolution": _plain(resolution), "aspect_ratio": _plain(aspect_ratio), "duration": _plain(duration)}
+    values["resolution"] = None if values["resolution"] is None else str(values["resolution"])
+    values["aspect_ratio"] = None if values["aspect_ratio"] is None else str(values["aspect_ratio"])
+    if profile is not None:
+        for concept, value in values.items():
+            values[concept], why = profile.catalog_value(concept, value)
+            if why:
+                raise ValueError(f"{concept}: {why}")
+        if params:
+            params, why = profile.validate_params(params)
+            if why:
+                raise ValueError(f"params: {why}")
+    if values["duration"] is not None and not isinstance(values["duration"], int):
+        raise ValueError(f"duration must be whole seconds, not {values['duration']!r}")
+    fields = {"endpoint_id": endpoint, "item_id": str(item_id), "prompt": prompt_n, **values, "image_sha256": sha}
+    if params:
+        fields["params"] = json.loads(json.dumps(params, sort_keys=True))
+    return fields
 
 
 def check_backend(backend: str) -> str:
@@ -114,7 +127,7 @@ def check_backend(backend: str) -> str:
 
 def request_key(
     endpoint_id: str, *, item_id: str, prompt: str, resolution: str, aspect_ratio: str, duration: int,
-    image_sha256: str, backend: str = "fal",
+    image_sha256: str, backend: str = "fal", params: dict[str, Any] | None = None,
 ) -> str:
     """sha256 hex of the canonical JSON of the normalized request fields. There is deliberately no key parameter.
 
@@ -122,7 +135,7 @@ def request_key(
     fal's keys leave it out (they are the keys ledgers have always held); the simulator's carry it."""
     fields = normalized_spec(
         endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
-        duration=duration, image_sha256=image_sha256,
+        duration=duration, image_sha256=image_sha256, params=params,
     )
     fields["key_version"] = KEY_VERSION
     if check_backend(backend) != "fal":  # fal's keys stay what they always were: no paid result is orphaned
@@ -147,25 +160,27 @@ class RequestSpec:
     used_openai_key: bool
     estimated_cost: float
     backend: str = "fal"
+    params: dict[str, Any] | None = None  # extra endpoint inputs (the catalog's `params`); part of the key
 
     @classmethod
     def create(
         cls, endpoint_id: str, *, item_id: str, day: str, prompt: str, resolution: Any, aspect_ratio: Any,
         duration: Any, image_sha256: str, used_openai_key: bool, estimated_cost: float, backend: str = "fal",
+        params: dict[str, Any] | None = None,
     ) -> RequestSpec:
         n = normalized_spec(
             endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
-            duration=duration, image_sha256=image_sha256,
+            duration=duration, image_sha256=image_sha256, params=params,
         )
         key = request_key(
             endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
-            duration=duration, image_sha256=image_sha256, backend=backend,
+            duration=duration, image_sha256=image_sha256, backend=backend, params=params,
         )
         return cls(
             request_key=key, item_id=n["item_id"], day=str(day), endpoint_id=n["endpoint_id"], prompt=n["prompt"],
             resolution=n["resolution"], aspect_ratio=n["aspect_ratio"], duration=n["duration"],
             image_sha256=n["image_sha256"], used_openai_key=bool(used_openai_key),
-            estimated_cost=float(estimated_cost), backend=backend,
+            estimated_cost=float(estimated_cost), backend=backend, params=n.get("params"),
         )
 
     def spec_json(self) -> dict[str, Any]:
@@ -173,11 +188,12 @@ class RequestSpec:
         n = normalized_spec(
             self.endpoint_id, item_id=self.item_id, prompt=self.prompt, resolution=self.resolution,
             aspect_ratio=self.aspect_ratio, duration=self.duration, image_sha256=self.image_sha256,
+            params=self.params,
         )
         expected = request_key(
             self.endpoint_id, item_id=self.item_id, prompt=self.prompt, resolution=self.resolution,
             aspect_ratio=self.aspect_ratio, duration=self.duration, image_sha256=self.image_sha256,
-            backend=self.backend,
+            backend=self.backend, params=self.params,
         )
         if expected != self.request_key:
             raise ValueError(f"request_key of item {self.item_id!r} does not match its fields")

@@ -20,13 +20,13 @@ import re
 import time
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sora_pipeline.simulator import hostile
-from sora_pipeline.simulator._models import ImageToVideoInput
+from sora_pipeline.endpoints import get_profile
+from sora_pipeline.simulator import endpoint_inputs
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.core import Simulator, SimulatorApp, _base, _clip_failed, _detail, _drop, _Ticker
 from sora_pipeline.simulator.faults import PRE_RECORD_KINDS, fault_response, request_error_response
@@ -165,15 +165,12 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         if not isinstance(data, dict):
             return refused("submit", _detail(422, [{"loc": ["body"], "msg": "Input should be a JSON object",
                                                     "type": "json_invalid"}]))
-        try:
-            inp = ImageToVideoInput.model_validate(data)
-        except ValidationError as exc:
-            errors = [{"loc": ["body", *err.get("loc", ())], "msg": err.get("msg", "invalid"),
-                       "type": err.get("type", "value_error")}
-                      for err in exc.errors(include_input=False, include_url=False, include_context=False)]
+        profile = get_profile(endpoint)
+        errors = endpoint_inputs.problems(profile, data)
+        if errors:
             return refused("submit", _detail(422, errors))
-        payload = inp.to_payload()
-        payload.pop("api_key", None)
+        payload = endpoint_inputs.accepted_payload(profile, data)
+        prompt = str(payload.get(profile.catalog_mapping["prompt"], ""))
         with book.lock:
             job_faults = faults.for_job()
         for name in ("request_error", "foreign_urls", "bad_request_id"):
@@ -181,22 +178,23 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
                 book.count_fault(name)
         failure = job_faults.request_error
         token = config.fail_prompts_containing
-        if token and token in inp.prompt:
+        if token and token in prompt:
             failure = "simulated_model_error"
         rid, gid = book.new_ids()
         now = time.monotonic()
         job = Job(id=rid, gateway_id=gid, owner=p["owner"], alias=p["alias"], endpoint=endpoint, seq=0,
                   payload=payload, submitted_at=now, wall_at_submit=time.time(),
                   eligible_at=now + config.queue_latency, faults=job_faults, failure=failure,
-                  webhook=request.query_params.get("fal_webhook"), base_url=_base(request))
+                  webhook=request.query_params.get("fal_webhook"), base_url=_base(request),
+                  summary=endpoint_inputs.describe(profile, payload))
         if failure is None:
-            job.clip = sim.clip_for(payload)
+            job.clip = sim.clip_for(endpoint_inputs.video_shape(profile, payload))
             job.clip.add_done_callback(lambda _f, j=job: setattr(j, "clip_ready_at", time.monotonic()))
         position = book.add(job)
         if request_log.isEnabledFor(logging.INFO):
+            _, res, aspect, seconds = endpoint_inputs.video_shape(profile, payload)
             request_log.info("submit %s %s prompt=%s duration=%ss resolution=%s aspect_ratio=%s", rid, endpoint,
-                             _short(inp.prompt), payload.get("duration", "?"), payload.get("resolution", "?"),
-                             payload.get("aspect_ratio", "?"))
+                             _short(prompt), f"{seconds:g}", res, aspect)
         if job.webhook:
             deliverer.add(job)
         body = {"request_id": hostile.bad_request_id(rid) if job_faults.bad_request_id else rid,

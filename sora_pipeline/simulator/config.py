@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sora_pipeline.simulator._models import DEFAULT_ENDPOINT_ID
+from sora_pipeline.endpoints import known_endpoints
 
 #: fault kinds the simulator can inject, with what each does (see `faults.py` and `hostile.py`); enable one with
 #: `SimulatorConfig(faults={"<kind>": probability})` or `python -m sora_pipeline.simulator --fault <kind>=<p>`
@@ -59,7 +59,8 @@ class SimulatorConfig(BaseModel):
     auth_required: bool = True
     video_cache_dir: str | None = None
     fail_prompts_containing: str | None = "[simulate-failure]"
-    endpoint_ids: tuple[str, ...] = (DEFAULT_ENDPOINT_ID,)
+    #: the endpoints it serves: every shipped profile (`sora_pipeline.endpoints`), each with its own inputs
+    endpoint_ids: tuple[str, ...] = Field(default_factory=lambda: tuple(known_endpoints()))
     encode_workers: int | None = Field(default=None, ge=1)
     # -- webhook delivery (submit with `?fal_webhook=<url>`; see `webhook.py`) ------------------------------------
     #: Ed25519 signing key: 64 hex characters are the 32-byte seed, any other text is hashed (sha256) into one;

@@ -64,9 +64,10 @@ class Simulator:
         if self._own_cache:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
 
-    def clip_for(self, payload: dict[str, Any]) -> Future:
-        """The (shared) future of the clip for an input; identical inputs share one encode."""
-        key = (payload["image_url"], payload["resolution"], payload["aspect_ratio"], payload["duration"])
+    def clip_for(self, shape: tuple[str, str, str, float]) -> Future:
+        """The (shared) future of the clip of a shape (image_url, resolution, aspect_ratio, seconds: see
+        `endpoint_inputs.video_shape`); identical shapes share one encode."""
+        key = shape
         with self.book.lock:
             fut = self._clips.get(key)
             if fut is None or _clip_failed(fut):
@@ -74,7 +75,7 @@ class Simulator:
                 self._clips[key] = fut
             return fut
 
-    def _render(self, image_url: str, resolution: str, aspect_ratio: str, duration: int) -> ClipInfo:
+    def _render(self, image_url: str, resolution: str, aspect_ratio: str, duration: float) -> ClipInfo:
         image = load_image_bytes(image_url)
         size = image_size(image) or (None, None)
         width, height = dimensions(resolution, aspect_ratio, *size)

@@ -49,7 +49,7 @@ class Job:
     alias: str
     endpoint: str
     seq: int
-    payload: dict[str, Any]  # to_payload() minus api_key
+    payload: dict[str, Any]  # the accepted input: defaults filled in, secrets dropped
     submitted_at: float
     wall_at_submit: float
     eligible_at: float
@@ -64,6 +64,7 @@ class Job:
     clip_ready_at: float | None = None
     result_404_served: bool = False
     inference_time: float | None = None
+    summary: str | None = None  # the "Starting …" log line (model and what it was asked for)
 
     def finish_time(self, run_latency: float) -> float:
         assert self.started_at is not None
@@ -81,9 +82,7 @@ class Job:
     def logs(self, now: float) -> list[dict[str, str]]:
         events: list[tuple[float, str, str, str]] = [(self.submitted_at, "INFO", "gateway", "Request queued")]
         if self.started_at is not None:
-            d, r, a = self.payload["duration"], self.payload["resolution"], self.payload["aspect_ratio"]
-            events.append((self.started_at, "INFO", "user",
-                           f"Starting Sora 2 Pro image-to-video ({d}s, resolution={r}, aspect_ratio={a})"))
+            events.append((self.started_at, "INFO", "user", self.summary or "Starting image-to-video"))
             events.append((self.started_at, "INFO", "user", "Encoding video"))
         if self.finished_at is not None and self.state == "COMPLETED":
             if self.failure:
@@ -179,7 +178,7 @@ class JobBook:
             self.submits += 1
             h = input_hash(job.payload)
             self.submits_by_input[h] = self.submits_by_input.get(h, 0) + 1
-            prompt = job.payload["prompt"]
+            prompt = str(job.payload.get("prompt", ""))
             self.submits_by_prompt[prompt] = self.submits_by_prompt.get(prompt, 0) + 1
             if job.webhook:
                 info = {"request_id": job.id, "url": job.webhook, "state": "pending", "attempts": 0,

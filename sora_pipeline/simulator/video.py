@@ -29,16 +29,19 @@ def _value(x: object) -> str:
 
 def dimensions(resolution: object, aspect_ratio: object, image_w: int | None = None,
                image_h: int | None = None) -> tuple[int, int]:
-    """Output (width, height): `auto` resolution is 720p, `auto` aspect follows the image (portrait → 9:16)."""
-    res = _value(resolution)
-    short = _RESOLUTION_SHORT_SIDE.get(res, 720) if res != "auto" else 720
-    long = short * 16 // 9
+    """Output (width, height), both even: the resolution ("720p", "768P", "auto" = 720p) is the shorter side;
+    the aspect ratio is "W:H" (16:9, 9:16, 1:1, ...) or `auto`, which follows the image (portrait → 9:16)."""
+    res = _value(resolution).lower()
+    short = _RESOLUTION_SHORT_SIDE.get(res) or (int(res[:-1]) if res[:-1].isdigit() and res.endswith("p") else 720)
     aspect = _value(aspect_ratio)
-    if aspect == "auto":
+    w, _, h = aspect.partition(":")
+    if aspect == "auto" or not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
         portrait = bool(image_w and image_h and image_h > image_w)
-    else:
-        portrait = aspect == "9:16"
-    return (short, long) if portrait else (long, short)
+        w, h = ("9", "16") if portrait else ("16", "9")
+    aw, ah = int(w), int(h)
+    long = short * max(aw, ah) // min(aw, ah) // 2 * 2
+    short = short // 2 * 2
+    return (short, long) if ah > aw else (long, short) if aw > ah else (short, short)
 
 
 def image_size(image_bytes: bytes | None) -> tuple[int, int] | None:

@@ -57,8 +57,9 @@ CATALOG_ITEMS = TableDef("catalog_items", "Valid catalog rows scheduled for the 
        "image_uri"),
     _c("resolution", pa.string(), "resolution (nulls → auto)", "resolution"),
     _c("aspect_ratio", pa.string(), "aspect ratio (nulls → auto)", "aspect_ratio"),
-    _c("duration", pa.int32(), "seconds (nulls → 4)", "duration"),
+    _c("duration", pa.int32(), "seconds (nulls → the endpoint's default)", "duration"),
     _c("scheduled_date", pa.date32(), "the day partition", "scheduled_date"),
+    _c("params", pa.string(), "extra endpoint inputs as a JSON object (null: none)", "params"),
 ))
 
 REJECTED_ITEMS = TableDef("rejected_items", "Catalog rows of the day that break a rule, with the reason", (

@@ -1,6 +1,7 @@
 """The day's slice of the catalog: valid rows (`catalog_items`) and rows that break a rule (`rejected_items`)."""
 
 
+import json
 from datetime import date
 
 import dagster as dg
@@ -9,6 +10,7 @@ from sora_pipeline.defs.assets.lineage import selected_results, spec_metadata, t
 from sora_pipeline.catalog import CatalogError, read_catalog_day
 from sora_pipeline.defs.partitions import daily_partitions, partition_problem
 from sora_pipeline.warehouse.schemas import CATALOG_ITEMS, REJECTED_ITEMS
+from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 GROUP = "catalog"
@@ -34,21 +36,22 @@ catalog_source = dg.AssetSpec(
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     can_subset=True,  # both tables are always written; events only for the selected ones
 )
-def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResource, fal: FalVideoResource):
     day = context.partition_key
     problem = partition_problem(day)  # (Dagster refuses such a day before a run; a run from elsewhere may not)
     if problem:
         raise dg.Failure(description=problem, allow_retries=False)
     try:
         sl = read_catalog_day(warehouse.catalog_uri, date.fromisoformat(day), image_roots=warehouse.image_roots,
-                              storage_options=warehouse.storage_options or None)
+                              storage_options=warehouse.storage_options or None, profile=fal.profile())
     except CatalogError as exc:  # the whole catalog is unusable (not a row): one line saying what to set
         raise dg.Failure(description=catalog_problem(exc), allow_retries=False) from None
     valid = [{
         "item_id": i.item_id, "prompt": i.prompt, "image_uri": i.image_uri,
         "image_ref": i.image_ref,
-        "resolution": i.resolution.value, "aspect_ratio": i.aspect_ratio.value, "duration": int(i.duration),
-        "scheduled_date": i.scheduled_date} for i in sl.valid]
+        "resolution": i.resolution, "aspect_ratio": i.aspect_ratio, "duration": i.duration,
+        "scheduled_date": i.scheduled_date,
+        "params": json.dumps(i.params, sort_keys=True) if i.params else None} for i in sl.valid]
     rejected = [{"item_id": r.item_id, "row_index": r.row_index, "field": r.field, "reason": r.reason,
                  "scheduled_date": r.scheduled_date} for r in sl.rejected]
     for r in sl.rejected:

@@ -3,6 +3,7 @@
 Writes `generations` (one row per item: what happened) and `failed_generations` (items without a video)."""
 
 
+import json
 from collections import Counter
 
 import dagster as dg
@@ -55,8 +56,10 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                 warehouse: WarehouseResource):
     day = context.partition_key
     items = [WorkItem(item_id=r["item_id"], prompt=r["prompt"], image_ref=r["image_ref"],
-                      resolution=r["resolution"], aspect_ratio=r["aspect_ratio"], duration=int(r["duration"]),
-                      day=day) for r in arrow_rows(warehouse.read("catalog_items", day))]
+                      resolution=r["resolution"], aspect_ratio=r["aspect_ratio"],
+                      duration=None if r["duration"] is None else int(r["duration"]), day=day,
+                      params=json.loads(r["params"]) if r.get("params") else None)
+             for r in arrow_rows(warehouse.read("catalog_items", day))]
     ledger = warehouse.ledger()
     context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}")
     run_config = GenerationConfig(
@@ -68,7 +71,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                               regenerate=config.regenerate,
                               # a submit claim older than the longest possible submit call belongs to a dead run
                               submit_lease_seconds=fal.retry_total_timeout + 2 * fal.request_timeout + 30),
-        prices=PriceTable.from_env(), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
+        prices=PriceTable.from_env(profile=fal.profile()), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
         dry_run=config.dry_run, openai_api_key=fal.openai_api_key,
         progress_interval=config.progress_interval_seconds,
         webhook_wait=fal.webhook_wait_seconds if fal.webhook_url else None,

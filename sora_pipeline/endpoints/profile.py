@@ -1,0 +1,321 @@
+"""One fal endpoint's profile: what it accepts (its input schema, reduced from fal's OpenAPI document), how the
+catalog's columns map onto its inputs, what it returns, what it costs and what videos it makes. Profiles are data
+(`profiles/*.json`); this module reads them and applies them: catalog values → endpoint values (with the allowed
+values in every refusal), the submit payload, its validation before spend, extra `params`, and prices."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONCEPTS = ("prompt", "image", "resolution", "aspect_ratio", "duration", "openai_api_key")
+_HEIGHT = re.compile(r"^(\d{3,4})[pP]$")
+_MAX_PARAMS_JSON = 16 * 1024
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    what: str
+    url: str
+    retrieved: str
+    note: str | None = None
+
+
+class FieldSpec(BaseModel):
+    """One input property (a JSON Schema subset)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    type: Literal["string", "integer", "number", "boolean", "array", "object"] | None = None
+    enum: list[Any] | None = None
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    min_length: int | None = Field(default=None, alias="minLength")
+    max_length: int | None = Field(default=None, alias="maxLength")
+    description: str | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not acceptable, or None. Never echoes long values."""
+        if value is None:
+            return None
+        if self.enum is not None:  # as lax as fal's pydantic: 8 and "8" both pass an integer enum
+            ok = any(_lax_equal(e, value) for e in self.enum)
+            return None if ok else f"{_show(value)} is not one of {allowed_text(self.enum)}"
+        kind = self.type
+        ok = {"string": isinstance(value, str), "boolean": isinstance(value, bool),
+              "integer": isinstance(value, int) and not isinstance(value, bool),
+              "number": isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(float(value)),
+              "array": isinstance(value, list), "object": isinstance(value, dict), None: True}[kind]
+        if not ok:
+            return f"{_show(value)} is not a{'n' if kind in ('integer', 'array', 'object') else ''} {kind}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.minimum is not None and value < self.minimum:
+                return f"{_show(value)} is below the minimum {self.minimum:g}"
+            if self.maximum is not None and value > self.maximum:
+                return f"{_show(value)} is above the maximum {self.maximum:g}"
+        if isinstance(value, str):
+            if self.min_length is not None and len(value) < self.min_length:
+                return f"must have at least {self.min_length} characters"
+            if self.max_length is not None and len(value) > self.max_length:
+                return f"must have at most {self.max_length} characters"
+        return None
+
+
+class InputSchema(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    required: list[str] = Field(default_factory=list)
+    properties: dict[str, FieldSpec]
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    video_field: str = "video"
+    id_field: str | None = None
+    required: list[str] = Field(default_factory=list)
+    properties: list[str] = Field(default_factory=list)
+
+
+class Pricing(BaseModel):
+    """USD per generated second by the endpoint's resolution value (`*`: any), or per video by duration value."""
+
+    model_config = ConfigDict(extra="ignore")
+    unit: Literal["second", "video"] = "second"
+    per_second: dict[str, float] = Field(default_factory=dict)
+    per_video: dict[str, float] = Field(default_factory=dict)
+    auto_tier: str | None = None
+    currency: str = "USD"
+
+
+class VideoSpec(BaseModel):
+    """What the endpoint's videos look like (the simulator makes them so; estimates use it)."""
+
+    model_config = ConfigDict(extra="ignore")
+    auto_resolution: str | None = None
+    auto_aspect_ratio: str = "16:9"
+    heights: dict[str, int] = Field(default_factory=lambda: {"*": 720})
+    fps: float = 24.0
+    latency_s: float = 120.0
+    fixed_duration: int | None = None  # when the endpoint has no duration input
+
+
+class EndpointProfile(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    endpoint_id: str
+    title: str
+    sources: list[Source] = Field(default_factory=list)
+    input: InputSchema
+    secret_inputs: list[str] = Field(default_factory=list)
+    catalog_mapping: dict[str, str | None]
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    pricing: Pricing
+    video: VideoSpec = Field(default_factory=VideoSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EndpointProfile:
+        props = self.input.properties
+        for concept in ("prompt", "image"):
+            if not self.catalog_mapping.get(concept):
+                raise ValueError(f"catalog_mapping.{concept} is required")
+        for concept, name in self.catalog_mapping.items():
+            if concept not in CONCEPTS:
+                raise ValueError(f"catalog_mapping: unknown concept {concept!r} (known: {', '.join(CONCEPTS)})")
+            if name is not None and name not in props:
+                raise ValueError(f"catalog_mapping.{concept} names {name!r}, which is not an input")
+        for name, spec in props.items():
+            if spec.enum is not None and spec.default is not None and spec.default not in spec.enum:
+                raise ValueError(f"input {name}: default {spec.default!r} is not in its enum")
+        if not self.pricing.per_second and not self.pricing.per_video:
+            raise ValueError("pricing needs per_second or per_video")
+        return self
+
+    # ---- the catalog's concepts on this endpoint -------------------------------------------------------------
+    def field_for(self, concept: str) -> tuple[str, FieldSpec] | None:
+        name = self.catalog_mapping.get(concept)
+        return (name, self.input.properties[name]) if name else None
+
+    def allowed(self, concept: str) -> list[Any] | None:
+        """The endpoint's allowed values for a catalog concept (None: free, or no such input)."""
+        found = self.field_for(concept)
+        if found is None or found[1].enum is None:
+            return None
+        return [_as_catalog(concept, v) for v in found[1].enum]
+
+    def default(self, concept: str) -> Any:
+        found = self.field_for(concept)
+        if found is None:
+            return self.video.fixed_duration if concept == "duration" else None
+        return _as_catalog(concept, found[1].default)
+
+    def catalog_value(self, concept: str, value: Any) -> tuple[Any, str | None]:
+        """A catalog cell (already plain: str for resolution/aspect_ratio, int for duration, or None) → the
+        value to record for this endpoint, or a reason naming the allowed values."""
+        found = self.field_for(concept)
+        if value is None:
+            return self.default(concept), None
+        if found is None:
+            if concept == "duration" and value == self.video.fixed_duration:
+                return value, None
+            if concept in ("resolution", "aspect_ratio") and str(value).strip().lower() == "auto":
+                return None, None
+            return None, f"{_show(value)}: {self.endpoint_id} has no {concept} input (leave it empty)"
+        name, spec = found
+        if spec.enum is None:
+            wire = _to_wire(spec, value)
+            why = spec.problem(wire)
+            return (None, why) if why else (_as_catalog(concept, wire), None)
+        for candidate in spec.enum:
+            if _same(candidate, value):
+                return _as_catalog(concept, candidate), None
+        return None, self.refusal(concept, value)
+
+    def refusal(self, concept: str, value: Any) -> str:
+        """The one-line reason a catalog value is refused, naming what this endpoint accepts."""
+        allowed = self.allowed(concept)
+        if allowed is None:
+            return f"{_show(value)} is not accepted by {self.endpoint_id}"
+        return f"{_show(value)} is not one of {allowed_text(allowed)} (the values {self.endpoint_id} accepts)"
+
+    def validate_params(self, params: Any) -> tuple[dict[str, Any], str | None]:
+        """The `params` column: a JSON object of extra inputs, each an input of this endpoint that no catalog
+        column maps to and that is not a secret, each value valid for it."""
+        if params is None:
+            return {}, None
+        if not isinstance(params, dict):
+            return {}, "must be a JSON object"
+        mapped = {n for n in self.catalog_mapping.values() if n}
+        for key, value in params.items():
+            spec = self.input.properties.get(key)
+            if spec is None:
+                extra = sorted(set(self.input.properties) - mapped - set(self.secret_inputs))
+                return {}, (f"{_show(key)} is not an input of {self.endpoint_id} "
+                            f"(extra inputs: {', '.join(extra) or 'none'})")
+            if key in self.secret_inputs:
+                return {}, f"{key!r} is a secret input: set it in the environment, never in the catalog"
+            if key in mapped:
+                concept = next(c for c, n in self.catalog_mapping.items() if n == key)
+                return {}, f"{key!r} comes from the catalog's {concept} column, not from params"
+            why = spec.problem(value)
+            if why:
+                return {}, f"{key}: {why}"
+        return dict(params), None
+
+    # ---- the request -----------------------------------------------------------------------------------------
+    def payload(self, *, prompt: str, image_url: str, resolution: Any = None, aspect_ratio: Any = None,
+                duration: Any = None, params: dict[str, Any] | None = None,
+                secrets: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """The submit body (reveals secrets; never log it)."""
+        body: dict[str, Any] = {self.catalog_mapping["prompt"]: prompt, self.catalog_mapping["image"]: image_url}
+        for concept, value in (("resolution", resolution), ("aspect_ratio", aspect_ratio), ("duration", duration)):
+            found = self.field_for(concept)
+            if found is None:
+                continue
+            value = self.default(concept) if value is None else value
+            if value is not None:
+                body[found[0]] = _to_wire(found[1], value)
+        body.update(params or {})
+        for concept, secret in (secrets or {}).items():
+            found = self.field_for(concept)
+            if found is not None and secret is not None:
+                body[found[0]] = secret
+        return body
+
+    def payload_problems(self, body: Any) -> list[tuple[str, str, str]]:
+        """(field, message, pydantic-style error type) for everything the endpoint would refuse with a 422:
+        missing required inputs, unknown inputs, wrong types, values outside an enum or a range."""
+        if not isinstance(body, dict):
+            return [("body", "Input should be a JSON object", "model_type")]
+        problems = [(name, "Field required", "missing") for name in self.input.required if body.get(name) is None]
+        for name, value in body.items():
+            spec = self.input.properties.get(name)
+            if spec is None:
+                problems.append((name, "Extra inputs are not permitted", "extra_forbidden"))
+            elif name in self.input.required and isinstance(value, str) and not value.strip():
+                problems.append((name, "must not be blank", "value_error"))
+            elif (why := spec.problem(value)) is not None:
+                kind = "enum" if spec.enum is not None else "value_error"
+                problems.append((name, why if name not in self.secret_inputs else "invalid", kind))
+        return problems
+
+    # ---- money and media -------------------------------------------------------------------------------------
+    def price_tiers(self) -> dict[str, float]:
+        return dict(self.pricing.per_second)
+
+    def seconds_of(self, duration: Any) -> float:
+        d = self.default("duration") if duration is None else duration
+        return float(d) if d is not None else float(self.video.fixed_duration or 0)
+
+    def height_of(self, resolution: Any) -> int:
+        """Output height for a recorded resolution value (`auto`: the profile's auto_resolution)."""
+        heights = self.video.heights
+        r = resolution if resolution not in (None, "auto") else (self.video.auto_resolution or "*")
+        if r in heights:
+            return heights[r]
+        if m := _HEIGHT.match(str(r)):
+            return int(m.group(1))
+        return heights.get("*", max(heights.values()))
+
+
+def allowed_text(values: list[Any]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _lax_equal(candidate: Any, value: Any) -> bool:
+    if isinstance(candidate, bool) or isinstance(value, bool):
+        return candidate is value
+    if isinstance(candidate, int) and isinstance(value, str):
+        return value.strip().lstrip("-").isdigit() and int(value.strip()) == candidate
+    return type(candidate) is type(value) and candidate == value or (
+        isinstance(candidate, (int, float)) and isinstance(value, (int, float)) and candidate == value)
+
+
+def _same(candidate: Any, value: Any) -> bool:
+    if isinstance(candidate, str):
+        if isinstance(value, str):
+            return candidate == value or candidate.lower() == value.strip().lower()
+        if isinstance(value, int) and not isinstance(value, bool):
+            return candidate == str(value)
+        return False
+    if isinstance(candidate, bool) or isinstance(value, bool):
+        return False
+    if isinstance(candidate, (int, float)) and isinstance(value, (int, float)):
+        return candidate == value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return candidate == int(value.strip())
+    return False
+
+
+def _to_wire(spec: FieldSpec, value: Any) -> Any:
+    """A recorded value in the type the endpoint declares ("5" for a string enum, 4 for an integer one)."""
+    kinds = {type(e) for e in spec.enum or ()} or ({str} if spec.type == "string" else
+                                                    {int} if spec.type == "integer" else set())
+    if kinds == {str} and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if kinds == {int} and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    if spec.enum:
+        for candidate in spec.enum:
+            if _same(candidate, value):
+                return candidate
+    return value
+
+
+def _as_catalog(concept: str, value: Any) -> Any:
+    """An endpoint value as the catalog records it: durations are whole seconds (int), others strings."""
+    if value is None:
+        return None
+    if concept == "duration":
+        if isinstance(value, str):
+            digits = value.strip().rstrip("s")
+            return int(digits) if digits.isdigit() else value
+        return int(value) if isinstance(value, (int, float)) and float(value).is_integer() else value
+    return value
