@@ -19,6 +19,7 @@ from sora_pipeline.fal.limits import (
     MAX_STREAM_EVENT_BYTES_ENV,
     byte_cap,
 )
+from sora_pipeline.fal.storage import StorageSettings
 from sora_pipeline.fal.urls import split_endpoint
 
 DEFAULT_POLL_INTERVAL = 1.0  # seconds; backs off for long generations, never below this
@@ -99,6 +100,10 @@ class PipelineSettings:
                 byte_cap(None, name, default, env)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        try:  # fal storage uploads of large images (sora_pipeline/fal/storage.py)
+            StorageSettings.from_env(env)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         roots = tuple(r.strip() for r in (get("SORA_IMAGE_ROOTS") or "").split(",") if r.strip())
         return cls(
             catalog_uri=get("SORA_CATALOG_URI") or "data/catalog",

@@ -1,7 +1,7 @@
 """The fal room: the queue client (`client`; sans-IO `protocol` with its `urls`, byte `limits`, `error_mapping`
 and retry/poll `policies`; typed `errors`), the endpoint's input/output schema (`models`, shared with the
-simulator), image inputs and their allowed sources (`inputs`, `image_sources`), and which backend a queue URL is
-(`identity`). Pure httpx; no Dagster import.
+simulator), image inputs and their allowed sources (`inputs`, `image_sources`), uploads of large ones to fal
+storage (`storage`), and which backend a queue URL is (`identity`). Pure httpx; no Dagster import.
 
 Names are imported lazily, so importing the shared schema (`sora_pipeline.fal.models`) does not load the client."""
 
@@ -18,6 +18,7 @@ _EXPORTS = {
     "DEFAULT_ENDPOINT_ID": "models", "AspectRatio": "models", "Duration": "models",
     "ImageToVideoInput": "models", "ImageToVideoOutput": "models", "Resolution": "models", "VideoFile": "models",
     "PollPolicy": "policies", "QueueHandle": "protocol", "QueueStatus": "protocol", "RetryPolicy": "policies",
+    "StorageSettings": "storage", "StorageUploader": "storage", "StorageUploadError": "storage",
 }
 __all__ = sorted(_EXPORTS)
 

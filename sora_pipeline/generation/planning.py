@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from sora_pipeline.fal.inputs import ImageInput, ImageInputError, load_image_input
+from sora_pipeline.fal.inputs import ImageInput, ImageInputError
 from sora_pipeline.generation.costs import estimate_cost
+from sora_pipeline.generation.images import load_image
 from sora_pipeline.generation.records import GenerationConfig, Planned, WorkItem
 from sora_pipeline.ledger import Ledger, RequestSpec
 
@@ -17,7 +18,7 @@ def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) 
 
     def load(ref: str) -> ImageInput | str:
         try:
-            return load_image_input(ref, storage_options=config.storage_options)
+            return load_image(ref, storage_options=config.storage_options)  # large ones: fal storage later
         except ImageInputError as exc:
             return str(exc)
 

@@ -36,6 +36,7 @@ from sora_pipeline.generation.cancel import cancel_requests
 from sora_pipeline.generation.costs import BudgetGuard, actual_cost
 from sora_pipeline.generation.failpoints import armed, failpoint
 from sora_pipeline.generation.group_commit import GroupCommit, ledger_unavailable
+from sora_pipeline.generation.images import ImageUploads
 from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
 from sora_pipeline.generation.pacing import Slot, SubmitsFirst
 from sora_pipeline.generation.planning import plan_items
@@ -149,6 +150,7 @@ class GenerationRunner:
         self._submits_first = SubmitsFirst(SUBMITS_FIRST_MAX_WAIT)
         self._submitting = asyncio.Semaphore(cfg.submit_concurrency)
         self._downloads = asyncio.Semaphore(cfg.download_concurrency)
+        self._images = ImageUploads(self.ledger, self._db, cfg)  # large images: fal storage, uploaded once
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
         downloads = httpx.AsyncClient(timeout=httpx.Timeout(120.0), verify=shared_ssl_context(),
                                       limits=httpx.Limits(max_keepalive_connections=IDLE_CONNECTIONS))
@@ -232,6 +234,7 @@ class GenerationRunner:
         started, handle = time.monotonic(), None
         while True:
             if would_submit(entry, cfg.policy) or (entry and entry.state == RequestState.SUBMITTING):
+                p = await self._images.prepare(p, self._client)  # a large image gets its storage URL
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
                 async with self._submits_first.waiting(), self._submitting:

@@ -23,6 +23,7 @@ from .queries import LedgerQueries
 from .rescue import RescueJournal
 from .schema import ensure_schema, make_engine, requests, utcnow, write
 from .transitions import LedgerTransitions
+from .uploads import LedgerUploads
 
 __all__ = ["UNCONFIRMED_SUBMIT", "Ledger"]
 log = logging.getLogger("sora_pipeline.ledger")
@@ -36,7 +37,7 @@ def _default_rescue_path(engine: Engine) -> str:
     return os.path.join(os.environ.get("DAGSTER_HOME") or os.getcwd(), "sora_ledger_rescued.jsonl")
 
 
-class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites, LedgerAdmission):
+class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites, LedgerAdmission, LedgerUploads):
     """Durable per-request state on SQLite (file) or PostgreSQL. Every method uses its own pooled connection."""
 
     def __init__(self, url: str, *, engine_kwargs: dict[str, Any] | None = None,

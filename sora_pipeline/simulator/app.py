@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sora_pipeline.simulator import hostile
+from sora_pipeline.simulator import hostile, storage
 from sora_pipeline.endpoints import get_profile
 from sora_pipeline.simulator import endpoint_inputs
 from sora_pipeline.simulator.config import SimulatorConfig
@@ -350,6 +350,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         Route("/_simulator/stats", stats, methods=["GET"]),
         Route("/_simulator/reset", reset, methods=["POST"]),
         Route("/_simulator/files/{name}", files, methods=["GET"]),
+        *storage.ROUTES,  # fal storage uploads (simulator/storage.py)
         Route(req + "/status", status, methods=["GET"]),
         Route(req + "/status/stream", status_stream, methods=["GET"]),
         Route(req + "/cancel", cancel, methods=["PUT"]),

@@ -178,10 +178,28 @@ def _is_loopback_host(host: str | None) -> bool:
         return False
 
 
+_uploads: dict[str, str] = {}  # file URL of an upload to a simulator of this process → the file on disk
+_uploads_lock = threading.Lock()
+
+
+def register_upload(file_url: str, path: str) -> None:
+    """Remember where the file served at `file_url` (`simulator/storage.py`) lies, so a job starts from it."""
+    with _uploads_lock:
+        _uploads[file_url] = path
+
+
 def load_image_bytes(image_url: str, timeout: float = 10.0) -> bytes | None:
-    """Bytes of the input image: a `data:` URI or an `http://` loopback URL; anything else → None (placeholder).
+    """Bytes of the input image: a `data:` URI, a file uploaded to a simulator of this process (read from disk),
+    or an `http://` loopback URL; anything else → None (placeholder).
 
     Never touches a non-loopback host."""
+    with _uploads_lock:
+        uploaded = _uploads.get(image_url)
+    if uploaded is not None:
+        try:
+            return Path(uploaded).read_bytes()
+        except OSError:
+            return None
     if image_url.startswith("data:"):
         header, _, data = image_url.partition(",")
         if not header.endswith(";base64"):
