@@ -1,0 +1,112 @@
+"""`python -m sora_pipeline.endpoints list` prints the shipped endpoint profiles (what each maps, its durations,
+resolutions and price); `python -m sora_pipeline.endpoints refresh ENDPOINT_ID` refreshes one from fal's OpenAPI
+document and pricing API (`refresh.py`; docs/endpoints.md). Errors are one line, `error: …`, with the exit code
+of `refresh.py` (1 download, 2 usage, 3 bad document, 4 the profile needs a person)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sora_pipeline.endpoints.refresh import (API_BASE, CONCEPTS, EXIT_USAGE, OPENAPI_BASE, PROFILES_DIR,
+                                             RefreshError, parse_mapping, read_profiles, refresh)
+from sora_pipeline.redact import redact
+
+
+def _field(profile: dict[str, Any], concept: str) -> dict[str, Any] | None:
+    name = profile.get("catalog_mapping", {}).get(concept)
+    return profile.get("input", {}).get("properties", {}).get(name) if name else None
+
+
+def _values(spec: dict[str, Any] | None, unit: str = "") -> str:
+    if spec is None:
+        return "—"
+    if "enum" in spec:
+        return ", ".join(f"{v}{unit}" for v in spec["enum"])
+    low, high = spec.get("minimum"), spec.get("maximum")
+    return f"{low:g}–{high:g}{unit}" if low is not None and high is not None else f"any {spec.get('type', '')}"
+
+
+def _usd(value: float) -> str:
+    return f"${value:.2f}" if round(value, 2) == value else f"${value:g}"
+
+
+def _price(pricing: dict[str, Any]) -> str:
+    if pricing.get("per_second"):
+        tiers = pricing["per_second"]
+        return ", ".join(f"{_usd(v)}/s" + ("" if t == "*" else f" {t}") for t, v in tiers.items())
+    tiers = pricing.get("per_video") or {}
+    return ", ".join(f"{_usd(v)}/video" + ("" if t == "*" else f" ({t})") for t, v in tiers.items()) or "?"
+
+
+def table(profiles: dict[str, dict[str, Any]]) -> str:
+    """The `list` table: endpoint, catalog concepts → inputs, durations, resolutions, price."""
+    rows = [("endpoint", "maps (catalog → input)", "durations", "resolutions", "price")]
+    for endpoint_id, p in sorted(profiles.items()):
+        mapping = p.get("catalog_mapping", {})
+        maps = ", ".join(c if mapping[c] == c else f"{c}→{mapping[c]}" for c in CONCEPTS if mapping.get(c))
+        res = _field(p, "resolution")
+        heights = p.get("video", {}).get("heights", {})
+        resolutions = _values(res) if res else (f"(native {heights['*']}p)" if "*" in heights else "—")
+        rows.append((endpoint_id, maps, _values(_field(p, "duration"), " s"), resolutions,
+                     _price(p.get("pricing", {}))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m sora_pipeline.endpoints",
+                                  description="fal endpoint profiles: list them, refresh one from fal.")
+    sub = top.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="the table of endpoint profiles")
+    ls.add_argument("--profiles-dir", help=f"a folder of profiles (default: the shipped {PROFILES_DIR})")
+    rf = sub.add_parser("refresh", help="refresh one profile from fal's OpenAPI document and price",
+                        description="Downloads the endpoint's queue OpenAPI document (no auth) and its price "
+                                    "(with FAL_KEY from the environment, sent only to --api-url), rewrites the "
+                                    "profile (keeping catalog_mapping, video and sources) and prints the diff.")
+    rf.add_argument("endpoint_id", help="e.g. fal-ai/sora-2/image-to-video")
+    rf.add_argument("--openapi-url", default=OPENAPI_BASE, metavar="BASE",
+                    help=f"where the OpenAPI documents are (default {OPENAPI_BASE})")
+    rf.add_argument("--api-url", default=API_BASE, metavar="BASE",
+                    help=f"fal's platform API, the only origin FAL_KEY is sent to (default {API_BASE})")
+    mode = rf.add_mutually_exclusive_group()
+    mode.add_argument("--write", dest="dry_run", action="store_false", help="write the profile (default)")
+    mode.add_argument("--dry-run", dest="dry_run", action="store_true", help="show the diff, write nothing")
+    rf.set_defaults(dry_run=False)
+    rf.add_argument("--profiles-dir", help=f"write here instead of the shipped {PROFILES_DIR} (read from here "
+                                           "first, then from the shipped folder)")
+    rf.add_argument("--mapping", action="append", metavar="CONCEPT=FIELD[,…]",
+                    help=f"catalog concept → endpoint input ({', '.join(CONCEPTS)}; 'none' for no such input); "
+                         "required for a new endpoint, overrides the profile's otherwise")
+    rf.add_argument("--no-price", action="store_true", help="do not ask fal's pricing API (keep the price)")
+    rf.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            folder = Path(args.profiles_dir) if args.profiles_dir else PROFILES_DIR
+            if not folder.is_dir():
+                raise RefreshError(f"{folder} is not a folder", EXIT_USAGE)
+            print(table(read_profiles(folder)))
+            return 0
+        return refresh(args.endpoint_id, openapi_base=args.openapi_url, api_base=args.api_url,
+                       profiles_dir=args.profiles_dir, dry_run=args.dry_run, mapping=parse_mapping(args.mapping),
+                       fal_key=os.environ.get("FAL_KEY") or None, price=not args.no_price, timeout=args.timeout)
+    except RefreshError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except (OSError, ValueError) as exc:  # an unreadable or broken profile file
+        print(f"error: {redact(str(exc))[:300]}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The simulator's stand-ins for fal's schema and price services, made from the endpoint profiles:
+
+- `GET /api/openapi/queue/openapi.json?endpoint_id=<id>` (no auth, like fal): the endpoint's queue OpenAPI
+  document in fal's shape (`sora_pipeline.endpoints.openapi.openapi_document`), so that
+  `python -m sora_pipeline.endpoints refresh <id> --openapi-url <simulator>` finds nothing to change;
+- `GET /v1/models/pricing?endpoint_id=<id>[,<id>…]` (auth as the queue's, when the config requires it):
+  `{"prices": [{"endpoint_id", "unit_price", "unit", "currency"}], "next_cursor": null, "has_more": false}`.
+
+Profiles are the shipped ones, overridden by `SORA_ENDPOINT_PROFILES` (or by `profiles_dir`), read per request.
+`routes(config)` returns the Starlette routes; the app adds them to its own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sora_pipeline.endpoints.openapi import openapi_document, price_answer
+from sora_pipeline.endpoints.refresh import PROFILES_DIR, read_profiles
+from sora_pipeline.simulator.config import SimulatorConfig
+
+PROFILES_ENV = "SORA_ENDPOINT_PROFILES"
+QUEUE_URL = "https://queue.fal.run"
+MAX_ENDPOINTS = 50  # per pricing request, as fal's API
+
+
+def _detail(status: int, detail: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def routes(config: SimulatorConfig, profiles_dir: str | Path | None = None) -> list[Route]:
+    """The two routes, serving the profiles of `profiles_dir` (else the shipped ones plus `SORA_ENDPOINT_PROFILES`)."""
+
+    def known() -> dict[str, dict[str, Any]]:
+        if profiles_dir is not None:
+            return read_profiles(profiles_dir)
+        found = read_profiles(PROFILES_DIR)
+        extra = os.environ.get(PROFILES_ENV)
+        if extra and Path(extra).expanduser().is_dir():
+            found.update(read_profiles(Path(extra).expanduser()))
+        return found
+
+    def auth_error(request: Request) -> Response | None:
+        if not config.auth_required:
+            return None
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme != "Key" or not key.strip():
+            return _detail(401, "Missing or invalid Authorization header; expected 'Authorization: Key <FAL_KEY>'")
+        if config.accepted_keys is not None and key.strip() not in config.accepted_keys:
+            return _detail(403, "The provided key is not authorized to access this resource")
+        return None
+
+    async def document(request: Request) -> Response:
+        endpoint_id = request.query_params.get("endpoint_id", "").strip().strip("/")
+        if not endpoint_id:
+            return _detail(422, "endpoint_id is required")
+        profile = known().get(endpoint_id)
+        if profile is None:
+            return _detail(404, f"Endpoint '{endpoint_id[:200]}' not found")
+        return JSONResponse(openapi_document(profile, QUEUE_URL))
+
+    async def pricing(request: Request) -> Response:
+        if (resp := auth_error(request)) is not None:
+            return resp
+        ids = [i.strip().strip("/") for v in request.query_params.getlist("endpoint_id") for i in v.split(",")]
+        ids = [i for i in ids if i]
+        if not 1 <= len(ids) <= MAX_ENDPOINTS:
+            return _detail(422, f"endpoint_id: give 1 to {MAX_ENDPOINTS} endpoint ids")
+        profiles = known()
+        if unknown := [i for i in ids if i not in profiles]:
+            return _detail(404, f"Endpoint '{unknown[0][:200]}' not found")
+        prices = [price_answer(i, profiles[i]["pricing"]) for i in ids]
+        return JSONResponse({"prices": prices, "next_cursor": None, "has_more": False})
+
+    return [Route("/api/openapi/queue/openapi.json", document, methods=["GET"]),
+            Route("/v1/models/pricing", pricing, methods=["GET"])]
