@@ -4,6 +4,7 @@ runs in parallel."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,7 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
+from sora_pipeline.generation.admission import AccountAdmission
 from sora_pipeline.ledger import Ledger
 from tests.pipeline_helpers import catalog_rows, make_project, subprocess_env
 
@@ -193,3 +196,75 @@ def test_many_parallel_runs_on_one_sqlite_ledger_under_cpu_load(tmp_path, make_s
     assert all(r.returncode == 0 for r in runs), _failures(runs)
     assert sim.stats()["submits"] == 18 and set(Counter(sim.stats()["submits_by_prompt"]).values()) == {1}
     assert sim.stats()["max_in_flight_seen"] <= 8
+
+
+# ---------------------------------------------------------------- the broker batches its writes
+def _write_transactions(ledger: Ledger) -> list[int]:
+    """Counts the ledger's write transactions (BEGIN IMMEDIATE on SQLite) from now on."""
+    seen: list[int] = []
+
+    def on_begin(conn):
+        if conn.get_execution_options().get("ledger_write"):
+            seen.append(1)
+
+    event.listen(ledger._engine, "begin", on_begin)
+    return seen
+
+
+async def _through(admission: AccountAdmission, n: int, in_use: list[int], hold_turns: int = 3) -> None:
+    """`n` items at once, each holding a place for a few loop turns; `in_use[0]`: places held now, `[1]`: peak."""
+    async def item() -> None:
+        place = await admission.acquire()
+        in_use[0] += 1
+        in_use[1] = max(in_use[1], in_use[0])
+        for _ in range(hold_turns):
+            await asyncio.sleep(0)
+        in_use[0] -= 1
+        admission.release_nowait(place)
+
+    await asyncio.gather(*(item() for _ in range(n)))
+
+
+def test_the_broker_batches_releases_tickets_and_grants(tmp_path):
+    """200 items through a broker with 10 places: O(N / cap) write transactions, not one (or three) per item; the
+    cap holds; a released place goes to the next waiter at once (the poll is 10 minutes, so a release that waited
+    for it would stall the test); leaving gives every row back."""
+    n, cap = 200, 10
+
+    async def main(ledger: Ledger) -> tuple[int, int]:
+        in_use = [0, 0]
+        async with AccountAdmission(ledger, asyncio.to_thread, account="fal", cap=cap, owner="t",
+                                    poll_s=600) as admission:
+            await _through(admission, n, in_use)
+            assert admission.granted == n
+        return in_use[1], admission.turns
+
+    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+        writes = _write_transactions(ledger)
+        peak, turns = asyncio.run(main(ledger))
+        assert peak <= cap, "more places in use than the cap"
+        assert len(writes) <= turns + 1  # the broker's turns and the final give-back: nothing per item
+        assert turns <= n // 4, f"{turns} ledger transactions for {n} items"
+        assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}
+
+
+def test_two_brokers_share_the_cap(tmp_path):
+    """Two brokers (two processes' worth) on one ledger: together they never use more than the cap, both finish."""
+    cap = 4
+
+    async def main(url: str) -> int:
+        in_use = [0, 0]
+        with Ledger(url) as a_ledger, Ledger(url) as b_ledger:
+            async with AccountAdmission(a_ledger, asyncio.to_thread, account="fal", cap=cap, owner="a",
+                                        poll_s=0.01) as a, \
+                    AccountAdmission(b_ledger, asyncio.to_thread, account="fal", cap=cap, owner="b",
+                                     poll_s=0.01) as b:
+                await asyncio.gather(_through(a, 30, in_use), _through(b, 30, in_use))
+                assert a.granted == b.granted == 30
+        return in_use[1]
+
+    url = f"sqlite:///{tmp_path / 'l.sqlite'}"
+    Ledger(url).close()
+    assert asyncio.run(main(url)) <= cap
+    with Ledger(url) as ledger:
+        assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}

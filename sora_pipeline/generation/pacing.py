@@ -40,13 +40,13 @@ class SubmitsFirst:
 
 class Slot:
     """One of the run's `max_concurrency` places and, with account admission, one of the fal account's places
-    (`AccountAdmission`); both are given back as soon as the request is done at fal. `needed=False` (an item
-    whose video is already in the ledger) takes neither."""
+    (`AccountAdmission`); both are given back as soon as the request is done at fal (the account's place in the
+    broker's next ledger write, batched with other releases and grants). `needed=False` (an item whose video is
+    already in the ledger) takes neither."""
 
     def __init__(self, semaphore: asyncio.Semaphore, admission: Any = None, *, needed: bool = True) -> None:
         self._semaphore, self._admission, self._needed = semaphore, admission, needed
         self._held, self._place = False, None
-        self._returning: asyncio.Task | None = None
 
     async def __aenter__(self) -> Slot:
         if not self._needed:
@@ -67,7 +67,7 @@ class Slot:
     def release(self) -> None:
         if self._place is not None:
             place, self._place = self._place, None
-            self._returning = asyncio.ensure_future(self._admission.release(place))
+            self._admission.release_nowait(place)  # the broker's next turn gives it back to the ledger
         if self._held:
             self._held = False
             self._semaphore.release()

@@ -6,19 +6,52 @@ place (`state='waiting'`), and `grant` turns the oldest tickets into places (`'h
 are held — oldest first across all holders, so no day and no process is starved. Every row carries a lease the
 broker renews (`renew`); the rows of a process that died are ignored once their lease ends and deleted by the next
 grant, so a crashed worker gives its places back by itself. Grants are serialized (SQLite: BEGIN IMMEDIATE;
-PostgreSQL: a transaction-level advisory lock per account), so the cap holds exactly."""
+PostgreSQL: a transaction-level advisory lock per account), so the cap holds exactly. `exchange` does a broker's
+whole turn (give places back, file tickets, take grants) in one write transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from .schema import ADMISSION_LOCKS, admission, read, serialize_on_postgres, utcnow, write
 
 _T = admission.c
+
+
+def _file(conn: Connection, account: str, holder: str, n: int, until: datetime, now: datetime) -> list[int]:
+    """Insert `n` tickets in one statement; their ids in the order filed."""
+    if n <= 0:
+        return []
+    rows = [dict(account=account, holder=holder, state="waiting", lease_until=until, created_at=now)
+            for _ in range(n)]
+    return list(conn.execute(insert(admission).returning(_T.id, sort_by_parameter_order=True), rows).scalars())
+
+
+def _give_back(conn: Connection, holder: str, ids: Iterable[int]) -> None:
+    ids = list(ids)
+    if ids:
+        conn.execute(delete(admission).where(and_(_T.holder == holder, _T.id.in_(ids))))
+
+
+def _grant(conn: Connection, account: str, holder: str, cap: int, now: datetime) -> list[int]:
+    """Inside a write transaction serialized per account: this holder's tickets among the oldest live ones
+    become places."""
+    conn.execute(delete(admission).where(_T.account == account, _T.lease_until < now))
+    held = conn.execute(select(func.count()).where(_T.account == account, _T.state == "holding")).scalar()
+    free = cap - int(held or 0)
+    if free <= 0:
+        return []
+    oldest = conn.execute(select(_T.id, _T.holder).where(_T.account == account, _T.state == "waiting")
+                          .order_by(_T.id).limit(free)).all()
+    mine = [row.id for row in oldest if row.holder == holder]
+    if mine:
+        conn.execute(update(admission).where(_T.id.in_(mine)).values(state="holding"))
+    return mine
 
 
 class LedgerAdmission:
@@ -30,37 +63,37 @@ class LedgerAdmission:
                        now: datetime | None = None) -> list[int]:
         """File `n` tickets (in this order); returns their ids."""
         now = now or utcnow()
-        until = now + timedelta(seconds=lease_s)
-        rows = [dict(account=account, holder=holder, state="waiting", lease_until=until, created_at=now)
-                for _ in range(n)]
         with write(self._engine) as conn:
-            if self._engine.dialect.name == "postgresql":
-                return list(conn.execute(insert(admission).returning(_T.id), rows).scalars())
-            return [conn.execute(insert(admission).values(**r)).inserted_primary_key[0] for r in rows]
+            return _file(conn, account, holder, n, now + timedelta(seconds=lease_s), now)
 
     def grant(self, account: str, holder: str, cap: int, *, now: datetime | None = None) -> list[int]:
         """Turn this holder's tickets that are among the oldest live ones into places, while fewer than `cap` are
         held account-wide. Returns the ids granted now (a subset of the holder's waiting tickets)."""
+        with write(self._engine) as conn:
+            serialize_on_postgres(conn, ADMISSION_LOCKS, account)
+            return _grant(conn, account, holder, cap, now or utcnow())
+
+    def exchange(self, account: str, holder: str, cap: int, *, release: Iterable[int] = (), request: int = 0,
+                 lease_s: float, now: datetime | None = None) -> tuple[list[int], list[int]]:
+        """One write transaction: give back the rows `release`, file `request` new tickets, then `grant`.
+        Returns (the new tickets' ids in order, the ids granted now — new tickets included)."""
         now = now or utcnow()
         with write(self._engine) as conn:
             serialize_on_postgres(conn, ADMISSION_LOCKS, account)
-            conn.execute(delete(admission).where(_T.account == account, _T.lease_until < now))
-            held = conn.execute(select(func.count()).where(_T.account == account, _T.state == "holding")).scalar()
-            free = cap - int(held or 0)
-            if free <= 0:
-                return []
-            oldest = conn.execute(select(_T.id, _T.holder).where(_T.account == account, _T.state == "waiting")
-                                  .order_by(_T.id).limit(free)).all()
-            mine = [row.id for row in oldest if row.holder == holder]
-            if mine:
-                conn.execute(update(admission).where(_T.id.in_(mine)).values(state="holding"))
-            return mine
+            _give_back(conn, holder, release)
+            tickets = _file(conn, account, holder, request, now + timedelta(seconds=lease_s), now)
+            return tickets, _grant(conn, account, holder, cap, now)
 
-    def release_places(self, holder: str, ids: list[int]) -> None:
-        """Give places (or tickets) back."""
+    def release_places(self, holder: str, ids: Iterable[int] | None) -> None:
+        """Give places (or tickets) back; `ids=None`: every row of this holder."""
+        if ids is None:
+            with write(self._engine) as conn:
+                conn.execute(delete(admission).where(_T.holder == holder))
+            return
+        ids = list(ids)
         if ids:
             with write(self._engine) as conn:
-                conn.execute(delete(admission).where(and_(_T.holder == holder, _T.id.in_(list(ids)))))
+                _give_back(conn, holder, ids)
 
     def renew(self, holder: str, *, lease_s: float, now: datetime | None = None) -> int:
         """Extend every row of this holder; returns how many it has (a holder whose rows expired has 0)."""
