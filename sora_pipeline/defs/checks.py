@@ -8,23 +8,30 @@ from sora_pipeline.defs.assets.lineage import arrow_rows
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
-SHORT_SIDE = {"720p": 720, "1080p": 1080}
+def _short_side(resolution: str | None) -> int | None:
+    """"720p" → 720, "768P" → 768; `auto`, null or anything else → None (any size)."""
+    text = (resolution or "").strip().lower()
+    return int(text[:-1]) if text.endswith("p") and text[:-1].isdigit() else None
+
+
+def _ratio(aspect: str | None) -> float | None:
+    w, _, h = (aspect or "").partition(":")
+    return int(w) / int(h) if w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0 else None
 
 
 def dimension_problems(row: dict) -> list[str]:
-    """Width/height positive and consistent with the requested resolution and aspect ratio (`auto`: any)."""
+    """Width/height positive and consistent with the requested resolution (its short side) and aspect ratio
+    ("W:H"; `auto` or an endpoint without one: any)."""
     w, h, item = row["width"], row["height"], row["item_id"]
     if not w or not h or w <= 0 or h <= 0:
         return [f"{item}: width/height {w}×{h} not positive"]
     problems = []
-    want = SHORT_SIDE.get(row["resolution"])
+    want = _short_side(row["resolution"])
     if want and min(w, h) != want:
         problems.append(f"{item}: {w}×{h} is not {row['resolution']}")
-    aspect = row["aspect_ratio"]
-    if aspect in ("16:9", "9:16"):
-        ratio = 16 / 9 if aspect == "16:9" else 9 / 16
-        if abs(w / h - ratio) > 0.02:
-            problems.append(f"{item}: {w}×{h} is not {aspect}")
+    ratio = _ratio(row["aspect_ratio"])
+    if ratio is not None and abs(w / h - ratio) > 0.02:
+        problems.append(f"{item}: {w}×{h} is not {row['aspect_ratio']}")
     return problems
 
 
@@ -56,7 +63,8 @@ def duration_check(rows: list[dict]) -> list[str]:
     return [
         f"{r['item_id']}: {r['duration']} s, asked {r['requested_duration']} s"
         for r in rows
-        if r["duration"] is None or abs(r["duration"] - r["requested_duration"]) > 0.5
+        if r["duration"] is None
+        or (r["requested_duration"] is not None and abs(r["duration"] - r["requested_duration"]) > 0.5)
     ]
 
 
@@ -66,8 +74,8 @@ def unique_id_check(rows: list[dict]) -> list[str]:
 
 VIDEO_CHECKS = {  # check name → (description, problems of the day's rows)
     "video_dimensions_match_request": (
-        "width/height positive and matching the requested resolution (short side 720/1080) and aspect ratio "
-        "(16:9 or 9:16)", dimensions_check),
+        "width/height positive and matching the requested resolution (its short side: 720p → 720) and aspect "
+        "ratio (W:H)", dimensions_check),
     "frame_count_consistent": ("num_frames within one frame of fps × duration", frame_count_check),
     "duration_matches_request": ("duration within 0.5 s of the requested duration", duration_check),
     "item_id_unique": ("item_id unique within the day", unique_id_check),

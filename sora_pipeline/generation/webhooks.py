@@ -51,7 +51,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sora_pipeline.generation.costs import PriceTable, actual_cost
+from sora_pipeline.endpoints import UnknownEndpoint, get_profile
+from sora_pipeline.generation.costs import PRICE_TABLE_ENV, PriceTable, PriceTableError, actual_cost
 from sora_pipeline.fal.models import ImageToVideoOutput
 from sora_pipeline.ledger import (
     AttemptRef,
@@ -227,7 +228,11 @@ def record_webhook(ledger: Ledger, event: WebhookEvent, prices: PriceTable | Non
             return "no_payload"
         entry = ledger.get(key)
         spec = entry.spec if entry is not None else {}
-        prices = prices or PriceTable()
+        if prices is None:  # the prices of the endpoint the request went to
+            try:
+                prices = PriceTable.from_env(profile=get_profile(spec.get("endpoint_id")))
+            except (UnknownEndpoint, PriceTableError):
+                prices = PriceTable()
         seconds = output.video.duration or float(spec.get("duration") or 0) or None
         cost = actual_cost(prices, resolution=spec.get("resolution"), height=output.video.height,
                            width=output.video.width, seconds_generated=seconds,
@@ -278,7 +283,7 @@ class WebhookConfig:
         return cls(public_keys=keys,
                    require_signature=None if not require else require in ("1", "true", "yes"),
                    max_skew_seconds=float(env.get("SORA_WEBHOOK_MAX_SKEW", "300")),
-                   prices=PriceTable.from_env(env))
+                   prices=PriceTable.from_env(env) if env.get(PRICE_TABLE_ENV) else None)
 
 
 class WebhookApp(Starlette):

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sora_pipeline.simulator import hostile, storage
+from sora_pipeline.simulator import hostile, openapi_docs, storage
 from sora_pipeline.endpoints import get_profile
 from sora_pipeline.simulator import endpoint_inputs
 from sora_pipeline.simulator.config import SimulatorConfig
@@ -186,7 +186,8 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
                   payload=payload, submitted_at=now, wall_at_submit=time.time(),
                   eligible_at=now + config.queue_latency, faults=job_faults, failure=failure,
                   webhook=request.query_params.get("fal_webhook"), base_url=_base(request),
-                  summary=endpoint_inputs.describe(profile, payload))
+                  summary=endpoint_inputs.describe(profile, payload),
+                  extra_latency=config.profile_latency_scale * profile.video.latency_s)
         if failure is None:
             job.clip = sim.clip_for(endpoint_inputs.video_shape(profile, payload))
             job.clip.add_done_callback(lambda _f, j=job: setattr(j, "clip_ready_at", time.monotonic()))
@@ -280,8 +281,11 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         if config.include_metadata:
             video.update(file_name=clip.name, file_size=clip.file_size, width=clip.width, height=clip.height,
                          fps=clip.fps, num_frames=clip.num_frames, duration=clip.duration)
-        video_id = "video_" + hashlib.sha256(job.id.encode()).hexdigest()[:24]
-        return 200, {"video": video, "video_id": video_id}, {**headers, "x-fal-billable-units": str(clip.duration)}
+        body: dict[str, Any] = {"video": video}
+        id_field = get_profile(job.endpoint).output.id_field  # Sora's `video_id`; the other models return none
+        if id_field:
+            body[id_field] = "video_" + hashlib.sha256(job.id.encode()).hexdigest()[:24]
+        return 200, body, {**headers, "x-fal-billable-units": str(clip.duration)}
 
     async def result(request: Request) -> Response:
         if isinstance(job := await find_job(request, "result"), Response):
@@ -351,6 +355,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         Route("/_simulator/reset", reset, methods=["POST"]),
         Route("/_simulator/files/{name}", files, methods=["GET"]),
         *storage.ROUTES,  # fal storage uploads (simulator/storage.py)
+        *openapi_docs.routes(config),  # each endpoint's OpenAPI document and price (simulator/openapi_docs.py)
         Route(req + "/status", status, methods=["GET"]),
         Route(req + "/status/stream", status_stream, methods=["GET"]),
         Route(req + "/cancel", cancel, methods=["PUT"]),

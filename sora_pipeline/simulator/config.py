@@ -47,6 +47,9 @@ class SimulatorConfig(BaseModel):
     seed: int = 0
     queue_latency: float = Field(default=0.0, ge=0)
     run_latency: float = Field(default=0.5, ge=0)
+    #: each job also takes this fraction of its endpoint's typical latency (the profile's `video.latency_s`, e.g.
+    #: 150 s for Sora 2 Pro): 0 (the default) makes every endpoint equally fast, 1 as slow as the real model
+    profile_latency_scale: float = Field(default=0.0, ge=0)
     max_running: int | None = Field(default=None, ge=1)
     include_metadata: bool = True
     fps: int = Field(default=24, ge=1, le=120)

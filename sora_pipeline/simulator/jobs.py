@@ -65,10 +65,11 @@ class Job:
     result_404_served: bool = False
     inference_time: float | None = None
     summary: str | None = None  # the "Starting …" log line (model and what it was asked for)
+    extra_latency: float = 0.0  # the endpoint's own latency (its profile's, scaled: `profile_latency_scale`)
 
     def finish_time(self, run_latency: float) -> float:
         assert self.started_at is not None
-        earliest = self.started_at + run_latency
+        earliest = self.started_at + run_latency + self.extra_latency
         if self.clip is None:
             return earliest
         if self.clip_ready_at is None:

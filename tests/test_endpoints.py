@@ -1,0 +1,186 @@
+"""Endpoints as profiles: every shipped profile runs a day end to end against the simulator (which speaks each
+profile's schema), a catalog value one endpoint accepts and another refuses shows both behaviours, `params` reach the
+request and its key, and an unknown endpoint fails at load with the known ones."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.pipeline_helpers import DAY, check_results, make_project, materialize_day, resources, write_images
+from sora_pipeline.catalog import read_catalog_day
+from sora_pipeline.defs.resources import FalVideoResource
+from sora_pipeline.defs.settings import ConfigError, PipelineSettings
+from sora_pipeline.endpoints import UnknownEndpoint, get_profile, known_endpoints
+from sora_pipeline.generation.costs import PriceTable, estimate_cost
+from sora_pipeline.ledger import request_key
+from sora_pipeline.warehouse.tables import read_day_partition
+
+SORA_PRO = "fal-ai/sora-2/image-to-video/pro"
+KLING = "fal-ai/kling-video/v2.1/standard/image-to-video"
+HAILUO = "fal-ai/minimax/hailuo-02/standard/image-to-video"
+SCHEMA = pa.schema([("item_id", pa.string()), ("prompt", pa.string()), ("image_uri", pa.string()),
+                    ("scheduled_date", pa.date32()), ("resolution", pa.string()), ("aspect_ratio", pa.string()),
+                    ("duration", pa.int64()), ("params", pa.string())])
+
+
+def rows_for(profile, n: int = 2) -> list[dict]:
+    """Rows each of which this endpoint accepts: its own allowed values, cycled."""
+    durations = profile.allowed("duration") or [None]
+    resolutions = profile.allowed("resolution") or [None]
+    aspects = profile.allowed("aspect_ratio") or [None]
+    d = dt.date.fromisoformat(DAY)
+    return [{"item_id": f"e{i}", "prompt": f"a lighthouse at dusk, take {i}", "image_uri": "../images/land.png",
+             "scheduled_date": d, "resolution": resolutions[i % len(resolutions)],
+             "aspect_ratio": aspects[(i + 1) % len(aspects)], "duration": durations[i % len(durations)],
+             "params": None} for i in range(n)]
+
+
+def write_rows(project: dict, rows: list[dict]) -> None:
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), f"{project['catalog_uri']}/part-0.parquet")
+
+
+@pytest.mark.parametrize("endpoint_id", known_endpoints())
+def test_a_day_runs_end_to_end_on_every_shipped_profile(endpoint_id, tmp_path, simulator):
+    profile = get_profile(endpoint_id)
+    project = make_project(tmp_path, rows=[])
+    rows = rows_for(profile, n=2)
+    write_rows(project, rows)
+    result = materialize_day(resources(simulator.base_url, project, endpoint_id=endpoint_id))
+    assert result.success
+    assert all(check_results(result).values()), check_results(result)
+    videos = read_day_partition(project["warehouse_uri"], "video_metadata", DAY).to_pylist()
+    assert sorted(v["item_id"] for v in videos) == ["e0", "e1"]
+    for v in videos:
+        assert v["endpoint_id"] == endpoint_id and v["backend"] == "simulator"
+        asked = next(r for r in rows if r["item_id"] == v["item_id"])
+        seconds = profile.seconds_of(asked["duration"])
+        assert abs(v["duration"] - seconds) < 0.1 and v["requested_duration"] == int(seconds)
+        assert min(v["width"], v["height"]) == profile.height_of(asked["resolution"] or profile.default("resolution"))
+        assert (v["video_id"] is not None) == (profile.output.id_field is not None)
+    gens = read_day_partition(project["warehouse_uri"], "generations", DAY).to_pylist()
+    prices = PriceTable.from_profile(profile)
+    for g in gens:
+        asked = next(r for r in rows if r["item_id"] == g["item_id"])
+        want = estimate_cost(prices, resolution=asked["resolution"] or profile.default("resolution"),
+                             duration_s=profile.seconds_of(asked["duration"]), byo_openai_key=False)
+        assert g["estimated_cost"] == pytest.approx(want)
+    stats = simulator.stats()
+    assert stats["submits"] == 2
+    again = materialize_day(resources(simulator.base_url, project, endpoint_id=endpoint_id))
+    assert again.success and simulator.stats()["submits"] == 2  # reused from the ledger: never paid twice
+
+
+def test_a_value_one_endpoint_accepts_and_another_refuses(tmp_path):
+    """duration 4 is Sora's and not Kling's; 10 is Kling's and not Sora's: each endpoint keeps its own rows and
+    rejects the others with its allowed values."""
+    project = make_project(tmp_path, rows=[])
+    d = dt.date.fromisoformat(DAY)
+    rows = [{"item_id": f"d{n}", "prompt": "waves", "image_uri": "../images/land.png", "scheduled_date": d,
+             "resolution": None, "aspect_ratio": None, "duration": n, "params": None} for n in (4, 10)]
+    write_rows(project, rows)
+    sora = read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(SORA_PRO))
+    kling = read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(KLING))
+    assert [i.item_id for i in sora.valid] == ["d4"] and [i.item_id for i in kling.valid] == ["d10"]
+    assert sora.rejected[0].field == "duration" and sora.rejected[0].reason == (
+        f"row 1 (item_id='d10'): duration: 10 is not one of 4, 8, 12 (the values {SORA_PRO} accepts)")
+    assert kling.rejected[0].reason == (
+        f"row 0 (item_id='d4'): duration: 4 is not one of 5, 10 (the values {KLING} accepts)")
+    # Kling has no resolution input: a row asking for one is refused, an empty one is fine
+    rows[1]["resolution"] = "1080p"
+    write_rows(project, rows)
+    kling = read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(KLING))
+    assert kling.valid == [] and "has no resolution input" in kling.rejected[1].reason
+    # Hailuo's resolutions are its own ("768P"); the catalog's case does not matter
+    rows = [dict(rows[0], item_id="h", duration=6, resolution="768p")]
+    write_rows(project, rows)
+    hailuo = read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(HAILUO))
+    assert [(i.resolution, i.duration) for i in hailuo.valid] == [("768P", 6)]
+
+
+def test_params_reach_the_request_and_its_key_and_bad_params_are_rejected(tmp_path, simulator):
+    project = make_project(tmp_path, rows=[])
+    d = dt.date.fromisoformat(DAY)
+    base = {"prompt": "a fox in snow", "image_uri": "../images/land.png", "scheduled_date": d, "resolution": None,
+            "aspect_ratio": None, "duration": 5}
+    rows = [dict(base, item_id="plain", params=None),
+            dict(base, item_id="tuned", params=json.dumps({"cfg_scale": 0.8, "negative_prompt": "text"})),
+            dict(base, item_id="unknown", params=json.dumps({"seed": 3})),
+            dict(base, item_id="range", params=json.dumps({"cfg_scale": 7})),
+            dict(base, item_id="mapped", params=json.dumps({"duration": "10"})),
+            dict(base, item_id="notjson", params="{cfg_scale: 1")]
+    write_rows(project, rows)
+    result = materialize_day(resources(simulator.base_url, project, endpoint_id=KLING))
+    assert result.success
+    rejected = {r["item_id"]: r["reason"]
+                for r in read_day_partition(project["warehouse_uri"], "rejected_items", DAY).to_pylist()}
+    assert set(rejected) == {"unknown", "range", "mapped", "notjson"}
+    assert rejected["unknown"].endswith(f"params: 'seed' is not an input of {KLING} (extra inputs: cfg_scale, "
+                                        "negative_prompt)")
+    assert rejected["range"].endswith("params: cfg_scale: 7 is above the maximum 1")
+    assert rejected["mapped"].endswith("params: 'duration' comes from the catalog's duration column, not from params")
+    assert "params: is not valid JSON" in rejected["notjson"]
+    payloads = [job.payload for job in simulator.app.sim.book.jobs.values()]
+    tuned = [p for p in payloads if p.get("cfg_scale") == 0.8]
+    assert len(payloads) == 2 and len(tuned) == 1 and tuned[0]["negative_prompt"] == "text"
+    assert all(p["duration"] == "5" for p in payloads)  # Kling's durations are strings on the wire
+    gens = {g["item_id"]: g for g in read_day_partition(project["warehouse_uri"], "generations", DAY).to_pylist()}
+    assert gens["plain"]["request_key"] != gens["tuned"]["request_key"]
+
+
+def test_sora_keys_are_the_keys_ledgers_already_hold():
+    """Profiles changed nothing for Sora 2 Pro requests without params (values from the code before profiles)."""
+    args = dict(item_id="a", prompt="hello", resolution="720p", aspect_ratio="16:9", duration=8, image_sha256="ab" * 32)
+    assert request_key(SORA_PRO, **args) == "61df9769d6826fa6f0b21fba046050a8c2495703cd88d0b32d81cdf58e9a017d"
+    assert request_key(SORA_PRO, **args | dict(resolution="auto", aspect_ratio="auto", duration=4),
+                       backend="simulator") == "ff941cd2eef328eefcbec80d56b5fe36c8079f1f0da62dfe3a702de6e406ed83"
+    kling = args | dict(resolution=None, aspect_ratio=None, duration=5)
+    assert request_key(KLING, **kling, params={"cfg_scale": 0.8}) != request_key(KLING, **kling)
+    assert request_key(KLING, **kling, params={}) == request_key(KLING, **kling)
+    with pytest.raises(ValueError, match="not an input"):
+        request_key(SORA_PRO, **args, params={"cfg_scale": 0.8})
+
+
+def test_an_unknown_endpoint_fails_at_load_with_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        PipelineSettings.from_env({"SORA_ENDPOINT_ID": "fal-ai/nope/image-to-video"})
+    assert "fal-ai/nope/image-to-video" in str(err.value)
+    assert all(e in str(err.value) for e in known_endpoints())
+    with pytest.raises(Exception) as err:
+        FalVideoResource(endpoint_id="fal-ai/nope/image-to-video")
+    assert SORA_PRO in str(err.value)
+    with pytest.raises(UnknownEndpoint):
+        get_profile("fal-ai/nope/image-to-video")
+    assert PipelineSettings.from_env({"SORA_ENDPOINT_ID": KLING}).endpoint_id == KLING
+
+
+def test_the_simulator_refuses_what_each_endpoint_refuses(simulator):
+    import httpx
+
+    write = {"prompt": "x", "image_url": "https://example.com/a.png"}
+    with httpx.Client(headers={"Authorization": "Key k"}) as c:
+        ok = c.post(f"{simulator.base_url}/{KLING}", json=write | {"duration": "10"})
+        assert ok.status_code == 200
+        bad = c.post(f"{simulator.base_url}/{KLING}", json=write | {"duration": 4, "resolution": "720p"})
+        assert bad.status_code == 422
+        assert {tuple(e["loc"]) for e in bad.json()["detail"]} == {("body", "duration"), ("body", "resolution")}
+        assert c.post(f"{simulator.base_url}/{SORA_PRO}", json=write | {"duration": 10}).status_code == 422
+        assert c.post(f"{simulator.base_url}/{SORA_PRO}", json=write | {"duration": 8}).status_code == 200
+
+
+def test_the_simulator_takes_each_endpoint_s_own_latency_and_output_fields(make_simulator):
+    import httpx
+
+    sim = make_simulator(profile_latency_scale=0.001, run_latency=0.0)
+    body = {"prompt": "x", "image_url": "https://example.com/a.png"}
+    with httpx.Client(headers={"Authorization": "Key k"}) as c:
+        for endpoint in (SORA_PRO, KLING):
+            assert c.post(f"{sim.base_url}/{endpoint}", json=body).status_code == 200
+    jobs = {j.endpoint: j for j in sim.app.sim.book.jobs.values()}
+    assert jobs[SORA_PRO].extra_latency == pytest.approx(0.001 * get_profile(SORA_PRO).video.latency_s)
+    assert jobs[KLING].extra_latency == pytest.approx(0.001 * get_profile(KLING).video.latency_s)
+    assert "Kling" in (jobs[KLING].summary or "") and "5s" in jobs[KLING].summary
