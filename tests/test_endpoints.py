@@ -184,3 +184,20 @@ def test_the_simulator_takes_each_endpoint_s_own_latency_and_output_fields(make_
     assert jobs[SORA_PRO].extra_latency == pytest.approx(0.001 * get_profile(SORA_PRO).video.latency_s)
     assert jobs[KLING].extra_latency == pytest.approx(0.001 * get_profile(KLING).video.latency_s)
     assert "Kling" in (jobs[KLING].summary or "") and "5s" in jobs[KLING].summary
+
+
+def test_refresh_against_the_simulator_changes_nothing_for_every_shipped_profile(simulator, tmp_path):
+    """The simulator serves each profile's OpenAPI document and price, as fal does; refreshing from it is a no-op."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))} | {"FAL_KEY": "sim-key-7f3a91"}
+    for endpoint in known_endpoints():
+        done = subprocess.run([sys.executable, "-m", "sora_pipeline.endpoints", "refresh", endpoint, "--dry-run",
+                               "--openapi-url", simulator.base_url, "--api-url", simulator.base_url,
+                               "--profiles-dir", str(tmp_path)], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "up to date" in done.stdout and "sim-key-7f3a91" not in done.stdout + done.stderr, done.stdout
+    assert list(tmp_path.iterdir()) == []
