@@ -109,3 +109,20 @@ def test_budget_guard_threads():
     for t in threads:
         t.join()
     assert sum(granted) == 100 and g.reserved == pytest.approx(50.0) and g.remaining() == pytest.approx(0.0)
+
+
+def test_profile_prices_per_second_per_tier_and_per_video():
+    from sora_pipeline.endpoints import get_profile
+    from sora_pipeline.endpoints.profile import EndpointProfile
+
+    hailuo = PriceTable.from_profile(get_profile("fal-ai/minimax/hailuo-02/standard/image-to-video"))
+    assert estimate_cost(hailuo, resolution="768P", duration_s=10, byo_openai_key=False) == pytest.approx(0.45)
+    assert actual_cost(hailuo, seconds_generated=6.0, height=512, width=910, byo_openai_key=False) == \
+        pytest.approx(6 * 0.017)
+    kling = PriceTable.from_profile(get_profile("fal-ai/kling-video/v2.1/standard/image-to-video"))
+    assert estimate_cost(kling, resolution=None, duration_s=5, byo_openai_key=False) == pytest.approx(0.28)
+    data = get_profile("fal-ai/kling-video/v2.1/standard/image-to-video").model_dump(by_alias=True)
+    data["pricing"] = {"unit": "video", "per_video": {"5": 0.25, "10": 0.5}, "currency": "USD"}
+    per_clip = PriceTable.from_profile(EndpointProfile.model_validate(data))
+    assert estimate_cost(per_clip, resolution=None, duration_s=10, byo_openai_key=False) == 0.5
+    assert actual_cost(per_clip, seconds_generated=5.04, byo_openai_key=False) == 0.25

@@ -31,6 +31,9 @@ class PriceTable(BaseModel):
     per_second: dict[str, float] = Field(default_factory=lambda: {"720p": 0.30, "1080p": 0.50})
     auto: float | None = None
     currency: str = "USD"
+    #: a price per clip by its duration in seconds ("5", "10", or "*": any), for endpoints billed per video;
+    #: when it names a duration it wins over `per_second` for that duration
+    per_video: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("per_second")
     @classmethod
@@ -55,8 +58,20 @@ class PriceTable(BaseModel):
     def from_profile(cls, profile: Any) -> PriceTable:
         """The endpoint profile's price per generated second (`sora_pipeline.endpoints`)."""
         per_second = {str(k).lower(): float(v) for k, v in profile.pricing.per_second.items()}
+        per_video = {str(k): float(v) for k, v in profile.pricing.per_video.items()}
         tier = (profile.pricing.auto_tier or "").lower()
-        return cls(per_second=per_second, auto=per_second.get(tier), currency=profile.pricing.currency)
+        if not per_second:  # billed per video only: price seconds at the dearest clip's rate (estimates use per_video)
+            per_second = {ANY_TIER: 0.0}
+        return cls(per_second=per_second, auto=per_second.get(tier), currency=profile.pricing.currency,
+                   per_video=per_video)
+
+    def video_price(self, seconds: float | None) -> float | None:
+        """The price of one clip of `seconds` when the endpoint bills per video (None: it bills per second)."""
+        if not self.per_video:
+            return None
+        if seconds is not None and float(seconds).is_integer() and str(int(seconds)) in self.per_video:
+            return self.per_video[str(int(seconds))]
+        return self.per_video.get(ANY_TIER, max(self.per_video.values()))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, profile: Any = None) -> PriceTable:
@@ -133,6 +148,9 @@ def estimate_cost(prices: PriceTable, *, resolution: str | Enum | None, duration
         raise ValueError("duration_s must be >= 0")
     if byo_openai_key:
         return 0.0
+    per_clip = prices.video_price(duration_s)
+    if per_clip is not None:
+        return round(per_clip, 6)
     return round(prices.rate(resolution) * float(duration_s), 6)
 
 
@@ -150,6 +168,9 @@ def actual_cost(
         return 0.0
     if seconds_generated is None:
         return None
+    per_clip = prices.video_price(round(float(seconds_generated)))
+    if per_clip is not None:
+        return round(per_clip, 6)
     sides = [s for s in (height, width) if s]
     if sides:
         rate = prices.rate_for_pixels(min(sides))
