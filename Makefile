@@ -19,10 +19,10 @@ help: ## list the targets (this text)
 $(STAMP): pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
 	@test -x $(PY) || uv venv -q $(VENV)
-	uv pip install -q --compile-bytecode -p $(PY) -e '.[test,postgres,celery]'
+	uv pip install -q --compile-bytecode -p $(PY) -e '.[test,postgres,celery,s3]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project with its test, postgres and celery extras
+install: $(STAMP) ## create .venv and install the project with its test, postgres, celery and s3 extras
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml

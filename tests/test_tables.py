@@ -1,19 +1,26 @@
-"""Tests of sora_pipeline.warehouse.tables: per-day Parquet partitions, atomic replacement, crash recovery."""
+"""Tests of sora_pipeline.warehouse.tables: per-day Parquet partitions swapped through a manifest, crash safety,
+the old layout, garbage collection (local disk and fsspec's memory store; S3 in test_object_store.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import time
 import uuid
 from datetime import date
 
 import duckdb
 import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from sora_pipeline.warehouse import tables
-from sora_pipeline.warehouse.tables import (file_uri_for, partition_uri, read_day_partition, read_table, table_uri,
-                                  write_day_partition)
+from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, ORPHAN_AGE_S
+from sora_pipeline.warehouse.storage import Store
+from sora_pipeline.warehouse.tables import (collect_table_garbage, current_files, file_uri_for, partition_uri,
+                                            read_day_partition, read_table, table_uri, write_day_partition)
 
 D1, D2 = date(2026, 11, 20), date(2026, 11, 21)
 
@@ -39,9 +46,22 @@ def _table(n: int, start: int = 0) -> pa.Table:
                      "num_frames": pa.array(range(start, start + n), pa.int64())})
 
 
-def _fs_files(warehouse: str, table: str) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(table_uri(warehouse, table))
-    return sorted(fs.find(path))
+def _day_names(warehouse: str, table: str, day) -> list[str]:
+    fs, path = fsspec.core.url_to_fs(partition_uri(warehouse, table, day))
+    fs.invalidate_cache()
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.find(path)) if fs.exists(path) else []
+
+
+def _put(warehouse: str, rel: str, data: bytes) -> None:
+    fs, path = fsspec.core.url_to_fs(file_uri_for(warehouse, rel))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, data)
+
+
+def _parquet_bytes(t: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(t, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def test_uri_helpers():
@@ -65,22 +85,27 @@ def test_write_read_and_replace(warehouse):
     assert uri == partition_uri(warehouse, "t", D1)
     write_day_partition(warehouse, "t", "2026-11-21", _table(2, start=10))
     assert read_day_partition(warehouse, "t", D1).column("item_id").to_pylist() == ["i0", "i1", "i2"]
-    # re-materializing a day replaces its files and leaves the other days alone
+    # re-materializing a day replaces it and leaves the other days alone
     write_day_partition(warehouse, "t", D1, _table(1, start=100))
     assert read_day_partition(warehouse, "t", "2026-11-20").to_pylist() == [{"item_id": "i100", "num_frames": 100}]
     assert read_day_partition(warehouse, "t", D2).num_rows == 2
-    files = _fs_files(warehouse, "t")
-    assert [f for f in files if "/date=2026-11-20/" in f.replace(os.sep, "/")].__len__() == 1
-    assert not [f for f in files if "/.staging/" in f.replace(os.sep, "/")]
+    names = _day_names(warehouse, "t", D1)  # the manifest, the current file, the retired one (kept for readers)
+    assert MANIFEST in names and sum(bool(DATA_RE.match(n)) for n in names) == 2
+    manifest = json.loads(fsspec.open(file_uri_for(partition_uri(warehouse, "t", D1), MANIFEST)).open().read())
+    assert manifest["rows"] == 1 and len(manifest["files"]) == 1 and len(manifest["retired"]) == 1
     everything = read_table(warehouse, "t")
     assert everything.schema.field("date").type == pa.date32()
     assert sorted(zip(everything.column("date").to_pylist(), everything.column("item_id").to_pylist())) == [
         (D1, "i100"), (D2, "i10"), (D2, "i11")]
+    files = current_files(warehouse, "t")
+    assert sorted(files) == ["2026-11-20", "2026-11-21"] and all(len(f) == 1 for f in files.values())
+    assert files["2026-11-20"][0].endswith(manifest["files"][0])
 
 
 def test_missing_day_and_table(warehouse):
     assert read_day_partition(warehouse, "nothing", D1) is None
     assert read_table(warehouse, "nothing") is None
+    assert current_files(warehouse, "nothing") == {}
     write_day_partition(warehouse, "t", D1, _table(1))
     assert read_day_partition(warehouse, "t", D2) is None
 
@@ -103,69 +128,105 @@ def test_rejects_bad_input(warehouse):
         write_day_partition(warehouse, "t", D1, [{"a": 1}])  # type: ignore[arg-type]
 
 
-def test_crash_between_move_aside_and_move_in_recovers_on_read(warehouse, monkeypatch):
+def test_crash_before_the_swap_leaves_the_old_day_and_an_ignored_orphan(warehouse, monkeypatch):
     write_day_partition(warehouse, "t", D1, _table(3))
-
-    def crash(*args, **kwargs):
-        raise Crash()
-
-    monkeypatch.setattr(tables, "_move_in", crash)
+    monkeypatch.setattr(tables, "_publish", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    monkeypatch.setattr(Store, "delete", lambda self, path: None)  # a killed process cleans nothing up
     with pytest.raises(Crash):
         write_day_partition(warehouse, "t", D1, _table(5, start=50))
     monkeypatch.undo()
-    fs, path = fsspec.core.url_to_fs(partition_uri(warehouse, "t", D1))
-    assert not fs.exists(path) or not fs.find(path)  # the window: old copy aside, new one not in yet
-    assert read_day_partition(warehouse, "t", D1).num_rows == 3  # recovered: the complete old data
-    assert fs.exists(path)
-    assert not [f for f in _fs_files(warehouse, "t") if "/.staging/" in f.replace(os.sep, "/") and ".old-" in f]
+    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 2  # the orphan is there...
+    assert read_day_partition(warehouse, "t", D1).num_rows == 3  # ...and ignored by every reader
+    assert read_table(warehouse, "t").num_rows == 3
+    assert collect_table_garbage(warehouse, "t") == []  # young: it could be a live writer's upload
+    gone = collect_table_garbage(warehouse, "t", now=time.time() + ORPHAN_AGE_S + 1)
+    assert len(gone) == 1 and read_day_partition(warehouse, "t", D1).num_rows == 3
+    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
 
 
-def test_crash_window_recovered_by_read_table_and_next_write(warehouse, monkeypatch):
+def test_ordinary_error_before_the_swap_cleans_up(warehouse, monkeypatch):
     write_day_partition(warehouse, "t", D1, _table(3))
-    write_day_partition(warehouse, "t", D2, _table(2))
-    monkeypatch.setattr(tables, "_move_in", lambda *a, **k: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash):
-        write_day_partition(warehouse, "t", D1, _table(5))
-    monkeypatch.undo()
-    assert read_table(warehouse, "t").num_rows == 5  # 3 old rows of D1 restored + 2 of D2
-
-    monkeypatch.setattr(tables, "_move_in", lambda *a, **k: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash):
-        write_day_partition(warehouse, "t", D2, _table(7))
-    monkeypatch.undo()
-    write_day_partition(warehouse, "t", D2, _table(4, start=20))  # the next write recovers first, then swaps
-    assert read_day_partition(warehouse, "t", D2).column("item_id").to_pylist() == ["i20", "i21", "i22", "i23"]
-    assert len([f for f in _fs_files(warehouse, "t") if "date=2026-11-21" in f]) == 1
-
-
-def test_ordinary_error_in_swap_puts_old_data_back(warehouse, monkeypatch):
-    write_day_partition(warehouse, "t", D1, _table(3))
-    monkeypatch.setattr(tables, "_move_in", lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire")))
+    monkeypatch.setattr(tables, "_publish", lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire")))
     with pytest.raises(OSError, match="disk on fire"):
         write_day_partition(warehouse, "t", D1, _table(5))
     monkeypatch.undo()
-    fs, path = fsspec.core.url_to_fs(partition_uri(warehouse, "t", D1))
-    assert fs.exists(path)
     assert read_day_partition(warehouse, "t", D1).num_rows == 3
-    assert not [f for f in _fs_files(warehouse, "t") if "/.staging/" in f.replace(os.sep, "/")]
+    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
 
 
-def test_crash_while_writing_staging_leaves_old_files(warehouse, monkeypatch):
+def test_crash_while_writing_the_data_file_leaves_the_old_day(warehouse, monkeypatch):
     write_day_partition(warehouse, "t", D1, _table(3))
-    real = tables._Ops.write_parquet
+    real = Store.write_parquet
 
     def half_write(self, path, data):
         real(self, path, data.slice(0, 1))
         raise Crash()
 
-    monkeypatch.setattr(tables._Ops, "write_parquet", half_write)
+    monkeypatch.setattr(Store, "write_parquet", half_write)
     with pytest.raises(Crash):
         write_day_partition(warehouse, "t", D1, _table(9))
     monkeypatch.undo()
     assert read_day_partition(warehouse, "t", D1).num_rows == 3
 
 
-def test_readers_ignore_leftover_staging_and_hidden_files(tmp_path):
+def test_a_writer_that_lost_its_lock_does_not_publish(warehouse):
+    write_day_partition(warehouse, "t", D1, _table(3))
+    entered = []
+
+    class Lost:
+        def ensure_held(self):
+            raise RuntimeError("lease lost")
+
+    @contextlib.contextmanager
+    def lock():
+        entered.append(1)
+        yield Lost()
+
+    with pytest.raises(RuntimeError, match="lease lost"):
+        write_day_partition(warehouse, "t", D1, _table(7), lock=lock())
+    assert entered == [1] and read_day_partition(warehouse, "t", D1).num_rows == 3
+    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
+
+
+def test_retired_files_stay_readable_for_the_grace_period_then_go(warehouse):
+    write_day_partition(warehouse, "t", D1, _table(3))
+    old_files = current_files(warehouse, "t")["2026-11-20"]  # a reader that read the old manifest...
+    write_day_partition(warehouse, "t", D1, _table(4, start=10))
+    write_day_partition(warehouse, "t", D1, _table(5, start=20))
+    with fsspec.open(old_files[0], "rb") as fh:
+        assert pq.read_table(fh).num_rows == 3  # ...still reads its file
+    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 3
+    assert collect_table_garbage(warehouse, "t") == []
+    gone = collect_table_garbage(warehouse, "t", now=time.time() + tables.GC_GRACE_S + 1)
+    assert len(gone) == 2 and old_files[0] in gone
+    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
+    assert read_day_partition(warehouse, "t", D1).column("item_id").to_pylist()[0] == "i20"
+    write_day_partition(warehouse, "t", D1, _table(1), gc_grace_s=0)  # no grace: the old file goes at once
+    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
+
+
+def test_old_layout_is_read_and_upgraded_by_the_next_write(warehouse):
+    _put(warehouse, "t/date=2026-11-20/part-0123456789abcdef0123456789abcdef.parquet", _parquet_bytes(_table(3)))
+    _put(warehouse, "t/date=2026-11-20/_SUCCESS", b"")
+    _put(warehouse, "t/date=2026-11-21/part-0.parquet", _parquet_bytes(_table(2, start=5)))
+    assert read_day_partition(warehouse, "t", D1).num_rows == 3
+    assert read_table(warehouse, "t").num_rows == 5
+    write_day_partition(warehouse, "t", D1, _table(4, start=40))  # the old files are retired, not mixed in
+    assert read_day_partition(warehouse, "t", D1).column("item_id").to_pylist() == ["i40", "i41", "i42", "i43"]
+    assert read_table(warehouse, "t").num_rows == 6
+    collect_table_garbage(warehouse, "t", now=time.time() + tables.GC_GRACE_S + 1)
+    assert [n for n in _day_names(warehouse, "t", D1) if not DATA_RE.match(n)] == ["_SUCCESS", MANIFEST]
+
+
+def test_old_layout_interrupted_swap_is_repaired_by_a_reader(warehouse):
+    _put(warehouse, "t/.staging/date=2026-11-20.old-17000-abcd1234/part-x.parquet", _parquet_bytes(_table(3)))
+    _put(warehouse, "t/date=2026-11-21/part-y.parquet", _parquet_bytes(_table(2)))
+    assert read_day_partition(warehouse, "t", D1).num_rows == 3  # the moved-aside copy, put back
+    assert read_table(warehouse, "t").num_rows == 5
+    assert "part-x.parquet" in _day_names(warehouse, "t", D1)
+
+
+def test_readers_ignore_unnamed_hidden_and_staging_files(tmp_path):
     wh = str(tmp_path / "wh")
     write_day_partition(wh, "t", D1, _table(2))
     tdir = tmp_path / "wh" / "t"
@@ -174,41 +235,10 @@ def test_readers_ignore_leftover_staging_and_hidden_files(tmp_path):
     (junk / "part-x.parquet").write_bytes(b"half a parquet file")
     (tdir / "date=2026-11-20" / "_SUCCESS").write_text("")
     (tdir / "date=2026-11-20" / ".part-y.parquet.crc").write_text("")
+    (tdir / "date=2026-11-20" / "stray.parquet").write_bytes(_parquet_bytes(_table(9)))  # named by no manifest
     assert read_day_partition(wh, "t", D1).num_rows == 2
     assert read_table(wh, "t").num_rows == 2
-    con = duckdb.connect()
-    assert con.execute(f"select count(*) from read_parquet('{tdir}/*/*.parquet', hive_partitioning=true)"
-                       ).fetchone() == (2,)
-
-
-def test_moved_aside_copy_left_after_successful_swap_is_cleaned(tmp_path, monkeypatch):
-    wh = str(tmp_path / "wh")
-    write_day_partition(wh, "t", D1, _table(2))
-    real = tables._Ops.rmtree
-    monkeypatch.setattr(tables._Ops, "rmtree", lambda self, path: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash):
-        write_day_partition(wh, "t", D1, _table(4))  # new data is in; the old copy is still aside
-    monkeypatch.setattr(tables._Ops, "rmtree", real)
-    assert len(os.listdir(tmp_path / "wh" / "t" / ".staging")) == 1
-    assert read_day_partition(wh, "t", D1).num_rows == 4
-    assert os.listdir(tmp_path / "wh" / "t" / ".staging") == []
-
-
-def test_reader_recovering_in_the_window_does_not_break_the_writer(warehouse, monkeypatch):
-    write_day_partition(warehouse, "t", D1, _table(3))
-    real = tables._move_aside
-    calls = []
-
-    def aside_then_reader_recovers(ops, target, aside):
-        real(ops, target, aside)
-        if not calls:
-            calls.append(1)
-            assert read_day_partition(warehouse, "t", D1).num_rows == 3  # a reader puts the old copy back
-
-    monkeypatch.setattr(tables, "_move_aside", aside_then_reader_recovers)
-    write_day_partition(warehouse, "t", D1, _table(6))
-    assert read_day_partition(warehouse, "t", D1).num_rows == 6
-    assert len([f for f in _fs_files(warehouse, "t") if "date=2026-11-20" in f]) == 1
+    assert len(current_files(wh, "t")["2026-11-20"]) == 1
 
 
 def test_duckdb_reads_the_layout(tmp_path):
@@ -217,7 +247,7 @@ def test_duckdb_reads_the_layout(tmp_path):
     write_day_partition(wh, "video_metadata", D2, _table(2, start=3))
     write_day_partition(wh, "video_metadata", date(2026, 11, 22), _table(0))
     con = duckdb.connect()
-    rows = con.execute(
+    rows = con.execute(  # a day written once is one file: even a plain glob reads it right
         f"select date, count(*), sum(num_frames) from read_parquet('{wh}/video_metadata/*/*.parquet', "
         "hive_partitioning=true) group by date order by date").fetchall()
     assert rows == [(D1, 3, 3), (D2, 2, 7)]

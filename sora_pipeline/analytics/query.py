@@ -4,13 +4,16 @@
     con = connect()                      # SORA_WAREHOUSE_URI, default data/warehouse
     con.sql("SELECT date, count(*) FROM video_metadata GROUP BY date ORDER BY date").show()
 
-Each day-partitioned table is a view over `<warehouse>/<table>/date=*/*.parquet` read with
-`hive_partitioning=true` (so every view has a `date` column) and `union_by_name=true` (older days written
-before a column was added read as null there). DuckDB reads the Parquet files directly, with filter and
-projection pushdown: nothing is loaded into pandas. Local paths and `file://` URIs are read natively; any other
-fsspec URI (`memory://`, `s3://`, `gs://`, …) goes through the fsspec filesystem registered in DuckDB
-(`storage_options` are passed to fsspec). Views are created only for tables that have at least one day; the
-rollup `generation_summary` (not partitioned) is a view over its single file when it exists.
+Each day-partitioned table is a view over the files its days' manifests name (`read_parquet([...])`, see
+`sora_pipeline.warehouse.tables`) read with `hive_partitioning=true` (so every view has a `date` column) and
+`union_by_name=true` (older days written before a column was added read as null there). The file list is taken
+when `connect()` runs: a connection is a snapshot of every day as it was then (each day whole), and stays
+readable while replaced files are kept (`GC_GRACE_S`, 10 minutes); connect again to see newer days. DuckDB reads
+the Parquet files directly, with filter and projection pushdown: nothing is loaded into pandas. Local paths and
+`file://` URIs are read natively; any other fsspec URI (`memory://`, `s3://`, `gs://`, …) goes through the fsspec
+filesystem registered in DuckDB (`storage_options` are passed to fsspec). Views are created only for tables that
+have at least one day; the rollup `generation_summary` (not partitioned) is a view over its single file when it
+exists.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import pyarrow as pa
 
 from sora_pipeline.warehouse.schemas import ALL_TABLES, TableDef
 from sora_pipeline.analytics.stats import DAILY_STATS, SUMMARY, empty_source
-from sora_pipeline.warehouse.tables import file_uri_for
+from sora_pipeline.warehouse.tables import current_files, file_uri_for
 
 __all__ = ["DAY_TABLES", "SUMMARY_FILE", "connect", "summary_uri", "warehouse_fs"]
 
@@ -90,12 +93,14 @@ class _Warehouse:
         else:
             self.fs = None
             self.base = self.local
+        self.storage_options = storage_options
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.base, *parts) if self.local is not None else "/".join([self.base, *parts])
 
-    def day_glob(self, table: str) -> str:
-        return self.path(table, "date=*", "*.parquet")
+    def day_files(self, table: str) -> list[str]:
+        """The current files of every day of `table`, as the days' manifests name them."""
+        return [f for files in current_files(self.uri, table, self.storage_options).values() for f in files]
 
     def has_files(self, pattern: str) -> bool:
         if self.local is not None:
@@ -120,9 +125,10 @@ def connect(warehouse_uri: str | None = None, *, storage_options: dict[str, Any]
     con = con or duckdb.connect(":memory:")
     wh = _Warehouse(con, warehouse_uri, storage_options)
     for name, table in DAY_TABLES.items():
-        pattern = wh.day_glob(name)
-        if wh.has_files(pattern):
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({_sql_str(pattern)}, "
+        files = wh.day_files(name)
+        if files:
+            listed = "[" + ", ".join(_sql_str(f) for f in files) + "]"
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({listed}, "
                         "hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE})")
         elif empty_missing:
             con.register(f"_empty_{name}", empty_source(table))

@@ -1,7 +1,11 @@
-"""`WarehouseResource`: where the catalog is read from, where tables, videos and the request ledger live."""
+"""`WarehouseResource`: where the catalog is read from, where tables, videos and the request ledger live.
+
+Every table write holds the day's lease in the ledger (`warehouse:<table uri>:<day>`), so writers of one day take
+turns across processes and machines sharing the ledger (docs/object-stores.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -14,6 +18,15 @@ from sora_pipeline.ledger import Ledger, default_ledger_url
 from sora_pipeline.warehouse.schemas import TableDef
 
 _LEDGERS: dict[str, Ledger] = {}  # one engine per URL and process
+WRITE_LEASE_S = 60.0  # a crashed writer's lease on its day runs out after this; held ones are renewed every 20 s
+WRITE_WAIT_S = 900.0  # how long a writer waits for the day's lease before failing
+
+
+def write_lease_name(table_uri: str, day: str) -> str:
+    """`warehouse:<table uri>:<day>` (local paths made absolute; hashed if longer than the column's 255)."""
+    uri = table_uri if "://" in table_uri else os.path.abspath(table_uri)
+    name = f"warehouse:{uri}:{day}"
+    return name if len(name) <= 255 else f"warehouse:sha256:{hashlib.sha256(uri.encode()).hexdigest()}:{day}"
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -46,9 +59,12 @@ class WarehouseResource(dg.ConfigurableResource):
         return tables.file_uri_for(self.warehouse_uri, "videos", f"date={day}")
 
     def write(self, table: TableDef, day: str, rows: list[dict] | pa.Table) -> str:
+        """Replace day `day` of `table`, holding the day's write lease in the ledger meanwhile."""
         data = rows if isinstance(rows, pa.Table) else table.from_rows(rows)
+        lease = self.ledger().hold_lease(write_lease_name(self.table_uri(table.name), day), lease_s=WRITE_LEASE_S,
+                                         wait_s=WRITE_WAIT_S)
         return tables.write_day_partition(self.warehouse_uri, table.name, day, data,
-                                          storage_options=self.storage_options or None)
+                                          storage_options=self.storage_options or None, lock=lease)
 
     def read(self, table: str, day: str) -> pa.Table | None:
         return tables.read_day_partition(self.warehouse_uri, table, day,

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from .admission import LedgerAdmission
 from .claims import UNCONFIRMED_SUBMIT, LedgerClaims
+from .leases import LedgerLeases
 from .model import LedgerConflict, RequestNotPlanned, RequestSpec, RequestState
 from .ops import LedgerWrites
 from .queries import LedgerQueries
@@ -37,7 +38,8 @@ def _default_rescue_path(engine: Engine) -> str:
     return os.path.join(os.environ.get("DAGSTER_HOME") or os.getcwd(), "sora_ledger_rescued.jsonl")
 
 
-class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites, LedgerAdmission, LedgerUploads):
+class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites, LedgerAdmission, LedgerLeases,
+             LedgerUploads):
     """Durable per-request state on SQLite (file) or PostgreSQL. Every method uses its own pooled connection."""
 
     def __init__(self, url: str, *, engine_kwargs: dict[str, Any] | None = None,

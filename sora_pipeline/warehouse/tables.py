@@ -1,19 +1,18 @@
-"""Per-day Parquet partitions through fsspec, replaced atomically: `<warehouse>/<table>/date=YYYY-MM-DD/*.parquet`.
+"""Per-day Parquet tables through fsspec: `<warehouse>/<table>/date=YYYY-MM-DD/`, each day replaced atomically
+for readers, on local disks and object stores alike, without renaming anything a reader may be reading.
 
-A write goes to a hidden staging folder first (`<table>/.staging/date=D-<uuid>/part-<uuid>.parquet`), then is
-swapped into place:
+A write puts the day's rows in a new data file under a fresh name (`part-v<ns>-<hex>.parquet`), then replaces the
+day's manifest (`_manifest.json`, a single PUT on object stores, a rename locally) with one that names the new
+file and lists the old one as retired. Readers (`read_day_partition`, `read_table`, `day_files`,
+`current_files`, and the DuckDB views of `sora_pipeline.analytics.query`) read the manifest and only the files
+it names, so they see the old day or the new one — never a mix, never nothing — and ignore every other file.
+Retired files are deleted `gc_grace_s` after the swap (manifest.py). A day without a manifest is the old layout
+(every `*.parquet` of the folder) and is read as before; its next write gives it a manifest.
 
-1. if `date=D` exists, move it aside to `<table>/.staging/date=D.old-<ns>-<uuid>`;
-2. move the staging folder to `date=D`;
-3. delete the moved-aside copy.
-
-Locally steps 1 and 2 are `os.rename` of directories (each atomic), so `date=D` always holds one complete set of
-files; a crash between 1 and 2 leaves `date=D` missing and the old copy aside, and the next read or write of that
-day restores it (recovery also deletes asides left after step 3 and stale staging folders). On object stores
-(fsspec `mv` = copy + delete) the same protocol runs file by file; since a partition is exactly one file, each
-step is a single-object copy (atomic on S3/GCS/Azure), so readers see the old file, no file (recovered as above),
-or the new file — never a mix or a partial object. One writer per day at a time is assumed (Dagster runs a
-partition once at a time); readers ignore names starting with `.` or `_`.
+Writers of one day must take turns: pass `lock` (the Dagster resource passes a lease held in the request ledger,
+`ledger/leases.py`, so writers on any machine sharing the ledger are serialized); without one, a local
+warehouse takes a file lock (one machine), an object store none. Two unserialized writers still leave one
+complete version (the last manifest wins), but the loser's file may linger until collected as an orphan.
 """
 
 from __future__ import annotations
@@ -21,26 +20,27 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
-import posixpath
 import re
-import shutil
 import tempfile
 import time
-import uuid
 from datetime import date, datetime
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-__all__ = ["file_uri_for", "partition_uri", "read_day_partition", "read_table", "table_uri", "write_day_partition"]
+from .manifest import GC_GRACE_S, MANIFEST, ORPHAN_AGE_S, Manifest, collect_garbage, day_files, is_legacy_data
+from .manifest import new_data_name, read_manifest, table_files
+from .storage import Store, is_local_fs
 
-STAGING = ".staging"
-STALE_STAGING_SECONDS = 3600  # an unfinished staging folder older than this is garbage
+__all__ = ["GC_GRACE_S", "collect_table_garbage", "current_files", "file_uri_for", "is_local_fs", "partition_uri",
+           "read_day_partition", "read_table", "table_uri", "write_day_partition"]
+
+log = logging.getLogger("sora_pipeline.warehouse")
+READ_ATTEMPTS = 5
 _TABLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(.*)$", re.S)
 _PARTITION_SCHEMA = pa.schema([("date", pa.date32())])
@@ -78,180 +78,40 @@ def partition_uri(warehouse_uri: str, table: str, day: date | str) -> str:
     return file_uri_for(warehouse_uri, _check_table(table), f"date={_day(day)}")
 
 
-def is_local_fs(fs: Any) -> bool:
-    """Whether an fsspec filesystem is the local disk (`file`/`local` protocol)."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return bool({"file", "local"} & set(protocols))
-
-
-class _Ops:
-    """Directory operations on one filesystem: `os` calls locally, per-file fsspec calls elsewhere."""
-
-    def __init__(self, fs: Any):
-        self.fs = fs
-        self.local = is_local_fs(fs)
-        self.arrow_fs = pafs.LocalFileSystem() if self.local else fs
-
-    def join(self, *parts: str) -> str:
-        return os.path.join(*parts) if self.local else posixpath.join(*parts)
-
-    def listdir(self, path: str) -> list[str]:
-        if self.local:
-            return sorted(os.listdir(path)) if os.path.isdir(path) else []
-        try:
-            entries = self.fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return []
-        return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
-
-    def files(self, path: str) -> list[str]:
-        """Data files directly inside a partition folder (hidden and `_` names ignored)."""
-        if self.local:
-            names = self.listdir(path)
-            return [os.path.join(path, n) for n in names
-                    if n.endswith(".parquet") and not n.startswith((".", "_")) and os.path.isfile(os.path.join(path, n))]
-        try:
-            entries = self.fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return []
-        out = []
-        for e in entries:
-            name = posixpath.basename(str(e["name"]).rstrip("/"))
-            if e.get("type") == "file" and name.endswith(".parquet") and not name.startswith((".", "_")):
-                out.append(str(e["name"]))
-        return sorted(out)
-
-    def exists(self, path: str) -> bool:
-        if self.local:
-            return os.path.isdir(path)
-        return bool(self.fs.exists(path) and self.fs.find(path))
-
-    def makedirs(self, path: str) -> None:
-        if self.local:
-            os.makedirs(path, exist_ok=True)
-        else:
-            self.fs.makedirs(path, exist_ok=True)
-
-    def rename(self, src: str, dst: str) -> None:
-        """Move folder `src` to the not-yet-existing `dst` (atomic locally; file by file elsewhere)."""
-        if self.local:
-            os.rename(src, dst)
-            return
-        if self.exists(dst):
-            raise FileExistsError(dst)
-        found = self.fs.find(src)
-        if not found:
-            raise FileNotFoundError(src)
-        for f in found:
-            self.fs.mv(f, posixpath.join(dst, posixpath.relpath(f, src)))
-        self.rmtree(src)
-
-    def rmtree(self, path: str) -> None:
-        if self.local:
-            shutil.rmtree(path, ignore_errors=True)
-            return
-        try:
-            self.fs.rm(path, recursive=True)
-        except FileNotFoundError:
-            pass
-
-    def write_parquet(self, path: str, data: pa.Table) -> None:
-        if self.local:
-            with open(path, "wb") as fh:
-                pq.write_table(data, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync_dir(os.path.dirname(path))
-        else:
-            with self.fs.open(path, "wb") as fh:  # object stores publish the object on close
-                pq.write_table(data, fh)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _locate(warehouse_uri: str, table: str, storage_options: dict | None) -> tuple[_Ops, str]:
+def _locate(warehouse_uri: str, table: str, storage_options: dict | None) -> tuple[Store, str]:
     fs, path = fsspec.core.url_to_fs(table_uri(warehouse_uri, table), **(storage_options or {}))
-    return _Ops(fs), path
-
-
-def _asides(ops: _Ops, tdir: str, d: str) -> list[str]:
-    """Moved-aside copies of day `d`, oldest first."""
-    prefix = f"date={d}.old-"
-    names = [n for n in ops.listdir(ops.join(tdir, STAGING)) if n.startswith(prefix)]
-    names.sort(key=lambda n: int(n[len(prefix):].split("-", 1)[0] or 0))
-    return [ops.join(tdir, STAGING, n) for n in names]
-
-
-def _recover(ops: _Ops, tdir: str, d: str, *, writer: bool = False) -> None:
-    """Finish an interrupted swap of day `d`: restore a moved-aside copy if `date=d` is missing, drop leftovers.
-
-    The (single) writer of a day also deletes every unfinished staging folder of that day; readers delete only
-    local ones older than STALE_STAGING_SECONDS, since a writer may be filling one right now.
-    """
-    target = ops.join(tdir, f"date={d}")
-    asides = _asides(ops, tdir, d)
-    if asides and not ops.exists(target):
-        try:
-            ops.rename(asides[-1], target)
-            asides = asides[:-1]
-        except (FileNotFoundError, FileExistsError, OSError):
-            return  # someone else is on it; the next call will see a consistent state
-    for aside in asides:
-        if ops.exists(target):
-            ops.rmtree(aside)
-    staging = ops.join(tdir, STAGING)
-    for name in ops.listdir(staging):
-        if not name.startswith(f"date={d}-"):
-            continue
-        path = ops.join(staging, name)
-        if writer:
-            ops.rmtree(path)
-        elif ops.local and time.time() - os.path.getmtime(path) > STALE_STAGING_SECONDS:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _move_aside(ops: _Ops, target: str, aside: str) -> None:
-    ops.rename(target, aside)
-
-
-def _move_in(ops: _Ops, stage: str, target: str) -> None:
-    ops.rename(stage, target)
+    return Store(fs), path
 
 
 def write_day_partition(warehouse_uri: str, table: str, day: date | str, data: pa.Table,
-                        storage_options: dict | None = None) -> str:
-    """Write `data` as day `day` of `table`, atomically replacing that day's files; return the partition URI.
+                        storage_options: dict | None = None, *, lock: Any = None,
+                        gc_grace_s: float = GC_GRACE_S) -> str:
+    """Write `data` as day `day` of `table`, atomically replacing that day for readers; return the partition URI.
 
-    A 0-row table is a valid day (a file with just the schema is written). `data` must not have a `date`
-    column: that is the hive partition column readers add.
+    `lock`: a context manager held around the write (serializes writers of the day); what it yields may have an
+    `ensure_held()` method, called right before the swap (a writer that lost its lease must not publish). A
+    0-row table is a valid day. `data` must not have a `date` column: readers add it from the folder name.
     """
     if not isinstance(data, pa.Table):
         raise TypeError(f"data must be a pyarrow.Table, not {type(data).__name__}")
     if "date" in data.schema.names:
         raise ValueError(f"table {table!r}: 'date' is the partition column and cannot be a data column")
     d = _day(day)
-    ops, tdir = _locate(warehouse_uri, table, storage_options)
-    with _writer_lock(ops, tdir, d):
-        return _write_locked(ops, tdir, d, data, warehouse_uri, table)
+    store, tdir = _locate(warehouse_uri, table, storage_options)
+    with (lock if lock is not None else _local_lock(store, tdir, d)) as held:
+        _write(store, tdir, d, data, held, gc_grace_s)
+    try:
+        collect_garbage(store, tdir, grace_s=gc_grace_s)
+    except Exception as exc:  # garbage is harmless: readers ignore it; the next write tries again
+        log.warning("warehouse: could not collect old files of %s: %s: %s", table, type(exc).__name__, exc)
+    return partition_uri(warehouse_uri, table, d)
 
 
 @contextlib.contextmanager
-def _writer_lock(ops: _Ops, tdir: str, d: str):
-    """One writer per day at a time on local disks (two runs of the same day may finish together); object
-    stores have no locks: there the last writer wins and a concurrent writer's staging folder may be lost."""
-    if not ops.local:
-        yield
+def _local_lock(store: Store, tdir: str, d: str):
+    """Without a `lock`: one writer per day per machine on local disks (a file lock); nothing on object stores."""
+    if not store.local:
+        yield None
         return
     lock_dir = os.path.join(tempfile.gettempdir(), "sora-pipeline-locks")  # outside the table: readers never see it
     os.makedirs(lock_dir, exist_ok=True)
@@ -259,49 +119,52 @@ def _writer_lock(ops: _Ops, tdir: str, d: str):
     with open(os.path.join(lock_dir, f"{name}.lock"), "a+b") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            yield None
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_locked(ops: _Ops, tdir: str, d: str, data: pa.Table, warehouse_uri: str, table: str) -> str:
-    _recover(ops, tdir, d, writer=True)
-    staging = ops.join(tdir, STAGING)
-    stage = ops.join(staging, f"date={d}-{uuid.uuid4().hex}")
-    ops.makedirs(stage)
+def _write(store: Store, tdir: str, d: str, data: pa.Table, held: Any, grace_s: float) -> None:
+    day_dir = store.join(tdir, f"date={d}")
+    store.refresh(day_dir)
+    name = new_data_name()
+    path = store.join(day_dir, name)
+    started = time.monotonic()
     try:
-        ops.write_parquet(ops.join(stage, f"part-{uuid.uuid4().hex}.parquet"), data)
+        store.write_parquet(path, data)  # invisible to readers until a manifest names it
+        old = read_manifest(store, day_dir)
+        now = time.time()
+        if old is None:  # first write, or the old layout: its files are retired like any old version
+            previous = [n for n in store.listdir(day_dir) if is_legacy_data(n)]
+            kept: list[tuple[str, float]] = []
+        else:
+            previous = list(old.files)
+            kept = [(f, at) for f, at in old.retired if now - at < grace_s]
+        manifest = Manifest(files=(name,), rows=data.num_rows, written_at=now,
+                            retired=tuple(kept + [(f, now) for f in previous if f != name]),
+                            writer=f"{os.uname().nodename}:{os.getpid()}")
+        if time.monotonic() - started > ORPHAN_AGE_S / 2:
+            raise TimeoutError(f"writing {day_dir} took over {ORPHAN_AGE_S / 2:.0f}s; the garbage collector may "
+                               "already treat the new file as an orphan, so it is not published")
+        if held is not None and hasattr(held, "ensure_held"):
+            held.ensure_held()
+        _publish(store, day_dir, manifest)
     except BaseException:
-        ops.rmtree(stage)
+        store.delete(path)
         raise
-    target = ops.join(tdir, f"date={d}")
-    for attempt in range(5):
-        aside = None
-        if ops.exists(target):
-            aside = ops.join(staging, f"date={d}.old-{time.time_ns()}-{uuid.uuid4().hex[:8]}")
-            _move_aside(ops, target, aside)
-        try:
-            _move_in(ops, stage, target)
-        except Exception:
-            if ops.exists(target) and attempt < 4:
-                continue  # a reader restored the old copy in between: move it aside again
-            _recover(ops, tdir, d)  # put the old copy back, drop our staging folder
-            ops.rmtree(stage)
-            raise
-        if ops.local:
-            _fsync_dir(tdir)
-        if aside is not None:
-            ops.rmtree(aside)
-        break
-    return partition_uri(warehouse_uri, table, d)
 
 
-def _read_files(ops: _Ops, files: list[str], partition_base: str | None = None) -> pa.Table:
+def _publish(store: Store, day_dir: str, manifest: Manifest) -> None:
+    """The swap: one PUT (object stores) or rename (local) of the day's manifest."""
+    store.put_atomic(store.join(day_dir, MANIFEST), manifest.to_json())
+
+
+def _read_files(store: Store, files: list[str], partition_base: str | None = None) -> pa.Table:
     kwargs: dict[str, Any] = {}
     if partition_base is not None:
         kwargs = {"partitioning": ds.partitioning(_PARTITION_SCHEMA, flavor="hive"),
                   "partition_base_dir": partition_base}
-    dataset = ds.dataset(files, filesystem=ops.arrow_fs, format="parquet", **kwargs)
+    dataset = ds.dataset(files, filesystem=store.arrow_fs, format="parquet", **kwargs)
     schemas = [f.physical_schema for f in dataset.get_fragments()]
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     if partition_base is not None:
@@ -309,12 +172,14 @@ def _read_files(ops: _Ops, files: list[str], partition_base: str | None = None) 
     return dataset.replace_schema(schema).to_table()
 
 
-def _with_retry(fn):
-    for attempt in range(3):
+def _retrying(read):
+    """Read again from a fresh manifest if a named file is gone (deleted after the grace period, or a file of
+    the old layout replaced meanwhile)."""
+    for attempt in range(READ_ATTEMPTS):
         try:
-            return fn()
-        except FileNotFoundError:  # a concurrent swap moved the files; the next listing is consistent
-            if attempt == 2:
+            return read()
+        except (FileNotFoundError, OSError):
+            if attempt == READ_ATTEMPTS - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
 
@@ -323,33 +188,37 @@ def read_day_partition(warehouse_uri: str, table: str, day: date | str,
                        storage_options: dict | None = None) -> pa.Table | None:
     """The day's rows of `table` (without a `date` column), or None if the day was never written."""
     d = _day(day)
-    ops, tdir = _locate(warehouse_uri, table, storage_options)
-    _recover(ops, tdir, d)
-    target = ops.join(tdir, f"date={d}")
+    store, tdir = _locate(warehouse_uri, table, storage_options)
 
     def read() -> pa.Table | None:
-        files = ops.files(target)
-        return _read_files(ops, files) if files else None
+        files = day_files(store, tdir, d)
+        return _read_files(store, files) if files else None
 
-    return _with_retry(read)
+    return _retrying(read)
 
 
 def read_table(warehouse_uri: str, table: str, storage_options: dict | None = None) -> pa.Table | None:
-    """All days of `table` with a `date` (date32) column from the partition folders; None if there are none."""
-    ops, tdir = _locate(warehouse_uri, table, storage_options)
-    days = set()
-    for name in ops.listdir(ops.join(tdir, STAGING)):
-        m = re.match(r"^date=(\d{4}-\d{2}-\d{2})\.old-", name)
-        if m:
-            days.add(m.group(1))
-    for d in sorted(days):
-        _recover(ops, tdir, d)
+    """All days of `table` with a `date` (date32) column from the folder names; None if there are none."""
+    store, tdir = _locate(warehouse_uri, table, storage_options)
 
     def read() -> pa.Table | None:
-        files: list[str] = []
-        for name in ops.listdir(tdir):
-            if re.match(r"^date=\d{4}-\d{2}-\d{2}$", name):
-                files.extend(ops.files(ops.join(tdir, name)))
-        return _read_files(ops, files, partition_base=tdir) if files else None
+        files = [f for day in table_files(store, tdir).values() for f in day]
+        return _read_files(store, files, partition_base=tdir) if files else None
 
-    return _with_retry(read)
+    return _retrying(read)
+
+
+def current_files(warehouse_uri: str, table: str, storage_options: dict | None = None) -> dict[str, list[str]]:
+    """Every day of `table` → the URIs of its current data files (local paths, or `s3://…` with the protocol),
+    as the day's manifest names them: what a reader should open, e.g. DuckDB's `read_parquet([...])`."""
+    store, tdir = _locate(warehouse_uri, table, storage_options)
+    return {d: [store.uri(f) for f in files] for d, files in table_files(store, tdir).items()}
+
+
+def collect_table_garbage(warehouse_uri: str, table: str, storage_options: dict | None = None, *,
+                          grace_s: float = GC_GRACE_S, orphan_age_s: float = ORPHAN_AGE_S,
+                          now: float | None = None) -> list[str]:
+    """Delete the old files of every day of `table` no reader can need any more (see manifest.py); every write
+    does this for its table. Returns the URIs deleted."""
+    store, tdir = _locate(warehouse_uri, table, storage_options)
+    return [store.uri(p) for p in collect_garbage(store, tdir, grace_s=grace_s, orphan_age_s=orphan_age_s, now=now)]
