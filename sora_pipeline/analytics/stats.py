@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 
 from sora_pipeline.warehouse.schemas import GENERATIONS, REJECTED_ITEMS, VIDEO_METADATA, Column, TableDef
+
+if TYPE_CHECKING:
+    import duckdb
 
 JSON_COUNTS = "JSON {value: count}"
 
@@ -258,6 +261,8 @@ def with_date(data: pa.Table | None, table: TableDef, day: str) -> pa.Table:
 def daily_stats_row(day: str | date, generations: pa.Table | None, videos: pa.Table | None,
                     rejected: pa.Table | None) -> dict:
     """The `generation_daily_stats` row of one day from that day's tables (None = the day was not written)."""
+    import duckdb  # here: the table definitions above are read by every load of the code location
+
     day = day.isoformat() if isinstance(day, date) else str(day)
     con = duckdb.connect()
     try:

@@ -25,8 +25,6 @@ import httpx
 
 from sora_pipeline.fal.limits import byte_cap, describe_bytes
 from sora_pipeline.fal.urls import origin
-from sora_pipeline.media.probe import probe_video
-from sora_pipeline.warehouse.tables import is_local_fs
 
 MAX_VIDEO_BYTES_ENV = "SORA_MAX_VIDEO_BYTES"
 DEFAULT_MAX_VIDEO_BYTES = 2 << 30  # 2 GiB: a 12 s 1080p clip is tens of MB
@@ -138,6 +136,8 @@ def _check_answer(response: httpx.Response, url: str, cap: int, tmp_dir: str, mi
 def archive_file(local_path: str, target_uri: str, storage_options: dict | None = None) -> str:
     """Move a finished local file to `target_uri` (any fsspec URI) so that the target is never half-written:
     a rename on the same local disk, else an upload to a hidden name next to the target and a move."""
+    from sora_pipeline.warehouse.tables import is_local_fs  # here: importing this module stays light (settings)
+
     plain_path = "://" not in target_uri and not storage_options  # no filesystem object needed to rename
     fs, target = (None, target_uri) if plain_path else fsspec.core.url_to_fs(target_uri, **(storage_options or {}))
     if fs is None or is_local_fs(fs):
@@ -176,6 +176,8 @@ async def fetch_video(http: httpx.AsyncClient, url: str, *, queue_base_url: str,
         target = f"{archive_stem}-{file.sha256[:12]}.mp4" if archive_stem else None
 
         def probe_and_archive() -> tuple[Any, str | None]:  # one trip to a worker thread for both
+            from sora_pipeline.media.probe import probe_video  # PyAV, loaded by the first download
+
             probe = probe_video(file.path)
             return probe, archive_file(file.path, target, storage_options) if target else None
 

@@ -3,7 +3,7 @@
 Both compute the same metrics with the same DuckDB query (`sora_pipeline.analytics.stats.stats_sql`): the daily asset over
 the day's three tables, the summary directly over the hive-partitioned Parquet tables of every day. Each
 materialization carries a Markdown table of the headline figures with a chart embedded (rendered by the Dagster
-UI) and writes the chart to the warehouse too."""
+UI) and writes the chart to the warehouse too. DuckDB is imported by the steps, not by loading the code location."""
 
 
 import io
@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 from sora_pipeline.analytics import charts
 from sora_pipeline.defs.assets.lineage import spec_metadata, table_metadata
 from sora_pipeline.defs.partitions import daily_partitions
-from sora_pipeline.analytics.query import connect, retry_io, summary_uri, warehouse_fs
 from sora_pipeline.analytics.stats import (
     DAILY_STATS, HEADLINE, METRIC_LINEAGE, SUMMARY, daily_stats_row, days_markdown, headline_markdown, summary_rows,
 )
@@ -38,6 +37,8 @@ def stats_lineage() -> dg.TableColumnLineage:
 def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> str:
     """Write a whole file under the warehouse, replacing it in one step (rename locally; a single object copy on
     object stores), so a reader never sees half a file."""
+    from sora_pipeline.analytics.query import warehouse_fs
+
     fs, path = warehouse_fs(uri, storage_options)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
@@ -119,6 +120,8 @@ def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: Warehou
                 "refreshed automatically after days change (eager automation), or materialize it yourself.",
 )
 def generation_summary(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    from sora_pipeline.analytics.query import connect, retry_io, summary_uri
+
     options = warehouse.storage_options or None
     con = connect(warehouse.warehouse_uri, storage_options=options, empty_missing=True)
     try:

@@ -1,23 +1,25 @@
 """The day's generations: every valid item goes through the request ledger and fal's queue (or the simulator).
 
-Writes `generations` (one row per item: what happened) and `failed_generations` (items without a video)."""
+Writes `generations` (one row per item: what happened) and `failed_generations` (items without a video).
+The generation room (runner, fal client, webhooks, PyAV) is imported by the step, not by loading the code location."""
 
 
 import json
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from sora_pipeline.defs.assets.lineage import arrow_rows, selected_results, spec_metadata, table_metadata
-from sora_pipeline.generation.costs import PriceTable
-from sora_pipeline.generation.failpoints import failpoint
-from sora_pipeline.generation import GenerationConfig, GenerationRunner, Outcome, WorkItem
 from sora_pipeline.ledger import ResubmitPolicy
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.warehouse.schemas import FAILED_GENERATIONS, GENERATIONS
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
+
+if TYPE_CHECKING:
+    from sora_pipeline.generation import Outcome
 
 GROUP = "generation"
 FAL_POOL = "fal_sora"
@@ -54,6 +56,10 @@ class GenerationRunConfig(dg.Config):
 )
 def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, fal: FalVideoResource,
                 warehouse: WarehouseResource):
+    from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
+    from sora_pipeline.generation.costs import PriceTable
+    from sora_pipeline.generation.failpoints import failpoint
+
     day = context.partition_key
     items = [WorkItem(item_id=r["item_id"], prompt=r["prompt"], image_ref=r["image_ref"],
                       resolution=r["resolution"], aspect_ratio=r["aspect_ratio"],
@@ -110,9 +116,9 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     })
 
 
-def outcome_row(o: Outcome) -> dict:
+def outcome_row(o: "Outcome") -> dict:
     return dict(vars(o))
 
 
-def failed_row(o: Outcome) -> dict:
+def failed_row(o: "Outcome") -> dict:
     return dict(vars(o), reason=o.error_message)
