@@ -183,7 +183,7 @@ def test_the_simulator_takes_each_endpoint_s_own_latency_and_output_fields(make_
     jobs = {j.endpoint: j for j in sim.app.sim.book.jobs.values()}
     assert jobs[SORA_PRO].extra_latency == pytest.approx(0.001 * get_profile(SORA_PRO).video.latency_s)
     assert jobs[KLING].extra_latency == pytest.approx(0.001 * get_profile(KLING).video.latency_s)
-    assert "Kling" in (jobs[KLING].summary or "") and "5s" in jobs[KLING].summary
+    assert "Kling" in (jobs[KLING].summary or "") and "(5s, resolution=-" in jobs[KLING].summary
 
 
 def test_refresh_against_the_simulator_changes_nothing_for_every_shipped_profile(simulator, tmp_path):

@@ -193,9 +193,9 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             job.clip.add_done_callback(lambda _f, j=job: setattr(j, "clip_ready_at", time.monotonic()))
         position = book.add(job)
         if request_log.isEnabledFor(logging.INFO):
-            _, res, aspect, seconds = endpoint_inputs.video_shape(profile, payload)
+            duration, res, aspect = endpoint_inputs.asked(profile, payload)
             request_log.info("submit %s %s prompt=%s duration=%ss resolution=%s aspect_ratio=%s", rid, endpoint,
-                             _short(prompt), f"{seconds:g}", res, aspect)
+                             _short(prompt), duration, res, aspect)
         if job.webhook:
             deliverer.add(job)
         body = {"request_id": hostile.bad_request_id(rid) if job_faults.bad_request_id else rid,

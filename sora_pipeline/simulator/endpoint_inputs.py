@@ -43,7 +43,16 @@ def video_shape(profile: EndpointProfile, payload: dict[str, Any]) -> tuple[str,
     return payload[profile.catalog_mapping["image"]], f"{height}p", str(aspect), seconds
 
 
+def asked(profile: EndpointProfile, payload: dict[str, Any]) -> tuple[str, str, str]:
+    """(duration, resolution, aspect_ratio) as the request asked for them ("-": the endpoint has no such input)."""
+    def shown(concept: str) -> str:
+        found = profile.field_for(concept)
+        return "-" if found is None else str(payload.get(found[0], "-"))
+
+    return shown("duration"), shown("resolution"), shown("aspect_ratio")
+
+
 def describe(profile: EndpointProfile, payload: dict[str, Any]) -> str:
     """One log line: the model and what it was asked for."""
-    _, res, aspect, seconds = video_shape(profile, payload)
-    return f"Starting {profile.title} ({seconds:g}s, resolution={res}, aspect_ratio={aspect})"
+    duration, res, aspect = asked(profile, payload)
+    return f"Starting {profile.title} ({duration}s, resolution={res}, aspect_ratio={aspect})"
