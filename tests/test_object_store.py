@@ -372,3 +372,19 @@ def test_garbage_collection_on_s3(s3, monkeypatch):
     assert sorted(_names(fs, day_dir)) == sorted([MANIFEST, first[DAY][0].rsplit("/", 1)[-1]])
     assert _whole(read_day_partition(wh, "video_metadata", DAY, options).to_pylist()) == "v2"
     assert current_files(wh, "video_metadata", options) == first
+
+
+def test_the_catalog_reader_sees_a_file_another_process_added(s3):
+    """A long-running reader (the sensor, the daemon) of an s3:// catalog finds a file added after its first read,
+    although s3fs keeps the folder's listing for the life of the process."""
+    from sora_pipeline.catalog import read_catalog_day
+
+    fs, root, options = s3
+    _write_inputs(fs, root)
+    catalog = f"{root}/data/catalog"
+    assert len(read_catalog_day(catalog, DAY, storage_options=options).valid) == 4
+    other = fsspec.filesystem("s3", **options, skip_instance_cache=True)  # another process's client
+    more = [dict(r, item_id=f"late-{r['item_id']}") for r in catalog_rows()]
+    with other.open(f"{catalog}/part-1.parquet".removeprefix("s3://"), "wb") as fh:
+        pq.write_table(pa.Table.from_pylist(more, schema=CATALOG_SCHEMA), fh)
+    assert len(read_catalog_day(catalog, DAY, storage_options=options).valid) == 8

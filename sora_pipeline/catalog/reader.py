@@ -58,8 +58,13 @@ def image_roots_from_env(value: str | None) -> list[str]:
 
 
 def open_catalog(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and the protocol-less path of a catalog URI (local paths become absolute)."""
-    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    """The fsspec filesystem and the protocol-less path of a catalog URI (local paths become absolute). Object
+    stores' listing caches are dropped first: fsspec keeps filesystem instances (and their listings) for the life of
+    the process, so a long-running sensor or daemon would otherwise never see a file added after its first read."""
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if not is_local_fs(fs):
+        fs.invalidate_cache()
+    return fs, path
 
 
 @dataclass
