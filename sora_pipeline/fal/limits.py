@@ -109,7 +109,7 @@ class BodyReader:
         self.cap = max_json_bytes if self.strict else min(max_json_bytes, ERROR_BODY_BYTES)
         self._chunks: list[bytes] = []
         self._size = 0
-        declared = _content_length(response)
+        declared = content_length(response)
         if self.strict and declared is not None and declared > self.cap:
             raise too_large(phase, request_id, response.status_code, max_json_bytes, declared=declared)
 
@@ -133,7 +133,7 @@ class BodyReader:
                               request=self.response.request)
 
 
-def _content_length(response: httpx.Response) -> int | None:
+def content_length(response: httpx.Response) -> int | None:
     try:
         value = int(response.headers.get("content-length", ""))
     except ValueError:

@@ -37,7 +37,7 @@ import httpx
 from pydantic import SecretStr
 
 from sora_pipeline.fal.errors import FalError
-from sora_pipeline.fal.limits import MiB, byte_cap, describe_bytes
+from sora_pipeline.fal.limits import MiB, byte_cap, content_length, describe_bytes
 from sora_pipeline.fal.policies import RetryPolicy
 from sora_pipeline.fal.urls import origin
 from sora_pipeline.redact import register_secret
@@ -212,7 +212,7 @@ class StorageUploader:
         try:
             async with http.stream(method, url, **kwargs) as response:
                 code = response.status_code
-                declared = _content_length(response)
+                declared = content_length(response)
                 if 200 <= code < 300 and declared is not None and declared > ANSWER_BYTES:
                     raise StorageUploadError(self._too_large(what, declared), status_code=code, retryable=False)
                 chunks, size = [], 0
@@ -265,13 +265,6 @@ class StorageUploader:
         raise StorageUploadError(f"the fal storage initiate answer's {name} is not https ({_where(value)}); "
                                  "refused", retryable=False)
 
-
-def _content_length(response: httpx.Response) -> int | None:
-    try:
-        value = int(response.headers.get("content-length", ""))
-    except ValueError:
-        return None
-    return value if value >= 0 else None
 
 
 def _detail(text: str) -> str:

@@ -28,6 +28,7 @@ from sora_pipeline.simulator import hostile, openapi_docs, storage
 from sora_pipeline.endpoints import get_profile
 from sora_pipeline.simulator import endpoint_inputs
 from sora_pipeline.simulator.config import SimulatorConfig
+from sora_pipeline.simulator.core import auth_error as core_auth_error
 from sora_pipeline.simulator.core import Simulator, SimulatorApp, _base, _clip_failed, _detail, _drop, _Ticker
 from sora_pipeline.simulator.faults import PRE_RECORD_KINDS, fault_response, request_error_response
 from sora_pipeline.simulator.jobs import ClipInfo, Job
@@ -75,14 +76,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         return resp
 
     def auth_error(request: Request) -> Response | None:
-        if not config.auth_required:
-            return None
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme != "Key" or not key.strip():
-            return _detail(401, "Missing or invalid Authorization header; expected 'Authorization: Key <FAL_KEY>'")
-        if config.accepted_keys is not None and key.strip() not in config.accepted_keys:
-            return _detail(403, "The provided key is not authorized to access this application")
-        return None
+        return core_auth_error(config, request)
 
     def drawn(pick, call: str) -> str | None:
         with book.lock:

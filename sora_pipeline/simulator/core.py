@@ -159,3 +159,16 @@ class _Ticker:
             event.set()
             if self.waiters == 0:
                 return
+
+
+def auth_error(config: Any, request: Request, what: str = "application") -> Response | None:
+    """fal's answer to a request without a usable key (401) or with one the simulator does not accept (403), or
+    None when the request may go on. Every authenticated route of the simulator asks this one function."""
+    if not config.auth_required:
+        return None
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme != "Key" or not key.strip():
+        return _detail(401, "Missing or invalid Authorization header; expected 'Authorization: Key <FAL_KEY>'")
+    if config.accepted_keys is not None and key.strip() not in config.accepted_keys:
+        return _detail(403, f"The provided key is not authorized to access this {what}")
+    return None

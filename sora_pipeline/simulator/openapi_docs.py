@@ -22,14 +22,12 @@ from starlette.routing import Route
 from sora_pipeline.endpoints.openapi import openapi_document, price_answer
 from sora_pipeline.endpoints.refresh import PROFILES_DIR, read_profiles
 from sora_pipeline.simulator.config import SimulatorConfig
+from sora_pipeline.simulator.core import _detail
+from sora_pipeline.simulator.core import auth_error as core_auth_error
 
 PROFILES_ENV = "SORA_ENDPOINT_PROFILES"
 QUEUE_URL = "https://queue.fal.run"
 MAX_ENDPOINTS = 50  # per pricing request, as fal's API
-
-
-def _detail(status: int, detail: Any) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
 
 
 def routes(config: SimulatorConfig, profiles_dir: str | Path | None = None) -> list[Route]:
@@ -45,14 +43,7 @@ def routes(config: SimulatorConfig, profiles_dir: str | Path | None = None) -> l
         return found
 
     def auth_error(request: Request) -> Response | None:
-        if not config.auth_required:
-            return None
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme != "Key" or not key.strip():
-            return _detail(401, "Missing or invalid Authorization header; expected 'Authorization: Key <FAL_KEY>'")
-        if config.accepted_keys is not None and key.strip() not in config.accepted_keys:
-            return _detail(403, "The provided key is not authorized to access this resource")
-        return None
+        return core_auth_error(config, request, "resource")
 
     async def document(request: Request) -> Response:
         endpoint_id = request.query_params.get("endpoint_id", "").strip().strip("/")

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from sora_pipeline.simulator.core import _base, _detail
+from sora_pipeline.simulator.core import _base, _detail, auth_error
 from sora_pipeline.simulator.video import register_upload
 
 MAX_UPLOAD_BYTES = 128 << 20
@@ -51,15 +51,7 @@ def _uploads(request: Request) -> _Uploads:
 
 
 def _auth_error(request: Request) -> Response | None:
-    config = request.app.sim.config
-    if not config.auth_required:
-        return None
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme != "Key" or not key.strip():
-        return _detail(401, "Missing or invalid Authorization header; expected 'Authorization: Key <FAL_KEY>'")
-    if config.accepted_keys is not None and key.strip() not in config.accepted_keys:
-        return _detail(403, "The provided key is not authorized to access this application")
-    return None
+    return auth_error(request.app.sim.config, request)
 
 
 async def _body(request: Request, cap: int) -> bytes | None:

@@ -124,19 +124,7 @@ class Store:
         if not self.local:
             self.fs.pipe_file(path, data)
             return
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            self.delete(tmp)
-            raise
-        fsync_dir(folder)
+        self._replace_local(path, lambda fh: fh.write(data), unique=True)
 
     def write_parquet(self, path: str, data: pa.Table) -> None:
         """Write a Parquet file that appears only once complete (hidden temp + rename locally; objects are
@@ -145,12 +133,17 @@ class Store:
             with self.fs.open(path, "wb") as fh:
                 pq.write_table(data, fh)
             return
+        self._replace_local(path, lambda fh: pq.write_table(data, fh))
+
+    def _replace_local(self, path: str, write: Any, *, unique: bool = False) -> None:
+        """Write a hidden temp file next to `path` (synced), rename it over `path`, sync the folder."""
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
+        suffix = f".{uuid.uuid4().hex}" if unique else ""
+        tmp = os.path.join(folder, f".{os.path.basename(path)}{suffix}.tmp")
         try:
             with open(tmp, "wb") as fh:
-                pq.write_table(data, fh)
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
