@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from sora_pipeline.generation.admission import AccountAdmission
-from sora_pipeline.ledger import Ledger
+from sora_pipeline.ledger import Ledger, LedgerUnavailable
 from tests.pipeline_helpers import catalog_rows, make_project, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,3 +269,37 @@ def test_two_brokers_share_the_cap(tmp_path):
     assert asyncio.run(main(url)) <= cap
     with Ledger(url) as ledger:
         assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}
+
+
+def test_leaving_gives_every_row_back_and_answers_the_waiters(tmp_path):
+    """Leaving with a place held and an item still waiting: the waiter learns it (no hang), no row is left."""
+    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+        async def main() -> None:
+            async with AccountAdmission(ledger, asyncio.to_thread, account="fal", cap=1, owner="t",
+                                        poll_s=600) as admission:
+                await admission.acquire()
+                waiter = asyncio.create_task(admission.acquire())
+                while (await asyncio.to_thread(ledger.admission_counts, "fal"))["waiting"] < 1:
+                    await asyncio.sleep(0.01)
+            with pytest.raises(RuntimeError, match="closed"):
+                await waiter
+
+        asyncio.run(main())
+        assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}
+
+
+def test_a_ledger_failure_reaches_the_waiters(tmp_path):
+    """The ledger fails during a turn (pinpoint fault): the waiting items get LedgerUnavailable, as any write's
+    failure stops the run, instead of waiting forever."""
+    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+        async def failing_db(fn, *args, **kwargs):
+            if fn == ledger.exchange:
+                raise OperationalError("BEGIN IMMEDIATE", {}, Exception("disk I/O error"))
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+        async def main() -> None:
+            async with AccountAdmission(ledger, failing_db, account="fal", cap=2, owner="t") as admission:
+                with pytest.raises(LedgerUnavailable, match="disk I/O error"):
+                    await admission.acquire()
+
+        asyncio.run(main())

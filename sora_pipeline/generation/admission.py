@@ -24,6 +24,7 @@ from sora_pipeline.ledger import Ledger
 
 log = logging.getLogger("sora_pipeline.generation")
 DbCall = Callable[..., Awaitable[Any]]
+CLOSE_WAIT_S = 10.0  # leaving waits this long at most for a turn in the ledger to finish
 
 
 class AccountAdmission:
@@ -51,18 +52,33 @@ class AccountAdmission:
 
     async def __aexit__(self, *exc: object) -> None:
         self._closed = True
+        self._wake.set()
+        cancelled = False
+        if self._broker is not None and not self._broker.done():  # let a turn in the ledger finish (its rows
+            try:  # are then known and deleted below), then stop the broker
+                await asyncio.wait([self._broker], timeout=CLOSE_WAIT_S)
+            except asyncio.CancelledError:
+                cancelled = True  # give everything back first
         for task in (self._broker, self._heartbeat):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        for future in [*self._waiting, *self._tickets.values()]:
+            if not future.done():
+                future.set_exception(RuntimeError("the account's admission is closed"))
+        self._waiting.clear()
         self._held.clear()
         self._tickets.clear()
         self._released.clear()
         with contextlib.suppress(Exception):  # a dead process's rows expire anyway
-            await self._db(self.ledger.release_places, self.holder, None)  # every row, even a cancelled turn's
+            await self._db(self.ledger.release_places, self.holder, None)  # every row of this broker
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def acquire(self) -> int:
+        if self._closed:
+            raise RuntimeError("the account's admission is closed")
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         self._kick()
@@ -84,7 +100,7 @@ class AccountAdmission:
             self._broker = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while self._waiting or self._tickets or self._released:
+        while not self._closed and (self._waiting or self._tickets or self._released):
             self._wake.clear()
             await asyncio.sleep(0)  # let the releases and waiters of this moment join the turn
             new, self._waiting = self._waiting, []
