@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import importlib.util
 import socket
+import sys
 import threading
 
 import fsspec
+
 import pytest
 
 from sora_pipeline.fal import image_sources
@@ -84,8 +86,10 @@ def test_a_day_with_refused_sources_runs_its_good_rows(tmp_path, simulator, no_s
 def test_a_missing_driver_past_the_row_rules_fails_the_item_not_the_day(tmp_path, simulator, monkeypatch):
     """Defence in depth: the row rules think s3fs/gcsfs are there, fsspec then cannot import them — the items
     fail with a reason, the good rows of the day go through."""
-    if importlib.util.find_spec("s3fs") or importlib.util.find_spec("gcsfs"):
-        pytest.skip("needs s3fs and gcsfs absent (fsspec must fail to import them)")
+    registry = sys.modules["fsspec.registry"]
+    for module, protocol in (("s3fs", "s3"), ("gcsfs", "gs")):  # as if not installed, even when they are
+        monkeypatch.setitem(sys.modules, module, None)  # `import s3fs` raises ImportError
+        monkeypatch.delitem(registry._registry, protocol, raising=False)  # no class cached by fsspec
     monkeypatch.setattr(image_sources, "driver_installed", lambda module: True)
     rows = catalog_rows(n=2) + [dict(catalog_rows(n=1, prefix="s3")[0], image_uri="s3://bucket/a.png"),
                                 dict(catalog_rows(n=1, prefix="gs")[0], image_uri="gs://bucket/a.png")]
