@@ -389,3 +389,17 @@ def test_a_failed_upload_fails_only_its_items(big_day, simulator, servers, monke
     assert materialize_day(res).success
     assert {r["status"] for r in generations(project).values()} == {"completed"}
     assert simulator.stats()["submits"] == 4 and uploads(simulator) == 1
+
+
+def test_a_failed_upload_gives_its_budget_reservation_back(big_day, simulator, servers, monkeypatch):
+    """One request at a time, a run budget of exactly it1 + it3 ($2 + $2): it0's upload fails after it reserved
+    $1.20, which must come back, or it3 would be skipped by a budget nothing was spent from."""
+    project, _ = big_day
+    storage = servers(lambda h: (403, {"Content-Type": "application/json"}, b'{"detail": "no"}'))
+    monkeypatch.setenv("SORA_FAL_STORAGE_URL", storage.url)
+    res = resources(simulator.base_url, project, max_concurrency=1)
+    assert materialize_day(res, run_config={"run_budget_usd": 4.0}).success
+    rows = generations(project)
+    assert {i: r["status"] for i, r in rows.items()} == {"it0": "failed", "it1": "completed", "it2": "skipped",
+                                                          "it3": "completed"}, rows
+    assert rows["it0"]["error_type"] == "image_upload" and rows["it2"]["error_type"] == "budget"

@@ -21,15 +21,9 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
-from sora_pipeline.fal.errors import (
-    AmbiguousSubmitError,
-    FalError,
-    RateLimitedError,
-    RequestFailedError,
-    TransientError,
-    WaitTimeoutError,
-)
 from sora_pipeline.endpoints import get_profile
+from sora_pipeline.fal.errors import (AmbiguousSubmitError, FalError, RateLimitedError, RequestFailedError,
+                                      TransientError, WaitTimeoutError)
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests
@@ -42,15 +36,7 @@ from sora_pipeline.generation.pacing import Slot, SubmitsFirst
 from sora_pipeline.generation.planning import plan_items
 from sora_pipeline.generation.progress import Progress
 from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned, WorkItem
-from sora_pipeline.generation.webhooks import wait_for_webhook
-from sora_pipeline.ledger import (
-    Decision,
-    Ledger,
-    LedgerEntry,
-    LedgerUnavailable,
-    RequestState,
-    would_submit,
-)
+from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, LedgerUnavailable, RequestState, would_submit
 from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
 from sora_pipeline.media.probe import MediaProbeError
 from sora_pipeline.redact import install_log_redaction, register_secret
@@ -227,14 +213,20 @@ class GenerationRunner:
                               slot: Slot) -> LedgerEntry | None:
         """Claim the item in the ledger and act on the decision; returns the completed entry or None."""
         cfg, key, item = self.config, p.spec.request_key, p.item
-        if would_submit(entry, cfg.policy) and not self._budget.try_reserve(p.spec.estimated_cost):
+        reserved = would_submit(entry, cfg.policy)
+        if reserved and not self._budget.try_reserve(p.spec.estimated_cost):
             out.fail("skipped", "budget", f"item {item.item_id}: skipped, the budget cap would be exceeded by "
                      f"${p.spec.estimated_cost:,.2f} (remaining ${self._budget.remaining():,.2f})")
             return None
         started, handle = time.monotonic(), None
         while True:
             if would_submit(entry, cfg.policy) or (entry and entry.state == RequestState.SUBMITTING):
-                p = await self._images.prepare(p, self._client)  # a large image gets its storage URL
+                try:  # a large image gets its storage URL
+                    p = await self._images.prepare(p, self._client)
+                except Exception:  # the item fails; nothing was sent, so its reservation is given back
+                    if reserved:
+                        self._budget.release(p.spec.estimated_cost)
+                    raise
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
                 async with self._submits_first.waiting(), self._submitting:
@@ -369,6 +361,8 @@ class GenerationRunner:
     async def _wait_for_webhook(self, key: str, attempt: int) -> LedgerEntry | None:
         """Webhook mode: the receiver writes the outcome into the ledger; no status calls to fal. None → no
         usable webhook in time: fall back to polling fal."""
+        from sora_pipeline.generation.webhooks import wait_for_webhook  # webhook mode only: its server stack
+
         entry = await wait_for_webhook(self.ledger, key, attempt, timeout=self.config.webhook_wait,
                                        poll_ledger_every=self.config.webhook_ledger_poll)
         if entry is None or entry.state not in (RequestState.COMPLETED, RequestState.FAILED,
