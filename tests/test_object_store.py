@@ -37,7 +37,7 @@ from sora_pipeline.ledger import Ledger  # noqa: E402
 from sora_pipeline.ledger.leases import LeaseLost, LeaseTimeout  # noqa: E402
 from sora_pipeline.media.probe import probe_video  # noqa: E402
 from sora_pipeline.warehouse import tables  # noqa: E402
-from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, ORPHAN_AGE_S  # noqa: E402
+from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, MIRROR, ORPHAN_AGE_S  # noqa: E402
 from sora_pipeline.warehouse.schemas import Column, TableDef  # noqa: E402
 from sora_pipeline.warehouse.storage import Store  # noqa: E402
 from sora_pipeline.warehouse.tables import (  # noqa: E402
@@ -366,10 +366,10 @@ def test_garbage_collection_on_s3(s3, monkeypatch):
     assert collect_table_garbage(wh, "video_metadata", options) == []  # all within their grace
     now = time.time()
     gone = collect_table_garbage(wh, "video_metadata", options, now=now + tables.GC_GRACE_S + 1)
-    assert len(gone) == 2 and all(g.startswith(f"{day_dir}/part-v") for g in gone)
+    assert len(gone) == 2 and all(g.startswith(f"{day_dir}/_versions/part-v") for g in gone)
     gone = collect_table_garbage(wh, "video_metadata", options, now=now + ORPHAN_AGE_S + 1)
     assert len(gone) == 1  # the orphan, once old enough
-    assert sorted(_names(fs, day_dir)) == sorted([MANIFEST, first[DAY][0].rsplit("/", 1)[-1]])
+    assert sorted(_names(fs, day_dir)) == sorted([MANIFEST, MIRROR, first[DAY][0].rsplit("/", 1)[-1]])
     assert _whole(read_day_partition(wh, "video_metadata", DAY, options).to_pylist()) == "v2"
     assert current_files(wh, "video_metadata", options) == first
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sora_pipeline.warehouse import tables
-from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, ORPHAN_AGE_S
+from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, MIRROR, ORPHAN_AGE_S
 from sora_pipeline.warehouse.storage import Store
 from sora_pipeline.warehouse.tables import (collect_table_garbage, current_files, file_uri_for, partition_uri,
                                             read_day_partition, read_table, table_uri, write_day_partition)
@@ -211,11 +211,12 @@ def test_old_layout_is_read_and_upgraded_by_the_next_write(warehouse):
     _put(warehouse, "t/date=2026-11-21/part-0.parquet", _parquet_bytes(_table(2, start=5)))
     assert read_day_partition(warehouse, "t", D1).num_rows == 3
     assert read_table(warehouse, "t").num_rows == 5
-    write_day_partition(warehouse, "t", D1, _table(4, start=40))  # the old files are retired, not mixed in
+    write_day_partition(warehouse, "t", D1, _table(4, start=40))  # the old files are replaced, not mixed in
     assert read_day_partition(warehouse, "t", D1).column("item_id").to_pylist() == ["i40", "i41", "i42", "i43"]
+    assert "part-0123456789abcdef0123456789abcdef.parquet" not in _day_names(warehouse, "t", D1)
     assert read_table(warehouse, "t").num_rows == 6
     collect_table_garbage(warehouse, "t", now=time.time() + tables.GC_GRACE_S + 1)
-    assert [n for n in _day_names(warehouse, "t", D1) if not DATA_RE.match(n)] == ["_SUCCESS", MANIFEST]
+    assert [n for n in _day_names(warehouse, "t", D1) if not DATA_RE.match(n)] == ["_SUCCESS", MANIFEST, MIRROR]
 
 
 def test_old_layout_interrupted_swap_is_repaired_by_a_reader(warehouse):
@@ -254,3 +255,26 @@ def test_duckdb_reads_the_layout(tmp_path):
     kinds = dict(con.execute(f"select column_name, column_type from (describe select * from read_parquet("
                              f"'{wh}/video_metadata/*/*.parquet', hive_partitioning=true))").fetchall())
     assert kinds["date"] == "DATE"
+
+
+def test_plain_parquet_readers_see_one_whole_version_of_each_day(warehouse):
+    """The contract's layout for everyone else: `<table>/date=D/*.parquet` holds one version of the day (the
+    versions the manifest keeps for its own readers are hidden), so pyarrow, pandas or DuckDB reading the folders
+    never count a re-materialized day twice."""
+    import duckdb
+    import pyarrow.dataset as pads
+
+    fs, root = fsspec.core.url_to_fs(table_uri(warehouse, "t"))
+    for k in range(3):
+        write_day_partition(warehouse, "t", D1, _table(3, start=10 * k))
+        write_day_partition(warehouse, "t", D2, _table(2, start=10 * k))
+        fs.invalidate_cache()
+        plain = pads.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table()
+        assert sorted(plain.column("item_id").to_pylist()) == sorted(
+            [f"i{10 * k + i}" for i in range(3)] + [f"i{10 * k + i}" for i in range(2)])
+        visible = [p for p in fs.glob(f"{root}/date=*/*.parquet")]
+        assert len(visible) == 2 and all(p.endswith(f"/{MIRROR}") for p in visible)
+    if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
+        con = duckdb.connect()
+        got = con.execute(f"SELECT count(*) FROM read_parquet('{root}/date=*/*.parquet', hive_partitioning=true)")
+        assert got.fetchone()[0] == 5

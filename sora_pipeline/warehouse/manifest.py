@@ -2,9 +2,14 @@
 
 Layout of one day of a table (`<table>/date=D/`):
 
-- `part-v<ns>-<hex>.parquet`: data files, each written once under a fresh name and never changed;
-- `_manifest.json`: names the day's current data file(s); replaced by a single PUT (a rename locally), so a reader
-  that reads it sees the old day or the new one, whole. It also lists the files it retired, and when.
+- `_versions/part-v<ns>-<hex>.parquet`: the day's versions, each written once under a fresh name and never
+  changed; hidden from plain Parquet readers (pyarrow, pandas and Spark skip `_` folders; a `date=*/*.parquet` glob
+  does not descend into them);
+- `_manifest.json`: names the day's current version; replaced by a single PUT (a rename locally), so a reader
+  that reads it sees the old day or the new one, whole. It also lists the versions it retired, and when;
+- `data.parquet`: the current version's copy for plain readers (`read_parquet('<table>/date=*/*.parquet')`),
+  replaced in one step right after the manifest (a server-side copy on object stores, a hard link locally), so
+  they too see one whole version of each day, never two.
 
 Files no manifest names are ignored by readers: an upload in progress, a crashed writer's file, a retired version.
 A day without a manifest is the old layout (every `*.parquet` in the folder except new-style names, or the
@@ -31,6 +36,8 @@ STAGING = ".staging"  # the old layout's staging folder
 GC_GRACE_S = 600.0  # a retired file stays readable this long after the swap
 ORPHAN_AGE_S = 3600.0  # a file no manifest names is garbage once this old
 DATA_RE = re.compile(r"^part-v\d{19}-[0-9a-f]{12}\.parquet$")
+VERSIONS = "_versions"  # the day's immutable versions (hidden from plain readers)
+MIRROR = "data.parquet"  # the current version's copy, for plain readers of `date=*/*.parquet`
 DAY_DIR_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _ASIDE_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})\.old-(\d+)-")
 
@@ -41,8 +48,15 @@ def new_data_name() -> str:
 
 
 def is_legacy_data(name: str) -> bool:
-    """A data file of the old layout: any visible `*.parquet` that is not a new-style data file."""
-    return name.endswith(".parquet") and not name.startswith((".", "_")) and not DATA_RE.match(name)
+    """A data file of the old layout: any visible `*.parquet` that is not a new-style data file nor the mirror."""
+    return (name.endswith(".parquet") and not name.startswith((".", "_")) and not DATA_RE.match(name)
+            and name != MIRROR)
+
+
+def is_version(name: str) -> bool:
+    """`_versions/part-v….parquet` (or a bare `part-v….parquet` of this layout's first form)."""
+    head, _, tail = name.rpartition("/")
+    return head in ("", VERSIONS) and bool(DATA_RE.match(tail))
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,7 @@ class Manifest:
             if doc.get("format") != FORMAT:
                 raise ValueError(f"unknown format {doc.get('format')!r}")
             files = tuple(str(f) for f in doc["files"])
-            if not files or any("/" in f or not DATA_RE.match(f) for f in files):
+            if not files or any(not is_version(f) for f in files):
                 raise ValueError(f"bad file names {files!r}")
             retired = tuple((str(r["file"]), float(r["at"])) for r in doc.get("retired", ()))
             return cls(files, int(doc.get("rows", -1)), float(doc.get("written_at", 0)), retired,
@@ -152,11 +166,13 @@ def collect_garbage(store: Store, tdir: str, *, grace_s: float = GC_GRACE_S, orp
         parts = entry.rel.split("/")
         if len(parts) == 2 and (m := DAY_DIR_RE.match(parts[0])):
             days.setdefault(m.group(1), {})[parts[1]] = entry.mtime
+        elif len(parts) == 3 and parts[1] == VERSIONS and (m := DAY_DIR_RE.match(parts[0])):
+            days.setdefault(m.group(1), {})[f"{VERSIONS}/{parts[2]}"] = entry.mtime
         elif len(parts) >= 2 and parts[0] == STAGING and (m := re.match(r"^date=(\d{4}-\d{2}-\d{2})", parts[1])):
             staging.setdefault(m.group(1), []).append((store.join(tdir, *parts), entry.mtime))
     managed = {d: names for d, names in days.items() if MANIFEST in names}
     # a day whose only other file is its current one has nothing to collect: skip reading its manifest
-    busy = {d: names for d, names in managed.items() if len(names) > 2 or d in staging}
+    busy = {d: names for d, names in managed.items() if len(set(names) - {MIRROR}) > 2 or d in staging}
     paths = {d: store.join(tdir, f"date={d}", MANIFEST) for d in busy}
     manifests = store.cat_many(list(paths.values()))
 
@@ -171,12 +187,12 @@ def collect_garbage(store: Store, tdir: str, *, grace_s: float = GC_GRACE_S, orp
         manifest = Manifest.from_json(data, paths[d])
         retired = dict(manifest.retired)
         for name, mtime in names.items():
-            if name == MANIFEST or name in manifest.files:
+            if name in (MANIFEST, MIRROR) or name in manifest.files:
                 continue
             if name in retired:
                 gone = now - retired[name] >= grace_s
             else:
-                ours = DATA_RE.match(name) or is_legacy_data(name) or (name[:1] == "." and name.endswith(".tmp"))
+                ours = is_version(name) or is_legacy_data(name) or (name.rpartition("/")[2][:1] == "." and name.endswith(".tmp"))
                 gone = bool(ours) and old(mtime, orphan_age_s)
             if gone:
                 doomed.append(store.join(tdir, f"date={d}", name))

@@ -152,6 +152,25 @@ class Store:
             raise
         fsync_dir(folder)
 
+    def mirror(self, src: str, dst: str) -> None:
+        """Make `dst` a copy of the (immutable) file `src`, replacing `dst` in one step: a server-side copy on
+        object stores (one object replaced), a hard link (or a copy) renamed over `dst` locally."""
+        if not self.local:
+            self.fs.copy(src, dst)
+            return
+        folder = os.path.dirname(dst)
+        tmp = os.path.join(folder, f".{os.path.basename(dst)}.{uuid.uuid4().hex}.tmp")
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:  # a filesystem without hard links
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            self.delete(tmp)
+            raise
+        fsync_dir(folder)
+
     def delete(self, path: str) -> None:
         """Remove one file; a missing one is fine."""
         try:

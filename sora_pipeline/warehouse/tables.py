@@ -1,13 +1,15 @@
 """Per-day Parquet tables through fsspec: `<warehouse>/<table>/date=YYYY-MM-DD/`, each day replaced atomically
 for readers, on local disks and object stores alike, without renaming anything a reader may be reading.
 
-A write puts the day's rows in a new data file under a fresh name (`part-v<ns>-<hex>.parquet`), then replaces the
-day's manifest (`_manifest.json`, a single PUT on object stores, a rename locally) with one that names the new
-file and lists the old one as retired. Readers (`read_day_partition`, `read_table`, `day_files`,
-`current_files`, and the DuckDB views of `sora_pipeline.analytics.query`) read the manifest and only the files
-it names, so they see the old day or the new one — never a mix, never nothing — and ignore every other file.
-Retired files are deleted `gc_grace_s` after the swap (manifest.py). A day without a manifest is the old layout
-(every `*.parquet` of the folder) and is read as before; its next write gives it a manifest.
+A write puts the day's rows in a new version under a fresh name (`_versions/part-v<ns>-<hex>.parquet`), then
+replaces the day's manifest (`_manifest.json`, a single PUT on object stores, a rename locally) with one that
+names the new version and lists the old one as retired, then replaces `data.parquet`, the copy plain Parquet
+readers see, in one step. Readers (`read_day_partition`, `read_table`, `day_files`, `current_files`, and the
+DuckDB views of `sora_pipeline.analytics.query`) read the manifest and only the version it names, so they see
+the old day or the new one — never a mix, never nothing. A plain `read_parquet('<table>/date=*/*.parquet')` sees
+each day's `data.parquet`: one whole version, the new one from a moment after the swap. Retired versions are
+deleted `gc_grace_s` after the swap (manifest.py). A day without a manifest is the old layout (every `*.parquet`
+of the folder) and is read as before; its next write gives it a manifest and removes the old files.
 
 Writers of one day must take turns: pass `lock` (the Dagster resource passes a lease held in the request ledger,
 `ledger/leases.py`, so writers on any machine sharing the ledger are serialized); without one, a local
@@ -32,8 +34,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from .manifest import GC_GRACE_S, MANIFEST, ORPHAN_AGE_S, Manifest, collect_garbage, day_files, is_legacy_data
-from .manifest import new_data_name, read_manifest, table_files
+from .manifest import GC_GRACE_S, MANIFEST, MIRROR, ORPHAN_AGE_S, VERSIONS, Manifest, collect_garbage, day_files
+from .manifest import is_legacy_data, new_data_name, read_manifest, table_files
 from .storage import Store, is_local_fs
 
 __all__ = ["GC_GRACE_S", "collect_table_garbage", "current_files", "file_uri_for", "is_local_fs", "partition_uri",
@@ -127,15 +129,17 @@ def _local_lock(store: Store, tdir: str, d: str):
 def _write(store: Store, tdir: str, d: str, data: pa.Table, held: Any, grace_s: float) -> None:
     day_dir = store.join(tdir, f"date={d}")
     store.refresh(day_dir)
-    name = new_data_name()
-    path = store.join(day_dir, name)
+    name = f"{VERSIONS}/{new_data_name()}"
+    path = store.join(day_dir, VERSIONS, name.split("/", 1)[1])
     started = time.monotonic()
     try:
         store.write_parquet(path, data)  # invisible to readers until a manifest names it
         old = read_manifest(store, day_dir)
         now = time.time()
-        if old is None:  # first write, or the old layout: its files are retired like any old version
-            previous = [n for n in store.listdir(day_dir) if is_legacy_data(n)]
+        legacy: list[str] = []
+        if old is None:  # first write, or the old layout: its visible files go once the mirror is in place
+            legacy = [n for n in store.listdir(day_dir) if is_legacy_data(n)]
+            previous: list[str] = []
             kept: list[tuple[str, float]] = []
         else:
             previous = list(old.files)
@@ -152,6 +156,9 @@ def _write(store: Store, tdir: str, d: str, data: pa.Table, held: Any, grace_s: 
     except BaseException:
         store.delete(path)
         raise
+    store.mirror(path, store.join(day_dir, MIRROR))  # plain readers: one whole version, now the new one
+    for n in legacy:  # the old layout's files: manifest readers retry if one was just being read
+        store.delete(store.join(day_dir, n))
 
 
 def _publish(store: Store, day_dir: str, manifest: Manifest) -> None:
