@@ -201,3 +201,24 @@ def test_refresh_against_the_simulator_changes_nothing_for_every_shipped_profile
         assert done.returncode == 0, done.stdout + done.stderr
         assert "up to date" in done.stdout and "sim-key-7f3a91" not in done.stdout + done.stderr, done.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_openai_key_is_free_only_where_the_endpoint_takes_it(tmp_path):
+    """SORA_OPENAI_API_KEY makes Sora 2 Pro requests free at fal (its `api_key` input); Sora 2 standard has no such
+    input, so the same key must not price its requests at $0 (budgets would let everything through)."""
+    from sora_pipeline.generation.planning import plan_items
+    from sora_pipeline.generation.records import GenerationConfig, WorkItem
+    from sora_pipeline.ledger import Ledger
+
+    project = make_project(tmp_path, rows=[])
+    write_images(str(tmp_path / "data"))
+    item = WorkItem(item_id="k", prompt="a key", image_ref=str(tmp_path / "data/images/land.png"),
+                    resolution="720p", aspect_ratio="16:9", duration=4, day=DAY)
+    with Ledger(project["ledger_url"]) as ledger:
+        for endpoint, free in ((SORA_PRO, True), ("fal-ai/sora-2/image-to-video", False)):
+            cfg = GenerationConfig(endpoint_id=endpoint, backend="simulator", queue_base_url="http://127.0.0.1:1",
+                                   owner="t", day=DAY, openai_api_key="sk-test-not-real",
+                                   prices=PriceTable.from_profile(get_profile(endpoint)))
+            (planned,) = plan_items([item], cfg, ledger)
+            assert planned.spec.used_openai_key is free
+            assert planned.spec.estimated_cost == (0.0 if free else pytest.approx(0.4))

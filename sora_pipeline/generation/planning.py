@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from sora_pipeline.fal.inputs import ImageInput, ImageInputError
+from sora_pipeline.endpoints import get_profile
 from sora_pipeline.generation.costs import estimate_cost
 from sora_pipeline.generation.images import load_image
 from sora_pipeline.generation.records import GenerationConfig, Planned, WorkItem
@@ -14,7 +15,8 @@ from sora_pipeline.ledger import Ledger, RequestSpec
 
 def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) -> list[Planned]:
     """One `Planned` per item: its spec and image, or why it cannot be submitted (images cached by reference)."""
-    byo = config.openai_api_key is not None
+    # the user's own OpenAI key makes a request free at fal only where the endpoint takes it (Sora 2 Pro's api_key)
+    byo = config.openai_api_key is not None and get_profile(config.endpoint_id).field_for("openai_api_key") is not None
 
     def load(ref: str) -> ImageInput | str:
         try:
