@@ -85,14 +85,16 @@ def test_cancel_without_an_answer_stays_resumable(tmp_path, make_simulator, png_
         _submit_and_stop(sim, ledger, items)
         import socket
 
-        with socket.socket() as s:  # a port nobody listens on: the cancel never gets an answer
+        # a port bound but never listened on, held for the whole cancel (no other server can take it): every
+        # connection is refused, the cancel never gets an answer
+        with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-        runner = make_runner(sim.base_url, ledger, cancel_url=dead)
-        submitted_handles(runner, ledger)
-        runner._in_flight = {k: (a, dataclasses.replace(h, cancel_url=dead + urlsplit(h.cancel_url).path))
-                             for k, (a, h) in runner._in_flight.items()}
-        runner.cancel_in_flight()
+            runner = make_runner(sim.base_url, ledger, cancel_url=dead)
+            submitted_handles(runner, ledger)
+            runner._in_flight = {k: (a, dataclasses.replace(h, cancel_url=dead + urlsplit(h.cancel_url).path))
+                                 for k, (a, h) in runner._in_flight.items()}
+            runner.cancel_in_flight()
         assert Counter(e.state.value for e in ledger.entries_for_day(DAY)) == Counter({"submitted": 2})
         outcomes = make_runner(sim.base_url, ledger, owner="run-b").run(items)
         assert all(o.status == "completed" and o.decision == "resumed" for o in outcomes)
