@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from sora_pipeline.endpoints import EndpointProfile, get_profile
+from sora_pipeline.endpoints.profile import MAX_PARAMS_JSON
 from sora_pipeline.fal.image_sources import LOCAL_SCHEMES, refusal, scheme_of
 
 REQUIRED_COLUMNS = ("item_id", "prompt", "image_uri", "scheduled_date")
@@ -125,8 +126,8 @@ class _Rules:
         if isinstance(value, str):
             if not value.strip():
                 return None, None
-            if len(value) > 16_384:
-                return None, "is over 16 KiB of JSON"
+            if len(value) > MAX_PARAMS_JSON:
+                return None, f"is over {MAX_PARAMS_JSON // 1024} KiB of JSON"
             try:
                 value = json.loads(value)
             except ValueError as exc:

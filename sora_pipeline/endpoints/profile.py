@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CONCEPTS = ("prompt", "image", "resolution", "aspect_ratio", "duration", "openai_api_key")
 _HEIGHT = re.compile(r"^(\d{3,4})[pP]$")
-_MAX_PARAMS_JSON = 16 * 1024
+MAX_PARAMS_JSON = 16 * 1024  # characters of a catalog row's `params` JSON
 
 
 class Source(BaseModel):

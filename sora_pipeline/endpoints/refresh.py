@@ -77,7 +77,7 @@ def dump_profile(profile: dict[str, Any]) -> str:
     for i, key in enumerate(keys):
         value, comma = profile[key], "," if i < len(keys) - 1 else ""
         if key == "sources" and isinstance(value, list) and value:
-            lines += [f'  "sources": ['] + [f"    {one(s)}{',' if j < len(value) - 1 else ''}"
+            lines += ['  "sources": ['] + [f"    {one(s)}{',' if j < len(value) - 1 else ''}"
                                              for j, s in enumerate(value)] + [f"  ]{comma}"]
         elif key == "input" and isinstance(value, dict) and isinstance(value.get("properties"), dict):
             props = value["properties"]
