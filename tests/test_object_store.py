@@ -134,7 +134,7 @@ def test_a_whole_day_on_s3_then_duckdb_views(tmp_path, simulator, s3):
 
     again = materialize_day(res)  # a second run rewrites every table of the day (the old files are kept a while)
     assert again.success
-    assert sum(bool(DATA_RE.match(n)) for n in _names(fs, f"{root}/warehouse/video_metadata/date={DAY}")) == 2
+    assert sum(bool(DATA_RE.match(n)) for n in _names(fs, f"{root}/warehouse/_versions/video_metadata/date={DAY}")) == 2
     assert materialize_summary(res).success
     con = connect(project["warehouse_uri"], storage_options=options)
     assert con.execute("SELECT date::VARCHAR, count(*) FROM video_metadata GROUP BY 1").fetchall() == [(DAY, 4)]
@@ -362,14 +362,17 @@ def test_garbage_collection_on_s3(s3, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_day_partition(wh, "video_metadata", DAY, _versioned(9), options)
     monkeypatch.undo()
-    assert sum(bool(DATA_RE.match(n)) for n in _names(fs, day_dir)) == 4  # 1 current, 2 retired, 1 orphan
+    versions = f"{wh}/_versions/video_metadata/date={DAY}"
+    assert sum(bool(DATA_RE.match(n)) for n in _names(fs, versions)) == 4  # 1 current, 2 retired, 1 orphan
+    assert sorted(_names(fs, day_dir)) == sorted([MANIFEST, MIRROR])
     assert collect_table_garbage(wh, "video_metadata", options) == []  # all within their grace
     now = time.time()
     gone = collect_table_garbage(wh, "video_metadata", options, now=now + tables.GC_GRACE_S + 1)
-    assert len(gone) == 2 and all(g.startswith(f"{day_dir}/_versions/part-v") for g in gone)
+    assert len(gone) == 2 and all(g.startswith(f"{versions}/part-v") for g in gone)
     gone = collect_table_garbage(wh, "video_metadata", options, now=now + ORPHAN_AGE_S + 1)
     assert len(gone) == 1  # the orphan, once old enough
-    assert sorted(_names(fs, day_dir)) == sorted([MANIFEST, MIRROR, first[DAY][0].rsplit("/", 1)[-1]])
+    assert sorted(_names(fs, day_dir)) == sorted([MANIFEST, MIRROR])
+    assert _names(fs, versions) == [first[DAY][0].rsplit("/", 1)[-1]]
     assert _whole(read_day_partition(wh, "video_metadata", DAY, options).to_pylist()) == "v2"
     assert current_files(wh, "video_metadata", options) == first
 

@@ -46,6 +46,11 @@ def _table(n: int, start: int = 0) -> pa.Table:
                      "num_frames": pa.array(range(start, start + n), pa.int64())})
 
 
+def _version_names(warehouse: str, table: str, day) -> list[str]:
+    """The day's versions (`<warehouse>/_versions/<table>/date=D/`)."""
+    return _day_names(file_uri_for(warehouse, "_versions"), table, day)
+
+
 def _day_names(warehouse: str, table: str, day) -> list[str]:
     fs, path = fsspec.core.url_to_fs(partition_uri(warehouse, table, day))
     fs.invalidate_cache()
@@ -89,8 +94,9 @@ def test_write_read_and_replace(warehouse):
     write_day_partition(warehouse, "t", D1, _table(1, start=100))
     assert read_day_partition(warehouse, "t", "2026-11-20").to_pylist() == [{"item_id": "i100", "num_frames": 100}]
     assert read_day_partition(warehouse, "t", D2).num_rows == 2
-    names = _day_names(warehouse, "t", D1)  # the manifest, the current file, the retired one (kept for readers)
-    assert MANIFEST in names and sum(bool(DATA_RE.match(n)) for n in names) == 2
+    names = _day_names(warehouse, "t", D1)  # the manifest and the plain readers' copy; the versions are elsewhere
+    assert names == [MANIFEST, MIRROR]
+    assert sum(bool(DATA_RE.match(n)) for n in _version_names(warehouse, "t", D1)) == 2  # current + retired
     manifest = json.loads(fsspec.open(file_uri_for(partition_uri(warehouse, "t", D1), MANIFEST)).open().read())
     assert manifest["rows"] == 1 and len(manifest["files"]) == 1 and len(manifest["retired"]) == 1
     everything = read_table(warehouse, "t")
@@ -135,13 +141,13 @@ def test_crash_before_the_swap_leaves_the_old_day_and_an_ignored_orphan(warehous
     with pytest.raises(Crash):
         write_day_partition(warehouse, "t", D1, _table(5, start=50))
     monkeypatch.undo()
-    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 2  # the orphan is there...
+    assert sum(bool(DATA_RE.match(n)) for n in _version_names(warehouse, "t", D1)) == 2  # the orphan is there...
     assert read_day_partition(warehouse, "t", D1).num_rows == 3  # ...and ignored by every reader
     assert read_table(warehouse, "t").num_rows == 3
     assert collect_table_garbage(warehouse, "t") == []  # young: it could be a live writer's upload
     gone = collect_table_garbage(warehouse, "t", now=time.time() + ORPHAN_AGE_S + 1)
     assert len(gone) == 1 and read_day_partition(warehouse, "t", D1).num_rows == 3
-    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
+    assert sum(bool(DATA_RE.match(n)) for n in _version_names(warehouse, "t", D1)) == 1
 
 
 def test_ordinary_error_before_the_swap_cleans_up(warehouse, monkeypatch):
@@ -151,7 +157,7 @@ def test_ordinary_error_before_the_swap_cleans_up(warehouse, monkeypatch):
         write_day_partition(warehouse, "t", D1, _table(5))
     monkeypatch.undo()
     assert read_day_partition(warehouse, "t", D1).num_rows == 3
-    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
+    assert sum(bool(DATA_RE.match(n)) for n in _version_names(warehouse, "t", D1)) == 1
 
 
 def test_crash_while_writing_the_data_file_leaves_the_old_day(warehouse, monkeypatch):
@@ -185,7 +191,7 @@ def test_a_writer_that_lost_its_lock_does_not_publish(warehouse):
     with pytest.raises(RuntimeError, match="lease lost"):
         write_day_partition(warehouse, "t", D1, _table(7), lock=lock())
     assert entered == [1] and read_day_partition(warehouse, "t", D1).num_rows == 3
-    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
+    assert sum(bool(DATA_RE.match(n)) for n in _version_names(warehouse, "t", D1)) == 1
 
 
 def test_retired_files_stay_readable_for_the_grace_period_then_go(warehouse):
@@ -195,14 +201,14 @@ def test_retired_files_stay_readable_for_the_grace_period_then_go(warehouse):
     write_day_partition(warehouse, "t", D1, _table(5, start=20))
     with fsspec.open(old_files[0], "rb") as fh:
         assert pq.read_table(fh).num_rows == 3  # ...still reads its file
-    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 3
+    assert sum(bool(DATA_RE.match(n)) for n in _version_names(warehouse, "t", D1)) == 3
     assert collect_table_garbage(warehouse, "t") == []
     gone = collect_table_garbage(warehouse, "t", now=time.time() + tables.GC_GRACE_S + 1)
     assert len(gone) == 2 and old_files[0] in gone
-    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
+    assert sum(bool(DATA_RE.match(n)) for n in _version_names(warehouse, "t", D1)) == 1
     assert read_day_partition(warehouse, "t", D1).column("item_id").to_pylist()[0] == "i20"
     write_day_partition(warehouse, "t", D1, _table(1), gc_grace_s=0)  # no grace: the old file goes at once
-    assert sum(bool(DATA_RE.match(n)) for n in _day_names(warehouse, "t", D1)) == 1
+    assert sum(bool(DATA_RE.match(n)) for n in _version_names(warehouse, "t", D1)) == 1
 
 
 def test_old_layout_is_read_and_upgraded_by_the_next_write(warehouse):
@@ -258,9 +264,9 @@ def test_duckdb_reads_the_layout(tmp_path):
 
 
 def test_plain_parquet_readers_see_one_whole_version_of_each_day(warehouse):
-    """The contract's layout for everyone else: `<table>/date=D/*.parquet` holds one version of the day (the
-    versions the manifest keeps for its own readers are hidden), so pyarrow, pandas or DuckDB reading the folders
-    never count a re-materialized day twice."""
+    """The contract's layout for everyone else: `<table>/date=D/*.parquet` holds one version of the day and the
+    table's folder nothing else (the versions the manifest keeps for its own readers live outside it), so pyarrow,
+    pandas or DuckDB reading the folders — recursively or not — never count a re-materialized day twice."""
     import duckdb
     import pyarrow.dataset as pads
 
@@ -272,9 +278,11 @@ def test_plain_parquet_readers_see_one_whole_version_of_each_day(warehouse):
         plain = pads.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table()
         assert sorted(plain.column("item_id").to_pylist()) == sorted(
             [f"i{10 * k + i}" for i in range(3)] + [f"i{10 * k + i}" for i in range(2)])
-        visible = [p for p in fs.glob(f"{root}/date=*/*.parquet")]
-        assert len(visible) == 2 and all(p.endswith(f"/{MIRROR}") for p in visible)
+        for pattern in ("date=*/*.parquet", "**/*.parquet"):  # the whole table folder holds one file a day
+            visible = fs.glob(f"{root}/{pattern}")
+            assert len(visible) == 2 and all(p.endswith(f"/{MIRROR}") for p in visible), (pattern, visible)
     if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
         con = duckdb.connect()
-        got = con.execute(f"SELECT count(*) FROM read_parquet('{root}/date=*/*.parquet', hive_partitioning=true)")
-        assert got.fetchone()[0] == 5
+        for pattern in ("date=*/*.parquet", "**/*.parquet"):
+            got = con.execute(f"SELECT count(*) FROM read_parquet('{root}/{pattern}', hive_partitioning=true)")
+            assert got.fetchone()[0] == 5, pattern

@@ -1,15 +1,14 @@
 """A day's manifest and the files it names: which files *are* a day, and which ones are garbage.
 
-Layout of one day of a table (`<table>/date=D/`):
+Layout of one day D of a table T under a warehouse W:
 
-- `_versions/part-v<ns>-<hex>.parquet`: the day's versions, each written once under a fresh name and never
-  changed; hidden from plain Parquet readers (pyarrow, pandas and Spark skip `_` folders; a `date=*/*.parquet` glob
-  does not descend into them);
-- `_manifest.json`: names the day's current version; replaced by a single PUT (a rename locally), so a reader
-  that reads it sees the old day or the new one, whole. It also lists the versions it retired, and when;
-- `data.parquet`: the current version's copy for plain readers (`read_parquet('<table>/date=*/*.parquet')`),
-  replaced in one step right after the manifest (a server-side copy on object stores, a hard link locally), so
-  they too see one whole version of each day, never two.
+- `W/T/date=D/_manifest.json`: names the day's current version; replaced by a single PUT (a rename locally), so a
+  reader that reads it sees the old day or the new one, whole. It also lists the versions it retired, and when;
+- `W/T/date=D/data.parquet`: the current version's copy for plain readers (pandas, pyarrow, a `T/**/*.parquet`
+  glob), replaced in one step right after the manifest (a server-side copy on object stores, a hard link
+  locally): the table's folder holds one whole version of each day, never two;
+- `W/_versions/T/date=D/part-v<ns>-<hex>.parquet`: the day's versions, each written once under a fresh name and
+  never changed, outside the table's folder (pyarrow and pandas also skip a `_` folder).
 
 Files no manifest names are ignored by readers: an upload in progress, a crashed writer's file, a retired version.
 A day without a manifest is the old layout (every `*.parquet` in the folder except new-style names, or the
@@ -36,7 +35,7 @@ STAGING = ".staging"  # the old layout's staging folder
 GC_GRACE_S = 600.0  # a retired file stays readable this long after the swap
 ORPHAN_AGE_S = 3600.0  # a file no manifest names is garbage once this old
 DATA_RE = re.compile(r"^part-v\d{19}-[0-9a-f]{12}\.parquet$")
-VERSIONS = "_versions"  # the day's immutable versions (hidden from plain readers)
+VERSIONS = "_versions"  # W/_versions/T/date=D/: the immutable versions (outside the table's folder)
 MIRROR = "data.parquet"  # the current version's copy, for plain readers of `date=*/*.parquet`
 DAY_DIR_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _ASIDE_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})\.old-(\d+)-")
@@ -53,10 +52,14 @@ def is_legacy_data(name: str) -> bool:
             and name != MIRROR)
 
 
-def is_version(name: str) -> bool:
-    """`_versions/part-v….parquet` (or a bare `part-v….parquet` of this layout's first form)."""
-    head, _, tail = name.rpartition("/")
-    return head in ("", VERSIONS) and bool(DATA_RE.match(tail))
+def versions_root(store: Store, tdir: str) -> str:
+    """`W/_versions/T` for the table folder `W/T`."""
+    parent, table = store.split(tdir)
+    return store.join(parent, VERSIONS, table)
+
+
+def versions_dir(store: Store, tdir: str, day: str) -> str:
+    return store.join(versions_root(store, tdir), f"date={day}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class Manifest:
             if doc.get("format") != FORMAT:
                 raise ValueError(f"unknown format {doc.get('format')!r}")
             files = tuple(str(f) for f in doc["files"])
-            if not files or any(not is_version(f) for f in files):
+            if not files or any("/" in f or not DATA_RE.match(f) for f in files):
                 raise ValueError(f"bad file names {files!r}")
             retired = tuple((str(r["file"]), float(r["at"])) for r in doc.get("retired", ()))
             return cls(files, int(doc.get("rows", -1)), float(doc.get("written_at", 0)), retired,
@@ -120,7 +123,8 @@ def day_files(store: Store, tdir: str, day: str) -> list[str] | None:
     day_dir = store.join(tdir, f"date={day}")
     store.refresh(day_dir)
     manifest = read_manifest(store, day_dir)
-    files = [store.join(day_dir, f) for f in manifest.files] if manifest else legacy_files(store, tdir, day)
+    vdir = versions_dir(store, tdir, day)
+    files = [store.join(vdir, f) for f in manifest.files] if manifest else legacy_files(store, tdir, day)
     store.refresh(*files)
     return files or None
 
@@ -138,11 +142,11 @@ def table_files(store: Store, tdir: str) -> dict[str, list[str]]:
     manifests = store.cat_many(list(paths.values()))
     out: dict[str, list[str]] = {}
     for d in sorted(by_day):
-        day_dir = store.join(tdir, f"date={d}")
         if d in paths:
             data = manifests.get(paths[d]) or store.cat(paths[d])
             if data is not None:
-                out[d] = [store.join(day_dir, f) for f in Manifest.from_json(data, paths[d]).files]
+                vdir = versions_dir(store, tdir, d)
+                out[d] = [store.join(vdir, f) for f in Manifest.from_json(data, paths[d]).files]
                 continue
         files = legacy_files(store, tdir, d, by_day[d] or None)
         if files:
@@ -160,14 +164,13 @@ def collect_garbage(store: Store, tdir: str, *, grace_s: float = GC_GRACE_S, orp
     layout's leftovers of that day under `.staging/`, once `orphan_age_s` old. Days without a manifest are left
     alone. Deleted files that a manifest still lists as retired are dropped from it by the day's next write."""
     now = time.time() if now is None else now
-    days: dict[str, dict[str, float | None]] = {}
+    days: dict[str, dict[str, tuple[str, float | None]]] = {}  # day → name → (path, mtime)
     staging: dict[str, list[tuple[str, float | None]]] = {}
-    for entry in store.tree(tdir):
+    vroot = versions_root(store, tdir)
+    for root, entry in [(tdir, e) for e in store.tree(tdir)] + [(vroot, e) for e in store.tree(vroot)]:
         parts = entry.rel.split("/")
         if len(parts) == 2 and (m := DAY_DIR_RE.match(parts[0])):
-            days.setdefault(m.group(1), {})[parts[1]] = entry.mtime
-        elif len(parts) == 3 and parts[1] == VERSIONS and (m := DAY_DIR_RE.match(parts[0])):
-            days.setdefault(m.group(1), {})[f"{VERSIONS}/{parts[2]}"] = entry.mtime
+            days.setdefault(m.group(1), {})[parts[1]] = (store.join(root, *parts), entry.mtime)
         elif len(parts) >= 2 and parts[0] == STAGING and (m := re.match(r"^date=(\d{4}-\d{2}-\d{2})", parts[1])):
             staging.setdefault(m.group(1), []).append((store.join(tdir, *parts), entry.mtime))
     managed = {d: names for d, names in days.items() if MANIFEST in names}
@@ -186,16 +189,16 @@ def collect_garbage(store: Store, tdir: str, *, grace_s: float = GC_GRACE_S, orp
             continue
         manifest = Manifest.from_json(data, paths[d])
         retired = dict(manifest.retired)
-        for name, mtime in names.items():
+        for name, (path, mtime) in names.items():
             if name in (MANIFEST, MIRROR) or name in manifest.files:
                 continue
             if name in retired:
                 gone = now - retired[name] >= grace_s
             else:
-                ours = is_version(name) or is_legacy_data(name) or (name.rpartition("/")[2][:1] == "." and name.endswith(".tmp"))
+                ours = DATA_RE.match(name) or is_legacy_data(name) or (name[:1] == "." and name.endswith(".tmp"))
                 gone = bool(ours) and old(mtime, orphan_age_s)
             if gone:
-                doomed.append(store.join(tdir, f"date={d}", name))
+                doomed.append(path)
         doomed.extend(p for p, mtime in staging.get(d, ()) if old(mtime, orphan_age_s))
     for path in doomed:
         store.delete(path)

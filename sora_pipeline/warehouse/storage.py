@@ -57,6 +57,10 @@ class Store:
     def join(self, *parts: str) -> str:
         return os.path.join(*parts) if self.local else posixpath.join(*parts)
 
+    def split(self, path: str) -> tuple[str, str]:
+        """(parent, name) of a path."""
+        return os.path.split(path.rstrip(os.sep)) if self.local else posixpath.split(path.rstrip("/"))
+
     def uri(self, path: str) -> str:
         """What DuckDB and users open: the local path, or the URI with its protocol (`s3://bucket/key`)."""
         return path if self.local else self.fs.unstrip_protocol(path)

@@ -1,7 +1,8 @@
 """Per-day Parquet tables through fsspec: `<warehouse>/<table>/date=YYYY-MM-DD/`, each day replaced atomically
 for readers, on local disks and object stores alike, without renaming anything a reader may be reading.
 
-A write puts the day's rows in a new version under a fresh name (`_versions/part-v<ns>-<hex>.parquet`), then
+A write puts the day's rows in a new version under a fresh name (`<warehouse>/_versions/<table>/date=D/
+part-v<ns>-<hex>.parquet`, outside the table's folder), then
 replaces the day's manifest (`_manifest.json`, a single PUT on object stores, a rename locally) with one that
 names the new version and lists the old one as retired, then replaces `data.parquet`, the copy plain Parquet
 readers see, in one step. Readers (`read_day_partition`, `read_table`, `day_files`, `current_files`, and the
@@ -34,8 +35,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from .manifest import GC_GRACE_S, MANIFEST, MIRROR, ORPHAN_AGE_S, VERSIONS, Manifest, collect_garbage, day_files
-from .manifest import is_legacy_data, new_data_name, read_manifest, table_files
+from .manifest import GC_GRACE_S, MANIFEST, MIRROR, ORPHAN_AGE_S, Manifest, collect_garbage, day_files
+from .manifest import is_legacy_data, new_data_name, read_manifest, table_files, versions_dir
 from .storage import Store, is_local_fs
 
 __all__ = ["GC_GRACE_S", "collect_table_garbage", "current_files", "file_uri_for", "is_local_fs", "partition_uri",
@@ -129,8 +130,8 @@ def _local_lock(store: Store, tdir: str, d: str):
 def _write(store: Store, tdir: str, d: str, data: pa.Table, held: Any, grace_s: float) -> None:
     day_dir = store.join(tdir, f"date={d}")
     store.refresh(day_dir)
-    name = f"{VERSIONS}/{new_data_name()}"
-    path = store.join(day_dir, VERSIONS, name.split("/", 1)[1])
+    name = new_data_name()
+    path = store.join(versions_dir(store, tdir, d), name)
     started = time.monotonic()
     try:
         store.write_parquet(path, data)  # invisible to readers until a manifest names it
