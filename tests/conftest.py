@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import io
 import os
+import uuid
 
 import pytest
 from PIL import Image
 from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from sora_pipeline.simulator import SimulatorConfig, SimulatorServer
@@ -91,6 +92,34 @@ def pg_admin():
         postgres_unavailable(f"PostgreSQL at {shown} is unavailable ({problem})")
     yield engine, url
     engine.dispose()
+
+
+@pytest.fixture
+def new_database(pg_admin):
+    """`new_database("label")` → URL of a fresh database; every one is dropped at the end of the test."""
+    engine, url = pg_admin
+    created: list[str] = []
+
+    def make(label: str) -> URL:
+        name = f"sora_test_{label}_{uuid.uuid4().hex[:10]}"
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return url.set(database=name)
+
+    yield make
+    with engine.connect() as conn:
+        for name in created:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request, tmp_path):
+    """A ledger URL on each backend: a SQLite file, and a fresh PostgreSQL database (`new_database`)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    url = request.getfixturevalue("new_database")("ledger")
+    return url.render_as_string(hide_password=False)
 
 
 # ---------------------------------------------------------------- `make test: N passed, M skipped, K failed`

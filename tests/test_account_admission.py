@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -46,20 +45,6 @@ WORKER = textwrap.dedent("""
             spans.append([start, end])
     json.dump(spans, open(out, "w"))
 """)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-        return
-    engine, admin_url = request.getfixturevalue("pg_admin")
-    name = f"sora_test_admission_{uuid.uuid4().hex[:10]}"
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield admin_url.set(database=name).render_as_string(hide_password=False)
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def max_overlap(spans: list[list[float]]) -> int:

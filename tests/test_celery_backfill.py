@@ -42,7 +42,7 @@ from tests.pg_helpers import (
     wait_for_code_server,
 )
 from tests.pipeline_helpers import catalog_rows, make_project
-from tests.test_postgres import new_database, pg_instance  # noqa: F401 — the PostgreSQL fixtures
+from tests.test_postgres import pg_instance  # noqa: F401 — the PostgreSQL fixture (new_database: conftest.py)
 
 BIN = Path(sys.executable).parent
 BROKER_ENV, BROKER_DEFAULT = "SORA_TEST_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"

@@ -203,16 +203,8 @@ def test_old_ledgers_migrate_simulator_rows_to_their_own_keys(tmp_path):
 
 # ---------------------------------------------------------------- 7, for real: PostgreSQL goes away mid-run
 @pytest.fixture
-def pg_database(pg_admin):
-    import uuid
-
-    engine, admin_url = pg_admin
-    name = f"sora_test_outage_{uuid.uuid4().hex[:10]}"
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield admin_url.set(database=name)
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def pg_database(new_database):
+    return new_database("outage")
 
 
 def test_ledger_outage_mid_run_fails_the_run_and_the_next_run_resumes(tmp_path, make_simulator, pg_database):

@@ -213,20 +213,6 @@ def test_readers_see_another_process_write_despite_fsspecs_listing_cache(s3):
 
 
 # ---------------------------------------------------------------- (c) writers of one day take turns
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-        return
-    engine, url = request.getfixturevalue("pg_admin")
-    name = f"sora_test_leases_{uuid.uuid4().hex[:10]}"
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_named_lease_rules(ledger_url):
     with Ledger(ledger_url) as ledger:
         t0 = datetime.now(timezone.utc)

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import dagster as dg
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
 from sora_pipeline.ledger import Ledger, RequestSpec, RequestState, ResubmitPolicy
@@ -50,25 +49,6 @@ IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 
 # ---------------------------------------------------------------- PostgreSQL fixtures (pg_admin: conftest.py)
-@pytest.fixture
-def new_database(pg_admin):
-    """`new_database("label")` → URL of a fresh database; every one is dropped at the end of the test."""
-    engine, url = pg_admin
-    created: list[str] = []
-
-    def make(label: str) -> URL:
-        name = f"sora_test_{label}_{uuid.uuid4().hex[:10]}"
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return url.set(database=name)
-
-    yield make
-    with engine.connect() as conn:
-        for name in created:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
 def pg_instance(tmp_path, new_database, monkeypatch):
     """`pg_instance(**overrides)` → (DagsterInstance on a fresh PostgreSQL database from deploy/dagster.yaml, env)."""
