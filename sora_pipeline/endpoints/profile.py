@@ -165,7 +165,7 @@ class EndpointProfile(BaseModel):
             return None, f"{_show(value)}: {self.endpoint_id} has no {concept} input (leave it empty)"
         name, spec = found
         if spec.enum is None:
-            wire = _to_wire(spec, value)
+            wire = wire_value(spec, value)
             why = spec.problem(wire)
             return (None, why) if why else (_as_catalog(concept, wire), None)
         for candidate in spec.enum:
@@ -216,7 +216,7 @@ class EndpointProfile(BaseModel):
                 continue
             value = self.default(concept) if value is None else value
             if value is not None:
-                body[found[0]] = _to_wire(found[1], value)
+                body[found[0]] = wire_value(found[1], value)
         body.update(params or {})
         for concept, secret in (secrets or {}).items():
             found = self.field_for(concept)
@@ -294,7 +294,7 @@ def _same(candidate: Any, value: Any) -> bool:
     return False
 
 
-def _to_wire(spec: FieldSpec, value: Any) -> Any:
+def wire_value(spec: FieldSpec, value: Any) -> Any:
     """A recorded value in the type the endpoint declares ("5" for a string enum, 4 for an integer one)."""
     kinds = {type(e) for e in spec.enum or ()} or ({str} if spec.type == "string" else
                                                     {int} if spec.type == "integer" else set())

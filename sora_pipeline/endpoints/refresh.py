@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from sora_pipeline.endpoints.profile import CONCEPTS
+from sora_pipeline.endpoints.registry import PROFILES_DIR, file_name
 from sora_pipeline.endpoints.openapi import (OpenAPIError, price_entry, pricing_from_price,
                                              profile_sections_from_openapi)
 from sora_pipeline.redact import contains_secret, redact, register_secret
@@ -26,8 +28,6 @@ OPENAPI_BASE = "https://fal.ai"
 API_BASE = "https://api.fal.ai"
 MAX_BYTES = 4 * 1024 * 1024
 MAX_SECONDS = 60.0  # per download, however slowly the bytes come
-PROFILES_DIR = Path(__file__).with_name("profiles")
-CONCEPTS = ("prompt", "image", "resolution", "aspect_ratio", "duration", "openai_api_key")
 EXIT_OK, EXIT_FETCH, EXIT_USAGE, EXIT_DOCUMENT, EXIT_PROFILE = 0, 1, 2, 3, 4
 _TOP_ORDER = ("endpoint_id", "title", "sources", "input", "secret_inputs", "catalog_mapping", "output", "pricing",
               "video")
@@ -50,10 +50,6 @@ def check_endpoint_id(endpoint_id: str) -> str:
         raise RefreshError(f"{endpoint_id[:80]!r} is not a fal endpoint id (like fal-ai/sora-2/image-to-video)",
                            EXIT_USAGE)
     return endpoint_id
-
-
-def file_name(endpoint_id: str) -> str:
-    return endpoint_id.strip("/").replace("/", "__") + ".json"
 
 
 def read_profiles(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:

@@ -50,6 +50,16 @@ def _dirs(extra: str | None) -> list[Path]:
     return dirs
 
 
+def profile_dirs(env: dict[str, str] | None = None) -> list[Path]:
+    """Where profiles come from, later folders overriding earlier ones: the shipped folder, then
+    `SORA_ENDPOINT_PROFILES` if set."""
+    return _dirs(_extra(env))
+
+
+def _extra(env: dict[str, str] | None) -> str | None:
+    return (os.environ if env is None else env).get(PROFILES_ENV) or None
+
+
 @functools.lru_cache(maxsize=8)
 def _profiles(extra: str | None) -> dict[str, EndpointProfile]:
     found: dict[str, EndpointProfile] = {}
@@ -67,8 +77,7 @@ def _profiles(extra: str | None) -> dict[str, EndpointProfile]:
 
 def profiles(env: dict[str, str] | None = None) -> dict[str, EndpointProfile]:
     """Every known profile by endpoint id."""
-    extra = (os.environ if env is None else env).get(PROFILES_ENV) or None
-    return dict(_profiles(extra))
+    return dict(_profiles(_extra(env)))
 
 
 def known_endpoints(env: dict[str, str] | None = None) -> list[str]:
@@ -77,7 +86,7 @@ def known_endpoints(env: dict[str, str] | None = None) -> list[str]:
 
 def get_profile(endpoint_id: str | None = None, env: dict[str, str] | None = None) -> EndpointProfile:
     endpoint_id = (endpoint_id or DEFAULT_ENDPOINT_ID).strip().strip("/")
-    known = profiles(env)
+    known = _profiles(_extra(env))  # the cached mapping itself: this runs for every request key and submit
     if endpoint_id not in known:
         raise UnknownEndpoint(f"no profile for endpoint {endpoint_id!r}; known endpoints: {', '.join(sorted(known))} "
                               f"(add one with `python -m sora_pipeline.endpoints refresh {endpoint_id} --mapping …`, "

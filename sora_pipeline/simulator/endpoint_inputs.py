@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sora_pipeline.endpoints import EndpointProfile
-from sora_pipeline.endpoints.profile import _to_wire
+from sora_pipeline.endpoints.profile import wire_value
 
 
 def problems(profile: EndpointProfile, body: Any) -> list[dict[str, Any]]:
@@ -25,7 +25,7 @@ def accepted_payload(profile: EndpointProfile, body: dict[str, Any]) -> dict[str
     for concept in ("resolution", "aspect_ratio", "duration"):
         found = profile.field_for(concept)
         if found is not None and payload.get(found[0]) is not None:
-            payload[found[0]] = _to_wire(found[1], payload[found[0]])
+            payload[found[0]] = wire_value(found[1], payload[found[0]])
     return payload
 
 

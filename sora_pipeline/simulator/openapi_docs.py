@@ -11,7 +11,6 @@ Profiles are the shipped ones, overridden by `SORA_ENDPOINT_PROFILES` (or by `pr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sora_pipeline.endpoints.openapi import openapi_document, price_answer
-from sora_pipeline.endpoints.refresh import PROFILES_DIR, read_profiles
+from sora_pipeline.endpoints.refresh import read_profiles
+from sora_pipeline.endpoints.registry import profile_dirs
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.core import _detail
 from sora_pipeline.simulator.core import auth_error as core_auth_error
 
-PROFILES_ENV = "SORA_ENDPOINT_PROFILES"
 QUEUE_URL = "https://queue.fal.run"
 MAX_ENDPOINTS = 50  # per pricing request, as fal's API
 
@@ -36,10 +35,10 @@ def routes(config: SimulatorConfig, profiles_dir: str | Path | None = None) -> l
     def known() -> dict[str, dict[str, Any]]:
         if profiles_dir is not None:
             return read_profiles(profiles_dir)
-        found = read_profiles(PROFILES_DIR)
-        extra = os.environ.get(PROFILES_ENV)
-        if extra and Path(extra).expanduser().is_dir():
-            found.update(read_profiles(Path(extra).expanduser()))
+        found: dict[str, dict[str, Any]] = {}
+        for folder in profile_dirs():  # the pipeline's own rule: shipped, then SORA_ENDPOINT_PROFILES
+            if folder.is_dir():
+                found.update(read_profiles(folder))
         return found
 
     def auth_error(request: Request) -> Response | None:
