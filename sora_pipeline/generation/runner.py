@@ -130,6 +130,8 @@ class GenerationRunner:
                                                            else ""))
         if cfg.dry_run:
             return [self._dry_outcome(p, entries.get(p.spec.request_key) if p.spec else None) for p in planned]
+        if not planned:  # a quiet day: nothing to claim, submit or wait for (no client, no account places)
+            return []
         self._budget = BudgetGuard(per_run_cap=cfg.run_budget, per_day_cap=cfg.day_budget,
                                    already_spent_today=spent)
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
@@ -154,6 +156,8 @@ class GenerationRunner:
         request ids, no new submit starts, and the run stops with the ledger's error."""
         tasks = [asyncio.ensure_future(self._process(p, entries.get(p.spec.request_key) if p.spec else None))
                  for p in planned]
+        if not tasks:
+            return []
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failure = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
