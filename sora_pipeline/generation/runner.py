@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.endpoints import get_profile
-from sora_pipeline.fal.errors import (AmbiguousSubmitError, FalError, RateLimitedError, RequestFailedError,
+from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError,
                                       TransientError, WaitTimeoutError)
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission import AccountAdmission
@@ -62,7 +62,7 @@ class GenerationRunner:
         self.progress: Progress | None = None
         self.estimated_total = 0.0
         self._rescued: list[str] = []  # request ids fal answered that the ledger could not record
-        self._ledger_down: LedgerUnavailable | None = None
+        self._stopping: Exception | None = None  # the run is stopping (ledger down, key refused)
         self._admission: AccountAdmission | None = None
         register_secret(config.openai_api_key)
         install_log_redaction()
@@ -90,6 +90,12 @@ class GenerationRunner:
         except (LedgerUnavailable, SQLAlchemyError) as exc:
             # nothing is cancelled: what was paid for keeps running at fal and the next run resumes it
             raise self._ledger_failed(exc) from None
+        except AuthenticationError as exc:
+            # fal refused the key: nothing more is sent; what was accepted before keeps running and is resumed
+            raise AuthenticationError(
+                f"fal refused the key ({exc}); set FAL_KEY to a valid key and run the day again: the refused "
+                f"items were not billed and stay resubmittable; {len(self._in_flight)} request(s) in flight "
+                "keep running at fal and the next run resumes them", status_code=None) from None
         except BaseException:
             self.cancel_in_flight()
             raise
@@ -162,8 +168,8 @@ class GenerationRunner:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failure = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
             if failure is not None:
-                if isinstance(failure, LedgerUnavailable):
-                    self._ledger_down = failure
+                if isinstance(failure, (LedgerUnavailable, AuthenticationError)):
+                    self._stopping = failure  # no new submit starts
                     with contextlib.suppress(TimeoutError):  # every submit in flight records or rescues its id
                         async with asyncio.timeout(self.config.cancel_timeout + 30):
                             for _ in range(self.config.submit_concurrency):
@@ -203,7 +209,7 @@ class GenerationRunner:
                 entry = await self._claim_and_wait(p, out, entry, slot)
             if entry is not None and out.status == "completed":
                 await self._fetch_video(p, out, entry)
-        except LedgerUnavailable:
+        except (LedgerUnavailable, AuthenticationError):
             raise  # not one item's problem: the run stops (see `run`)
         except FalError as exc:
             out.fail("failed", exc.error_type, str(exc), exc.retryable)
@@ -234,8 +240,8 @@ class GenerationRunner:
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
                 async with self._submits_first.waiting(), self._submitting:
-                    if self._ledger_down is not None:  # the run is stopping: no new submit
-                        raise self._ledger_down
+                    if self._stopping is not None:  # the run is stopping: no new submit
+                        raise self._stopping
                     decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy,
                                                         day_budget=cfg.day_budget)
                     if decision == Decision.SUBMIT:
@@ -290,6 +296,10 @@ class GenerationRunner:
             await self._write("mark_unknown", key, attempt, error_message=str(exc))
             out.fail("unknown", exc.error_type, f"{exc} (request_key {key}; not resubmitted automatically)")
             return None
+        except AuthenticationError as exc:  # refused before fal created a request: nothing accepted or billed
+            await self._write("mark_refused", key, attempt, error_type=exc.error_type, error_message=str(exc))
+            out.fail("failed", exc.error_type, str(exc), True)
+            raise
         except FalError as exc:
             await self._write("mark_failed", key, attempt, error_type=exc.error_type, error_message=str(exc),
                               retryable=exc.retryable)
@@ -343,6 +353,10 @@ class GenerationRunner:
             self._in_flight.pop(key, None)
             out.fail("pending", exc.error_type, f"{exc}; the next run resumes polling it", True)
             return None
+        except AuthenticationError as exc:  # the key, not the request: it stays SUBMITTED and is resumed
+            self._in_flight.pop(key, None)
+            out.fail("pending", exc.error_type, f"{exc}; the next run resumes polling it", True)
+            raise
         except FalError as exc:
             self._in_flight.pop(key, None)
             await self._write("mark_failed", key, attempt, error_type=exc.fal_error_type or exc.error_type,

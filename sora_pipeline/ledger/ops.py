@@ -15,7 +15,7 @@ from .model import LedgerConflict
 from .schema import write
 
 Op = Callable[[Connection], Any]  # one write, run inside a transaction
-BATCHABLE = frozenset({"claim", "mark_submitted", "mark_completed", "mark_failed", "mark_unknown",
+BATCHABLE = frozenset({"claim", "mark_submitted", "mark_completed", "mark_failed", "mark_unknown", "mark_refused",
                        "mark_cancelled", "set_artifacts", "get"})
 
 

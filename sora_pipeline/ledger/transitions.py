@@ -91,6 +91,29 @@ class LedgerTransitions:
             dict(error_type=redact(error_type), error_message=redact(error_message), retryable=bool(retryable)),
         )
 
+    @staticmethod
+    def _op_mark_refused(request_key: str, attempt: int, *, error_type: str, error_message: str) -> Op:
+        """fal refused the submit before creating a request (401/403: the key): nothing was accepted or billed.
+        The attempt is FAILED without a request id (so it is not counted as spent) and the request goes back to
+        PLANNED, so the next run submits it whatever `max_attempts` says."""
+        now = utcnow()
+
+        def op(conn: Connection) -> None:
+            where = {"b_key": request_key, "b_attempt": attempt}
+            req = conn.execute(REQUEST_FOR_UPDATE, where).first()
+            if req is None:
+                raise RequestNotPlanned(f"request {request_key} was never planned")
+            att = conn.execute(ATTEMPT_FOR_UPDATE, where).first()
+            if att is None or S(att.state) is not S.SUBMITTING or att.request_id is not None:
+                raise LedgerConflict(f"attempt {attempt} of request {request_key} is not a submit in progress")
+            conn.execute(UPDATE_ATTEMPT, {**where, "state": S.FAILED.value, "updated_at": now,
+                                          "error_type": redact(error_type), "retryable": True,
+                                          "error_message": redact(error_message)})
+            if req.attempt == attempt:
+                conn.execute(UPDATE_REQUEST_STATE, {**where, "b_state": S.PLANNED.value, "b_now": now})
+
+        return op
+
     def _op_mark_unknown(self, request_key: str, attempt: int, *, error_message: str) -> Op:
         return self._transition(
             request_key, attempt, S.UNKNOWN, {S.SUBMITTING, S.SUBMITTED, S.UNKNOWN},
@@ -126,6 +149,10 @@ class LedgerTransitions:
 
     def mark_failed(self, request_key: str, attempt: int, **kwargs: Any) -> None:
         self._run(self._op_mark_failed(request_key, attempt, **kwargs))
+
+    def mark_refused(self, request_key: str, attempt: int, **kwargs: Any) -> None:
+        """The submit was refused before fal created anything (see `_op_mark_refused`): back to PLANNED."""
+        self._run(self._op_mark_refused(request_key, attempt, **kwargs))
 
     def mark_unknown(self, request_key: str, attempt: int, **kwargs: Any) -> None:
         self._run(self._op_mark_unknown(request_key, attempt, **kwargs))

@@ -59,6 +59,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
     from sora_pipeline.generation.costs import PriceTable
     from sora_pipeline.generation.failpoints import failpoint
+    from sora_pipeline.fal.errors import AuthenticationError
 
     day = context.partition_key
     items = [WorkItem(item_id=r["item_id"], prompt=r["prompt"], image_ref=r["image_ref"],
@@ -84,7 +85,10 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         webhook_ledger_poll=fal.webhook_ledger_poll_seconds)
     runner = GenerationRunner(run_config, fal.async_client, ledger, emit=context.log.info,
                               sync_client_factory=fal.sync_client)
-    outcomes = runner.run(items)
+    try:
+        outcomes = runner.run(items)
+    except AuthenticationError as exc:  # one line for people; retrying with the same key cannot help
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     counts = Counter(o.status for o in outcomes)
     decisions = Counter(o.decision for o in outcomes)
     for o in outcomes:
