@@ -1,10 +1,12 @@
-"""`make demo`: materialize every day of the catalog (on the embedded simulator unless FAL_KEY is set), then the
-`generation_summary` rollup, and print short tables — the videos (`video_metadata`), the days, the totals — and
-where the files are. Dagster's own log lines are silenced (the run logs are in the Dagster instance when
-DAGSTER_HOME is set: `make ui` shows them)."""
+"""`make demo`: materialize every day of the catalog on the embedded simulator (always: the demo never bills; it
+ignores FAL_KEY and SORA_FAL_QUEUE_URL), then the `generation_summary` rollup, and print short tables — the
+videos (`video_metadata`), the days, the totals — and where the files are. While a day generates, a progress line
+about every 10 s. Dagster's own log lines are silenced (the run logs are in the Dagster instance when DAGSTER_HOME
+is set: `make ui` shows them)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -14,19 +16,12 @@ from collections import Counter
 
 import dagster as dg
 
-# the code location first: it filters Dagster's Beta/Preview warnings before the assets are imported, and makes a
-# configuration mistake one line (`error: …`) instead of a traceback
-from sora_pipeline.definitions import ASSETS, build_resources  # noqa: E402
-from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
-from sora_pipeline.catalog import CatalogError, catalog_fingerprints  # noqa: E402
-from sora_pipeline.defs.assets.catalog import catalog_problem  # noqa: E402
-from sora_pipeline.defs.partitions import partition_problem, partition_range  # noqa: E402
-from sora_pipeline.defs.settings import ConfigError, PipelineSettings  # noqa: E402
-from sora_pipeline.analytics.stats import fmt  # noqa: E402
-
+#: variables that would send the demo to fal (and bill): the demo drops them from its own environment
+SPENDING_VARIABLES = ("FAL_KEY", "SORA_FAL_QUEUE_URL", "FAL_ADMIN_KEY", "SORA_FAL_API_URL")
+PROGRESS_LOGGER = "sora_pipeline.progress"  # the generations step's progress lines (printed by the demo)
 SUMMARY_KEY = "generation_summary"
-# Dagster's console logger only shows errors; the run's full log stays in the instance's event log
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+# Dagster's console logger says nothing; the run's full log stays in the instance's event log
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the demo prints failures itself
 #: what a generations row's `decision` says this run did with the item, in the order the demo reports them
 DECISIONS = ("submitted", "reused", "resumed")
 FAILED = ("failed", "unknown")  # statuses counted as failed
@@ -36,6 +31,21 @@ def _quiet_python_logging() -> None:
     logging.basicConfig(level=logging.WARNING)
     for name in ("dagster", "sora_pipeline", "httpx", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    progress = logging.getLogger(PROGRESS_LOGGER)  # except the step's progress lines: one short line each
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("    %(message)s"))
+    progress.addHandler(handler)
+
+
+def _simulator_only() -> str | None:
+    """Drop the variables that would make the demo spend money; return the one line that says so, or None."""
+    dropped = [name for name in SPENDING_VARIABLES if os.environ.pop(name, None) is not None]
+    if not dropped:
+        return None
+    return (f"  (ignored {', '.join(dropped)}: the demo always runs on the embedded simulator and bills nothing; "
+            "`dg launch` or `dagster asset materialize` run for real — see README)")
 
 
 def _failure(result) -> str:
@@ -48,6 +58,12 @@ def _failure(result) -> str:
             error = data.error
             return f"step {event.step_key}: {error.message.strip().splitlines()[-1] if error else 'failed'}"
     return "run failed"
+
+
+def _interrupted(result) -> bool:
+    return any(e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error is not None
+               and "DagsterExecutionInterruptedError" in e.event_specific_data.error.cls_name
+               for e in result.all_events)
 
 
 def _table(header: tuple[str, ...], lines: list[tuple[str, ...]], right: set[int] = frozenset()) -> list[str]:
@@ -76,8 +92,10 @@ def day_activity(warehouse, day: str) -> tuple[Counter, float]:
 
 
 def activity_text(counts: Counter, cost: float, backend: str, seconds: float) -> str:
-    """`4 submitted, 0 reused, 0 resumed, 0 failed in 6.3s; would-be cost $7.60` (the cost of what was submitted)"""
-    text = ", ".join(f"{counts.get(d, 0)} {d}" for d in DECISIONS) + f", {counts.get('status:failed', 0)} failed"
+    """`4 items: 4 submitted, 0 reused, 0 resumed, 0 failed in 6.3s; would-be cost $7.60` (the cost of what was
+    submitted)"""
+    items = sum(n for k, n in counts.items() if not k.startswith("status:"))
+    text = f"{items} items: " + ", ".join(f"{counts.get(d, 0)} {d}" for d in DECISIONS) + f", {counts.get('status:failed', 0)} failed"
     skipped = counts.get("skipped", 0)
     if skipped:
         text += f", {skipped} skipped"
@@ -85,8 +103,25 @@ def activity_text(counts: Counter, cost: float, backend: str, seconds: float) ->
                                              f"would-be cost ${cost:,.2f}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sora_pipeline.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--simulator-latency", type=float, default=None, metavar="SECONDS",
+                        help="seconds the embedded simulator takes per video (default 1)")
+    parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                        help="a progress line while a day generates, at most this often (default 10)")
+    args = parser.parse_args(argv)
+    ignored = _simulator_only()  # before the code location reads the environment
     _quiet_python_logging()
+    # the code location first: it filters Dagster's Beta/Preview warnings before the assets are imported, and makes
+    # a configuration mistake one line (`error: …`) instead of a traceback
+    from sora_pipeline.definitions import ASSETS, build_resources
+    from sora_pipeline.defs.automation import daily_generation_job, summary_job
+    from sora_pipeline.defs.checks import ALL_CHECKS
+    from sora_pipeline.catalog import CatalogError, catalog_fingerprints
+    from sora_pipeline.defs.assets.catalog import catalog_problem
+    from sora_pipeline.defs.partitions import partition_problem, partition_range
+    from sora_pipeline.defs.settings import ConfigError, PipelineSettings
+
     try:
         settings = PipelineSettings.from_env()
         settings.check_catalog()
@@ -105,27 +140,41 @@ def main() -> int:
         return 2
     later = [d for d in days if d > last]
     days = [d for d in days if d <= last]
-    print(f"sora_pipeline demo — backend: {settings.backend}; catalog {settings.catalog_uri}: "
-          f"{len(days)} day(s) {', '.join(days)}")
+    resources = build_resources(settings, **({"simulator_run_latency": args.simulator_latency}
+                                              if args.simulator_latency is not None else {}))
+    assert resources["fal"].uses_embedded_simulator  # the spending variables were dropped above
+    print(f"sora_pipeline demo — endpoint {settings.endpoint_id}, backend: simulator (embedded, on loopback); "
+          f"catalog {settings.catalog_uri}: {len(days)} day(s) {', '.join(days)}")
+    if ignored:
+        print(ignored)
     if later:
         print(f"  ({len(later)} later catalog day(s) {', '.join(later[:3])}{' …' if len(later) > 3 else ''} "
               f"skipped: not a partition before they begin, UTC)")
-    if settings.backend == "simulator":
-        print("  (no FAL_KEY: the embedded fal simulator generates synthetic videos; nothing is billed)")
+    print("  (the embedded fal simulator generates synthetic videos; nothing is billed)")
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    resources = build_resources(settings)
-    materializable = [a for a in ASSETS if not isinstance(a, dg.AssetSpec)]
-    per_day = [a for a in materializable if SUMMARY_KEY not in {k.to_user_string() for k in a.keys}]
-    summary = [a for a in materializable if SUMMARY_KEY in {k.to_user_string() for k in a.keys}]
+    run_config = {**QUIET, "ops": {"generations": {"config": {"progress_interval_seconds": args.progress_every}}}}
+    # the code location's own jobs (named runs in the UI), with the demo's resources
+    demo_defs = dg.Definitions(assets=ASSETS, asset_checks=ALL_CHECKS, jobs=[daily_generation_job, summary_job],
+                               resources=resources)
+    day_job = demo_defs.resolve_job_def(daily_generation_job.name)
     total: Counter = Counter()
     total_cost, begun = 0.0, time.monotonic()
     for day in days:
         started = time.monotonic()
-        result = dg.materialize([*per_day, *ALL_CHECKS], partition_key=day, resources=resources,
-                                instance=instance, raise_on_error=False, run_config=QUIET)
+        try:
+            result = day_job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False,
+                                                run_config=run_config, tags={"sora/demo": "true"})
+        except KeyboardInterrupt:
+            print(f"  {day}: interrupted after {time.monotonic() - started:.1f}s; run `make demo` again to resume "
+                  "(a request whose cancel fal confirmed is not counted as spent)")
+            return 130
         checks = [e.event_specific_data for e in result.all_events
                   if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         failed_checks = [c.check_name for c in checks if not c.passed]
+        if not result.success and _interrupted(result):  # Ctrl-C: the step said what became of its requests
+            print(f"  {day}: interrupted after {time.monotonic() - started:.1f}s; run `make demo` again to resume "
+                  "(a request whose cancel fal confirmed is not counted as spent)")
+            return 130
         if not result.success:
             print(f"  {day}: FAILED in {time.monotonic() - started:.1f}s\n    {_failure(result)}\n"
                   f"    run id {result.run_id}; full log: `make ui` → Runs")
@@ -139,17 +188,16 @@ def main() -> int:
     print(f"  all days: {activity_text(total, total_cost, settings.backend, time.monotonic() - begun)}")
     if days and not total.get("submitted") and total.get("reused"):
         print("  (nothing was submitted: the request ledger reused the videos of an earlier run)")
-    if summary:
-        result = dg.materialize(summary, resources=resources, instance=instance, raise_on_error=False,
-                                run_config=QUIET)
-        if not result.success:
-            print(f"  {SUMMARY_KEY}: FAILED — {_failure(result)}")
-            return 1
+    result = demo_defs.resolve_job_def(summary_job.name).execute_in_process(
+        instance=instance, raise_on_error=False, run_config=QUIET, tags={"sora/demo": "true"})
+    if not result.success:
+        print(f"  {SUMMARY_KEY}: FAILED — {_failure(result)}")
+        return 1
     print_report(settings, resources["warehouse"].resolved_ledger_url())
     return 0
 
 
-def print_report(settings: PipelineSettings, ledger_url: str) -> None:
+def print_report(settings, ledger_url: str) -> None:
     from sqlalchemy.engine import make_url
 
     from sora_pipeline.analytics.query import connect, views
@@ -192,6 +240,8 @@ def print_videos(rows: list[dict]) -> None:
 
 
 def print_days(rows: list[dict]) -> None:
+    from sora_pipeline.analytics.stats import fmt
+
     header = ("day", "planned", "done", "failed", "rejected", "p50 latency", "p95 latency", "seconds", "est. cost",
               "cost", "resolutions")
     lines = []

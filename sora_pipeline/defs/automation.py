@@ -19,6 +19,10 @@ daily_generation_job = dg.define_asset_job(
     description="Catalog slice → generations → video_metadata → daily stats for one day.",
 )
 
+summary_job = dg.define_asset_job(
+    "generation_summary_job", selection=dg.AssetSelection.assets("generation_summary"),
+    executor_def=dg.in_process_executor, description="The rollup over every materialized day.")
+
 # STOPPED by default: turning it on spends money when FAL_KEY is set. Start it in the UI (Automation) or with
 # `dagster schedule start daily_generation_schedule`.
 daily_generation_schedule = dg.build_schedule_from_partitioned_job(

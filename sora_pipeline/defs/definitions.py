@@ -75,14 +75,16 @@ from sora_pipeline.defs.assets.catalog import catalog_slice, catalog_source  # n
 from sora_pipeline.defs.assets.generations import generations  # noqa: E402
 from sora_pipeline.defs.assets.metadata import video_metadata  # noqa: E402
 from sora_pipeline.defs.automation import (  # noqa: E402
-    catalog_change_sensor, daily_generation_job, daily_generation_schedule)
+    catalog_change_sensor, daily_generation_job, daily_generation_schedule, summary_job)
 from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
 from sora_pipeline.redact import install_log_redaction  # noqa: E402
 from sora_pipeline.defs.resources import FalVideoResource  # noqa: E402
 from sora_pipeline.defs.warehouse_resource import WarehouseResource  # noqa: E402
 
 
-def build_resources(settings: PipelineSettings | None = None) -> dict:
+def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -> dict:
+    """The code location's resources from `settings` (read from the environment when None); `fal_overrides` are
+    more `FalVideoResource` fields (the demo sets the embedded simulator's latency)."""
     settings = settings or PipelineSettings.from_env()
     return {
         "fal": FalVideoResource(
@@ -91,7 +93,7 @@ def build_resources(settings: PipelineSettings | None = None) -> dict:
             openai_api_key=dg.EnvVar("SORA_OPENAI_API_KEY") if settings.has_openai_key else None,
             max_concurrency=settings.max_concurrency, account_concurrency=settings.fal_concurrency,
             inflight_cap=settings.inflight_cap, poll_interval=settings.poll_interval,
-            webhook_url=settings.webhook_url),
+            webhook_url=settings.webhook_url, **fal_overrides),
         "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
                                        ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
     }
@@ -105,7 +107,7 @@ ASSETS = [catalog_source, *DAILY_ASSETS, generation_summary]
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[daily_generation_job],
+    jobs=[daily_generation_job, summary_job],
     schedules=[daily_generation_schedule],
     sensors=[catalog_change_sensor],
     resources=build_resources(),

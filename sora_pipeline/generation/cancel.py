@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,14 +20,16 @@ CONFIRMED_CANCEL = frozenset({"CANCELLATION_REQUESTED", "NOT_FOUND"})
 
 
 def cancel_requests(pending: dict[str, tuple[int, QueueHandle]], client_factory: Callable[[], FalQueueClient],
-                    ledger: Ledger, *, owner: str, timeout: float) -> None:
+                    ledger: Ledger, *, owner: str, timeout: float) -> Counter:
     """Ask fal to cancel each `request_key → (attempt, handle)` at once (bounded by `timeout`); record the
-    confirmed ones as cancelled, leave every other one SUBMITTED (resumable)."""
+    confirmed ones as cancelled, leave every other one SUBMITTED (resumable). Returns how many were `cancelled`
+    (confirmed), `completed` (fal had finished them: the next run fetches the result) and `resumable` (no
+    usable answer in time: the next run resumes them)."""
     deadline = time.monotonic() + timeout
 
-    def cancel(key: str, attempt: int, handle: QueueHandle) -> None:
+    def cancel(key: str, attempt: int, handle: QueueHandle) -> str:
         if time.monotonic() > deadline:
-            return
+            return "resumable"
         try:
             with client_factory() as client:
                 answer = client.cancel(handle)
@@ -34,11 +37,13 @@ def cancel_requests(pending: dict[str, tuple[int, QueueHandle]], client_factory:
                 # e.g. ALREADY_COMPLETED: the result exists and is billed; it stays SUBMITTED so the next run
                 # fetches it instead of paying for it again
                 log.warning("cancel of %s answered %s: kept for the next run to fetch", handle.request_id, answer)
-                return
+                return "completed" if answer == "ALREADY_COMPLETED" else "resumable"
             ledger.mark_cancelled(key, attempt, reason=f"run {owner} terminated; cancel answered {answer}")
+            return "cancelled"
         except Exception as exc:  # no answer: it stays SUBMITTED (resumable); keep cancelling the others
             log.warning("could not cancel %s: %s", handle.request_id, exc)
+            return "resumable"
 
     with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
-        for key, (attempt, handle) in pending.items():
-            pool.submit(cancel, key, attempt, handle)
+        futures = [pool.submit(cancel, key, attempt, handle) for key, (attempt, handle) in pending.items()]
+    return Counter(f.result() for f in futures)

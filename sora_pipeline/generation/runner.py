@@ -64,6 +64,7 @@ class GenerationRunner:
         self._rescued: list[str] = []  # request ids fal answered that the ledger could not record
         self._stopping: Exception | None = None  # the run is stopping (ledger down, key refused)
         self._admission: AccountAdmission | None = None
+        self.interrupted = None  # what `cancel_in_flight` did (a Counter), if the run was interrupted
         register_secret(config.openai_api_key)
         install_log_redaction()
 
@@ -164,6 +165,7 @@ class GenerationRunner:
                  for p in planned]
         if not tasks:
             return []
+        ticker = asyncio.ensure_future(self._tick())  # a progress line even while nothing changes
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failure = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
@@ -177,8 +179,14 @@ class GenerationRunner:
                 raise failure
             return [t.result() for t in tasks]
         finally:
+            ticker.cancel()
             for t in tasks:
                 t.cancel()
+
+    async def _tick(self) -> None:
+        while True:  # `maybe_log` keeps the cadence; a finer tick keeps it from slipping by a whole interval
+            await asyncio.sleep(self.config.progress_interval / 4)
+            self.progress.maybe_log()
 
     # -- per item ------------------------------------------------------------------------------------
     def _outcome(self, p: Planned) -> Outcome:
@@ -428,11 +436,21 @@ class GenerationRunner:
 
     # -- interruption --------------------------------------------------------------------------------
     def cancel_in_flight(self) -> int:
-        """Best effort, bounded: cancel every request this run is waiting on (see `cancel.cancel_requests`)."""
+        """Best effort, bounded: cancel every request this run is waiting on (see `cancel.cancel_requests`), and
+        say in one line what became of them."""
         pending = dict(self._in_flight)
         if not pending or self._sync_client_factory is None:
             return 0
-        cancel_requests(pending, self._sync_client_factory, self.ledger, owner=self.config.owner,
-                        timeout=self.config.cancel_timeout)
-        self._emit(f"run interrupted: asked fal to cancel {len(pending)} in-flight request(s)")
+        counts = cancel_requests(pending, self._sync_client_factory, self.ledger, owner=self.config.owner,
+                                 timeout=self.config.cancel_timeout)
+        self.interrupted = counts
+        self._emit(interrupted_line(counts))
         return len(pending)
+
+
+def interrupted_line(counts) -> str:
+    """`run interrupted: 3 request(s) cancelled at fal (not billed), 1 completed anyway (fetched by the next run),
+    0 without an answer (resumed by the next run)`"""
+    return (f"run interrupted: {counts.get('cancelled', 0)} request(s) cancelled at fal (not billed), "
+            f"{counts.get('completed', 0)} completed anyway (fetched by the next run), "
+            f"{counts.get('resumable', 0)} without an answer (resumed by the next run)")

@@ -82,7 +82,8 @@ class LedgerQueries:
 
         `by="request_day"` (default) counts attempts of requests planned for `day` (the pipeline's partition day);
         `by="claimed_utc"` counts attempts claimed on UTC calendar date `day`, whatever their request's day. Only a
-        failed attempt without a request id (the submit was refused) is left out: SUBMITTING/UNKNOWN ones may have
+        failed attempt without a request id (the submit was refused) and a cancelled one (fal confirmed
+        the cancel) are left out: SUBMITTING/UNKNOWN ones may have
         been billed and count. `backend="fal"` counts only money really spent at fal (not a simulator's would-be
         cost); None counts every backend.
         """
@@ -94,7 +95,8 @@ def spent_query(day: str, *, by: str = "request_day", backend: str | None = None
     """The sum `LedgerQueries.spent` reads (also run inside a claim's transaction for the day budget)."""
     start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=timezone.utc)
     q = select(func.coalesce(func.sum(_A.estimated_cost), 0.0)).where(
-        not_(and_(_A.state == S.FAILED.value, _A.request_id.is_(None)))
+        not_(and_(_A.state == S.FAILED.value, _A.request_id.is_(None))),
+        _A.state != S.CANCELLED.value,  # fal confirmed the cancel (only a confirmed one is recorded)
     )
     if backend is not None:
         q = q.where(_A.request_key.in_(select(_R.request_key).where(_R.backend == backend)))

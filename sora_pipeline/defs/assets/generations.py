@@ -5,6 +5,7 @@ The generation room (runner, fal client, webhooks, PyAV) is imported by the step
 
 
 import json
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -83,7 +84,13 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         progress_interval=config.progress_interval_seconds,
         webhook_wait=fal.webhook_wait_seconds if fal.webhook_url else None,
         webhook_ledger_poll=fal.webhook_ledger_poll_seconds)
-    runner = GenerationRunner(run_config, fal.async_client, ledger, emit=context.log.info,
+    progress_log = logging.getLogger("sora_pipeline.progress")  # the demo prints these lines
+
+    def emit(line: str) -> None:
+        context.log.info(line)
+        progress_log.info(line)
+
+    runner = GenerationRunner(run_config, fal.async_client, ledger, emit=emit,
                               sync_client_factory=fal.sync_client)
     try:
         outcomes = runner.run(items)
