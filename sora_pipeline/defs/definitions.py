@@ -56,6 +56,22 @@ def _install_cli_error_hook() -> None:
     sys.excepthook = hook
 
 
+def _plain_logs_into_pipes() -> None:
+    """Dagster's command-line processes (`dg check defs`, `dagster definitions validate`) log through coloredlogs
+    whether or not anyone is looking: into a pipe or a file (or with NO_COLOR set) the same lines go without ANSI
+    colour codes."""
+    import logging
+    import os
+
+    if sys.stderr.isatty() and not os.environ.get("NO_COLOR"):
+        return
+    for handler in logging.getLogger("dagster").handlers:
+        formatter = handler.formatter
+        if formatter is not None and type(formatter).__module__.startswith("coloredlogs"):
+            handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+                                                   "%Y-%m-%d %H:%M:%S %z"))  # Dagster's own, uncoloured
+
+
 def _load_settings() -> tuple[PipelineSettings | None, ConfigError | None]:
     try:
         settings = PipelineSettings.from_env()
@@ -66,6 +82,7 @@ def _load_settings() -> tuple[PipelineSettings | None, ConfigError | None]:
 
 
 _install_cli_error_hook()
+_plain_logs_into_pipes()
 SETTINGS, _error = _load_settings()
 if _error is not None:  # the code location does not load (a traceback of two frames: this one and the entry point)
     raise _error.with_traceback(None) from None  # a setting is wrong: the message names it and what to set

@@ -31,6 +31,16 @@ DEFAULT_MAX_VIDEO_BYTES = 2 << 30  # 2 GiB: a 12 s 1080p clip is tens of MB
 DEFAULT_MIN_FREE_BYTES = 256 << 20  # free space the temp directory must keep (at least) to start a download
 
 
+def _file_mode() -> int:
+    """What an ordinary new file gets here (0666 less the umask), like the Parquet tables beside the videos."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # read once, at import (changing the umask is process-wide)
+
+
 class DownloadRefused(ValueError):
     """The video URL is not one we are allowed to fetch (or it answered a redirect, never followed)."""
 
@@ -83,6 +93,7 @@ async def download_video(http: httpx.AsyncClient, url: str, *, queue_base_url: s
     cap = max_video_bytes(max_bytes)
     digest, size = hashlib.sha256(), 0
     fd, path = tempfile.mkstemp(suffix=".mp4", dir=tmp_dir)
+    os.chmod(path, FILE_MODE)  # mkstemp's 0600 would follow the file into the archive
     try:
         with os.fdopen(fd, "wb") as out:
             async with http.stream("GET", url, follow_redirects=False) as response:

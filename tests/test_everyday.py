@@ -1,5 +1,6 @@
-"""`make demo` (`python -m sora_pipeline.demo`) as a user runs it: never bills, says what is going on while a day
-generates, and a Ctrl-C says in one line what became of the requests."""
+"""Everyday use: `make demo` never bills, says what is going on while a day generates, and a Ctrl-C says in one line
+what became of the requests; archived videos are readable like the tables; `dg check defs` into a pipe is plain
+text."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import sys
 import time
 
 from sora_pipeline.ledger import Ledger
-from tests.test_first_hour import DEMO, ROOT, TRACEBACK, _env, _run, project  # noqa: F401 — the fixture
+from tests.pipeline_helpers import DAY, make_project, materialize_day, resources
+from tests.test_first_hour import DEMO, ROOT, TRACEBACK, _env, _run, _tool, project  # noqa: F401 — the fixture
 
 
 def test_demo_ignores_a_real_key_and_queue_and_names_its_backend(project, make_simulator):
@@ -67,3 +69,23 @@ def _ledger(project) -> Ledger:
 
     url = WarehouseResource(catalog_uri=project["catalog"], warehouse_uri=project["warehouse"]).resolved_ledger_url()
     return Ledger(url)
+
+
+def test_archived_videos_are_readable_like_the_tables(tmp_path, simulator):
+    project = make_project(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert materialize_day(resources(simulator.base_url, project)).success
+    finally:
+        os.umask(old)
+    videos = list((tmp_path / "warehouse" / "videos").rglob("*.mp4"))
+    tables = list((tmp_path / "warehouse" / "video_metadata").rglob("*.parquet"))
+    assert len(videos) == 4 and tables
+    assert {oct(v.stat().st_mode & 0o777) for v in videos} == {oct(tables[0].stat().st_mode & 0o777)} == {"0o644"}
+
+
+def test_dg_check_defs_into_a_pipe_has_no_colour_codes(project):
+    env = {k: v for k, v in _env(project, SORA_MAX_CONCURRENCY="abc").items() if k != "NO_COLOR"}
+    code, out = _run([_tool("dg"), "check", "defs"], env)
+    assert code != 0 and "SORA_MAX_CONCURRENCY='abc' is not an integer" in out, out
+    assert "\x1b[" not in out, out
