@@ -1,0 +1,70 @@
+"""fal's billed cost beside our estimate: reconciling a day's requests with billing events (pure rules here; the
+end-to-end path over HTTP against the simulator's platform API is further down)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sora_pipeline.billing.reconcile import KnownRequest, billing_window, event_cost, findings, reconcile
+
+DAY = "2026-11-20"
+NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
+T0 = datetime(2026, 12, 6, 9, tzinfo=UTC)
+
+
+def known(rid: str, estimate: float = 1.0, units: float | None = None, price: float | None = None) -> KnownRequest:
+    return KnownRequest(request_id=rid, item_id=f"item-{rid}", endpoint_id="fal-ai/x", backend="fal",
+                        estimated_cost=estimate, submitted_at=T0, completed_at=T0 + timedelta(minutes=2),
+                        billed_units=units, unit_price=price)
+
+
+def event(rid: str, total: float | None, at: datetime = T0, **extra) -> dict:
+    return {"request_id": rid, "endpoint_id": "fal-ai/x", "timestamp": at.isoformat(), "cost_total": total, **extra}
+
+
+def test_each_source_in_order_and_never_a_guess():
+    rows = reconcile([known("a"), known("b", units=4, price=0.25), known("c")],
+                     [event("a", 0.9, output_units=4, unit_price=0.25, percent_discount=10)],
+                     day=DAY, ledger_knows={"a", "b", "c"}, now=NOW)
+    by = {r["request_id"]: r for r in rows}
+    assert (by["a"]["billing_source"], by["a"]["billed_cost_usd"], by["a"]["billed_units"]) == ("billing_events",
+                                                                                                 0.9, 4)
+    assert (by["b"]["billing_source"], by["b"]["billed_cost_usd"]) == ("billable_units", 1.0)
+    assert (by["c"]["billing_source"], by["c"]["billed_cost_usd"]) == (None, None)  # billing lags: null
+
+
+def test_spend_the_ledger_never_submitted_is_listed_once_on_the_day_it_was_billed():
+    on_day = datetime(2026, 11, 20, 15, tzinfo=UTC)
+    rows = reconcile([known("a")], [event("a", 1.0), event("x", 5.0, at=on_day), event("y", 2.0),
+                                    event("other-day", 1.0)],
+                     day=DAY, ledger_knows={"a", "other-day"}, now=NOW)
+    foreign = [r for r in rows if not r["known_to_ledger"]]
+    assert [r["request_id"] for r in foreign] == ["x"] and foreign[0]["item_id"] is None
+
+
+@pytest.mark.parametrize("event_fields, cost", [
+    ({"cost_total": 1.5}, 1.5),
+    ({"cost_estimate_nano_usd": 1_500_000_000}, 1.5),
+    ({"cost_subtotal": 2.0, "cost_discount": 0.5}, 1.5),
+    ({"output_units": 10, "unit_price": 0.2, "percent_discount": 25}, 1.5),
+    ({"output_units": None, "unit_price": 0.2}, None),
+])
+def test_event_cost_from_whatever_fields_fal_sent(event_fields, cost):
+    assert event_cost(event_fields) == pytest.approx(cost) if cost is not None else event_cost(event_fields) is None
+
+
+def test_findings_name_the_outliers_and_the_unknown_requests():
+    rows = reconcile([known("a", 1.0), known("b", 1.0), known("c", 1.0)],
+                     [event("a", 1.0), event("b", 3.5), event("z", 1.0, at=datetime(2026, 11, 20, tzinfo=UTC))],
+                     day=DAY, ledger_knows={"a", "b", "c"}, now=NOW)
+    f = findings(rows)
+    assert f.outliers == ["b"] and f.unknown == ["z"] and f.pending == 1
+    assert f.billed == pytest.approx(4.5) and f.estimated == pytest.approx(2.0)
+
+
+def test_the_window_covers_the_day_and_every_request_but_not_the_future():
+    start, end = billing_window([known("a")], DAY, NOW)
+    assert start == datetime(2026, 11, 20, tzinfo=UTC)
+    assert end == NOW + timedelta(minutes=10)  # the request ended 3 h ago: the 6 h lag reaches past now
