@@ -348,7 +348,7 @@ def summary_markdown(page, base: str, out: Path, report: Report) -> None:
     sizes = [img.evaluate("e => [e.naturalWidth, e.naturalHeight]") for img in images.all()]
     report.check(bool(sizes) and all(w > 0 and h > 0 for w, h in sizes),
                  f"generation_summary Markdown renders its chart (data-URI PNG {sizes[0] if sizes else '-'})")
-    report.check("actual_cost_usd" in dialog.inner_text(), "generation_summary Markdown shows the headline table")
+    report.check("billed_cost_usd" in dialog.inner_text(), "generation_summary Markdown shows the headline table")
     page.screenshot(path=str(out / "ui-generation-summary.png"))
     report.note(f"saved {out / 'ui-generation-summary.png'}")
 

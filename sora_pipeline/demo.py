@@ -79,7 +79,7 @@ def day_activity(warehouse, day: str) -> tuple[Counter, float]:
     """What the day's run did — items by decision (submitted / reused / resumed / …) and by status — and what
     the requests it submitted cost (fal's price; on the simulator what fal would have charged)."""
     table = warehouse.read("generations", day)
-    rows = [] if table is None else table.select(["decision", "status", "actual_cost", "estimated_cost"]).to_pylist()
+    rows = [] if table is None else table.select(["decision", "status", "priced_cost", "estimated_cost"]).to_pylist()
     counts: Counter = Counter()
     cost = 0.0
     for row in rows:
@@ -87,7 +87,7 @@ def day_activity(warehouse, day: str) -> tuple[Counter, float]:
         if row["status"] in FAILED:
             counts["status:failed"] += 1
         if row["decision"] == "submitted":
-            cost += row["actual_cost"] if row["actual_cost"] is not None else (row["estimated_cost"] or 0.0)
+            cost += row["priced_cost"] if row["priced_cost"] is not None else (row["estimated_cost"] or 0.0)
     return counts, cost
 
 
@@ -243,14 +243,14 @@ def print_days(rows: list[dict]) -> None:
     from sora_pipeline.analytics.stats import fmt
 
     header = ("day", "planned", "done", "failed", "rejected", "p50 latency", "p95 latency", "seconds", "est. cost",
-              "cost", "resolutions")
+              "billed (fal)", "resolutions")
     lines = []
     for r in rows:
         mix = json.loads(r["resolution_mix"] or "{}")
         lines.append((str(r["day"]) if r["scope"] == "day" else "all days", str(r["planned"]), str(r["completed"]),
                       str(r["failed"] + r["unknown"]), str(r["rejected"]), fmt("latency_p50_s", r["latency_p50_s"]),
                       fmt("latency_p95_s", r["latency_p95_s"]), fmt("seconds_generated", r["seconds_generated"]),
-                      fmt("estimated_cost_usd", r["estimated_cost_usd"]), fmt("actual_cost_usd", r["actual_cost_usd"]),
+                      fmt("estimated_cost_usd", r["estimated_cost_usd"]), fmt("billed_cost_usd", r["billed_cost_usd"]),
                       " ".join(f"{k}:{v}" for k, v in mix.items()) or "–"))
     print("\ngeneration_summary (DuckDB over all days)")
     table = _table(header, lines, right=set(range(1, 10)))

@@ -79,10 +79,10 @@ def test_daily_stats_numbers(two_days):
     assert s1["success_rate"] == 1.0 and s2["success_rate"] == 0.6
     # prices 720p $0.30/s, 1080p $0.50/s, auto = the dearest: estimates by what was asked; actual by output size
     assert s1["estimated_cost_usd"] == pytest.approx(0.3 * 4 + 0.5 * 4 + 0.5 * 8 + 0.5 * 4)
-    assert s1["actual_cost_usd"] == pytest.approx(0.3 * 4 + 0.3 * 4 + 0.3 * 8 + 0.5 * 4)  # auto → 720p output
+    assert s1["priced_cost_usd"] == pytest.approx(0.3 * 4 + 0.3 * 4 + 0.3 * 8 + 0.5 * 4)  # auto → 720p output
     # day 2: b0 720p 4 s, b1 auto 4 s, b2 auto 8 s, fail0 (720p 4 s, failed at fal: estimated, not charged)
     assert s2["estimated_cost_usd"] == pytest.approx(1.2 + 2.0 + 4.0 + 1.2)
-    assert s2["actual_cost_usd"] == pytest.approx(1.2 + 1.2 + 2.4)
+    assert s2["priced_cost_usd"] == pytest.approx(1.2 + 1.2 + 2.4)
     assert s1["seconds_generated"] == pytest.approx(20) and s2["seconds_generated"] == pytest.approx(16)
     for s, day in ((s1, D1), (s2, D2)):
         lat = _latencies(wh, day)
@@ -106,7 +106,7 @@ def test_daily_stats_materialization_metadata(two_days):
     (mat,) = materializations(two_days["results"][D2], "generation_daily_stats")
     md = mat.metadata
     assert md["dagster/row_count"].value == 1 and md["planned"].value == 5 and md["completed"].value == 3
-    assert md["actual_cost_usd"].value == pytest.approx(4.8)
+    assert md["priced_cost_usd"].value == pytest.approx(4.8)
     assert "| failed_by_type |" in md["summary"].value and "data:image/png;base64," in md["summary"].value
     chart = md["chart"].value
     assert chart.endswith(f"date={D2}.png") and Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,7 +127,7 @@ def test_summary_over_two_days(two_days):
     assert (total["days"], str(total["first_day"]), str(total["last_day"])) == (2, D1, D2)
     assert (total["planned"], total["completed"], total["failed"], total["rejected"]) == (9, 7, 2, 1)
     assert total["estimated_cost_usd"] == pytest.approx(9.2 + 8.4)
-    assert total["actual_cost_usd"] == pytest.approx(6.8 + 4.8)
+    assert total["priced_cost_usd"] == pytest.approx(6.8 + 4.8)
     assert total["seconds_generated"] == pytest.approx(36)
     lat = _latencies(wh)  # the total's percentiles are over every item, not an average of the days'
     assert total["latency_p95_s"] == pytest.approx(np.percentile(lat, 95), abs=1e-3)

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from sora_pipeline.generation.costs import (
-    PRICE_TABLE_ENV, BudgetGuard, PriceTable, PriceTableError, actual_cost, describe, estimate_cost,
+    PRICE_TABLE_ENV, BudgetGuard, PriceTable, PriceTableError, priced_cost, describe, estimate_cost,
 )
 from sora_pipeline.fal.models import Resolution
 
@@ -32,18 +32,18 @@ def test_auto_priced_high_or_configured():
     assert describe(PriceTable())["auto"] == 0.5
 
 
-def test_actual_cost_by_output_size():
+def test_priced_cost_by_output_size():
     p = PriceTable()
-    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=1080, width=1920) == pytest.approx(2.0)
-    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=1920, width=1080) == pytest.approx(2.0)
-    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=720, width=1280) == pytest.approx(1.2)
-    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=1280, width=720) == pytest.approx(1.2)
-    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=1088) == pytest.approx(2.0)
-    assert actual_cost(p, seconds_generated=4, byo_openai_key=False, height=480) == pytest.approx(1.2)
-    assert actual_cost(p, seconds_generated=8, byo_openai_key=False, resolution="720p") == pytest.approx(2.4)
-    assert actual_cost(p, seconds_generated=8, byo_openai_key=False) == pytest.approx(4.0)  # unknown size: auto
-    assert actual_cost(p, seconds_generated=None, byo_openai_key=False, height=1080) is None
-    assert actual_cost(p, seconds_generated=12, byo_openai_key=True, height=1080) == 0.0
+    assert priced_cost(p, seconds_generated=4, byo_openai_key=False, height=1080, width=1920) == pytest.approx(2.0)
+    assert priced_cost(p, seconds_generated=4, byo_openai_key=False, height=1920, width=1080) == pytest.approx(2.0)
+    assert priced_cost(p, seconds_generated=4, byo_openai_key=False, height=720, width=1280) == pytest.approx(1.2)
+    assert priced_cost(p, seconds_generated=4, byo_openai_key=False, height=1280, width=720) == pytest.approx(1.2)
+    assert priced_cost(p, seconds_generated=4, byo_openai_key=False, height=1088) == pytest.approx(2.0)
+    assert priced_cost(p, seconds_generated=4, byo_openai_key=False, height=480) == pytest.approx(1.2)
+    assert priced_cost(p, seconds_generated=8, byo_openai_key=False, resolution="720p") == pytest.approx(2.4)
+    assert priced_cost(p, seconds_generated=8, byo_openai_key=False) == pytest.approx(4.0)  # unknown size: auto
+    assert priced_cost(p, seconds_generated=None, byo_openai_key=False, height=1080) is None
+    assert priced_cost(p, seconds_generated=12, byo_openai_key=True, height=1080) == 0.0
 
 
 def test_from_env(monkeypatch):
@@ -117,7 +117,7 @@ def test_profile_prices_per_second_per_tier_and_per_video():
 
     hailuo = PriceTable.from_profile(get_profile("fal-ai/minimax/hailuo-02/standard/image-to-video"))
     assert estimate_cost(hailuo, resolution="768P", duration_s=10, byo_openai_key=False) == pytest.approx(0.45)
-    assert actual_cost(hailuo, seconds_generated=6.0, height=512, width=910, byo_openai_key=False) == \
+    assert priced_cost(hailuo, seconds_generated=6.0, height=512, width=910, byo_openai_key=False) == \
         pytest.approx(6 * 0.017)
     kling = PriceTable.from_profile(get_profile("fal-ai/kling-video/v2.1/standard/image-to-video"))
     assert estimate_cost(kling, resolution=None, duration_s=5, byo_openai_key=False) == pytest.approx(0.28)
@@ -125,4 +125,4 @@ def test_profile_prices_per_second_per_tier_and_per_video():
     data["pricing"] = {"unit": "video", "per_video": {"5": 0.25, "10": 0.5}, "currency": "USD"}
     per_clip = PriceTable.from_profile(EndpointProfile.model_validate(data))
     assert estimate_cost(per_clip, resolution=None, duration_s=10, byo_openai_key=False) == 0.5
-    assert actual_cost(per_clip, seconds_generated=5.04, byo_openai_key=False) == 0.25
+    assert priced_cost(per_clip, seconds_generated=5.04, byo_openai_key=False) == 0.25

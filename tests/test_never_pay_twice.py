@@ -250,7 +250,7 @@ def test_byo_openai_key_is_priced_zero_and_never_stored(tmp_path, simulator):
     result = materialize_day(res)
     assert result.success
     generations = read_day_partition(project["warehouse_uri"], "generations", DAY).to_pylist()
-    assert all(g["used_openai_key"] and g["estimated_cost"] == 0 and g["actual_cost"] == 0 for g in generations)
+    assert all(g["used_openai_key"] and g["estimated_cost"] == 0 and g["priced_cost"] == 0 for g in generations)
     blob = Path(project["ledger_url"].removeprefix("sqlite:///")).read_bytes()
     assert secret.encode() not in blob
     for path in Path(project["warehouse_uri"]).rglob("*.parquet"):

@@ -42,6 +42,7 @@ DAY_TABLES: dict[str, TableDef] = {
     "failed_generations": ALL_TABLES["failed_generations"],
     "rejected_items": ALL_TABLES["rejected_items"],
     "catalog_items": ALL_TABLES["catalog_items"],
+    "fal_billing": ALL_TABLES["fal_billing"],
     "generation_daily_stats": DAILY_STATS,
 }
 SUMMARY_FILE = "summary.parquet"
@@ -128,8 +129,16 @@ def connect(warehouse_uri: str | None = None, *, storage_options: dict[str, Any]
         files = wh.day_files(name)
         if files:
             listed = "[" + ", ".join(_sql_str(f) for f in files) + "]"
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({listed}, "
-                        "hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE})")
+            source = (f"read_parquet({listed}, hive_partitioning = true, union_by_name = true, "
+                      "hive_types = {'date': DATE})")
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {source}")
+            have = {c.lower() for c in con.sql(f"SELECT * FROM {name} LIMIT 0").columns}
+            missing = [f for f in table.arrow_schema if f.name.lower() not in have]
+            if missing:  # days written before a column existed: the column reads as null
+                empty = pa.schema(missing).empty_table()
+                con.register(f"_missing_{name}", empty)
+                con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT s.*, m.* FROM {source} s "
+                            f"LEFT JOIN _missing_{name} m ON false")
         elif empty_missing:
             con.register(f"_empty_{name}", empty_source(table))
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _empty_{name}")

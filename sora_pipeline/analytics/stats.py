@@ -2,8 +2,8 @@
 
 `generation_daily_stats` (one row per day) and `generation_summary` (one row per day plus a total row) share
 their metric columns and the query that computes them (`stats_sql`), so a day's figures and the rollup never
-disagree. The query reads three relations with a `date` column: `generations`, `video_metadata` and
-`rejected_items` — views over the hive-partitioned Parquet tables (`sora_pipeline.analytics.query.connect`) or, for one
+disagree. The query reads four relations with a `date` column: `generations`, `video_metadata`,
+`rejected_items` and `fal_billing` — views over the hive-partitioned Parquet tables (`sora_pipeline.analytics.query.connect`) or, for one
 day, the day's Arrow tables registered under those names (`daily_stats_row`). No Dagster import here.
 
 Percentiles are `quantile_cont` (linear interpolation, like numpy's default) over the completed items; the total
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from sora_pipeline.warehouse.schemas import GENERATIONS, REJECTED_ITEMS, VIDEO_METADATA, Column, TableDef
+from sora_pipeline.warehouse.schemas import (FAL_BILLING, GENERATIONS, REJECTED_ITEMS, VIDEO_METADATA, Column,
+                                             TableDef)
 
 if TYPE_CHECKING:
     import duckdb
@@ -62,11 +63,18 @@ _METRICS: tuple[tuple[Column, tuple[tuple[str, str], ...]], ...] = tuple(
         ("seconds_generated", pa.float64(), "seconds of video generated (completed items)",
          (("generations", "seconds_generated"),)),
         ("estimated_cost_usd", pa.float64(), "USD estimated for the items that reached fal (any run): the "
-         "estimate to compare with actual_cost_usd", (("generations", "estimated_cost"),)),
+         "estimate to compare with billed_cost_usd", (("generations", "estimated_cost"),)),
         ("estimated_cost_run_usd", pa.float64(), "USD estimated for the items the latest run submitted (new spend)",
          (("generations", "estimated_cost"), ("generations", "decision"))),
-        ("actual_cost_usd", pa.float64(), "USD from the generated seconds and output size (completed items)",
-         (("generations", "actual_cost"),)),
+        ("priced_cost_usd", pa.float64(), "USD at the profile's prices for the generated seconds and output size "
+         "(completed items; an estimate)", (("generations", "priced_cost"),)),
+        ("billed_cost_usd", pa.float64(), "USD fal billed for the day's requests on fal (its billing events, else "
+         "its billable units × unit price; the simulator's never counted; null when fal reported nothing)",
+         (("fal_billing", "billed_cost_usd"), ("generations", "billed_cost_usd"))),
+        ("unbilled_requests", pa.int64(), "requests on fal without a billed cost yet (billing data lags)",
+         (("fal_billing", "billing_source"), ("generations", "billing_source"))),
+        ("unknown_spend_usd", pa.float64(), "USD fal billed on the day for requests the ledger never submitted",
+         (("fal_billing", "known_to_ledger"),)),
         ("videos", pa.int64(), "rows of `video_metadata`", (("video_metadata", "item_id"),)),
         ("resolution_mix", pa.string(), "JSON {resolution asked: count} of the videos",
          (("video_metadata", "resolution"),)),
@@ -105,11 +113,11 @@ SUMMARY = TableDef("generation_summary", "The pipeline's work over all days: one
     *METRIC_COLUMNS,
 ))
 
-SOURCE_TABLES = {t.name: t for t in (GENERATIONS, VIDEO_METADATA, REJECTED_ITEMS)}
+SOURCE_TABLES = {t.name: t for t in (GENERATIONS, VIDEO_METADATA, REJECTED_ITEMS, FAL_BILLING)}
 
 HEADLINE = ("planned", "completed", "failed", "unknown", "skipped", "rejected", "success_rate", "latency_p50_s",
             "latency_p95_s", "latency_max_s", "queue_p50_s", "run_p50_s", "seconds_generated",
-            "estimated_cost_usd", "actual_cost_usd", "mean_file_size")
+            "estimated_cost_usd", "billed_cost_usd", "unbilled_requests", "priced_cost_usd", "mean_file_size")
 
 
 def _counts(expr: str, where: str) -> str:
@@ -169,8 +177,25 @@ g AS (
     sum(seconds_generated) FILTER (WHERE {done}) AS seconds_generated,
     sum(estimated_cost) FILTER (WHERE request_id IS NOT NULL OR status = 'unknown') AS estimated_cost_usd,
     sum(estimated_cost) FILTER (WHERE decision = 'submitted') AS estimated_cost_run_usd,
-    sum(actual_cost) FILTER (WHERE {done}) AS actual_cost_usd
+    sum(priced_cost) FILTER (WHERE {done}) AS priced_cost_usd,
+    sum(billed_cost_usd) FILTER (WHERE backend = 'fal') AS g_billed_usd,
+    count(*) FILTER (WHERE backend = 'fal' AND request_id IS NOT NULL AND billed_cost_usd IS NULL) AS g_unbilled
   FROM g0 GROUP BY GROUPING SETS ({sets})
+),
+b0 AS (SELECT * FROM fal_billing WHERE date IN (SELECT date FROM days)),
+b AS (
+  -- fal's own billing records win over the result's billable units on every day reconciled (`fal_billing`)
+  SELECT grouping(date) = 1 AS is_total, date,
+    sum(billed_cost_usd) FILTER (WHERE known_to_ledger AND backend = 'fal') AS billed_usd,
+    count(*) FILTER (WHERE known_to_ledger AND backend = 'fal' AND billed_cost_usd IS NULL) AS unbilled,
+    sum(billed_cost_usd) FILTER (WHERE NOT known_to_ledger) AS unknown_usd
+  FROM b0 GROUP BY GROUPING SETS ({sets})
+),
+g_unreconciled AS (
+  -- the total row: days without fal_billing rows count their generations' billable units
+  SELECT sum(billed_cost_usd) FILTER (WHERE backend = 'fal') AS billed_usd,
+    count(*) FILTER (WHERE backend = 'fal' AND request_id IS NOT NULL AND billed_cost_usd IS NULL) AS unbilled
+  FROM g0 WHERE date NOT IN (SELECT date FROM b0)
 ),
 v AS (
   SELECT grouping(date) = 1 AS is_total, date,
@@ -217,7 +242,15 @@ SELECT k.is_total, k.date AS day,
   round(coalesce(g.seconds_generated, 0), 3) AS seconds_generated,
   round(coalesce(g.estimated_cost_usd, 0), 4) AS estimated_cost_usd,
   round(coalesce(g.estimated_cost_run_usd, 0), 4) AS estimated_cost_run_usd,
-  round(coalesce(g.actual_cost_usd, 0), 4) AS actual_cost_usd,
+  round(coalesce(g.priced_cost_usd, 0), 4) AS priced_cost_usd,
+  round(CASE WHEN k.is_total THEN
+          CASE WHEN b.billed_usd IS NULL AND gu.billed_usd IS NULL THEN NULL
+               ELSE coalesce(b.billed_usd, 0) + coalesce(gu.billed_usd, 0) END
+        WHEN b.is_total IS NOT NULL THEN b.billed_usd ELSE g.g_billed_usd END, 4) AS billed_cost_usd,
+  CAST(CASE WHEN k.is_total THEN coalesce(b.unbilled, 0) + coalesce(gu.unbilled, 0)
+            WHEN b.is_total IS NOT NULL THEN b.unbilled ELSE coalesce(g.g_unbilled, 0) END AS BIGINT)
+    AS unbilled_requests,
+  round(coalesce(b.unknown_usd, 0), 4) AS unknown_spend_usd,
   CAST(coalesce(v.videos, 0) AS BIGINT) AS videos,
   CAST(coalesce(v.resolution_mix, '{{}}') AS VARCHAR) AS resolution_mix,
   CAST(coalesce(v.aspect_ratio_mix, '{{}}') AS VARCHAR) AS aspect_ratio_mix,
@@ -234,6 +267,8 @@ FROM keys k CROSS JOIN span
 LEFT JOIN g ON g.is_total = k.is_total AND g.date IS NOT DISTINCT FROM k.date
 LEFT JOIN v ON v.is_total = k.is_total AND v.date IS NOT DISTINCT FROM k.date
 LEFT JOIN r ON r.is_total = k.is_total AND r.date IS NOT DISTINCT FROM k.date
+LEFT JOIN b ON b.is_total = k.is_total AND b.date IS NOT DISTINCT FROM k.date
+CROSS JOIN g_unreconciled gu
 ORDER BY k.is_total, k.date
 """
 
@@ -259,14 +294,15 @@ def with_date(data: pa.Table | None, table: TableDef, day: str) -> pa.Table:
 
 
 def daily_stats_row(day: str | date, generations: pa.Table | None, videos: pa.Table | None,
-                    rejected: pa.Table | None) -> dict:
+                    rejected: pa.Table | None, billing: pa.Table | None = None) -> dict:
     """The `generation_daily_stats` row of one day from that day's tables (None = the day was not written)."""
     import duckdb  # here: the table definitions above are read by every load of the code location
 
     day = day.isoformat() if isinstance(day, date) else str(day)
     con = duckdb.connect()
     try:
-        for name, data in (("generations", generations), ("video_metadata", videos), ("rejected_items", rejected)):
+        for name, data in (("generations", generations), ("video_metadata", videos), ("rejected_items", rejected),
+                           ("fal_billing", billing)):
             con.register(name, with_date(data, SOURCE_TABLES[name], day))
         (row,) = compute_stats(con, by_day=True, day=day)
     finally:
@@ -315,6 +351,6 @@ def headline_markdown(row: dict, names: tuple[str, ...] = HEADLINE + ("failed_by
 def days_markdown(rows: list[dict]) -> str:
     """One line per day (summary rows with scope `day`)."""
     cols = ("planned", "completed", "failed", "rejected", "latency_p50_s", "latency_p95_s", "seconds_generated",
-            "actual_cost_usd")
+            "estimated_cost_usd", "billed_cost_usd")
     head = "| day | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
     return head + "\n".join(f"| {r['day']} | " + " | ".join(fmt(c, r.get(c)) for c in cols) + " |" for r in rows)

@@ -10,7 +10,8 @@ from typing import Any
 __all__ = ["DEFAULT_ENDPOINT_ID", "AspectRatio", "Duration", "ImageToVideoInput", "ImageToVideoOutput",
            "Resolution", "VideoFile", "validation_messages"]
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_serializer,
+                      field_validator)
 
 from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID
 
@@ -104,6 +105,12 @@ class ImageToVideoOutput(BaseModel):
 
     video: VideoFile
     video_id: str | None = None
+    #: `x-fal-billable-units` of the result fetch (what fal bills this request by; None when fal did not say)
+    _billable_units: float | None = PrivateAttr(default=None)
+
+    @property
+    def billable_units(self) -> float | None:
+        return self._billable_units
 
 
 def validation_messages(exc: ValidationError) -> list[str]:

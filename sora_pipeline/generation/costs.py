@@ -1,4 +1,6 @@
-"""Price table, cost estimates and a thread-safe budget guard for paid Sora generations (fal bills per second)."""
+"""Price table, cost estimates and a thread-safe budget guard for paid generations (fal bills per second or per
+video, by the endpoint). Every figure here is an estimate from the profile's prices; what fal charged comes from
+fal (`billable units` on the result, billing events: `sora_pipeline.billing`)."""
 
 from __future__ import annotations
 
@@ -154,11 +156,27 @@ def estimate_cost(prices: PriceTable, *, resolution: str | Enum | None, duration
     return round(prices.rate(resolution) * float(duration_s), 6)
 
 
-def actual_cost(
+def unit_price(prices: PriceTable, *, seconds: float | None, byo_openai_key: bool, height: int | None = None,
+               width: int | None = None, resolution: str | Enum | None = None) -> float | None:
+    """The profile's price of one of fal's billable units for this output: the clip's price when the endpoint
+    bills per video, else the price of one second at the output's tier (see `priced_cost`); 0 with a BYO key."""
+    if byo_openai_key:
+        return 0.0
+    per_clip = prices.video_price(round(float(seconds)) if seconds is not None else None)
+    if per_clip is not None:
+        return per_clip
+    sides = [s for s in (height, width) if s]
+    if sides:
+        return prices.rate_for_pixels(min(sides))
+    return prices.rate(resolution if resolution is not None else "auto")
+
+
+def priced_cost(
     prices: PriceTable, *, seconds_generated: float | None, byo_openai_key: bool, height: int | None = None,
     width: int | None = None, resolution: str | Enum | None = None,
 ) -> float | None:
-    """Charge of a finished generation, priced by the probed output size when known.
+    """Estimated charge of a finished generation at the profile's prices, by the probed output size when known
+    (an estimate: fal's charge is what its billing reports).
 
     The tier comes from the shorter side of the frame (so a 720x1280 portrait clip is 720p): `min(width, height)`
     when both are given, else `height`; without a size, the requested `resolution` ("auto" = the auto price).

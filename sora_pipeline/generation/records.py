@@ -87,7 +87,11 @@ class Outcome:
     error_message: str | None = None
     retryable: bool | None = None
     estimated_cost: float | None = None
-    actual_cost: float | None = None
+    priced_cost: float | None = None
+    billed_units: float | None = None
+    unit_price_usd: float | None = None
+    billed_cost_usd: float | None = None
+    billing_source: str | None = None
     seconds_generated: float | None = None
     used_openai_key: bool = False
 
@@ -102,8 +106,16 @@ class Outcome:
         self.video_id, self.video_url = output.video_id, output.video.url
         self.content_type = output.video.content_type
         self.api_json = output.video.model_dump_json(exclude_none=True)
-        self.seconds_generated, self.actual_cost = entry.seconds_generated, entry.actual_cost
+        self.seconds_generated, self.priced_cost = entry.seconds_generated, entry.actual_cost
+        self.apply_billing(entry.artifacts or {})
         return entry
+
+    def apply_billing(self, artifacts: dict[str, Any]) -> None:
+        """fal's billable units of the result × the unit price in force (null when fal did not report units)."""
+        self.billed_units, self.unit_price_usd = artifacts.get("billed_units"), artifacts.get("unit_price_usd")
+        if self.billed_units is not None and self.unit_price_usd is not None:
+            self.billed_cost_usd = round(self.billed_units * self.unit_price_usd, 6)
+            self.billing_source = "billable_units"
 
     def apply_artifacts(self, artifacts: dict[str, Any]) -> None:
         """The downloaded video's facts: archive, hash, size, probe."""

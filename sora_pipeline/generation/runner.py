@@ -27,7 +27,7 @@ from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError,
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests
-from sora_pipeline.generation.costs import BudgetGuard, actual_cost
+from sora_pipeline.generation.costs import BudgetGuard, priced_cost, unit_price
 from sora_pipeline.generation.failpoints import armed, failpoint
 from sora_pipeline.generation.group_commit import GroupCommit, ledger_unavailable
 from sora_pipeline.generation.images import ImageUploads
@@ -374,14 +374,18 @@ class GenerationRunner:
         completed_at = datetime.now(UTC)
         self._in_flight.pop(key, None)
         seconds = output.video.duration or float(p.item.duration or 0) or None
-        cost = actual_cost(self.config.prices, resolution=p.item.resolution, height=output.video.height,
-                           width=output.video.width, seconds_generated=seconds,
-                           byo_openai_key=p.spec.used_openai_key)
+        size = dict(resolution=p.item.resolution, height=output.video.height, width=output.video.width,
+                    byo_openai_key=p.spec.used_openai_key)
+        cost = priced_cost(self.config.prices, seconds_generated=seconds, **size)
+        # what fal says it bills (its units on the result) and the profile's price of one unit: null stays null
+        billing = {"billed_units": output.billable_units,
+                   "unit_price_usd": unit_price(self.config.prices, seconds=seconds, **size)}
         document = output.model_dump(mode="json", exclude_none=True)
-        _, entry = await asyncio.gather(
+        _, _, entry = await asyncio.gather(
             self._write("mark_completed", key, attempt, output=document, completed_at=completed_at,
                         seconds_generated=seconds, actual_cost=cost),
-            self._write("get", key))  # queued in this order, so in one batch the read sees the write
+            self._write("set_artifacts", key, attempt, billing),
+            self._write("get", key))  # queued in this order, so in one batch the read sees the writes
         return out.fill_completed(entry)
 
     async def _wait_for_webhook(self, key: str, attempt: int) -> LedgerEntry | None:

@@ -52,7 +52,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sora_pipeline.endpoints import UnknownEndpoint, get_profile
-from sora_pipeline.generation.costs import PRICE_TABLE_ENV, PriceTable, PriceTableError, actual_cost
+from sora_pipeline.generation.costs import PRICE_TABLE_ENV, PriceTable, PriceTableError, priced_cost
 from sora_pipeline.fal.models import ImageToVideoOutput
 from sora_pipeline.ledger import (
     AttemptRef,
@@ -234,7 +234,7 @@ def record_webhook(ledger: Ledger, event: WebhookEvent, prices: PriceTable | Non
             except (UnknownEndpoint, PriceTableError):
                 prices = PriceTable()
         seconds = output.video.duration or float(spec.get("duration") or 0) or None
-        cost = actual_cost(prices, resolution=spec.get("resolution"), height=output.video.height,
+        cost = priced_cost(prices, resolution=spec.get("resolution"), height=output.video.height,
                            width=output.video.width, seconds_generated=seconds,
                            byo_openai_key=bool(spec.get("used_openai_key")))
         document = output.model_dump(mode="json", exclude_none=True)

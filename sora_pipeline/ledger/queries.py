@@ -60,6 +60,25 @@ class LedgerQueries:
         with read(self._engine) as conn:
             return [entry_from_row(r) for r in conn.execute(q.order_by(_R.item_id, _R.request_key))]
 
+    def submitted_attempts(self, day: str) -> list[dict]:
+        """Every attempt of the day's requests that fal gave a request id (whatever became of it: each one may be
+        billed), with what the billing reconciliation needs; plain dicts, oldest first."""
+        q = (select(_A.request_id, _A.request_key, _A.attempt, _A.state, _A.estimated_cost, _A.submitted_at,
+                    _A.completed_at, _A.artifacts_json, _R.item_id, _R.endpoint_id, _R.backend)
+             .select_from(attempts.join(requests, _R.request_key == _A.request_key))
+             .where(_R.day == day, _A.request_id.is_not(None)).order_by(_A.submitted_at, _A.request_key))
+        with read(self._engine) as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def known_request_ids(self, request_ids: list[str]) -> set[str]:
+        """Which of `request_ids` any attempt of any day recorded (indexed lookups, in chunks)."""
+        known: set[str] = set()
+        with read(self._engine) as conn:
+            for i in range(0, len(request_ids), 500):
+                chunk = request_ids[i:i + 500]
+                known.update(r for (r,) in conn.execute(select(_A.request_id).where(_A.request_id.in_(chunk))))
+        return known
+
     def in_flight(self, owner: str | None = None) -> list[LedgerEntry]:
         """SUBMITTED requests (those with a request id to poll or cancel), optionally only the given owner's."""
         q = ENTRY_SELECT.where(_R.state == S.SUBMITTED.value)

@@ -94,7 +94,14 @@ GENERATIONS = TableDef("generations", "One row per valid catalog item of the day
     _c("error_message", pa.string(), "one-line reason"),
     _c("retryable", pa.bool_(), "whether a later run may resubmit"),
     _c("estimated_cost", pa.float64(), "USD estimated before submitting", "resolution", "duration"),
-    _c("actual_cost", pa.float64(), "USD from the generated seconds (0 with a BYO OpenAI key)"),
+    _c("priced_cost", pa.float64(), "USD at the profile's prices for the generated seconds and output size: an "
+       "estimate (0 with a BYO OpenAI key)"),
+    _c("billed_units", pa.float64(), "units fal reported billing for this request (x-fal-billable-units of the "
+       "result; null when fal did not say)"),
+    _c("unit_price_usd", pa.float64(), "USD per billable unit in force (the profile's price)"),
+    _c("billed_cost_usd", pa.float64(), "billed_units × unit_price_usd (null without billed units); fal's own "
+       "billing record, when it arrives, is in fal_billing"),
+    _c("billing_source", pa.string(), "`billable_units` when billed_cost_usd comes from fal's units, else null"),
     _c("seconds_generated", pa.float64(), "seconds of video generated"),
     _c("used_openai_key", pa.bool_(), "whether a BYO OpenAI key was sent (the key itself is never stored)"),
     _c("endpoint_id", pa.string(), "fal endpoint"),
@@ -139,4 +146,21 @@ FAILED_GENERATIONS = TableDef("failed_generations", "Items of the day that did n
     _c("backend", pa.string(), "fal or simulator"),
 ))
 
-ALL_TABLES = {t.name: t for t in (CATALOG_ITEMS, REJECTED_ITEMS, GENERATIONS, VIDEO_METADATA, FAILED_GENERATIONS)}
+FAL_BILLING = TableDef("fal_billing", "What fal billed for the day's requests, beside what was estimated", (
+    _c("request_id", pa.string(), "fal request id"),
+    _c("item_id", pa.string(), "catalog key (null for spend the ledger never submitted)"),
+    _c("endpoint_id", pa.string(), "fal endpoint"),
+    _c("backend", pa.string(), "fal or simulator (null for spend the ledger never submitted)"),
+    _c("estimated_cost_usd", pa.float64(), "what the pipeline estimated before submitting"),
+    _c("billed_units", pa.float64(), "units fal billed (billing event, else the result's billable units)"),
+    _c("unit_price_usd", pa.float64(), "USD per unit (billing event, else the profile's price)"),
+    _c("billed_cost_usd", pa.float64(), "USD fal charged (null until fal reports it: billing data can lag)"),
+    _c("billing_source", pa.string(), "billing_events | billable_units | null (not reported yet)"),
+    _c("known_to_ledger", pa.bool_(), "false: fal billed a request the ledger never submitted"),
+    _c("percent_discount", pa.float64(), "fal's discount on this request, percent (billing events only)"),
+    _c("billed_at", TS, "the billing event's time"),
+    _c("reconciled_at", TS, "when this row was reconciled"),
+))
+
+ALL_TABLES = {t.name: t for t in (CATALOG_ITEMS, REJECTED_ITEMS, GENERATIONS, VIDEO_METADATA, FAILED_GENERATIONS,
+                                  FAL_BILLING)}

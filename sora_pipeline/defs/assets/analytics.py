@@ -24,7 +24,7 @@ from sora_pipeline.warehouse.tables import file_uri_for
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 GROUP = "analytics"
-SOURCES = ["generations", "video_metadata", "rejected_items"]
+SOURCES = ["generations", "video_metadata", "rejected_items", "fal_billing"]
 
 
 def stats_lineage() -> dg.TableColumnLineage:
@@ -85,7 +85,8 @@ def _numbers(row: dict, names) -> dict:
     metadata=spec_metadata(DAILY_STATS),
     description="Per day: items planned, submitted, reused, completed, failed (by error type), unknown, skipped "
                 "(by reason), pending, rejected (by field); success rate; submit→completion latency p50/p95/max and "
-                "queue vs. run time; seconds generated; estimated and actual cost; resolution/aspect/duration/fps/"
+                "queue vs. run time; seconds generated; estimated cost beside what fal billed (fal only, never the "
+                "simulator's); resolution/aspect/duration/fps/"
                 "size mix; file sizes; where the media metadata came from (API, probe, both). Headline table and "
                 "chart in the materialization; chart also at `<warehouse>/generation_daily_stats/_reports/`.",
 )
@@ -102,7 +103,8 @@ def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: Warehou
         markdown = charts.markdown_with_chart(markdown, png, f"generation_daily_stats {day}")
         extra["chart"] = dg.MetadataValue.path(chart_uri)
     context.log.info(f"{day}: {row['completed']}/{row['planned']} completed, {row['failed']} failed, "
-                     f"{row['rejected']} rejected; actual cost ${row['actual_cost_usd']:,.2f}")
+                     f"{row['rejected']} rejected; estimated ${row['estimated_cost_usd']:,.2f}, billed by fal "
+                     + ("(nothing reported)" if row["billed_cost_usd"] is None else f"${row['billed_cost_usd']:,.2f}"))
     return dg.MaterializeResult(metadata=table_metadata(DAILY_STATS, uri, 1, upstream=None, extra={
         **extra, "summary": dg.MetadataValue.md(markdown), **_numbers(row, HEADLINE)}))
 
@@ -114,7 +116,7 @@ def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: Warehou
     # refreshed by Dagster's automation sensor after any day's tables change (cheap: one DuckDB query)
     automation_condition=dg.AutomationCondition.eager(),
     description="Rollup over every day, computed by DuckDB directly over the hive-partitioned Parquet tables "
-                "(generations, video_metadata, rejected_items): one row per day (scope `day`) and a total row "
+                "(generations, video_metadata, rejected_items, fal_billing): one row per day (scope `day`) and a total row "
                 "(scope `all`) with the generation_daily_stats metrics (total percentiles over all items). Writes "
                 "`<warehouse>/generation_summary/summary.parquet`, `summary.png` and `summary.md`. Not partitioned: "
                 "refreshed automatically after days change (eager automation), or materialize it yourself.",
@@ -148,6 +150,8 @@ def generation_summary(context: dg.AssetExecutionContext, warehouse: WarehouseRe
               + ("### Per day\n\n" + days_markdown(day_rows) + "\n" if day_rows else ""))
     write_bytes(file_uri_for(warehouse.warehouse_uri, SUMMARY.name, "summary.md"), report.encode(), options)
     context.log.info(f"summary over {len(day_rows)} day(s): {total.get('completed', 0)} videos, "
-                     f"actual cost ${total.get('actual_cost_usd', 0):,.2f}")
+                     f"estimated ${total.get('estimated_cost_usd') or 0:,.2f}, billed by fal "
+                     + ("(nothing reported)" if total.get("billed_cost_usd") is None
+                        else f"${total['billed_cost_usd']:,.2f}"))
     return dg.MaterializeResult(metadata=table_metadata(SUMMARY, uri, len(rows), upstream=None, extra={
         **extra, "summary": dg.MetadataValue.md(markdown), **_numbers(total, HEADLINE)}))

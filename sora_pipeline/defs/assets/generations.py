@@ -104,7 +104,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     extra = {
         "backend": fal.backend, "endpoint_id": fal.endpoint_id, "dry_run": config.dry_run,
         "estimated_cost_usd": dg.MetadataValue.float(float(round(runner.estimated_total, 4))),
-        "actual_cost_usd": dg.MetadataValue.float(float(round(sum(o.actual_cost or 0 for o in outcomes), 4))),
+        **cost_metadata(outcomes, fal.backend),
         "seconds_generated": dg.MetadataValue.float(float(sum(o.seconds_generated or 0 for o in outcomes
                                                               if o.status == "completed"))),
         "status_counts": dict(counts), "decision_counts": dict(decisions),
@@ -125,6 +125,20 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         "failed_generations": table_metadata(FAILED_GENERATIONS, failed_uri, len(failed),
                                              extra={"by_status": dict(Counter(r["status"] for r in failed))}),
     })
+
+
+def cost_metadata(outcomes: list, backend: str) -> dict:
+    """Spend of the day's requests as numbers the UI plots over days: estimates beside what fal reported (billed
+    units × unit price). The simulator's figures are labelled as such (`backend`), never as fal's."""
+    billed = [o for o in outcomes if o.billed_cost_usd is not None]
+    return {
+        "requests": dg.MetadataValue.int(sum(1 for o in outcomes if o.request_id)),
+        "priced_cost_usd": dg.MetadataValue.float(float(round(sum(o.priced_cost or 0 for o in outcomes), 4))),
+        "billed_units": dg.MetadataValue.float(float(sum(o.billed_units or 0 for o in billed))),
+        "billed_cost_usd": dg.MetadataValue.float(float(round(sum(o.billed_cost_usd for o in billed), 4))),
+        "billed_requests": dg.MetadataValue.int(len(billed)),
+        "cost_backend": backend,
+    }
 
 
 def outcome_row(o: "Outcome") -> dict:
