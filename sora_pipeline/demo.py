@@ -114,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_python_logging()
     # the code location first: it filters Dagster's Beta/Preview warnings before the assets are imported, and makes
     # a configuration mistake one line (`error: …`) instead of a traceback
-    from sora_pipeline.definitions import ASSETS, build_resources
+    from sora_pipeline.definitions import ASSETS, CHECKS, build_resources
     from sora_pipeline.defs.automation import daily_generation_job, summary_job
-    from sora_pipeline.defs.checks import ALL_CHECKS
     from sora_pipeline.catalog import CatalogError, catalog_fingerprints
     from sora_pipeline.defs.assets.catalog import catalog_problem
     from sora_pipeline.defs.partitions import partition_problem, partition_range
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     run_config = {**QUIET, "ops": {"generations": {"config": {"progress_interval_seconds": args.progress_every}}}}
     # the code location's own jobs (named runs in the UI), with the demo's resources
-    demo_defs = dg.Definitions(assets=ASSETS, asset_checks=ALL_CHECKS, jobs=[daily_generation_job, summary_job],
+    demo_defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[daily_generation_job, summary_job],
                                resources=resources)
     day_job = demo_defs.resolve_job_def(daily_generation_job.name)
     total: Counter = Counter()

@@ -60,10 +60,9 @@ def celery_defs() -> dg.Definitions:
     location — the backfill's runs — sends each step to the Celery queue named in the run config."""
     from dagster_celery import celery_executor
 
-    from sora_pipeline.defs.checks import ALL_CHECKS
-    from sora_pipeline.definitions import ASSETS, build_resources
+    from sora_pipeline.definitions import ASSETS, CHECKS, build_resources
 
-    return dg.Definitions(assets=ASSETS, asset_checks=ALL_CHECKS, resources=build_resources(),
+    return dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=build_resources(),
                           executor=celery_executor)
 
 

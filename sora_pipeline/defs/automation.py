@@ -2,6 +2,7 @@
 
 
 import json
+from datetime import timedelta
 
 import dagster as dg
 
@@ -22,6 +23,24 @@ daily_generation_job = dg.define_asset_job(
 summary_job = dg.define_asset_job(
     "generation_summary_job", selection=dg.AssetSelection.assets("generation_summary"),
     executor_def=dg.in_process_executor, description="The rollup over every materialized day.")
+
+billing_job = dg.define_asset_job(
+    "fal_billing_job", selection=dg.AssetSelection.assets("fal_billing", "generation_daily_stats"),
+    partitions_def=daily_partitions, executor_def=dg.in_process_executor,
+    description="Reconcile a day with what fal billed (billing data can lag), then refresh its daily stats.")
+
+
+@dg.schedule(job=billing_job, cron_schedule="45 0 * * *", execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.STOPPED,
+             description="Each day, re-reads fal's billing for the two previous days, so late billing records "
+                         "reach fal_billing without a person.")
+def billing_schedule(context: dg.ScheduleEvaluationContext):
+    today = context.scheduled_execution_time.date()
+    for back in (1, 2):
+        day = (today - timedelta(days=back)).isoformat()
+        if daily_partitions.has_partition_key(day):
+            yield dg.RunRequest(run_key=f"fal_billing:{day}:{today.isoformat()}", partition_key=day)
+
 
 # STOPPED by default: turning it on spends money when FAL_KEY is set. Start it in the UI (Automation) or with
 # `dagster schedule start daily_generation_schedule`.

@@ -5,6 +5,7 @@ are stored in Dagster's config."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -88,13 +89,16 @@ if _error is not None:  # the code location does not load (a traceback of two fr
     raise _error.with_traceback(None) from None  # a setting is wrong: the message names it and what to set
 
 from sora_pipeline.defs.assets.analytics import generation_daily_stats, generation_summary  # noqa: E402
+from sora_pipeline.defs.assets.billing import fal_billing, fal_billing_matches_estimate  # noqa: E402
 from sora_pipeline.defs.assets.catalog import catalog_slice, catalog_source  # noqa: E402
 from sora_pipeline.defs.assets.generations import generations  # noqa: E402
 from sora_pipeline.defs.assets.metadata import video_metadata  # noqa: E402
 from sora_pipeline.defs.automation import (  # noqa: E402
-    catalog_change_sensor, daily_generation_job, daily_generation_schedule, summary_job)
+    billing_job, billing_schedule, catalog_change_sensor, daily_generation_job, daily_generation_schedule,
+    summary_job)
 from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
 from sora_pipeline.redact import install_log_redaction  # noqa: E402
+from sora_pipeline.defs.platform_resource import DEFAULT_PLATFORM_URL, FalPlatformResource  # noqa: E402
 from sora_pipeline.defs.resources import FalVideoResource  # noqa: E402
 from sora_pipeline.defs.warehouse_resource import WarehouseResource  # noqa: E402
 
@@ -113,19 +117,24 @@ def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -
             webhook_url=settings.webhook_url, **fal_overrides),
         "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
                                        ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
+        "fal_platform": FalPlatformResource(
+            api_url=(os.environ.get("SORA_FAL_API_URL") or "").strip() or DEFAULT_PLATFORM_URL,
+            key=dg.EnvVar("FAL_KEY") if settings.has_fal_key else None,
+            admin_key=dg.EnvVar("FAL_ADMIN_KEY") if (os.environ.get("FAL_ADMIN_KEY") or "").strip() else None),
     }
 
 
 install_log_redaction()  # FAL_KEY / SORA_OPENAI_API_KEY never reach a log record, the event log or compute logs
 
-DAILY_ASSETS = [catalog_slice, generations, video_metadata, generation_daily_stats]  # one run per day
+DAILY_ASSETS = [catalog_slice, generations, fal_billing, video_metadata, generation_daily_stats]  # one run per day
+CHECKS = [*ALL_CHECKS, fal_billing_matches_estimate]
 ASSETS = [catalog_source, *DAILY_ASSETS, generation_summary]
 
 defs = dg.Definitions(
     assets=ASSETS,
-    asset_checks=ALL_CHECKS,
-    jobs=[daily_generation_job, summary_job],
-    schedules=[daily_generation_schedule],
+    asset_checks=CHECKS,
+    jobs=[daily_generation_job, summary_job, billing_job],
+    schedules=[daily_generation_schedule, billing_schedule],
     sensors=[catalog_change_sensor],
     resources=build_resources(),
 )

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from sora_pipeline.defs.checks import ALL_CHECKS
-from sora_pipeline.defs.definitions import DAILY_ASSETS
+from sora_pipeline.defs.definitions import CHECKS, DAILY_ASSETS
+from sora_pipeline.defs.platform_resource import FalPlatformResource
 from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
@@ -25,7 +25,7 @@ CATALOG_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("prompt", pa.string()), ("image_uri", pa.string()), ("scheduled_date", pa.date32()),
     ("resolution", pa.string()), ("aspect_ratio", pa.string()), ("duration", pa.int64())])
 #: what one day's run materializes: the daily assets and the asset checks
-DAILY_SELECTION = [*DAILY_ASSETS, *ALL_CHECKS]
+DAILY_SELECTION = [*DAILY_ASSETS, *CHECKS]
 
 
 def write_images(fs_root: str, names: tuple[str, ...] = tuple(IMAGES)) -> None:
@@ -80,8 +80,11 @@ def make_project(root: Path, rows: list[dict] | None = None) -> dict[str, str]:
 
 def resources(sim_url: str, project: dict, **fal_overrides: Any) -> dict:
     """The code location's resources, pointed at a simulator (quick polls; override anything)."""
+    platform = {k: fal_overrides.pop(k) for k in ("platform_url", "admin_key") if k in fal_overrides}
     fal = dict(queue_url=sim_url, poll_interval=0.05, max_concurrency=8, retry_total_timeout=30.0) | fal_overrides
-    return {"fal": FalVideoResource(**fal), "warehouse": WarehouseResource(**project)}
+    return {"fal": FalVideoResource(**fal), "warehouse": WarehouseResource(**project),
+            "fal_platform": FalPlatformResource(api_url=platform.get("platform_url", f"{sim_url}/v1"),
+                                                admin_key=platform.get("admin_key"))}
 
 
 def materialize_day(res: dict, day: str = DAY, run_config: dict | None = None, instance=None, **kw: Any):

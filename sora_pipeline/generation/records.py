@@ -125,6 +125,7 @@ class Outcome:
         self.probe_json = json.dumps(artifacts.get("probe"), sort_keys=True) if artifacts.get("probe") else None
         if artifacts.get("started_at") and self.started_at is None:
             self.started_at = datetime.fromisoformat(artifacts["started_at"])
+        self.apply_billing(artifacts)
 
     def fail(self, status: str, error_type: str, message: str, retryable: bool | None = None) -> Outcome:
         self.status, self.error_type, self.retryable = status, redact(error_type), retryable

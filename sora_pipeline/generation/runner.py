@@ -377,9 +377,9 @@ class GenerationRunner:
         size = dict(resolution=p.item.resolution, height=output.video.height, width=output.video.width,
                     byo_openai_key=p.spec.used_openai_key)
         cost = priced_cost(self.config.prices, seconds_generated=seconds, **size)
-        # what fal says it bills (its units on the result) and the profile's price of one unit: null stays null
-        billing = {"billed_units": output.billable_units,
-                   "unit_price_usd": unit_price(self.config.prices, seconds=seconds, **size)}
+        # what fal says it bills (its units on the result; null stays null); the unit's price once the output's
+        # size is known for sure (`_fetch_video`, after the probe)
+        billing = {"billed_units": output.billable_units}
         document = output.model_dump(mode="json", exclude_none=True)
         _, _, entry = await asyncio.gather(
             self._write("mark_completed", key, attempt, output=document, completed_at=completed_at,
@@ -426,6 +426,10 @@ class GenerationRunner:
                 raise FalError(f"the video of {p.item.item_id} was not downloaded: {exc}",
                                retryable=isinstance(exc, DownloadError)) from None
         artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
+        probe = artifacts.get("probe") or {}
+        artifacts["unit_price_usd"] = unit_price(
+            cfg.prices, seconds=probe.get("duration") or out.seconds_generated, byo_openai_key=p.spec.used_openai_key,
+            height=probe.get("height"), width=probe.get("width"), resolution=p.item.resolution)
         await self._write("set_artifacts", p.spec.request_key, entry.attempt, artifacts)
         out.apply_artifacts(artifacts)
 
