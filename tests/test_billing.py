@@ -68,3 +68,40 @@ def test_the_window_covers_the_day_and_every_request_but_not_the_future():
     start, end = billing_window([known("a")], DAY, NOW)
     assert start == datetime(2026, 11, 20, tzinfo=UTC)
     assert end == NOW + timedelta(minutes=10)  # the request ended 3 h ago: the 6 h lag reaches past now
+
+
+# -------------------------------------------------------------------------------- over HTTP, through Dagster
+def test_generations_record_billable_units_and_outputs_beyond_the_video(tmp_path, simulator):
+    """fal's units of each result (the simulator answers `x-fal-billable-units` = seconds) × the unit price of the
+    output's tier → billed_cost_usd with its source; Sora's thumbnail/spritesheet URLs in their columns."""
+    from sora_pipeline.warehouse.tables import read_day_partition
+    from tests.pipeline_helpers import DAY as PIPELINE_DAY, make_project, materialize_day, materializations, \
+        resources
+
+    project = make_project(tmp_path)
+    result = materialize_day(resources(simulator.base_url, project))
+    assert result.success
+    rows = read_day_partition(project["warehouse_uri"], "generations", PIPELINE_DAY).to_pylist()
+    for row in rows:
+        assert row["billed_units"] == row["seconds_generated"] and row["billing_source"] == "billable_units"
+        tier = 0.5 if min(*_size(row)) >= 1080 else 0.3  # Sora 2 Pro: per second, by the output's short side
+        assert row["unit_price_usd"] == tier
+        assert row["billed_cost_usd"] == pytest.approx(row["billed_units"] * tier)
+        assert row["thumbnail_url"].endswith("-thumbnail.jpg") and row["spritesheet_url"].endswith(".jpg")
+        assert row["seed"] is None and row["outputs_json"] is None
+    billing = read_day_partition(project["warehouse_uri"], "fal_billing", PIPELINE_DAY).to_pylist()
+    assert {r["request_id"] for r in billing} == {r["request_id"] for r in rows}
+    assert {r["billing_source"] for r in billing} == {"billable_units"} and {r["backend"] for r in billing} == \
+        {"simulator"}
+    (gen,) = materializations(result, "generations")
+    assert gen.metadata["billed_cost_usd"].value == pytest.approx(sum(r["billed_cost_usd"] for r in rows))
+    assert gen.metadata["cost_backend"].value == "simulator"
+    (stats,) = materializations(result, "generation_daily_stats")
+    assert "billed_cost_usd" not in stats.metadata  # fal's only: the simulator's figures are never added
+
+
+def _size(row: dict) -> tuple[int, int]:
+    import json
+
+    probe = json.loads(row["probe_json"])
+    return probe["width"], probe["height"]

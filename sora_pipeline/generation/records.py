@@ -14,6 +14,10 @@ from sora_pipeline.ledger import LedgerEntry, RequestSpec, ResubmitPolicy
 from sora_pipeline.redact import redact
 
 
+#: output fields that have their own column (or table) in `generations`; other scalar outputs go to `outputs_json`
+OUTPUT_COLUMNS = frozenset({"video", "video_id", "thumbnail", "spritesheet", "seed"})
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """A valid catalog row, as the generation step needs it."""
@@ -94,6 +98,10 @@ class Outcome:
     billing_source: str | None = None
     seconds_generated: float | None = None
     used_openai_key: bool = False
+    thumbnail_url: str | None = None
+    spritesheet_url: str | None = None
+    seed: int | None = None
+    outputs_json: str | None = None
 
     def fill_from_entry(self, entry: LedgerEntry) -> None:
         self.attempt, self.request_id, self.submitted_at = entry.attempt, entry.request_id, entry.submitted_at
@@ -106,13 +114,31 @@ class Outcome:
         self.video_id, self.video_url = output.video_id, output.video.url
         self.content_type = output.video.content_type
         self.api_json = output.video.model_dump_json(exclude_none=True)
+        self.apply_outputs(entry.output)
         self.seconds_generated, self.priced_cost = entry.seconds_generated, entry.actual_cost
         self.apply_billing(entry.artifacts or {})
         return entry
 
+    def apply_outputs(self, document: dict[str, Any]) -> None:
+        """What the endpoint answered besides the video: Sora's thumbnail and spritesheet URLs, a seed, and every
+        other scalar output (JSON, sorted) — absent ones stay null."""
+        def url(name: str) -> str | None:
+            value = document.get(name)
+            return value.get("url") if isinstance(value, dict) and isinstance(value.get("url"), str) else None
+
+        self.thumbnail_url, self.spritesheet_url = url("thumbnail"), url("spritesheet")
+        seed = document.get("seed")
+        self.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        others = {k: v for k, v in document.items() if k not in OUTPUT_COLUMNS
+                  and (v is None or isinstance(v, (str, int, float, bool)))}
+        self.outputs_json = json.dumps(others, sort_keys=True) if others else None
+
     def apply_billing(self, artifacts: dict[str, Any]) -> None:
         """fal's billable units of the result × the unit price in force (null when fal did not report units)."""
-        self.billed_units, self.unit_price_usd = artifacts.get("billed_units"), artifacts.get("unit_price_usd")
+        if "billed_units" in artifacts:  # (a later write may carry only the unit price)
+            self.billed_units = artifacts["billed_units"]
+        if "unit_price_usd" in artifacts:
+            self.unit_price_usd = artifacts["unit_price_usd"]
         if self.billed_units is not None and self.unit_price_usd is not None:
             self.billed_cost_usd = round(self.billed_units * self.unit_price_usd, 6)
             self.billing_source = "billable_units"

@@ -277,8 +277,14 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
                          fps=clip.fps, num_frames=clip.num_frames, duration=clip.duration)
         body: dict[str, Any] = {"video": video}
         id_field = get_profile(job.endpoint).output.id_field  # Sora's `video_id`; the other models return none
-        if id_field:
-            body[id_field] = "video_" + hashlib.sha256(job.id.encode()).hexdigest()[:24]
+        digest = hashlib.sha256(job.id.encode()).hexdigest()
+        if id_field:  # Sora also answers a thumbnail and a spritesheet (image files on fal's CDN)
+            body[id_field] = "video_" + digest[:24]
+            for extra in ("thumbnail", "spritesheet"):
+                body[extra] = {"url": f"{base}/_simulator/files/{clip.name.rsplit('.', 1)[0]}-{extra}.jpg",
+                               "content_type": "image/jpeg"}
+        else:  # the other models answer the seed they used
+            body["seed"] = int(digest[:8], 16)
         return 200, body, {**headers, "x-fal-billable-units": str(clip.duration)}
 
     async def result(request: Request) -> Response:

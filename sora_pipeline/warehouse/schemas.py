@@ -104,6 +104,10 @@ GENERATIONS = TableDef("generations", "One row per valid catalog item of the day
     _c("billing_source", pa.string(), "`billable_units` when billed_cost_usd comes from fal's units, else null"),
     _c("seconds_generated", pa.float64(), "seconds of video generated"),
     _c("used_openai_key", pa.bool_(), "whether a BYO OpenAI key was sent (the key itself is never stored)"),
+    _c("thumbnail_url", pa.string(), "the endpoint's thumbnail image (Sora; null when it answers none)"),
+    _c("spritesheet_url", pa.string(), "the endpoint's spritesheet image (Sora; null when it answers none)"),
+    _c("seed", pa.int64(), "the seed the model used, when the endpoint answers one"),
+    _c("outputs_json", pa.string(), "the endpoint's other scalar outputs, as JSON (null when none)"),
     _c("endpoint_id", pa.string(), "fal endpoint"),
     _c("backend", pa.string(), "fal or simulator"),
 ))
