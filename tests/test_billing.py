@@ -105,3 +105,37 @@ def _size(row: dict) -> tuple[int, int]:
 
     probe = json.loads(row["probe_json"])
     return probe["width"], probe["height"]
+
+
+def test_the_billing_schedule_rereads_the_two_previous_days():
+    import dagster as dg
+
+    from sora_pipeline.defs.automation import billing_schedule
+
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 22, 0, 45, tzinfo=UTC))
+    requests = list(billing_schedule(context))
+    assert sorted(r.partition_key for r in requests) == ["2026-11-20", "2026-11-21"]
+    assert len({r.run_key for r in requests}) == 2
+
+
+def test_the_money_check_names_outliers_and_unknown_spend_and_warns_on_drift():
+    import dagster as dg
+
+    from sora_pipeline.defs.assets.billing import money_check
+
+    def row(rid, est, billed, known=True, backend="fal"):
+        return dict(request_id=rid, item_id=f"i-{rid}" if known else None, endpoint_id="fal-ai/x",
+                    backend=backend if known else None, estimated_cost_usd=est, billed_cost_usd=billed,
+                    known_to_ledger=known)
+
+    ok = money_check([row("a", 1.0, 1.02), row("b", 1.0, None)])
+    assert ok.passed
+    drift = money_check([row("a", 1.0, 0.8), row("b", 1.0, 0.8)])
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN and "-20.0%" in drift.description
+    bad = money_check([row("a", 1.0, 3.5), row("z", None, 4.0, known=False)])
+    assert not bad.passed and bad.severity == dg.AssetCheckSeverity.ERROR
+    text = bad.metadata["findings"].value
+    assert "request a (item i-a) billed $3.50, more than 3× its estimate $1.00" in text
+    assert "fal billed request z" in text and "never submitted" in text
+    sim_only = money_check([row("s", 1.0, 0.5, backend="simulator")])  # judged, but apart from fal's figures
+    assert "simulator_billed_usd" in sim_only.metadata and "fal_billed_usd" not in sim_only.metadata
