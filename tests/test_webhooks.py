@@ -25,7 +25,7 @@ from sora_pipeline.ledger import (
     RequestState,
     ResubmitPolicy,
 )
-from sora_pipeline.simulator.webhook import sign_headers
+from sora_pipeline.simulator.webhook import sign_headers, signing_key
 from sora_pipeline.generation.webhooks import (
     WebhookConfig,
     WebhookEvent,
@@ -123,7 +123,7 @@ def test_signature_roundtrip_and_rejections():
         parse_public_key("abc")
 
 
-def test_event_parsing_and_error_mapping(ledger):
+def test_webhooks_are_recorded_as_hints_only(ledger):
     with pytest.raises(ValueError):
         WebhookEvent.parse(b"[]")
     with pytest.raises(ValueError):
@@ -133,31 +133,25 @@ def test_event_parsing_and_error_mapping(ledger):
     _, entry = ledger.claim(s.request_key, owner="o", policy=ResubmitPolicy())
     ledger.mark_submitted(s.request_key, entry.attempt, request_id="req-e1", status_url=None, response_url=None,
                           cancel_url=None)
-    infra = WebhookEvent(request_id="req-e1", status="ERROR", error="Invalid status code: 500",
+    error = WebhookEvent(request_id="req-e1", status="ERROR", error="Invalid status code: 500",
                          payload={"detail": "runner went away", "error_type": "runner_disconnected"})
-    assert record_webhook(ledger, infra) == "failed"
+    assert record_webhook(ledger, error) == "hint"
     got = ledger.get(s.request_key)
-    assert (got.state, got.error_type, got.retryable) == (RequestState.FAILED, "runner_disconnected", True)
-    assert record_webhook(ledger, infra) == "duplicate"
-    policy = WebhookEvent(request_id="req-e1", status="ERROR", error="Invalid status code: 422",
-                          payload={"detail": [{"loc": ["body", "prompt"], "msg": "flagged",
-                                               "type": "content_policy_violation"}]})
-    assert record_webhook(ledger, policy) == "failed"
-    got = ledger.get(s.request_key)
-    assert (got.error_type, got.retryable) == ("content_policy_violation", False)
-    assert "flagged" in got.error_message
+    assert (got.state, got.error_type, got.retryable) == (RequestState.SUBMITTED, None, None)
+    assert got.artifacts["webhook"]["status"] == "ERROR" and got.artifacts["webhook"]["signed"] is False
+    assert record_webhook(ledger, error) == "duplicate"
     assert record_webhook(ledger, WebhookEvent(request_id="nope", status="OK")) == "unmatched"
-    # an OK webhook after a failure still records the paid result (a result is never lost) ...
-    ok = WebhookEvent(request_id="req-e1", status="OK", payload={"video": {"url": "https://v/1.mp4", "width": 1920,
-                                                                           "height": 1080, "duration": 4.0},
+    ok = WebhookEvent(request_id="req-e1", status="OK", payload={"video": {"url": "https://v/1.mp4"},
                                                                  "video_id": "v1"})
-    assert record_webhook(ledger, ok, PriceTable()) == "completed"
+    assert record_webhook(ledger, ok, signed=True) == "hint"
     got = ledger.get(s.request_key)
-    assert got.state == RequestState.COMPLETED and got.output["video_id"] == "v1"
-    assert got.actual_cost == pytest.approx(0.5 * 4) and got.seconds_generated == 4.0
-    # ... and no error overwrites it
-    assert record_webhook(ledger, infra) == "ignored"
-    assert record_webhook(ledger, ok) == "duplicate"
+    assert got.state == RequestState.SUBMITTED and got.output is None  # the URL in a webhook is never stored
+    assert got.artifacts["webhook"]["status"] == "OK" and "https://v/1.mp4" not in json.dumps(got.artifacts)
+    # once fal's own answer is recorded, webhooks change nothing
+    ledger.mark_completed(s.request_key, entry.attempt, output={"video": {"url": "https://fal/r.mp4"},
+                                                                "video_id": "r"}, completed_at=datetime.now(UTC))
+    assert record_webhook(ledger, error) == "ignored"
+    assert ledger.get(s.request_key).output["video_id"] == "r"
     assert find_attempt(ledger, "req-e1").attempt == entry.attempt
 
 
@@ -174,14 +168,14 @@ def test_webhook_end_to_end_no_polling(make_simulator, ledger):
             return entry, time.monotonic() - started
 
         entry, waited = asyncio.run(flow())
-        assert entry is not None and entry.state == RequestState.COMPLETED
-        assert entry.output["video"]["url"].startswith(sim.base_url) and entry.output["video_id"]
-        assert entry.actual_cost == pytest.approx(0.3 * 4) and waited < 5
+        assert entry is not None and entry.state == RequestState.SUBMITTED and waited < 5
+        assert entry.artifacts["webhook"]["status"] == "OK" and entry.artifacts["webhook"]["signed"] is True
+        assert entry.output is None  # a hint: the runner fetches the result from fal
         stats = sim.stats()
         assert stats["calls"]["status"] == 0 and stats["calls"]["result"] == 0  # nobody polled fal
         assert stats["webhook_deliveries"]["delivered"] == 1
         assert stats["webhooks"][0]["state"] == "delivered" and stats["webhooks"][0]["last_status"] == 200
-        assert hooks.stats()["completed"] == 1 and hooks.stats().get("rejected_signature", 0) == 0
+        assert hooks.stats()["hint"] == 1 and hooks.stats().get("rejected_signature", 0) == 0
 
 
 def test_invalid_signature_is_refused_then_polling_fallback(make_simulator, ledger):
@@ -222,14 +216,14 @@ def test_duplicate_deliveries_are_harmless(make_simulator, ledger):
                                           for s, (a, _) in zip(specs, attempts)))
 
         entries = asyncio.run(flow())
-        assert all(e.state == RequestState.COMPLETED for e in entries)
+        assert all(e.artifacts["webhook"]["status"] == "OK" for e in entries)
         until(lambda: sim.stats()["webhook_deliveries"]["duplicates"] == 3)
         assert sim.stats()["webhook_deliveries"]["delivered"] == 3
-        assert hooks.stats()["completed"] == 3 and hooks.stats()["duplicate"] == 3
+        assert hooks.stats()["hint"] == 3 and hooks.stats()["duplicate"] == 3
         for s, e in zip(specs, entries):
             history = ledger.history(s.request_key)
-            assert len(history) == 1 and history[0].state == RequestState.COMPLETED
-            assert ledger.get(s.request_key).completed_at == e.completed_at  # the duplicate changed nothing
+            assert len(history) == 1 and history[0].state == RequestState.SUBMITTED
+            assert ledger.get(s.request_key).artifacts == e.artifacts  # the duplicate changed nothing
 
 
 def test_webhook_before_the_request_id_is_recorded_is_retried(make_simulator, ledger):
@@ -242,13 +236,13 @@ def test_webhook_before_the_request_id_is_recorded_is_retried(make_simulator, le
             return await wait_for_webhook(ledger, s.request_key, attempt, timeout=10, poll_ledger_every=0.05)
 
         entry = asyncio.run(flow())
-        assert entry.state == RequestState.COMPLETED
-        assert hooks.stats()["unmatched"] >= 1 and hooks.stats()["completed"] == 1
+        assert entry.artifacts["webhook"]["status"] == "OK"
+        assert hooks.stats()["unmatched"] >= 1 and hooks.stats()["hint"] == 1
         info = sim.stats()["webhooks"][0]
         assert info["attempts"] >= 2 and info["state"] == "delivered"
 
 
-def test_model_error_webhook_marks_failed(make_simulator, ledger):
+def test_error_webhook_is_only_a_hint(make_simulator, ledger):
     sim = make_simulator(run_latency=0.05)
     with WebhookServer(ledger, sim_key_config(sim)) as hooks:
         s = spec("f", prompt="a dog [simulate-failure]")
@@ -258,8 +252,8 @@ def test_model_error_webhook_marks_failed(make_simulator, ledger):
             return await wait_for_webhook(ledger, s.request_key, attempt, timeout=10, poll_ledger_every=0.05)
 
         entry = asyncio.run(flow())
-        assert entry.state == RequestState.FAILED and entry.error_type == "simulated_model_error"
-        assert entry.retryable is False and hooks.stats()["failed"] == 1
+        assert entry.state == RequestState.SUBMITTED and entry.artifacts["webhook"]["status"] == "ERROR"
+        assert entry.error_type is None and hooks.stats()["hint"] == 1  # the runner asks fal (next test)
 
 
 def test_webhook_that_never_arrives_returns_none(make_simulator, ledger):
@@ -307,9 +301,11 @@ def test_generation_runner_in_webhook_mode(make_simulator, ledger, tmp_path):
     assert outcomes["w3"].status == "failed" and "simulated_model_error" in outcomes["w3"].error_message
     assert all(outcomes[f"w{i}"].sha256 and outcomes[f"w{i}"].file_size for i in range(3))
     stats = sim.stats()
-    assert stats["calls"]["status"] == 0 and stats["calls"]["result"] == 0 and stats["submits"] == 4
+    # each webhook is confirmed with fal: one status call and one result fetch per request, no polling loop
+    assert stats["calls"]["status"] == 4 and 3 <= stats["calls"]["result"] <= 4 and stats["submits"] == 4
     assert stats["calls"]["file"] == 3  # videos are still downloaded, once each
-    assert hooks.stats()["completed"] == 3 and hooks.stats()["failed"] == 1
+    assert hooks.stats()["hint"] == 4
+    assert ledger.get(outcomes["w3"].request_key).error_type == "simulated_model_error"  # fal's own answer
 
 
 def test_generation_runner_falls_back_to_polling(make_simulator, ledger, tmp_path):
@@ -327,28 +323,25 @@ def test_generation_runner_falls_back_to_polling(make_simulator, ledger, tmp_pat
 
 
 def test_receiver_service_entry_point(tmp_path):
-    """`python -m sora_pipeline.generation.webhooks` with keys from a JWKS file: healthz, a refused unsigned call, SIGTERM."""
-    import os
+    """`python -m sora_pipeline.generation.webhooks` with keys from a JWKS file: it listens on 127.0.0.1 by
+    default; healthz, a refused unsigned call, SIGTERM."""
     import signal
-    import socket
     import subprocess
     import sys
 
+    import psutil
+
     key = Ed25519PrivateKey.generate()
-    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519",
-                                          "x": base64.urlsafe_b64encode(pub).decode().rstrip("=")}]}))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SORA_")}
-    env.update(SORA_LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.sqlite'}", SORA_WEBHOOK_JWKS_FILE=str(jwks))
-    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = _free_port()
+    env = _receiver_env(tmp_path, SORA_WEBHOOK_JWKS_FILE=str(_jwks_file(tmp_path, key)))
+    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        until(lambda: _get_ok(base + "/healthz"), timeout=30)
+        until(lambda: _get_ok(base + "/healthz"), timeout=60)
+        listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {"127.0.0.1"}, listening  # loopback unless --host says otherwise
         body = b'{"request_id": "r", "status": "OK", "payload": null}'
         assert httpx.post(base + "/fal/webhook", content=body, trust_env=False).status_code == 401
         signed = sign_headers(key, "r", "u", body)
@@ -384,5 +377,183 @@ def test_dagster_materialization_in_webhook_mode(make_simulator, tmp_path):
     with Ledger(project["ledger_url"]) as shared, WebhookServer(shared, sim_key_config(sim)) as hooks:
         res = resources(sim.base_url, project, webhook_url=hooks.url, webhook_ledger_poll_seconds=0.05)
         assert materialize_day(res).success
-    assert sim.stats()["calls"]["status"] == 0 and sim.stats()["submits"] == 3
+    assert sim.stats()["calls"]["status"] == 3 and sim.stats()["submits"] == 3  # one confirmation each
     assert len(read_day_partition(project["warehouse_uri"], "video_metadata", PDAY)) == 3
+
+
+# ---------------------------------------------------------------- forged webhooks and hostile bodies (issue 20)
+STOLEN = "http://127.0.0.2:9/someone-elses.mp4"
+
+
+def insecure_config() -> WebhookConfig:
+    """A receiver that takes unsigned webhooks: only with the explicit test switch."""
+    return WebhookConfig(insecure_test_mode=True)
+
+
+def forged(request_id: str, status: str) -> dict:
+    if status == "ERROR":
+        return {"request_id": request_id, "status": "ERROR", "error": "Invalid status code: 500",
+                "payload": {"detail": [{"type": "runner_disconnected"}]}}
+    return {"request_id": request_id, "status": "OK", "error": None,
+            "payload": {"video": {"url": STOLEN, "duration": 4.0, "width": 1280, "height": 720},
+                        "video_id": "stolen"}}
+
+
+def test_forged_webhooks_never_make_an_item_resubmittable(make_simulator, ledger, tmp_path):
+    """A forged ERROR and a forged OK (unsigned, and a signed ERROR) for requests still running at fal: the next
+    run resumes them (no second submit) and the forged URL is stored nowhere."""
+    sim = make_simulator(run_latency=3600.0)  # still running for the whole test
+    items = [WorkItem(item_id=f"x{i}", prompt=f"forged {i}", image_ref=IMAGE, resolution="720p",
+                      aspect_ratio="16:9", duration=4, day=DAY) for i in range(3)]
+
+    def run(owner: str):
+        cfg = GenerationConfig(endpoint_id=EP, backend="simulator", queue_base_url=sim.base_url, owner=owner,
+                               day=DAY, archive_root=str(tmp_path / "videos"), progress_interval=60,
+                               total_timeout=0.5, webhook_wait=0.2, webhook_ledger_poll=0.05)
+        return {o.item_id: o for o in GenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger).run(items)}
+
+    with WebhookServer(ledger, insecure_config()) as hooks, WebhookServer(ledger, sim_key_config(sim)) as signed:
+        first = run("run-1")
+        assert [first[i.item_id].status for i in items] == ["pending"] * 3 and sim.stats()["submits"] == 3
+        rids = {o.item_id: ledger.get(o.request_key).request_id for o in first.values()}
+        sim_key = signing_key(sim.config)
+        with httpx.Client(trust_env=False) as c:
+            answers = [c.post(hooks.url, json=forged(rids["x0"], "ERROR")),
+                       c.post(hooks.url, json=forged(rids["x1"], "OK"))]
+            body = json.dumps(forged(rids["x2"], "ERROR")).encode()  # signed, but still not proof enough
+            answers.append(c.post(signed.url, content=body, headers=sign_headers(sim_key, rids["x2"], "u", body)))
+        assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+        assert [a.json()["result"] for a in answers] == ["hint"] * 3
+        for o in first.values():
+            entry = ledger.get(o.request_key)
+            assert entry.state == RequestState.SUBMITTED and entry.output is None  # a hint, not an outcome
+        second = run("run-2")
+    assert sim.stats()["submits"] == 3  # nothing was paid for twice
+    assert all(o.decision == "resumed" and o.status == "pending" for o in second.values())
+    for o in second.values():
+        history = ledger.history(o.request_key)
+        assert len(history) == 1 and history[0].state == RequestState.SUBMITTED
+        assert STOLEN not in json.dumps([h.__dict__ for h in history], default=str)
+        assert o.video_url is None
+
+
+def test_receiver_refuses_to_start_without_keys(tmp_path, ledger):
+    import subprocess
+    import sys
+
+    with pytest.raises(ValueError, match="JWKS"):
+        WebhookServer(ledger, WebhookConfig()).start()
+    env = _receiver_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "SORA_WEBHOOK_JWKS_FILE" in lines[0] and "--insecure-test-mode" in lines[0]
+
+
+def _receiver_env(tmp_path, **extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SORA_")}
+    env.update(SORA_LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.sqlite'}", **extra)
+    return env
+
+
+def _jwks_file(tmp_path, key: Ed25519PrivateKey):
+    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519",
+                                          "x": base64.urlsafe_b64encode(pub).decode().rstrip("=")}]}))
+    return jwks
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chunked_post(port: int, *, limit: int, chunk: int = 1 << 20, declare: int | None = None, on_chunk=None):
+    """POST up to `limit` bytes in `chunk`-sized pieces (chunked, or with `Content-Length: declare`), stopping as
+    soon as an answer is readable; returns (status line, bytes sent)."""
+    import select
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    framing = f"Content-Length: {declare}" if declare is not None else "Transfer-Encoding: chunked"
+    sock.sendall(f"POST /fal/webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 f"{framing}\r\n\r\n".encode())
+    piece = b"x" * chunk
+    frame = piece if declare is not None else b"%x\r\n" % chunk + piece + b"\r\n"
+    sent = 0
+    try:
+        while sent < limit:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(frame)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += chunk
+            if on_chunk is not None:
+                on_chunk()
+        if declare is None and sent >= limit:
+            sock.sendall(b"0\r\n\r\n")
+        answer = b""
+        while b"\r\n" not in answer:
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    finally:
+        sock.close()
+    return answer.split(b"\r\n", 1)[0].decode(), sent
+
+
+def test_oversized_bodies_are_cut_at_the_cap(tmp_path):
+    """A chunked POST far above the cap (and one declaring 1 GiB) is answered 413 after reading about the cap:
+    the receiver's memory grows by a few MiB, not by the body."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    port = _free_port()
+    env = _receiver_env(tmp_path, SORA_WEBHOOK_JWKS_FILE=str(_jwks_file(tmp_path, Ed25519PrivateKey.generate())),
+                        SORA_WEBHOOK_MAX_BODY_BYTES=str(1 << 20))
+    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        until(lambda: _get_ok(base + "/healthz"), timeout=60)
+        receiver = psutil.Process(proc.pid)
+        baseline = receiver.memory_info().rss
+        peak = [baseline]
+
+        def sample() -> None:
+            peak[0] = max(peak[0], receiver.memory_info().rss)
+
+        body_size = 128 << 20
+        status, sent = _chunked_post(port, limit=body_size, on_chunk=sample)
+        sample()
+        assert " 413 " in status + " ", status
+        growth = peak[0] - baseline
+        assert growth < 16 << 20, f"receiver grew {growth / 2**20:.0f} MiB for a {body_size >> 20} MiB body"
+        assert sent < body_size
+        status, sent = _chunked_post(port, limit=body_size, declare=1 << 30, on_chunk=sample)
+        sample()
+        assert " 413 " in status + " ", status
+        assert peak[0] - baseline < 16 << 20 and sent < body_size
+        assert httpx.get(base + "/stats", trust_env=False).json()["rejected_size"] == 2
+    finally:
+        proc.kill()
+        proc.communicate(timeout=20)
