@@ -67,7 +67,7 @@ def test_the_fast_path_changes_nothing(monkeypatch, durations, duration_type):
     monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups, rules: [False] * table.num_rows)
     full = check_rows(t, DAY, dups, resolver())
     assert fast[0] == full[0]
-    assert [r.model_dump() for r in fast[1]] == [r.model_dump() for r in full[1]]
+    assert [(r, r.raw) for r in fast[1]] == [(r, r.raw) for r in full[1]]
     assert len(fast[0]) + len(fast[1]) == len(t)
     for item in fast[0]:  # normalized values: the endpoint's own (exact strings, whole seconds)
         assert item.resolution in ("auto", "720p", "1080p") and item.aspect_ratio in ("auto", "9:16", "16:9")
@@ -172,7 +172,7 @@ def test_notes_of_the_reader_take_their_field_place_with_and_without_the_fast_pa
     fast = check_rows(t, DAY, {}, resolver(), notes)
     monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups, rules: [False] * table.num_rows)
     full = check_rows(t, DAY, {}, resolver(), notes)
-    assert fast[0] == full[0] and [r.model_dump() for r in fast[1]] == [r.model_dump() for r in full[1]]
+    assert fast[0] == full[0] and [(r, r.raw) for r in fast[1]] == [(r, r.raw) for r in full[1]]
     assert [i.item_id for i in fast[0]] == ["d"]
     assert [r.reason for r in fast[1]] == [
         "row 0 (item_id='a'): duration: 'x' is string in catalog file 'b.parquet' (expected 4, 8 or 12)",

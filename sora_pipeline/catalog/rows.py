@@ -11,13 +11,14 @@ import math
 import os
 import posixpath
 import re
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import date
 from typing import Any, Mapping, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel
 
 from sora_pipeline.endpoints import EndpointProfile, get_profile
 from sora_pipeline.endpoints.profile import MAX_PARAMS_JSON
@@ -38,6 +39,8 @@ _SECRET_PATTERNS = [
     (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{16,}\b", re.I), "***"),
     (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "***"),
 ]
+# a cheap first look: text without any of these cannot match a pattern above
+_MAYBE_SECRET = re.compile(r"://|[?&]|Key|Bearer|Basic|sk-|:[0-9a-fA-F]{16}|AKIA|ASIA")
 # long opaque tokens (letters and digits, 40+ chars): masked everywhere except in item_id, the row's name
 _OPAQUE = re.compile(r"(?<![A-Za-z0-9_])(?=[A-Za-z0-9_]*\d)(?=[A-Za-z0-9_]*[A-Za-z])[A-Za-z0-9_]{40,}")
 
@@ -58,15 +61,33 @@ class CatalogItem(NamedTuple):
     params: Mapping[str, Any] | None = None  # extra endpoint inputs (the `params` column), checked by the profile
 
 
-class RejectedRow(BaseModel):
-    """A row that breaks a rule: the first offending field and a one-line reason."""
+@dataclass(eq=True, slots=True)
+class RejectedRow:
+    """A row that breaks a rule: the first offending field, a one-line reason (`reason`: "row N (item_id=…):
+    field: why"; `why`: the same without the row's name), and `raw`, the row's values redacted (made when asked
+    for: a day can reject 100,000 rows)."""
 
     item_id: str | None
     scheduled_date: date
     row_index: int
     field: str
     reason: str
-    raw: dict[str, str | None]
+    why: str = ""
+    _source: Any = dataclass_field(default=None, compare=False, repr=False)  # (table, index, originals) or raw
+
+    @property
+    def raw(self) -> dict[str, str | None]:
+        if not isinstance(self._source, dict):
+            table, index, originals = self._source
+            row = table.slice(index, 1).to_pylist()[0]
+            row.update(originals)
+            self._source = _raw(row)
+        return self._source
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as the `rejected_items` table holds it (plus `why`)."""
+        return {"item_id": self.item_id, "row_index": self.row_index, "field": self.field, "reason": self.reason,
+                "scheduled_date": self.scheduled_date, "why": self.why}
 
 
 def redact(text: str, limit: int = 200, *, opaque: bool = True) -> str:
@@ -74,8 +95,9 @@ def redact(text: str, limit: int = 200, *, opaque: bool = True) -> str:
     if text.startswith("data:") and "," in text:
         head, payload = text.split(",", 1)
         return f"{head[:80]},<{len(payload)} chars>"
-    for pattern, repl in _SECRET_PATTERNS:
-        text = pattern.sub(repl, text)
+    if _MAYBE_SECRET.search(text):
+        for pattern, repl in _SECRET_PATTERNS:
+            text = pattern.sub(repl, text)
     if opaque:
         text = _OPAQUE.sub("***", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -99,8 +121,22 @@ class _Rules:
         self.exact = {c: {None: profile.default(c), **{v: v for v in (profile.allowed(c) or ())}}
                       for c in ("resolution", "aspect_ratio", "duration")}
         self.free = {c for c in self.exact if profile.field_for(c) is not None and profile.allowed(c) is None}
+        self._seen: dict[tuple, tuple[Any, str | None]] = {}
 
     def value(self, concept: str, value: Any) -> tuple[Any, str | None]:
+        """The endpoint's value for a catalog cell, or why not (one answer per distinct cell)."""
+        try:
+            key = (concept, type(value), value)
+            return self._seen[key]
+        except KeyError:
+            if len(self._seen) > 4096:  # (rules live as long as the process: stay small)
+                self._seen.clear()
+            answer = self._seen[key] = self._value(concept, value)
+            return answer
+        except TypeError:  # not hashable
+            return self._value(concept, value)
+
+    def _value(self, concept: str, value: Any) -> tuple[Any, str | None]:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return self.profile.default(concept), None
         if concept == "duration":
@@ -159,8 +195,19 @@ class ImageResolver:
             if is_dir:
                 roots.insert(1, os.path.realpath(os.path.dirname(folder)))
         self.roots = list(dict.fromkeys(roots))
+        self._seen: dict[str, tuple[str | None, str | None]] = {}
+        self._real_dirs: dict[str, str] = {}
 
     def resolve(self, value: Any) -> tuple[str | None, str | None]:
+        """(the image's reference, None) or (None, why not); one answer per distinct value and resolver."""
+        if not isinstance(value, str):
+            return self._resolve(value)
+        answer = self._seen.get(value)
+        if answer is None:
+            answer = self._seen[value] = self._resolve(value)
+        return answer
+
+    def _resolve(self, value: Any) -> tuple[str | None, str | None]:
         if value is None:
             return None, "missing"
         if not isinstance(value, str) or not value.strip():
@@ -199,7 +246,7 @@ class ImageResolver:
             if not (relative_ok and self.local):
                 return None, f"{_show(uri)} is a relative file:// URI (give an absolute path)"
             path = os.path.join(self.folder, path)
-        real = os.path.realpath(path)
+        real = self._realpath(path)
         if not any(_inside(real, root) for root in self.roots):
             return None, f"{_show(uri)} resolves outside the catalog folder and SORA_IMAGE_ROOTS"
         if not os.path.isfile(real):
@@ -207,15 +254,25 @@ class ImageResolver:
         return real, None
 
 
+    def _realpath(self, path: str) -> str:
+        """`os.path.realpath`, with the folders' real paths remembered (rows share folders; one lstat a row)."""
+        head, name = os.path.split(path)
+        if not head or name in ("", ".", ".."):
+            return os.path.realpath(path)
+        folder = self._real_dirs.get(head)
+        if folder is None:
+            folder = self._real_dirs[head] = os.path.realpath(head)
+        real = os.path.join(folder, name)
+        return os.path.realpath(real) if os.path.islink(real) else real
+
+
 def _strip_file(path: str) -> str:
     return path[len("file://"):] if path.lower().startswith("file://") else path
 
 
 def _inside(path: str, root: str) -> bool:
-    try:
-        return os.path.commonpath([path, root]) == root
-    except ValueError:
-        return False
+    """`path` is `root` or under it (both real, normalized paths)."""
+    return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
 
 
 def unusable(value: Any, arrow_type: Any, file: str, expected: str) -> str:
@@ -300,12 +357,14 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
         field, why = problem
         shown = note["item_id"][1] if "item_id" in note else item_id
         shown_id = _show(shown, opaque=False) if shown is not None else "None"
-        reason = re.sub(r"[\r\n\t]+", " ", f"row {index} (item_id={shown_id}): {field}: {why}")
-        raw = table.slice(index, 1).to_pylist()[0]
-        raw.update({name: original for name, (_, original) in note.items()})
-        rejected.append(RejectedRow(item_id=item_id if isinstance(item_id, str) else None, scheduled_date=day,
-                                    row_index=index, field=field, reason=reason, raw=_raw(raw)))
+        why = _ONE_LINE.sub(" ", f"{field}: {why}")
+        rejected.append(RejectedRow(item_id if isinstance(item_id, str) else None, day, index, field,
+                                    _ONE_LINE.sub(" ", f"row {index} (item_id={shown_id}): {why}"), why,
+                                    (table, index, {name: original for name, (_, original) in note.items()})))
     return valid, rejected
+
+
+_ONE_LINE = re.compile(r"[\r\n\t]+")
 
 
 # the plain https reference `ImageResolver` accepts as it is (ASCII, no case folding: a subset of _PLAIN_HTTPS)

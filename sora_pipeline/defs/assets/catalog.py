@@ -5,9 +5,11 @@ import json
 from datetime import date
 
 import dagster as dg
+import pyarrow as pa
 
 from sora_pipeline.defs.assets.lineage import selected_results, spec_metadata, table_metadata
-from sora_pipeline.catalog import CatalogError, read_catalog_day
+from sora_pipeline.catalog import CatalogError, RejectedRow, read_catalog_day
+from sora_pipeline.catalog.rejections import RejectionSummary, rejection_summary
 from sora_pipeline.defs.partitions import daily_partitions, partition_problem
 from sora_pipeline.warehouse.schemas import CATALOG_ITEMS, REJECTED_ITEMS
 from sora_pipeline.defs.resources import FalVideoResource
@@ -34,7 +36,9 @@ catalog_source = dg.AssetSpec(
     ],
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
-    can_subset=True,  # both tables are always written; events only for the selected ones
+    # one step writes both tables: a selection with either gets both, so a run that selects `rejected_items`
+    # and `generations` never starts generations beside a catalog_items that is not written yet
+    can_subset=False,
 )
 def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResource, fal: FalVideoResource):
     day = context.partition_key
@@ -52,20 +56,43 @@ def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         "resolution": i.resolution, "aspect_ratio": i.aspect_ratio, "duration": i.duration,
         "scheduled_date": i.scheduled_date,
         "params": json.dumps(i.params, sort_keys=True) if i.params else None} for i in sl.valid]
-    rejected = [{"item_id": r.item_id, "row_index": r.row_index, "field": r.field, "reason": r.reason,
-                 "scheduled_date": r.scheduled_date} for r in sl.rejected]
-    for r in sl.rejected:
-        context.log.warning(f"rejected: {r.reason}")
+    summary = rejection_summary(sl.rejected)
     context.log.info(f"catalog {warehouse.catalog_uri} for {day}: {sl.rows_scanned} rows scanned, "
-                     f"{len(valid)} valid, {len(rejected)} rejected")
+                     f"{len(valid)} valid, {len(sl.rejected)} rejected")
+    if sl.rejected:  # one event, however many rows: the table holds them all
+        context.log.warning("\n".join(summary.lines()))
     valid_uri = warehouse.write(CATALOG_ITEMS, day, valid)
-    rejected_uri = warehouse.write(REJECTED_ITEMS, day, rejected)
+    rejected_uri = warehouse.write(REJECTED_ITEMS, day, rejected_table(sl.rejected))
     yield from selected_results(context, {
         "catalog_items": table_metadata(CATALOG_ITEMS, valid_uri, len(valid), upstream="catalog", extra={
             "catalog_uri": warehouse.catalog_uri, "rows_scanned": sl.rows_scanned}),
-        "rejected_items": table_metadata(REJECTED_ITEMS, rejected_uri, len(rejected), upstream="catalog", extra={
-            "reasons": dg.MetadataValue.md("\n".join(f"- {r['reason']}" for r in rejected) or "none")}),
+        "rejected_items": table_metadata(REJECTED_ITEMS, rejected_uri, len(sl.rejected), upstream="catalog",
+                                         extra=rejection_metadata(summary)),
     })
+
+
+def rejection_metadata(summary: RejectionSummary) -> dict:
+    """Bounded metadata of a day's rejections: counts by field and by reason, the first reasons."""
+    return {
+        "rejected_by_field": dg.MetadataValue.json(summary.by_field),
+        "rejected_by_reason": dg.MetadataValue.md(
+            "\n".join([f"- {n:,} × {why}" for why, n in summary.by_reason]
+                      + ([f"- {summary.other:,} × other reasons"] if summary.other else [])) or "none"),
+        "reasons": dg.MetadataValue.md("\n".join([f"- {r}" for r in summary.sample] + (
+            [f"- … and {summary.total - len(summary.sample):,} more (rejected_items has every row)"]
+            if summary.total > len(summary.sample) else [])) or "none"),
+    }
+
+
+def rejected_table(rejected: list[RejectedRow]) -> pa.Table:
+    """The `rejected_items` rows as an Arrow table, column by column."""
+    return pa.table({
+        "item_id": pa.array([r.item_id for r in rejected], pa.string()),
+        "row_index": pa.array([r.row_index for r in rejected], pa.int64()),
+        "field": pa.array([r.field for r in rejected], pa.string()),
+        "reason": pa.array([r.reason for r in rejected], pa.string()),
+        "scheduled_date": pa.array([r.scheduled_date for r in rejected], pa.date32()),
+    }, schema=REJECTED_ITEMS.arrow_schema)
 
 
 def catalog_problem(exc: Exception) -> str:

@@ -13,6 +13,7 @@ import dagster as dg
 from pydantic import Field
 
 from sora_pipeline.defs.assets.lineage import arrow_rows, selected_results, spec_metadata, table_metadata
+from sora_pipeline.defs.assets.upstream import read_upstream
 from sora_pipeline.ledger import ResubmitPolicy
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.defs.resources import FalVideoResource
@@ -67,7 +68,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                       resolution=r["resolution"], aspect_ratio=r["aspect_ratio"],
                       duration=None if r["duration"] is None else int(r["duration"]), day=day,
                       params=json.loads(r["params"]) if r.get("params") else None)
-             for r in arrow_rows(warehouse.read("catalog_items", day))]
+             for r in arrow_rows(read_upstream(warehouse, "catalog_items", day))]  # missing: fails, naming it
     ledger = warehouse.ledger()
     context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}")
     run_config = GenerationConfig(
