@@ -125,9 +125,9 @@ def ledger_cost(url: str, n: int = 300) -> dict:
 
 
 def webhook_throughput(url: str, specs: list[RequestSpec]) -> dict:
-    from sora_pipeline.generation.webhooks import WebhookServer
+    from sora_pipeline.generation.webhooks import WebhookConfig, WebhookServer
 
-    with Ledger(url) as lg, WebhookServer(lg) as hooks:
+    with Ledger(url) as lg, WebhookServer(lg, WebhookConfig(insecure_test_mode=True)) as hooks:  # unsigned: a test
         bodies = [json.dumps({"request_id": f"rid-{s.request_key[:16]}", "status": "OK", "error": None,
                               "payload": {"video": {"url": "https://x/y.mp4", "duration": 4.0},
                                           "video_id": "v"}}).encode() for s in specs]

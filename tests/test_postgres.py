@@ -270,7 +270,7 @@ def test_daemon_backfill_of_three_days_respects_the_pool(tmp_path, pg_instance, 
 
 # ---------------------------------------------------------------- webhook receivers sharing the PostgreSQL ledger
 def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulator):
-    """Two receiver replicas on one PostgreSQL ledger get the same signed delivery at once: one completion."""
+    """Two receiver replicas on one PostgreSQL ledger get the same signed delivery at once: one hint each."""
     import asyncio
     import hashlib
     from datetime import UTC, datetime
@@ -312,8 +312,8 @@ def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulat
 
         answers = asyncio.run(deliver_everything_twice())
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
-        for s in specs:
+        for s in specs:  # webhooks are hints the generation step confirms with fal: never an outcome
             (attempt,) = ledger.history(s.request_key)
-            assert attempt.state == RequestState.COMPLETED and attempt.output["video_id"] == f"v-{s.item_id}"
+            assert attempt.state == RequestState.SUBMITTED and attempt.artifacts["webhook"]["status"] == "OK"
         counts = Counter(r1.stats()) + Counter(r2.stats())
-        assert counts["received"] == 40 and counts["completed"] + counts["duplicate"] == 40
+        assert counts["received"] == 40 and counts["hint"] + counts["duplicate"] == 40
