@@ -1,4 +1,4 @@
-"""Webhook mode end to end over loopback: simulator → receiver (`sora_pipeline.generation.webhooks`) → ledger → waiter."""
+"""Webhook mode end to end over loopback: simulator → receiver (`generation.webhooks`) → ledger → waiter."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from sora_pipeline.generation.costs import PriceTable
-from sora_pipeline.fal.client import AsyncFalQueueClient
 from sora_pipeline.fal.models import ImageToVideoInput
-from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy
 from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
 from sora_pipeline.ledger import (
     Decision,
@@ -25,7 +22,7 @@ from sora_pipeline.ledger import (
     RequestState,
     ResubmitPolicy,
 )
-from sora_pipeline.simulator.webhook import sign_headers, signing_key
+from sora_pipeline.simulator.webhook import sign_headers
 from sora_pipeline.generation.webhooks import (
     WebhookConfig,
     WebhookEvent,
@@ -38,11 +35,8 @@ from sora_pipeline.generation.webhooks import (
     verify_signature,
     wait_for_webhook,
 )
-from tests.conftest import png_bytes
 
-EP = "fal-ai/sora-2/image-to-video/pro"
-DAY = "2026-11-20"
-IMAGE = "data:image/png;base64," + base64.b64encode(png_bytes(64, 36)).decode()
+from tests.webhook_helpers import DAY, EP, IMAGE, client, sim_key_config, spec, until
 
 
 # ---------------------------------------------------------------- helpers
@@ -50,21 +44,6 @@ IMAGE = "data:image/png;base64," + base64.b64encode(png_bytes(64, 36)).decode()
 def ledger(tmp_path):
     with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as lg:
         yield lg
-
-
-def spec(item_id: str, prompt: str | None = None) -> RequestSpec:
-    import hashlib
-
-    return RequestSpec.create(EP, item_id=item_id, day=DAY, prompt=prompt or f"prompt {item_id}",
-                              resolution="720p", aspect_ratio="16:9", duration=4,
-                              image_sha256=hashlib.sha256(IMAGE.encode()).hexdigest(), used_openai_key=False,
-                              estimated_cost=1.2)
-
-
-def client(base_url: str, webhook_url: str | None) -> AsyncFalQueueClient:
-    return AsyncFalQueueClient(key="k", base_url=base_url, endpoint_id=EP, webhook_url=webhook_url,
-                               retry=RetryPolicy(max_attempts=3, total_timeout=10),
-                               poll=PollPolicy(interval=0.05, max_interval=0.2, backoff_after=5))
 
 
 async def submit_through_ledger(ledger: Ledger, base_url: str, webhook_url: str | None, s: RequestSpec,
@@ -82,20 +61,6 @@ async def submit_through_ledger(ledger: Ledger, base_url: str, webhook_url: str 
                           status_url=handle.status_url, response_url=handle.response_url,
                           cancel_url=handle.cancel_url, submitted_at=datetime.now(UTC))
     return entry.attempt, handle
-
-
-def until(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-def sim_key_config(sim) -> WebhookConfig:
-    return WebhookConfig(public_keys=[parse_public_key(sim.webhook_public_key)])
 
 
 # ---------------------------------------------------------------- signatures
@@ -322,46 +287,6 @@ def test_generation_runner_falls_back_to_polling(make_simulator, ledger, tmp_pat
     assert ledger.get(outcome.request_key).state == RequestState.COMPLETED
 
 
-def test_receiver_service_entry_point(tmp_path):
-    """`python -m sora_pipeline.generation.webhooks` with keys from a JWKS file: it listens on 127.0.0.1 by
-    default; healthz, a refused unsigned call, SIGTERM."""
-    import signal
-    import subprocess
-    import sys
-
-    import psutil
-
-    key = Ed25519PrivateKey.generate()
-    port = _free_port()
-    env = _receiver_env(tmp_path, SORA_WEBHOOK_JWKS_FILE=str(_jwks_file(tmp_path, key)))
-    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        until(lambda: _get_ok(base + "/healthz"), timeout=60)
-        listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN}
-        assert listening == {"127.0.0.1"}, listening  # loopback unless --host says otherwise
-        body = b'{"request_id": "r", "status": "OK", "payload": null}'
-        assert httpx.post(base + "/fal/webhook", content=body, trust_env=False).status_code == 401
-        signed = sign_headers(key, "r", "u", body)
-        r = httpx.post(base + "/fal/webhook", content=body, headers=signed, trust_env=False)
-        assert r.status_code == 409 and r.json()["result"] == "unmatched"  # valid signature, unknown request
-        assert httpx.get(base + "/stats", trust_env=False).json()["rejected_signature"] == 1
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, out
-    assert "receiving fal webhooks" in out
-
-
-def _get_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, trust_env=False, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_dagster_materialization_in_webhook_mode(make_simulator, tmp_path):
     from sora_pipeline.warehouse.tables import read_day_partition
     from tests.pipeline_helpers import DAY as PDAY
@@ -379,181 +304,3 @@ def test_dagster_materialization_in_webhook_mode(make_simulator, tmp_path):
         assert materialize_day(res).success
     assert sim.stats()["calls"]["status"] == 3 and sim.stats()["submits"] == 3  # one confirmation each
     assert len(read_day_partition(project["warehouse_uri"], "video_metadata", PDAY)) == 3
-
-
-# ---------------------------------------------------------------- forged webhooks and hostile bodies (issue 20)
-STOLEN = "http://127.0.0.2:9/someone-elses.mp4"
-
-
-def insecure_config() -> WebhookConfig:
-    """A receiver that takes unsigned webhooks: only with the explicit test switch."""
-    return WebhookConfig(insecure_test_mode=True)
-
-
-def forged(request_id: str, status: str) -> dict:
-    if status == "ERROR":
-        return {"request_id": request_id, "status": "ERROR", "error": "Invalid status code: 500",
-                "payload": {"detail": [{"type": "runner_disconnected"}]}}
-    return {"request_id": request_id, "status": "OK", "error": None,
-            "payload": {"video": {"url": STOLEN, "duration": 4.0, "width": 1280, "height": 720},
-                        "video_id": "stolen"}}
-
-
-def test_forged_webhooks_never_make_an_item_resubmittable(make_simulator, ledger, tmp_path):
-    """A forged ERROR and a forged OK (unsigned, and a signed ERROR) for requests still running at fal: the next
-    run resumes them (no second submit) and the forged URL is stored nowhere."""
-    sim = make_simulator(run_latency=3600.0)  # still running for the whole test
-    items = [WorkItem(item_id=f"x{i}", prompt=f"forged {i}", image_ref=IMAGE, resolution="720p",
-                      aspect_ratio="16:9", duration=4, day=DAY) for i in range(3)]
-
-    def run(owner: str):
-        cfg = GenerationConfig(endpoint_id=EP, backend="simulator", queue_base_url=sim.base_url, owner=owner,
-                               day=DAY, archive_root=str(tmp_path / "videos"), progress_interval=60,
-                               total_timeout=0.5, webhook_wait=0.2, webhook_ledger_poll=0.05)
-        return {o.item_id: o for o in GenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger).run(items)}
-
-    with WebhookServer(ledger, insecure_config()) as hooks, WebhookServer(ledger, sim_key_config(sim)) as signed:
-        first = run("run-1")
-        assert [first[i.item_id].status for i in items] == ["pending"] * 3 and sim.stats()["submits"] == 3
-        rids = {o.item_id: ledger.get(o.request_key).request_id for o in first.values()}
-        sim_key = signing_key(sim.config)
-        with httpx.Client(trust_env=False) as c:
-            answers = [c.post(hooks.url, json=forged(rids["x0"], "ERROR")),
-                       c.post(hooks.url, json=forged(rids["x1"], "OK"))]
-            body = json.dumps(forged(rids["x2"], "ERROR")).encode()  # signed, but still not proof enough
-            answers.append(c.post(signed.url, content=body, headers=sign_headers(sim_key, rids["x2"], "u", body)))
-        assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
-        assert [a.json()["result"] for a in answers] == ["hint"] * 3
-        for o in first.values():
-            entry = ledger.get(o.request_key)
-            assert entry.state == RequestState.SUBMITTED and entry.output is None  # a hint, not an outcome
-        second = run("run-2")
-    assert sim.stats()["submits"] == 3  # nothing was paid for twice
-    assert all(o.decision == "resumed" and o.status == "pending" for o in second.values())
-    for o in second.values():
-        history = ledger.history(o.request_key)
-        assert len(history) == 1 and history[0].state == RequestState.SUBMITTED
-        assert STOLEN not in json.dumps([h.__dict__ for h in history], default=str)
-        assert o.video_url is None
-
-
-def test_receiver_refuses_to_start_without_keys(tmp_path, ledger):
-    import subprocess
-    import sys
-
-    with pytest.raises(ValueError, match="JWKS"):
-        WebhookServer(ledger, WebhookConfig()).start()
-    env = _receiver_env(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode != 0 and out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "SORA_WEBHOOK_JWKS_FILE" in lines[0] and "--insecure-test-mode" in lines[0]
-
-
-def _receiver_env(tmp_path, **extra: str) -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SORA_")}
-    env.update(SORA_LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.sqlite'}", **extra)
-    return env
-
-
-def _jwks_file(tmp_path, key: Ed25519PrivateKey):
-    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519",
-                                          "x": base64.urlsafe_b64encode(pub).decode().rstrip("=")}]}))
-    return jwks
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _chunked_post(port: int, *, limit: int, chunk: int = 1 << 20, declare: int | None = None, on_chunk=None):
-    """POST up to `limit` bytes in `chunk`-sized pieces (chunked, or with `Content-Length: declare`), stopping as
-    soon as an answer is readable; returns (status line, bytes sent)."""
-    import select
-    import socket
-
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    framing = f"Content-Length: {declare}" if declare is not None else "Transfer-Encoding: chunked"
-    sock.sendall(f"POST /fal/webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 f"{framing}\r\n\r\n".encode())
-    piece = b"x" * chunk
-    frame = piece if declare is not None else b"%x\r\n" % chunk + piece + b"\r\n"
-    sent = 0
-    try:
-        while sent < limit:
-            if select.select([sock], [], [], 0)[0]:
-                break
-            try:
-                sock.sendall(frame)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += chunk
-            if on_chunk is not None:
-                on_chunk()
-        if declare is None and sent >= limit:
-            sock.sendall(b"0\r\n\r\n")
-        answer = b""
-        while b"\r\n" not in answer:
-            data = sock.recv(4096)
-            if not data:
-                break
-            answer += data
-    finally:
-        sock.close()
-    return answer.split(b"\r\n", 1)[0].decode(), sent
-
-
-def test_oversized_bodies_are_cut_at_the_cap(tmp_path):
-    """A chunked POST far above the cap (and one declaring 1 GiB) is answered 413 after reading about the cap:
-    the receiver's memory grows by a few MiB, not by the body."""
-    import subprocess
-    import sys
-
-    import psutil
-
-    port = _free_port()
-    env = _receiver_env(tmp_path, SORA_WEBHOOK_JWKS_FILE=str(_jwks_file(tmp_path, Ed25519PrivateKey.generate())),
-                        SORA_WEBHOOK_MAX_BODY_BYTES=str(1 << 20))
-    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        until(lambda: _get_ok(base + "/healthz"), timeout=60)
-        receiver = psutil.Process(proc.pid)
-        baseline = receiver.memory_info().rss
-        peak = [baseline]
-
-        def sample() -> None:
-            peak[0] = max(peak[0], receiver.memory_info().rss)
-
-        body_size = 128 << 20
-        status, sent = _chunked_post(port, limit=body_size, on_chunk=sample)
-        sample()
-        assert " 413 " in status + " ", status
-        growth = peak[0] - baseline
-        assert growth < 16 << 20, f"receiver grew {growth / 2**20:.0f} MiB for a {body_size >> 20} MiB body"
-        assert sent < body_size
-        status, sent = _chunked_post(port, limit=body_size, declare=1 << 30, on_chunk=sample)
-        sample()
-        assert " 413 " in status + " ", status
-        assert peak[0] - baseline < 16 << 20 and sent < body_size
-        assert httpx.get(base + "/stats", trust_env=False).json()["rejected_size"] == 2
-    finally:
-        proc.kill()
-        proc.communicate(timeout=20)
