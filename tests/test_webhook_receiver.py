@@ -173,3 +173,23 @@ def test_receiver_service_entry_point(tmp_path):
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
     assert "receiving fal webhooks" in out
+
+
+def test_receiver_settings_fail_in_one_line(tmp_path, ledger):
+    """Unusable key settings, and the test switch on a non-loopback address, are refused before anything listens."""
+    from sora_pipeline.generation.webhooks import WebhookKeyError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"keys": []}')
+    cases = {"SORA_WEBHOOK_JWKS_FILE": str(tmp_path / "missing.json"), "SORA_WEBHOOK_PUBLIC_KEYS": "abc",
+             "SORA_WEBHOOK_REQUIRE_SIGNATURE": "false", "SORA_WEBHOOK_MAX_BODY_BYTES": "lots"}
+    for name, value in [*cases.items(), ("SORA_WEBHOOK_JWKS_FILE", str(bad))]:
+        with pytest.raises(WebhookKeyError) as err:
+            WebhookConfig.from_env({name: value})
+        assert name in str(err.value) and "\n" not in str(err.value)
+    assert WebhookConfig.from_env({"SORA_WEBHOOK_INSECURE_TEST_MODE": "1"}).insecure_test_mode
+    with pytest.raises(WebhookKeyError, match="loopback only"):
+        WebhookServer(ledger, insecure_config(), host="0.0.0.0").start()
+    keyed = WebhookConfig.from_env({"SORA_WEBHOOK_JWKS_FILE": str(jwks_file(tmp_path, Ed25519PrivateKey.generate()))})
+    assert keyed.verifies and not keyed.insecure_test_mode
+    keyed.check("0.0.0.0")  # with fal's keys any address is allowed

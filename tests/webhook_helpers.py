@@ -12,12 +12,12 @@ import time
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sora_pipeline.fal.client import AsyncFalQueueClient
 from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy
 from sora_pipeline.generation.webhooks import WebhookConfig, parse_public_key
 from sora_pipeline.ledger import RequestSpec
+from sora_pipeline.simulator.webhook import jwks_document
 from tests.conftest import png_bytes
 
 EP = "fal-ai/sora-2/image-to-video/pro"
@@ -66,11 +66,10 @@ def receiver_env(tmp_path, **extra: str) -> dict[str, str]:
 
 
 def jwks_file(tmp_path, key: Ed25519PrivateKey):
-    pub = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519",
-                                          "x": base64.urlsafe_b64encode(pub).decode().rstrip("=")}]}))
-    return jwks
+    """A JWKS file holding `key`'s public half (what `SORA_WEBHOOK_JWKS_FILE` names)."""
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks_document(key)))
+    return path
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ webhook. Only hosts in `webhook_allowed_hosts` are called (loopback by default).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -48,6 +49,14 @@ def signing_key(config: SimulatorConfig) -> Ed25519PrivateKey:
 
 def public_key_hex(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def jwks_document(key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The public half of `key` as a JWKS document, the form fal publishes its webhook keys in (for
+    `SORA_WEBHOOK_JWKS_FILE` of a receiver that takes this simulator's webhooks)."""
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"keys": [{"kty": "OKP", "crv": "Ed25519", "use": "sig", "kid": raw.hex()[:16],
+                      "x": base64.urlsafe_b64encode(raw).decode().rstrip("=")}]}
 
 
 def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
