@@ -1,7 +1,9 @@
 """The catalog room: read one day of the Parquet catalog (`reader`), the row rules (`rows`), the catalog-wide
-`item_id` check (`ids`) and the Parquet Bloom filters it reads (`bloom`), what changed (`changes`). No Dagster."""
+`item_id` check (`ids`) and the Parquet Bloom filters it reads (`bloom`), what changed (`changes`), the rows no
+day reads (`dates`), a day's rejections in bounded form (`rejections`). No Dagster."""
 
 from sora_pipeline.catalog.changes import catalog_fingerprints, catalog_signature
+from sora_pipeline.catalog.dates import CatalogDates, UndatedRow, catalog_dates
 from sora_pipeline.catalog.reader import (
     CONTRACT_COLUMNS,
     OPTIONAL_COLUMNS,
@@ -18,7 +20,7 @@ from sora_pipeline.catalog.reader import (
 )
 
 __all__ = [
-    "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogError", "CatalogItem", "CatalogSlice",
-    "RejectedRow", "catalog_fingerprints", "catalog_signature", "image_roots_from_env", "open_catalog",
-    "read_catalog_day", "redact", "write_catalog",
+    "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogDates", "CatalogError", "CatalogItem",
+    "CatalogSlice", "RejectedRow", "UndatedRow", "catalog_dates", "catalog_fingerprints", "catalog_signature",
+    "image_roots_from_env", "open_catalog", "read_catalog_day", "redact", "write_catalog",
 ]

@@ -4,8 +4,12 @@ from collections import Counter
 
 import dagster as dg
 
+from sora_pipeline.catalog import CatalogError
+from sora_pipeline.catalog.dates import catalog_dates
+from sora_pipeline.defs.assets.catalog import catalog_problem
 from sora_pipeline.defs.assets.lineage import arrow_rows
-from sora_pipeline.defs.partitions import daily_partitions
+from sora_pipeline.defs.assets.upstream import read_upstream
+from sora_pipeline.defs.partitions import daily_partitions, partition_range
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 def _short_side(resolution: str | None) -> int | None:
@@ -36,7 +40,7 @@ def dimension_problems(row: dict) -> list[str]:
 
 
 def _rows(warehouse: WarehouseResource, context: dg.AssetCheckExecutionContext) -> list[dict]:
-    return arrow_rows(warehouse.read("video_metadata", context.partition_key))
+    return arrow_rows(read_upstream(warehouse, "video_metadata", context.partition_key))
 
 
 def _metadata(problems: list[str], checked: int) -> dict:
@@ -104,10 +108,33 @@ def video_metadata_checks(context: dg.AssetCheckExecutionContext, warehouse: War
     description="no catalog rows of the day were rejected (warning)",
 )
 def no_rejected_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-    rejected = arrow_rows(warehouse.read("rejected_items", context.partition_key))
-    problems = [r["reason"] for r in rejected]
-    return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.WARN,
-                               metadata=_metadata(problems, len(rejected)))
+    reasons = read_upstream(warehouse, "rejected_items", context.partition_key).column("reason")
+    problems = reasons.slice(0, 20).to_pylist()  # (the examples; the table has every row)
+    return dg.AssetCheckResult(passed=not len(reasons), severity=dg.AssetCheckSeverity.WARN,
+                               metadata=_metadata(problems, len(reasons)) | {"failures": len(reasons)})
 
 
-ALL_CHECKS = [video_metadata_checks, no_rejected_rows]
+@dg.asset_check(
+    asset="catalog_items",
+    name="catalog_dates",
+    partitions_def=daily_partitions,
+    description="every row of the whole catalog belongs to a day: its scheduled_date is a date (or an ISO "
+                "YYYY-MM-DD string) on or after SORA_PARTITIONS_START; the rows no day reads are named by file, "
+                "row number and item_id (warning)",
+)
+def catalog_dates_check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+    try:
+        report = catalog_dates(warehouse.catalog_uri, warehouse.storage_options or None,
+                               first_day=partition_range()[0])
+    except CatalogError as exc:
+        raise dg.Failure(description=catalog_problem(exc), allow_retries=False) from None
+    lines = report.lines()
+    if lines:
+        context.log.warning("\n".join(lines))
+    return dg.AssetCheckResult(passed=not report.lost, severity=dg.AssetCheckSeverity.WARN, metadata={
+        "rows_checked": report.rows, "failures": report.lost, "undated_rows": report.undated,
+        "rows_before_first_day": report.early,
+        "examples": dg.MetadataValue.md("\n".join(f"- {line}" for line in lines[1:]) or "none")})
+
+
+ALL_CHECKS = [video_metadata_checks, no_rejected_rows, catalog_dates_check]
