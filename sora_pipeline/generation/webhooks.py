@@ -40,7 +40,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -225,6 +225,9 @@ def create_webhook_app(ledger: Ledger, config: WebhookConfig | None = None) -> W
             count("rejected_size")  # and close the connection: the rest of the body is never read
             return JSONResponse({"detail": f"body above {config.max_body_bytes} bytes"}, status_code=413,
                                 headers={"Connection": "close"})
+        except ClientDisconnect:
+            count("client_disconnected")
+            return JSONResponse({"detail": "the body was cut off"}, status_code=400)
         signed_id = None
         if config.verifies:
             try:
