@@ -47,3 +47,11 @@ def cancel_requests(pending: dict[str, tuple[int, QueueHandle]], client_factory:
     with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
         futures = [pool.submit(cancel, key, attempt, handle) for key, (attempt, handle) in pending.items()]
     return Counter(f.result() for f in futures)
+
+
+def interrupted_line(counts: Counter) -> str:
+    """`run interrupted: 3 request(s) cancelled at fal (not billed), 1 completed anyway (fetched by the next run),
+    0 without an answer (resumed by the next run)`"""
+    return (f"run interrupted: {counts.get('cancelled', 0)} request(s) cancelled at fal (not billed), "
+            f"{counts.get('completed', 0)} completed anyway (fetched by the next run), "
+            f"{counts.get('resumable', 0)} without an answer (resumed by the next run)")

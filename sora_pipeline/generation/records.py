@@ -59,6 +59,10 @@ class GenerationConfig:
     webhook_wait: float | None = None  # webhook mode: wait this long for fal's callback before polling fal
     webhook_ledger_poll: float = 2.0
     cancel_timeout: float = 15.0
+    submit_heartbeat: float = 5.0  # seconds between renewals of this run's submit claims (the lease is 4×)
+    #: fal's request history: `history(endpoint_id, start, end)` → items with payloads (None: not available)
+    history: Any = field(default=None, repr=False)
+    unknown_settle: float = 7200.0  # seconds after which a claim absent from the history was never accepted
 
 
 @dataclass

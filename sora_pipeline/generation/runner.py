@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import httpx
@@ -24,9 +24,9 @@ from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQ
 from sora_pipeline.endpoints import get_profile
 from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError,
                                       TransientError, WaitTimeoutError)
-from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
+from sora_pipeline.fal.protocol import QueueHandle, QueueProtocol, QueueStatus
 from sora_pipeline.generation.admission import AccountAdmission
-from sora_pipeline.generation.cancel import cancel_requests
+from sora_pipeline.generation.cancel import cancel_requests, interrupted_line
 from sora_pipeline.generation.costs import BudgetGuard, priced_cost, unit_price
 from sora_pipeline.generation.failpoints import armed, failpoint
 from sora_pipeline.generation.group_commit import GroupCommit, ledger_unavailable
@@ -35,6 +35,7 @@ from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
 from sora_pipeline.generation.pacing import Slot, SubmitsFirst
 from sora_pipeline.generation.planning import plan_items
 from sora_pipeline.generation.progress import Progress
+from sora_pipeline.generation.unknowns import payload_fingerprint, resolve_day
 from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned, WorkItem
 from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, LedgerUnavailable, RequestState, would_submit
 from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
@@ -65,6 +66,7 @@ class GenerationRunner:
         self._stopping: Exception | None = None  # the run is stopping (ledger down, key refused)
         self._admission: AccountAdmission | None = None
         self.interrupted = None  # what `cancel_in_flight` did (a Counter), if the run was interrupted
+        self._claims: set[str] = set()  # request keys this run has claimed and is submitting
         register_secret(config.openai_api_key)
         install_log_redaction()
 
@@ -116,11 +118,22 @@ class GenerationRunner:
         return LedgerUnavailable(message)
 
     def plan(self, items: list[WorkItem]) -> list[Planned]:
-        """Record the rescued ids of an earlier run, then plan the items (see `planning.plan_items`)."""
+        """Record the rescued ids of an earlier run, plan the items (see `planning.plan_items`), then resolve the
+        day's unknown submits from fal's request history (see `unknowns.resolve_unknowns`)."""
         rescued = self.ledger.replay_rescued()  # ids a previous run could not record: resumed, never resubmitted
         if rescued:
             self._emit(f"recorded {rescued} request id(s) from the rescue journal {self.ledger.rescue_journal.path}")
-        return plan_items(items, self.config, self.ledger)
+        planned = plan_items(items, self.config, self.ledger)
+        self.resolve_unknowns({p.spec.request_key for p in planned if p.spec})
+        return planned
+
+    def resolve_unknowns(self, keys: set[str]) -> list:
+        """The day's unknown submits among `keys` looked up in fal's request history (`unknowns.resolve_day`)."""
+        cfg = self.config
+        protocol = QueueProtocol(base_url=cfg.queue_base_url, endpoint_id=cfg.endpoint_id, key=None)
+        return resolve_day(self.ledger, cfg.day, keys, owner=cfg.owner, policy=cfg.policy, history=cfg.history,
+                           handle_for=protocol.handle_for, settle=timedelta(seconds=cfg.unknown_settle),
+                           emit=self._emit)
 
     async def _run(self, items: list[WorkItem]) -> list[Outcome]:
         cfg = self.config
@@ -166,6 +179,7 @@ class GenerationRunner:
         if not tasks:
             return []
         ticker = asyncio.ensure_future(self._tick())  # a progress line even while nothing changes
+        heartbeat = asyncio.ensure_future(self._heartbeat())  # this run's submit claims stay its own
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failure = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
@@ -180,8 +194,20 @@ class GenerationRunner:
             return [t.result() for t in tasks]
         finally:
             ticker.cancel()
+            heartbeat.cancel()
             for t in tasks:
                 t.cancel()
+
+    async def _heartbeat(self) -> None:
+        """Renew the submit claims this run is sending, so their lease can be short: a claim that stops being
+        renewed belongs to a dead process and the next run resolves it at once (not minutes later)."""
+        while True:
+            await asyncio.sleep(self.config.submit_heartbeat)
+            if self._claims:
+                try:
+                    await self._db(self.ledger.renew_claims, sorted(self._claims), owner=self.config.owner)
+                except Exception as exc:  # a failed renewal is retried; the ledger's own failure stops the run
+                    log.warning("could not renew submit claims: %s", exc)
 
     async def _tick(self) -> None:
         while True:  # `maybe_log` keeps the cadence; a finer tick keeps it from slipping by a whole interval
@@ -247,13 +273,19 @@ class GenerationRunner:
                     raise
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
+                arguments = self._payload(p)
                 async with self._submits_first.waiting(), self._submitting:
                     if self._stopping is not None:  # the run is stopping: no new submit
                         raise self._stopping
-                    decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy,
-                                                        day_budget=cfg.day_budget)
-                    if decision == Decision.SUBMIT:
-                        handle = await self._submit(p, out, entry.attempt)
+                    self._claims.add(key)  # renewed by the heartbeat while this section runs
+                    try:
+                        decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy,
+                                                            day_budget=cfg.day_budget,
+                                                            payload_sha256=payload_fingerprint(arguments))
+                        if decision == Decision.SUBMIT:
+                            handle = await self._submit(p, out, entry.attempt, arguments)
+                    finally:
+                        self._claims.discard(key)
             else:
                 decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy)
             if decision != Decision.BUSY or time.monotonic() - started > cfg.policy.submit_lease_seconds:
@@ -291,11 +323,15 @@ class GenerationRunner:
             out.request_id, out.submitted_at = entry.request_id, entry.submitted_at
         return await self._wait_for_result(p, out, entry.attempt, handle, slot)
 
-    async def _submit(self, p: Planned, out: Outcome, attempt: int) -> QueueHandle | None:
-        key, item = p.spec.request_key, p.item
-        arguments = get_profile(self.config.endpoint_id).payload(
+    def _payload(self, p: Planned) -> dict:
+        """What the submit sends for this item (reveals the OpenAI key, if any: never log it)."""
+        item = p.item
+        return get_profile(self.config.endpoint_id).payload(
             prompt=item.prompt, image_url=p.image.url, resolution=item.resolution, aspect_ratio=item.aspect_ratio,
             duration=item.duration, params=item.params, secrets={"openai_api_key": self.config.openai_api_key})
+
+    async def _submit(self, p: Planned, out: Outcome, attempt: int, arguments: dict) -> QueueHandle | None:
+        key, item = p.spec.request_key, p.item
         self.progress.set(item.item_id, "submitting")
         out.decision = "submitted"
         try:
@@ -454,11 +490,3 @@ class GenerationRunner:
         self.interrupted = counts
         self._emit(interrupted_line(counts))
         return len(pending)
-
-
-def interrupted_line(counts) -> str:
-    """`run interrupted: 3 request(s) cancelled at fal (not billed), 1 completed anyway (fetched by the next run),
-    0 without an answer (resumed by the next run)`"""
-    return (f"run interrupted: {counts.get('cancelled', 0)} request(s) cancelled at fal (not billed), "
-            f"{counts.get('completed', 0)} completed anyway (fetched by the next run), "
-            f"{counts.get('resumable', 0)} without an answer (resumed by the next run)")

@@ -33,16 +33,34 @@ class LedgerClaims:
     _run: Any
     _get: Any
 
+    def renew_claims(self, request_keys: list[str], *, owner: str, now: datetime | None = None) -> int:
+        """The submitter's heartbeat: `owner` still holds these SUBMITTING claims (it is sending them), so their
+        lease starts again now. A claim whose owner stopped renewing (a crash) lapses after `submit_lease_seconds`
+        and the next claim resolves it. Returns how many were renewed."""
+        if not request_keys:
+            return 0
+        now = aware(now, "now") or utcnow()
+
+        def op(conn: Connection) -> int:
+            res = conn.execute(update(requests).where(_R.request_key.in_(request_keys), _R.owner == owner,
+                                                      _R.state == S.SUBMITTING.value).values(claimed_at=now))
+            return res.rowcount
+
+        return self._run(op)
+
     def claim(
         self, request_key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None,
-        day_budget: float | None = None,
+        day_budget: float | None = None, payload_sha256: str | None = None,
     ) -> tuple[Decision, LedgerEntry]:
         """Atomically decide what the caller does with this request; see `rules.decide` for the rules.
 
         With `day_budget`, a SUBMIT that would take the day's spend (every attempt of the request's day and backend
         that may have reached fal, `spent`) over it is SKIP_BUDGET instead — counted inside this transaction,
-        serialized with every other budgeted claim of the day, so parallel runs never overshoot it together."""
-        return self._run(self._op_claim(request_key, owner=owner, policy=policy, now=now, day_budget=day_budget))
+        serialized with every other budgeted claim of the day, so parallel runs never overshoot it together.
+        `payload_sha256` (of what will be sent, secrets left out) is kept on a SUBMIT's attempt, so a submit whose
+        answer is lost can be found in fal's request history later."""
+        return self._run(self._op_claim(request_key, owner=owner, policy=policy, now=now, day_budget=day_budget,
+                                        payload_sha256=payload_sha256))
 
     def decide(self, entry: LedgerEntry | None, policy: ResubmitPolicy, *, owner: str,
                now: datetime | None = None) -> Decision:
@@ -56,13 +74,13 @@ class LedgerClaims:
         return decide(entry, policy, owner=owner, now=now, last_completed_attempt=last)
 
     def _op_claim(self, key: str, *, owner: str, policy: ResubmitPolicy, now: datetime | None = None,
-                  day_budget: float | None = None) -> Op:
+                  day_budget: float | None = None, payload_sha256: str | None = None) -> Op:
         if not owner:
             raise ValueError("owner must be a non-empty run/worker id")
         now = aware(now, "now") or utcnow()
 
         def op(conn: Connection) -> tuple[Decision, LedgerEntry]:
-            decision = self._claim_in(conn, key, owner, policy, now, day_budget)
+            decision = self._claim_in(conn, key, owner, policy, now, day_budget, payload_sha256)
             entry = self._get(conn, key)
             assert entry is not None
             return decision, entry
@@ -71,7 +89,7 @@ class LedgerClaims:
         return op
 
     def _claim_in(self, conn: Connection, key: str, owner: str, policy: ResubmitPolicy, now: datetime,
-                  day_budget: float | None = None) -> Decision:
+                  day_budget: float | None = None, payload_sha256: str | None = None) -> Decision:
         """Lock the row, `decide`, then perform the decision's writes."""
         row = conn.execute(ENTRY_BY_KEY_FOR_UPDATE, {"b_key": key}).first()
         if row is None:
@@ -85,7 +103,7 @@ class LedgerClaims:
         if decision is Decision.SUBMIT and day_budget is not None and self._over_budget(conn, e, day_budget):
             return Decision.SKIP_BUDGET
         if decision is Decision.SUBMIT:
-            self._submit(conn, e, state, owner, now)
+            self._submit(conn, e, state, owner, now, payload_sha256)
         return decision
 
     def _expire_submitting(self, conn: Connection, e: LedgerEntry, now: datetime) -> None:
@@ -110,7 +128,8 @@ class LedgerClaims:
             raise LostRace()
 
     @staticmethod
-    def _submit(conn: Connection, e: LedgerEntry, state: RequestState, owner: str, now: datetime) -> None:
+    def _submit(conn: Connection, e: LedgerEntry, state: RequestState, owner: str, now: datetime,
+                payload_sha256: str | None = None) -> None:
         """Compare-and-swap the row from (`state`, attempt n) to SUBMITTING attempt n+1, and insert its history row."""
         new = e.attempt + 1
         res = conn.execute(CLAIM_CAS, {"b_key": e.request_key, "b_state": state.value, "b_attempt": e.attempt,
@@ -120,6 +139,7 @@ class LedgerClaims:
         conn.execute(INSERT_ATTEMPT, dict(
             request_key=e.request_key, attempt=new, state=S.SUBMITTING.value, owner=owner,
             estimated_cost=e.estimated_cost, created_at=now, updated_at=now,
+            artifacts_json={"payload_sha256": payload_sha256} if payload_sha256 else None,
         ))
 
     @staticmethod

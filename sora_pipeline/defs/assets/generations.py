@@ -16,7 +16,8 @@ from sora_pipeline.defs.assets.lineage import arrow_rows, selected_results, spec
 from sora_pipeline.defs.assets.upstream import read_upstream
 from sora_pipeline.ledger import ResubmitPolicy
 from sora_pipeline.defs.partitions import daily_partitions
-from sora_pipeline.defs.resources import FalVideoResource
+from sora_pipeline.defs.platform_resource import FalPlatformResource
+from sora_pipeline.defs.resources import SIMULATOR_KEY, FalVideoResource
 from sora_pipeline.warehouse.schemas import FAILED_GENERATIONS, GENERATIONS
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
@@ -37,6 +38,10 @@ class GenerationRunConfig(dg.Config):
     run_budget_usd: float | None = Field(default=None, ge=0, description="stop submitting beyond this per run")
     day_budget_usd: float | None = Field(default=None, ge=0, description="stop submitting beyond this per day")
     progress_interval_seconds: float = Field(default=5.0, gt=0, description="cadence of progress log lines")
+    submit_heartbeat_seconds: float = Field(default=5.0, gt=0, description="renewal of this run's submit claims; "
+                                            "a claim not renewed for 4× this belongs to a dead run")
+    unknown_settle_seconds: float = Field(default=7200.0, gt=0, description="an unknown submit missing from fal's "
+                                          "request history this long after its claim was never accepted")
 
 
 @dg.multi_asset(
@@ -57,7 +62,7 @@ class GenerationRunConfig(dg.Config):
     can_subset=True,  # both tables are always written; events only for the selected ones
 )
 def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, fal: FalVideoResource,
-                warehouse: WarehouseResource):
+                warehouse: WarehouseResource, fal_platform: FalPlatformResource):
     from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
     from sora_pipeline.generation.costs import PriceTable
     from sora_pipeline.generation.failpoints import failpoint
@@ -78,13 +83,15 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         storage_options=dict(warehouse.storage_options),
         policy=ResubmitPolicy(max_attempts=config.max_attempts, resubmit_unknown=config.resubmit_unknown,
                               regenerate=config.regenerate,
-                              # a submit claim older than the longest possible submit call belongs to a dead run
-                              submit_lease_seconds=fal.retry_total_timeout + 2 * fal.request_timeout + 30),
+                              # a live submitter renews its claims (heartbeat): one not renewed is a dead run's
+                              submit_lease_seconds=4 * config.submit_heartbeat_seconds),
         prices=PriceTable.from_env(profile=fal.profile()), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
         dry_run=config.dry_run, openai_api_key=fal.openai_api_key,
         progress_interval=config.progress_interval_seconds,
         webhook_wait=fal.webhook_wait_seconds if fal.webhook_url else None,
-        webhook_ledger_poll=fal.webhook_ledger_poll_seconds)
+        webhook_ledger_poll=fal.webhook_ledger_poll_seconds,
+        submit_heartbeat=config.submit_heartbeat_seconds, unknown_settle=config.unknown_settle_seconds,
+        history=request_history(fal, fal_platform))
     progress_log = logging.getLogger("sora_pipeline.progress")  # the demo prints these lines
 
     def emit(line: str) -> None:
@@ -126,6 +133,25 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         "failed_generations": table_metadata(FAILED_GENERATIONS, failed_uri, len(failed),
                                              extra={"by_status": dict(Counter(r["status"] for r in failed))}),
     })
+
+
+def request_history(fal: FalVideoResource, fal_platform: FalPlatformResource):
+    """`history(endpoint_id, start, end)` over fal's request history with payloads (the platform API of fal, or of
+    the simulator the queue is), or None without a key to ask it with."""
+    if fal.backend == "simulator":  # a simulator answers the platform API on its own origin
+        url, key = f"{fal.base_url}/v1", fal.fal_key or SIMULATOR_KEY
+    else:
+        url, key = fal_platform.api_url, fal.fal_key
+    if not key:
+        return None
+
+    def history(endpoint_id: str, start, end):
+        from sora_pipeline.fal.platform import PlatformClient
+
+        with PlatformClient(url, key, timeout=fal_platform.request_timeout) as client:
+            yield from client.requests_by_endpoint(endpoint_id, start=start, end=end, expand_payloads=True)
+
+    return history
 
 
 def cost_metadata(outcomes: list, backend: str) -> dict:
