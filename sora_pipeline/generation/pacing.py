@@ -71,3 +71,12 @@ class Slot:
         if self._held:
             self._held = False
             self._semaphore.release()
+
+
+async def every(seconds: float, fn) -> None:
+    """Call `fn` (a function or a coroutine function) every `seconds`, until cancelled."""
+    while True:
+        await asyncio.sleep(seconds)
+        result = fn()
+        if asyncio.iscoroutine(result):
+            await result

@@ -42,3 +42,12 @@ def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) 
         planned.append(Planned(item, spec, image))
     ledger.plan([p.spec for p in planned if p.spec is not None])
     return planned
+
+
+def payload_for(p: Planned, config: GenerationConfig) -> dict:
+    """What the submit sends for a planned item, shaped by the endpoint's profile (reveals the OpenAI key, if
+    any: never log it)."""
+    item = p.item
+    return get_profile(config.endpoint_id).payload(
+        prompt=item.prompt, image_url=p.image.url, resolution=item.resolution, aspect_ratio=item.aspect_ratio,
+        duration=item.duration, params=item.params, secrets={"openai_api_key": config.openai_api_key})

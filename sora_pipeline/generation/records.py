@@ -10,7 +10,7 @@ from typing import Any
 from sora_pipeline.generation.costs import PriceTable
 from sora_pipeline.fal.inputs import ImageInput
 from sora_pipeline.fal.models import ImageToVideoOutput
-from sora_pipeline.ledger import LedgerEntry, RequestSpec, ResubmitPolicy
+from sora_pipeline.ledger import LedgerEntry, RequestSpec, ResubmitPolicy, would_submit
 from sora_pipeline.redact import redact
 
 
@@ -106,6 +106,26 @@ class Outcome:
     spritesheet_url: str | None = None
     seed: int | None = None
     outputs_json: str | None = None
+
+    @classmethod
+    def for_planned(cls, p: Planned, config: GenerationConfig) -> Outcome:
+        """A fresh outcome of a planned item (what was asked, the estimate)."""
+        i = p.item
+        return cls(item_id=i.item_id, request_key=p.spec.request_key if p.spec else None,
+                   resolution=i.resolution, aspect_ratio=i.aspect_ratio, requested_duration=i.duration,
+                   endpoint_id=config.endpoint_id, backend=config.backend,
+                   estimated_cost=p.spec.estimated_cost if p.spec else None,
+                   used_openai_key=bool(p.spec and p.spec.used_openai_key))
+
+    @classmethod
+    def dry_run(cls, p: Planned, config: GenerationConfig, entry: LedgerEntry | None) -> Outcome:
+        """What a dry run reports for an item: `would_submit`, or `would_<state>` of its ledger entry."""
+        out = cls.for_planned(p, config)
+        if p.error:
+            return out.fail("failed", "invalid_image", p.error, False)
+        out.status = "planned"
+        out.decision = "would_submit" if would_submit(entry, config.policy) else f"would_{entry.state.value}"
+        return out
 
     def fill_from_entry(self, entry: LedgerEntry) -> None:
         self.attempt, self.request_id, self.submitted_at = entry.attempt, entry.request_id, entry.submitted_at

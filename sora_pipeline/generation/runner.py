@@ -21,25 +21,24 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
-from sora_pipeline.endpoints import get_profile
 from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError,
                                       TransientError, WaitTimeoutError)
 from sora_pipeline.fal.protocol import QueueHandle, QueueProtocol, QueueStatus
 from sora_pipeline.generation.admission import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests, interrupted_line
-from sora_pipeline.generation.costs import BudgetGuard, priced_cost, unit_price
+from sora_pipeline.generation.costs import BudgetGuard, priced_cost
 from sora_pipeline.generation.failpoints import armed, failpoint
-from sora_pipeline.generation.group_commit import GroupCommit, ledger_unavailable
+from sora_pipeline.generation.group_commit import GroupCommit
+from sora_pipeline.generation.stops import key_stopped_the_run, ledger_stopped_the_run
 from sora_pipeline.generation.images import ImageUploads
 from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
-from sora_pipeline.generation.pacing import Slot, SubmitsFirst
-from sora_pipeline.generation.planning import plan_items
+from sora_pipeline.generation.pacing import Slot, SubmitsFirst, every
+from sora_pipeline.generation.planning import payload_for, plan_items
 from sora_pipeline.generation.progress import Progress
 from sora_pipeline.generation.unknowns import payload_fingerprint, resolve_day
 from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned, WorkItem
 from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, LedgerUnavailable, RequestState, would_submit
-from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
-from sora_pipeline.media.probe import MediaProbeError
+from sora_pipeline.generation.videos import download_and_probe
 from sora_pipeline.redact import install_log_redaction, register_secret
 
 log = logging.getLogger("sora_pipeline.generation")
@@ -65,7 +64,6 @@ class GenerationRunner:
         self._rescued: list[str] = []  # request ids fal answered that the ledger could not record
         self._stopping: Exception | None = None  # the run is stopping (ledger down, key refused)
         self._admission: AccountAdmission | None = None
-        self.interrupted = None  # what `cancel_in_flight` did (a Counter), if the run was interrupted
         self._claims: set[str] = set()  # request keys this run has claimed and is submitting
         register_secret(config.openai_api_key)
         install_log_redaction()
@@ -92,30 +90,14 @@ class GenerationRunner:
                 return asyncio.run(self._run(items))
         except (LedgerUnavailable, SQLAlchemyError) as exc:
             # nothing is cancelled: what was paid for keeps running at fal and the next run resumes it
-            raise self._ledger_failed(exc) from None
-        except AuthenticationError as exc:
-            # fal refused the key: nothing more is sent; what was accepted before keeps running and is resumed
-            raise AuthenticationError(
-                f"fal refused the key ({exc}); set FAL_KEY to a valid key and run the day again: the refused "
-                f"items were not billed and stay resubmittable; {len(self._in_flight)} request(s) in flight "
-                "keep running at fal and the next run resumes them", status_code=None) from None
+            raise ledger_stopped_the_run(self.ledger, exc, len(self._in_flight), self._rescued) from None
+        except AuthenticationError as exc:  # nothing more is sent; what fal accepted before is resumed
+            raise key_stopped_the_run(exc, len(self._in_flight)) from None
         except BaseException:
             self.cancel_in_flight()
             raise
         finally:
             self._db_pool.shutdown(wait=True)
-
-    def _ledger_failed(self, exc: BaseException) -> LedgerUnavailable:
-        """One clear error for a ledger failure: what failed, and where the paid requests are."""
-        message = str(exc) if isinstance(exc, LedgerUnavailable) else str(ledger_unavailable(self.ledger, exc))
-        in_flight = sorted(h.request_id for _, h in self._in_flight.values())
-        message += (f". The run stops; {len(in_flight)} request(s) in flight keep running at fal and the next run "
-                    "resumes them (nothing was cancelled)")
-        if self._rescued:
-            message += (f"; {len(self._rescued)} request id(s) the ledger could not record were saved to "
-                        f"{self.ledger.rescue_journal.path} and are recorded by the next run: "
-                        + ", ".join(self._rescued))
-        return LedgerUnavailable(message)
 
     def plan(self, items: list[WorkItem]) -> list[Planned]:
         """Record the rescued ids of an earlier run, plan the items (see `planning.plan_items`), then resolve the
@@ -149,7 +131,7 @@ class GenerationRunner:
                    f"already spent today ${spent:,.2f}" + (" [DRY RUN: nothing is submitted]" if cfg.dry_run
                                                            else ""))
         if cfg.dry_run:
-            return [self._dry_outcome(p, entries.get(p.spec.request_key) if p.spec else None) for p in planned]
+            return [Outcome.dry_run(p, self.config, entries.get(p.spec.request_key) if p.spec else None) for p in planned]
         if not planned:  # a quiet day: nothing to claim, submit or wait for (no client, no account places)
             return []
         self._budget = BudgetGuard(per_run_cap=cfg.run_budget, per_day_cap=cfg.day_budget,
@@ -178,8 +160,9 @@ class GenerationRunner:
                  for p in planned]
         if not tasks:
             return []
-        ticker = asyncio.ensure_future(self._tick())  # a progress line even while nothing changes
-        heartbeat = asyncio.ensure_future(self._heartbeat())  # this run's submit claims stay its own
+        # a progress line even while nothing changes (`maybe_log` keeps the cadence), and the claims' heartbeat
+        ticker = asyncio.ensure_future(every(self.config.progress_interval / 4, self.progress.maybe_log))
+        heartbeat = asyncio.ensure_future(every(self.config.submit_heartbeat, self._renew_claims))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failure = next((t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()), None)
@@ -198,41 +181,18 @@ class GenerationRunner:
             for t in tasks:
                 t.cancel()
 
-    async def _heartbeat(self) -> None:
-        """Renew the submit claims this run is sending, so their lease can be short: a claim that stops being
-        renewed belongs to a dead process and the next run resolves it at once (not minutes later)."""
-        while True:
-            await asyncio.sleep(self.config.submit_heartbeat)
-            if self._claims:
-                try:
-                    await self._db(self.ledger.renew_claims, sorted(self._claims), owner=self.config.owner)
-                except Exception as exc:  # a failed renewal is retried; the ledger's own failure stops the run
-                    log.warning("could not renew submit claims: %s", exc)
-
-    async def _tick(self) -> None:
-        while True:  # `maybe_log` keeps the cadence; a finer tick keeps it from slipping by a whole interval
-            await asyncio.sleep(self.config.progress_interval / 4)
-            self.progress.maybe_log()
+    async def _renew_claims(self) -> None:
+        """The heartbeat: renew the submit claims this run is sending, so their lease can be short — a claim that
+        stops being renewed belongs to a dead process, and the next run resolves it at once."""
+        if self._claims:
+            try:
+                await self._db(self.ledger.renew_claims, sorted(self._claims), owner=self.config.owner)
+            except Exception as exc:  # retried at the next beat; the ledger's own failure stops the run anyway
+                log.warning("could not renew submit claims: %s", exc)
 
     # -- per item ------------------------------------------------------------------------------------
-    def _outcome(self, p: Planned) -> Outcome:
-        i = p.item
-        return Outcome(item_id=i.item_id, request_key=p.spec.request_key if p.spec else None,
-                       resolution=i.resolution, aspect_ratio=i.aspect_ratio, requested_duration=i.duration,
-                       endpoint_id=self.config.endpoint_id, backend=self.config.backend,
-                       estimated_cost=p.spec.estimated_cost if p.spec else None,
-                       used_openai_key=bool(p.spec and p.spec.used_openai_key))
-
-    def _dry_outcome(self, p: Planned, entry: LedgerEntry | None) -> Outcome:
-        out = self._outcome(p)
-        if p.error:
-            return out.fail("failed", "invalid_image", p.error, False)
-        out.status = "planned"
-        out.decision = "would_submit" if would_submit(entry, self.config.policy) else f"would_{entry.state.value}"
-        return out
-
     async def _process(self, p: Planned, entry: LedgerEntry | None) -> Outcome:
-        out = self._outcome(p)
+        out = Outcome.for_planned(p, self.config)
         progress = self.progress
         if p.error:
             progress.set(p.item.item_id, "failed")
@@ -273,7 +233,7 @@ class GenerationRunner:
                     raise
                 # claim → HTTP submit → request id recorded, as one critical section: a crash can leave at
                 # most `submit_concurrency` requests without a recorded id (reported as unknown)
-                arguments = self._payload(p)
+                arguments = payload_for(p, self.config)
                 async with self._submits_first.waiting(), self._submitting:
                     if self._stopping is not None:  # the run is stopping: no new submit
                         raise self._stopping
@@ -322,13 +282,6 @@ class GenerationRunner:
             handle = QueueHandle(entry.request_id, entry.status_url, entry.response_url, entry.cancel_url)
             out.request_id, out.submitted_at = entry.request_id, entry.submitted_at
         return await self._wait_for_result(p, out, entry.attempt, handle, slot)
-
-    def _payload(self, p: Planned) -> dict:
-        """What the submit sends for this item (reveals the OpenAI key, if any: never log it)."""
-        item = p.item
-        return get_profile(self.config.endpoint_id).payload(
-            prompt=item.prompt, image_url=p.image.url, resolution=item.resolution, aspect_ratio=item.aspect_ratio,
-            duration=item.duration, params=item.params, secrets={"openai_api_key": self.config.openai_api_key})
 
     async def _submit(self, p: Planned, out: Outcome, attempt: int, arguments: dict) -> QueueHandle | None:
         key, item = p.spec.request_key, p.item
@@ -449,23 +402,9 @@ class GenerationRunner:
             return
         await self._submits_first.wait()  # freed slots are refilled before finished videos are fetched
         self.progress.set(p.item.item_id, "downloading")
-        cfg = self.config
-        target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}" if cfg.archive_root else None
         async with self._downloads:
-            try:
-                artifacts = await fetch_video(self._http, out.video_url, queue_base_url=cfg.queue_base_url,
-                                              archive_stem=target, storage_options=cfg.storage_options,
-                                              before_probe=lambda: self._crash_point("mid_download"))
-            except MediaProbeError as exc:
-                raise FalError(f"the video of {p.item.item_id} is not a readable MP4: {exc}") from None
-            except (DownloadError, DownloadRefused) as exc:  # the result stays in the ledger: a re-run downloads
-                raise FalError(f"the video of {p.item.item_id} was not downloaded: {exc}",
-                               retryable=isinstance(exc, DownloadError)) from None
-        artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
-        probe = artifacts.get("probe") or {}
-        artifacts["unit_price_usd"] = unit_price(
-            cfg.prices, seconds=probe.get("duration") or out.seconds_generated, byo_openai_key=p.spec.used_openai_key,
-            height=probe.get("height"), width=probe.get("width"), resolution=p.item.resolution)
+            artifacts = await download_and_probe(self._http, self.config, p, out,
+                                                 before_probe=lambda: self._crash_point("mid_download"))
         await self._write("set_artifacts", p.spec.request_key, entry.attempt, artifacts)
         out.apply_artifacts(artifacts)
 
@@ -485,8 +424,6 @@ class GenerationRunner:
         pending = dict(self._in_flight)
         if not pending or self._sync_client_factory is None:
             return 0
-        counts = cancel_requests(pending, self._sync_client_factory, self.ledger, owner=self.config.owner,
-                                 timeout=self.config.cancel_timeout)
-        self.interrupted = counts
-        self._emit(interrupted_line(counts))
+        self._emit(interrupted_line(cancel_requests(pending, self._sync_client_factory, self.ledger,
+                                                    owner=self.config.owner, timeout=self.config.cancel_timeout)))
         return len(pending)

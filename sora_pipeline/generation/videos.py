@@ -1,0 +1,37 @@
+"""A finished request's video: downloaded (capped, hashed), probed with PyAV, archived — and priced by what the
+probe says the output is (the unit price of fal's billable units)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from sora_pipeline.fal.errors import FalError
+from sora_pipeline.generation.costs import unit_price
+from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned
+from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
+from sora_pipeline.media.probe import MediaProbeError
+
+
+async def download_and_probe(http: httpx.AsyncClient, cfg: GenerationConfig, p: Planned, out: Outcome, *,
+                             before_probe: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+    """The artifacts of `out`'s video (archive URI, sha256, size, probe, started_at, unit_price_usd), for the
+    ledger. A video that cannot be fetched or read is a `FalError` of the item (the result stays in the ledger:
+    a re-run downloads it again when that can help)."""
+    target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}" if cfg.archive_root else None
+    try:
+        artifacts = await fetch_video(http, out.video_url, queue_base_url=cfg.queue_base_url, archive_stem=target,
+                                      storage_options=cfg.storage_options, before_probe=before_probe)
+    except MediaProbeError as exc:
+        raise FalError(f"the video of {p.item.item_id} is not a readable MP4: {exc}") from None
+    except (DownloadError, DownloadRefused) as exc:
+        raise FalError(f"the video of {p.item.item_id} was not downloaded: {exc}",
+                       retryable=isinstance(exc, DownloadError)) from None
+    artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
+    probe = artifacts.get("probe") or {}
+    artifacts["unit_price_usd"] = unit_price(
+        cfg.prices, seconds=probe.get("duration") or out.seconds_generated, byo_openai_key=p.spec.used_openai_key,
+        height=probe.get("height"), width=probe.get("width"), resolution=p.item.resolution)
+    return artifacts
