@@ -307,6 +307,36 @@ def test_concurrent_writers_never_overlap(s3, ledger_url, monkeypatch):
     assert final in {f"v{10 * n + 3}" for n in range(3)}  # the last write of one of them, whole
 
 
+def test_a_writer_finds_its_new_version_despite_a_listing_another_writer_cached(s3, monkeypatch):
+    """Writers in one process share one s3fs client and its listing cache. Another writer's garbage collection
+    (run after it released the day) lists the versions folder: S3 answers just before this writer's upload
+    completes, s3fs stores the answer just after (the upload had already cleared the cache). The writer holding
+    the lease must still find its own new version (s3fs's copy to `data.parquet` looked it up in that listing:
+    FileNotFoundError) and readers the current one."""
+    _fs, root, options = s3
+    wh = f"{root}/warehouse"
+    write_day_partition(wh, "video_metadata", DAY, _versioned(1), options)
+    other = fsspec.filesystem("s3", **options, skip_instance_cache=True)  # the other writer's LIST, not cached here
+    real_write = Store.write_parquet
+    stale: list[str] = []
+
+    def upload_while_another_writer_lists(self, path, data):
+        folder = path.rsplit("/", 1)[0]
+        listing = other.ls(folder, detail=True, refresh=True)  # answered before the upload completes ...
+        real_write(self, path, data)
+        self.fs.dircache[folder] = listing  # ... stored by s3fs's `find` after it (what the shared client keeps)
+        stale.append(folder)
+
+    monkeypatch.setattr(Store, "write_parquet", upload_while_another_writer_lists)
+    write_day_partition(wh, "video_metadata", DAY, _versioned(2), options)
+    assert len(stale) == 1
+    assert _whole(read_day_partition(wh, "video_metadata", DAY, options).to_pylist()) == "v2"
+    mirror = f"{wh}/video_metadata/date={DAY}/{MIRROR}".removeprefix("s3://")
+    assert _whole(pq.read_table(io.BytesIO(other.cat_file(mirror))).to_pylist()) == "v2"  # plain readers too
+    write_day_partition(wh, "video_metadata", DAY, _versioned(3), options)  # the next writer of the day, too
+    assert _whole(read_day_partition(wh, "video_metadata", DAY, options).to_pylist()) == "v3"
+
+
 def test_a_crashed_holders_lease_runs_out_and_a_lost_lease_blocks_the_swap(s3, ledger_url):
     _fs, root, options = s3
     wh = WarehouseResource(warehouse_uri=f"{root}/warehouse", ledger_url=ledger_url, storage_options=options)

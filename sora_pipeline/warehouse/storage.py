@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -46,8 +47,21 @@ def _mtime(info: dict) -> float | None:
     return None
 
 
+def open_store(uri: str, storage_options: dict | None = None) -> tuple[Store, str]:
+    """The `Store` of `uri` and the path inside it. An object store gets its own fsspec client without a listings
+    cache: the default client is shared by every thread of the process, and a listing another thread (another
+    writer's garbage collection) received just before this writer's upload completed would otherwise be stored
+    just after it, and s3fs would answer `info`/`copy` of the new file from it: FileNotFoundError."""
+    options = dict(storage_options or {})
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    if not is_local_fs(fs) and getattr(getattr(fs, "dircache", None), "use_listings_cache", False):
+        fs, path = fsspec.core.url_to_fs(uri, **{**options, "use_listings_cache": False})
+    return Store(fs), path
+
+
 class Store:
-    """Paths inside one filesystem. Object-store listings are never served from fsspec's listings cache."""
+    """Paths inside one filesystem. Object-store listings are never served from fsspec's listings cache (give it
+    a filesystem made by `open_store`: one that keeps none)."""
 
     def __init__(self, fs: Any):
         self.fs = fs
@@ -67,7 +81,8 @@ class Store:
 
     def refresh(self, *paths: str) -> None:
         """Forget cached listings of `paths` and their parents (another process may have written since: fsspec
-        answers `info`/`open` of a file from a cached listing of its folder, and would not find a newer file)."""
+        answers `info`/`open` of a file from a cached listing of its folder, and would not find a newer file).
+        A no-op on filesystems from `open_store`; kept for a `Store` made on a shared client."""
         if not self.local:
             for path in paths:
                 self.fs.invalidate_cache(path)

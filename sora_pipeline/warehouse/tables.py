@@ -31,13 +31,12 @@ import time
 from datetime import date, datetime
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from .manifest import GC_GRACE_S, MANIFEST, MIRROR, ORPHAN_AGE_S, Manifest, collect_garbage, day_files
 from .manifest import is_legacy_data, new_data_name, read_manifest, table_files, versions_dir
-from .storage import Store, is_local_fs
+from .storage import Store, is_local_fs, open_store
 
 __all__ = ["GC_GRACE_S", "collect_table_garbage", "current_files", "file_uri_for", "is_local_fs", "partition_uri",
            "read_day_partition", "read_table", "table_uri", "write_day_partition"]
@@ -82,8 +81,7 @@ def partition_uri(warehouse_uri: str, table: str, day: date | str) -> str:
 
 
 def _locate(warehouse_uri: str, table: str, storage_options: dict | None) -> tuple[Store, str]:
-    fs, path = fsspec.core.url_to_fs(table_uri(warehouse_uri, table), **(storage_options or {}))
-    return Store(fs), path
+    return open_store(table_uri(warehouse_uri, table), storage_options)
 
 
 def write_day_partition(warehouse_uri: str, table: str, day: date | str, data: pa.Table,
