@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--full] [p1 p1b p1c p2 p3 p4 p5 scaling p6 ...]` — run the benchmarks (all by default).
+"""`python -m benchmarks [--full] [p1 p1b p1c p2 p3 p4 p5 scaling p9 p6 ...]` — run the benchmarks (all by default).
 
 Each benchmark runs in its own fresh interpreter (clean RSS, no state shared between them); their stdout (one
 summary line each) is shown, their logs (Dagster's console output) go to `benchmarks/.cache/logs/<name>.log`.
@@ -28,6 +28,7 @@ BENCHMARKS = {  # alias → module (in running order: P1 before P1b/P1c, which r
     "p4": "p4_rematerialize",
     "p5": "p5_memory",
     "scaling": "scaling",
+    "p9": "p9_rejections",
     "p6": "p6_backfill",  # last: it runs the Dagster daemon, a code server and one process per day
 }
 

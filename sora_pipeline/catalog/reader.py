@@ -25,7 +25,7 @@ from sora_pipeline.catalog.ids import (day_row_groups, duplicated_ids, duplicate
                                        write_catalog)
 from sora_pipeline.endpoints import EndpointProfile
 from sora_pipeline.catalog.rows import (CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem,
-                                        ImageResolver, RejectedRow, check_rows, redact, unusable)
+                                        ImageResolver, RejectedRow, Rejections, check_rows, redact, unusable)
 from sora_pipeline.warehouse.tables import is_local_fs
 
 __all__ = [
@@ -45,7 +45,7 @@ class CatalogSlice:
 
     day: date
     valid: list[CatalogItem]
-    rejected: list[RejectedRow]
+    rejected: Rejections  # a sequence of RejectedRow, kept column by column
     catalog_uri: str
     rows_scanned: int
 
@@ -239,6 +239,7 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     if read is None:
         read = _scan(cat, lambda: _read_day_per_file(cat, day))
     table, dups, notes = read
+    pa.default_memory_pool().release_unused()  # the scans' buffers, before the rows become Python values
     resolver = ImageResolver(cat.fs, cat.folder, local=cat.local, is_dir=cat.is_dir, image_roots=image_roots)
     valid, rejected = check_rows(table, day, dups, resolver, notes, profile)
     return CatalogSlice(day=day, valid=valid, rejected=rejected, catalog_uri=uri, rows_scanned=table.num_rows)

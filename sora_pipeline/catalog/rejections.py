@@ -1,18 +1,126 @@
-"""A day's rejected rows in a bounded form for logs and metadata: counts by field and by reason, and the first
-few reasons. The rows themselves go to the `rejected_items` table, however many there are."""
+"""A day's rejected rows: `Rejections` keeps them column by column (a day can reject 100,000 rows: no object, no
+reason string per row until one is asked for) and `RejectedRow` is one of them; `rejection_summary` gives them in a
+bounded form for logs and metadata (counts by field and by reason, the first few reasons). The rows themselves
+go to the `rejected_items` table, however many there are."""
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from datetime import date
+from typing import Any, overload
 
-from sora_pipeline.catalog.rows import RejectedRow
+import pyarrow as pa
 
 SAMPLE = 20  # reasons shown in a log line or metadata value
 TOP = 10  # distinct reasons counted by name; the rest are counted as "other reasons"
 _WHY_CHARS = 160
 
+
+@dataclass(eq=True, slots=True)
+class RejectedRow:
+    """A row that breaks a rule: the first offending field, a one-line reason (`reason`: "row N (item_id=…):
+    field: why"; `why`: the same without the row's name), and `raw`, the row's values redacted (made when asked)."""
+
+    item_id: str | None
+    scheduled_date: date
+    row_index: int
+    field: str
+    reason: str
+    why: str = ""
+    _source: Any = field(default=None, compare=False, repr=False)  # (the day's table, notes) or raw
+
+    @property
+    def raw(self) -> dict[str, str | None]:
+        if not isinstance(self._source, dict):
+            from sora_pipeline.catalog.rows import _raw
+
+            table, notes = self._source
+            row = table.slice(self.row_index, 1).to_pylist()[0]
+            row.update({name: original for name, (_, original) in notes.get(self.row_index, {}).items()})
+            self._source = _raw(row)
+        return self._source
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as the `rejected_items` table holds it (plus `why`)."""
+        return {"item_id": self.item_id, "row_index": self.row_index, "field": self.field, "reason": self.reason,
+                "scheduled_date": self.scheduled_date, "why": self.why}
+
+
+class Rejections(Sequence[RejectedRow]):
+    """A day's rejected rows in row order, column by column: the row's index, its item_id as the file holds it
+    (shown in the reason; `RejectedRow.item_id` keeps strings only), the field and the why (shared strings)."""
+
+    def __init__(self, day: date, table: pa.Table | None = None, notes: Mapping | None = None) -> None:
+        self.day = day
+        self._source = (table, notes or {})
+        self._index = array("q")
+        self._ids: list[Any] = []
+        self._fields: list[str] = []
+        self._whys: list[str] = []
+
+    def add(self, index: int, item_id: Any, field_: str, why: str) -> None:
+        """Row `index` breaks `field_` (`why`: "field: why", one line)."""
+        self._index.append(index)
+        self._ids.append(item_id)
+        self._fields.append(field_)
+        self._whys.append(why)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @overload
+    def __getitem__(self, i: int) -> RejectedRow: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[RejectedRow]: ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        index, item_id = self._index[i], self._ids[i]
+        return RejectedRow(item_id if isinstance(item_id, str) else None, self.day, index, self._fields[i],
+                           self.reason(i), self._whys[i], self._source)
+
+    def __iter__(self) -> Iterator[RejectedRow]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Rejections({self.day}, {len(self)} rows)"
+
+    def reason(self, i: int) -> str:
+        """The `i`-th row's one-line reason: "row N (item_id=…): field: why"."""
+        from sora_pipeline.catalog.rows import _ONE_LINE, _show
+
+        item_id = self._ids[i]
+        shown = _show(item_id, opaque=False) if item_id is not None else "None"
+        return _ONE_LINE.sub(" ", f"row {self._index[i]} (item_id={shown}): {self._whys[i]}")
+
+    @property
+    def fields(self) -> list[str]:
+        return self._fields
+
+    @property
+    def whys(self) -> list[str]:
+        return self._whys
+
+    def table(self, schema: pa.Schema, chunk: int = 16_384) -> pa.Table:
+        """The `rejected_items` rows (item_id, row_index, field, reason, scheduled_date) with `schema`, made a
+        chunk of rows at a time (no Python string per row for the whole day at once)."""
+        batches = []
+        for start in range(0, len(self), chunk):
+            stop = min(start + chunk, len(self))
+            batches.append(pa.record_batch({
+                "item_id": pa.array([v if isinstance(v, str) else None for v in self._ids[start:stop]], pa.string()),
+                "row_index": pa.array(self._index[start:stop], pa.int64()),
+                "field": pa.array(self._fields[start:stop], pa.string()),
+                "reason": pa.array([self.reason(i) for i in range(start, stop)], pa.string()),
+                "scheduled_date": pa.array([self.day] * (stop - start), pa.date32()),
+            }, schema=schema))
+        return pa.Table.from_batches(batches, schema=schema)
 
 @dataclass(frozen=True)
 class RejectionSummary:
@@ -42,8 +150,10 @@ class RejectionSummary:
 
 def rejection_summary(rejected: Sequence[RejectedRow], sample: int = SAMPLE, top: int = TOP) -> RejectionSummary:
     """The bounded summary of `rejected` (one pass; the reasons are already redacted and one line each)."""
-    by_field = Counter(r.field for r in rejected)
-    by_why = Counter(_short(r.why or r.reason) for r in rejected)
+    if isinstance(rejected, Rejections):  # column-wise: no row objects
+        by_field, by_why = Counter(rejected.fields), Counter(map(_short, rejected.whys))
+    else:
+        by_field, by_why = Counter(r.field for r in rejected), Counter(_short(r.why or r.reason) for r in rejected)
     commonest = by_why.most_common(top)
     return RejectionSummary(total=len(rejected), by_field=dict(by_field.most_common()), by_reason=commonest,
                             other=len(rejected) - sum(n for _, n in commonest),

@@ -11,8 +11,6 @@ import math
 import os
 import posixpath
 import re
-from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from datetime import date
 from typing import Any, Mapping, NamedTuple, Sequence
 from urllib.parse import urlsplit
@@ -20,6 +18,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sora_pipeline.catalog.rejections import RejectedRow, Rejections  # noqa: F401 — RejectedRow: re-exported
 from sora_pipeline.endpoints import EndpointProfile, get_profile
 from sora_pipeline.endpoints.profile import MAX_PARAMS_JSON
 from sora_pipeline.fal.image_sources import LOCAL_SCHEMES, refusal, scheme_of
@@ -59,35 +58,6 @@ class CatalogItem(NamedTuple):
     duration: int | None = 4  # seconds
     row_index: int = 0
     params: Mapping[str, Any] | None = None  # extra endpoint inputs (the `params` column), checked by the profile
-
-
-@dataclass(eq=True, slots=True)
-class RejectedRow:
-    """A row that breaks a rule: the first offending field, a one-line reason (`reason`: "row N (item_id=…):
-    field: why"; `why`: the same without the row's name), and `raw`, the row's values redacted (made when asked
-    for: a day can reject 100,000 rows)."""
-
-    item_id: str | None
-    scheduled_date: date
-    row_index: int
-    field: str
-    reason: str
-    why: str = ""
-    _source: Any = dataclass_field(default=None, compare=False, repr=False)  # (table, index, originals) or raw
-
-    @property
-    def raw(self) -> dict[str, str | None]:
-        if not isinstance(self._source, dict):
-            table, index, originals = self._source
-            row = table.slice(index, 1).to_pylist()[0]
-            row.update(originals)
-            self._source = _raw(row)
-        return self._source
-
-    def as_dict(self) -> dict[str, Any]:
-        """The row as the `rejected_items` table holds it (plus `why`)."""
-        return {"item_id": self.item_id, "row_index": self.row_index, "field": self.field, "reason": self.reason,
-                "scheduled_date": self.scheduled_date, "why": self.why}
 
 
 def redact(text: str, limit: int = 200, *, opaque: bool = True) -> str:
@@ -298,7 +268,7 @@ Notes = Mapping[int, Mapping[str, tuple[str, Any]]]
 
 def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: ImageResolver,
                notes: Notes | None = None, profile: EndpointProfile | None = None,
-               ) -> tuple[list[CatalogItem], list[RejectedRow]]:
+               ) -> tuple[list[CatalogItem], Rejections]:
     """The day's rows (`table`, contract columns) split into valid items and rejected rows, in row order.
     `dups`: item_ids that more than one row of the catalog carries, with their counts. `notes`: values the
     reader could not use (see `Notes`), each the row's problem for that field, in the usual field order.
@@ -306,65 +276,74 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
     notes = notes or {}
     rules = rules_for(profile)
     res_of, ar_of, dur_of = (rules.exact[c] for c in ("resolution", "aspect_ratio", "duration"))
-    absent = [None] * table.num_rows
-    columns = [table.column(c).to_pylist() if c in table.column_names else absent  # no dict per row
-               for c in CONTRACT_COLUMNS if c != "scheduled_date"]
     plain = _plainly_valid(table, dups, rules)
     for index in notes:
         plain[index] = False
     valid: list[CatalogItem] = []
-    rejected: list[RejectedRow] = []
-    for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration, params) in enumerate(
-            zip(plain, *columns)):
-        if ok:  # every rule holds, as the vectorised checks showed: only normalize
-            valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day, res_of[resolution],
-                                     ar_of[aspect_ratio], dur_of[duration], index))
-            continue
-        note = notes.get(index, {})
-        problem: tuple[str, str] | None = None
-        if "item_id" in note:
-            problem = ("item_id", note["item_id"][0])
-        elif item_id is None:
-            problem = ("item_id", "missing")
-        elif not isinstance(item_id, str) or not item_id.strip():
-            problem = ("item_id", "must be a non-empty string")
-        elif item_id in dups:
-            problem = ("item_id", f"{_show(item_id, opaque=False)} is shared by {dups[item_id]} rows of the catalog "
-                                  "(must be unique)")
-        if problem is None and "prompt" in note:
-            problem = ("prompt", note["prompt"][0])
-        if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
-            problem = ("prompt", "missing" if prompt is None else "empty after stripping whitespace")
-        image_ref, why = (None, None)
-        if problem is None and "image_uri" in note:
-            problem = ("image_uri", note["image_uri"][0])
-        if problem is None:
-            image_ref, why = resolver.resolve(image_uri)
-            if why:
-                problem = ("image_uri", why)
-        values: dict[str, Any] = {}
-        for field, cell in (("resolution", resolution), ("aspect_ratio", aspect_ratio), ("duration", duration),
-                            ("params", params)):
-            values[field], why = rules.params(cell) if field == "params" else rules.value(field, cell)
-            if problem is None and field in note:
-                problem = (field, note[field][0])
-            if problem is None and why:
-                problem = (field, why)
-        if problem is None:
-            valid.append(CatalogItem(item_id, prompt, image_uri, image_ref, day, values["resolution"],
-                                     values["aspect_ratio"], values["duration"], index, values["params"]))
-            continue
-        field, why = problem
-        shown = note["item_id"][1] if "item_id" in note else item_id
-        shown_id = _show(shown, opaque=False) if shown is not None else "None"
-        why = _ONE_LINE.sub(" ", f"{field}: {why}")
-        rejected.append(RejectedRow(item_id if isinstance(item_id, str) else None, day, index, field,
-                                    _ONE_LINE.sub(" ", f"row {index} (item_id={shown_id}): {why}"), why,
-                                    (table, index, {name: original for name, (_, original) in note.items()})))
+    rejected = Rejections(day, table, notes)
+    for start in range(0, table.num_rows, _CHUNK):  # Python values for a chunk of rows at a time
+        part = table.slice(start, _CHUNK)
+        absent = [None] * part.num_rows
+        columns = [part.column(c).to_pylist() if c in part.column_names else absent  # no dict per row
+                   for c in CONTRACT_COLUMNS if c != "scheduled_date"]
+        for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration, params) in enumerate(
+                zip(plain[start:start + _CHUNK], *columns), start):
+            if ok:  # every rule holds, as the vectorised checks showed: only normalize
+                valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day, res_of[resolution],
+                                         ar_of[aspect_ratio], dur_of[duration], index))
+                continue
+            note = notes.get(index, {})
+            problem: tuple[str, str] | None = None
+            if "item_id" in note:
+                problem = ("item_id", note["item_id"][0])
+            elif item_id is None:
+                problem = ("item_id", "missing")
+            elif not isinstance(item_id, str) or not item_id.strip():
+                problem = ("item_id", "must be a non-empty string")
+            elif item_id in dups:
+                problem = ("item_id", f"{_show(item_id, opaque=False)} is shared by {dups[item_id]} rows of the catalog "
+                                      "(must be unique)")
+            if problem is None and "prompt" in note:
+                problem = ("prompt", note["prompt"][0])
+            if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
+                problem = ("prompt", "missing" if prompt is None else "empty after stripping whitespace")
+            image_ref, why = (None, None)
+            if problem is None and "image_uri" in note:
+                problem = ("image_uri", note["image_uri"][0])
+            if problem is None:
+                image_ref, why = resolver.resolve(image_uri)
+                if why:
+                    problem = ("image_uri", why)
+            values: dict[str, Any] = {}
+            for field, cell in (("resolution", resolution), ("aspect_ratio", aspect_ratio), ("duration", duration),
+                                ("params", params)):
+                values[field], why = rules.params(cell) if field == "params" else rules.value(field, cell)
+                if problem is None and field in note:
+                    problem = (field, note[field][0])
+                if problem is None and why:
+                    problem = (field, why)
+            if problem is None:
+                valid.append(CatalogItem(item_id, prompt, image_uri, image_ref, day, values["resolution"],
+                                         values["aspect_ratio"], values["duration"], index, values["params"]))
+                continue
+            field, why = problem
+            rejected.add(index, note["item_id"][1] if "item_id" in note else item_id, field, _why(field, why))
     return valid, rejected
 
 
+_CHUNK = 16_384
 _ONE_LINE = re.compile(r"[\r\n\t]+")
+_WHYS: dict[tuple[str, str], str] = {}
+
+
+def _why(field: str, why: str) -> str:
+    """"field: why" on one line; one string for rows that share it (a day may reject 100,000 rows)."""
+    text = _WHYS.get((field, why))
+    if text is None:
+        if len(_WHYS) > 4096:
+            _WHYS.clear()
+        text = _WHYS[(field, why)] = _ONE_LINE.sub(" ", f"{field}: {why}")
+    return text
 
 
 # the plain https reference `ImageResolver` accepts as it is (ASCII, no case folding: a subset of _PLAIN_HTTPS)

@@ -8,7 +8,7 @@ import dagster as dg
 import pyarrow as pa
 
 from sora_pipeline.defs.assets.lineage import selected_results, spec_metadata, table_metadata
-from sora_pipeline.catalog import CatalogError, RejectedRow, read_catalog_day
+from sora_pipeline.catalog import CatalogError, read_catalog_day
 from sora_pipeline.catalog.rejections import RejectionSummary, rejection_summary
 from sora_pipeline.defs.partitions import daily_partitions, partition_problem
 from sora_pipeline.warehouse.schemas import CATALOG_ITEMS, REJECTED_ITEMS
@@ -62,11 +62,14 @@ def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     if sl.rejected:  # one event, however many rows: the table holds them all
         context.log.warning("\n".join(summary.lines()))
     valid_uri = warehouse.write(CATALOG_ITEMS, day, valid)
-    rejected_uri = warehouse.write(REJECTED_ITEMS, day, rejected_table(sl.rejected))
+    rejected_uri = warehouse.write(REJECTED_ITEMS, day, sl.rejected.table(REJECTED_ITEMS.arrow_schema))
+    counts = {"rows_scanned": sl.rows_scanned, "valid": len(valid), "rejected": len(sl.rejected)}
+    del sl, valid
+    pa.default_memory_pool().release_unused()  # (the next steps run in this process too)
     yield from selected_results(context, {
-        "catalog_items": table_metadata(CATALOG_ITEMS, valid_uri, len(valid), upstream="catalog", extra={
-            "catalog_uri": warehouse.catalog_uri, "rows_scanned": sl.rows_scanned}),
-        "rejected_items": table_metadata(REJECTED_ITEMS, rejected_uri, len(sl.rejected), upstream="catalog",
+        "catalog_items": table_metadata(CATALOG_ITEMS, valid_uri, counts["valid"], upstream="catalog", extra={
+            "catalog_uri": warehouse.catalog_uri, "rows_scanned": counts["rows_scanned"]}),
+        "rejected_items": table_metadata(REJECTED_ITEMS, rejected_uri, counts["rejected"], upstream="catalog",
                                          extra=rejection_metadata(summary)),
     })
 
@@ -82,17 +85,6 @@ def rejection_metadata(summary: RejectionSummary) -> dict:
             [f"- … and {summary.total - len(summary.sample):,} more (rejected_items has every row)"]
             if summary.total > len(summary.sample) else [])) or "none"),
     }
-
-
-def rejected_table(rejected: list[RejectedRow]) -> pa.Table:
-    """The `rejected_items` rows as an Arrow table, column by column."""
-    return pa.table({
-        "item_id": pa.array([r.item_id for r in rejected], pa.string()),
-        "row_index": pa.array([r.row_index for r in rejected], pa.int64()),
-        "field": pa.array([r.field for r in rejected], pa.string()),
-        "reason": pa.array([r.reason for r in rejected], pa.string()),
-        "scheduled_date": pa.array([r.scheduled_date for r in rejected], pa.date32()),
-    }, schema=REJECTED_ITEMS.arrow_schema)
 
 
 def catalog_problem(exc: Exception) -> str:
