@@ -50,21 +50,22 @@ class RejectedRow:
 
 
 class Rejections(Sequence[RejectedRow]):
-    """A day's rejected rows in row order, column by column: the row's index, its item_id as the file holds it
-    (shown in the reason; `RejectedRow.item_id` keeps strings only), the field and the why (shared strings)."""
+    """A day's rejected rows in row order, column by column: the row's index, the field and the why (shared
+    strings); the item_id (shown in the reason as the file holds it; `RejectedRow.item_id` keeps strings only)
+    is taken from the day's table when a row or the table is made."""
 
-    def __init__(self, day: date, table: pa.Table | None = None, notes: Mapping | None = None) -> None:
+    def __init__(self, day: date, table: pa.Table | None = None, notes: Mapping | None = None,
+                 chunk: int = 16_384) -> None:
         self.day = day
         self._source = (table, notes or {})
+        self._chunk = chunk
         self._index = array("q")
-        self._ids: list[Any] = []
         self._fields: list[str] = []
         self._whys: list[str] = []
 
-    def add(self, index: int, item_id: Any, field_: str, why: str) -> None:
-        """Row `index` breaks `field_` (`why`: "field: why", one line)."""
+    def add(self, index: int, field_: str, why: str) -> None:
+        """Row `index` of the day's table breaks `field_` (`why`: "field: why", one line)."""
         self._index.append(index)
-        self._ids.append(item_id)
         self._fields.append(field_)
         self._whys.append(why)
 
@@ -77,13 +78,14 @@ class Rejections(Sequence[RejectedRow]):
     def __getitem__(self, i: slice) -> list[RejectedRow]: ...
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        index, item_id = self._index[i], self._ids[i]
-        return RejectedRow(item_id if isinstance(item_id, str) else None, self.day, index, self._fields[i],
-                           self.reason(i), self._whys[i], self._source)
+            start, stop, step = i.indices(len(self))
+            return list(self._rows(start, stop))[::step] if step > 0 else [self[j] for j in range(start, stop, step)]
+        i = range(len(self))[i]  # (negative indices; IndexError beyond)
+        return next(self._rows(i, i + 1))
 
     def __iter__(self) -> Iterator[RejectedRow]:
-        return (self[i] for i in range(len(self)))
+        for start in range(0, len(self), self._chunk):
+            yield from self._rows(start, min(start + self._chunk, len(self)))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
@@ -91,13 +93,31 @@ class Rejections(Sequence[RejectedRow]):
     def __repr__(self) -> str:
         return f"Rejections({self.day}, {len(self)} rows)"
 
-    def reason(self, i: int) -> str:
-        """The `i`-th row's one-line reason: "row N (item_id=…): field: why"."""
+    def _ids(self, start: int, stop: int) -> list[Any]:
+        """The item_ids of rejected rows start…stop as the file holds them (a value the reader could not use:
+        the original, from its notes)."""
+        table, notes = self._source
+        index = self._index[start:stop]
+        if table is None:
+            return [None] * len(index)
+        ids = table.column("item_id").take(pa.array(index, pa.int64())).to_pylist()
+        if notes:
+            ids = [notes[i]["item_id"][1] if "item_id" in notes.get(i, ()) else v for i, v in zip(index, ids)]
+        return ids
+
+    def _reasons(self, start: int, stop: int, ids: list[Any]) -> list[str]:
         from sora_pipeline.catalog.rows import _ONE_LINE, _show
 
-        item_id = self._ids[i]
-        shown = _show(item_id, opaque=False) if item_id is not None else "None"
-        return _ONE_LINE.sub(" ", f"row {self._index[i]} (item_id={shown}): {self._whys[i]}")
+        return [_ONE_LINE.sub(" ", f"row {index} (item_id={_show(v, opaque=False) if v is not None else 'None'}): "
+                                   f"{why}")
+                for index, v, why in zip(self._index[start:stop], ids, self._whys[start:stop])]
+
+    def _rows(self, start: int, stop: int) -> Iterator[RejectedRow]:
+        ids = self._ids(start, stop)
+        for k, (v, reason) in enumerate(zip(ids, self._reasons(start, stop, ids))):
+            i = start + k
+            yield RejectedRow(v if isinstance(v, str) else None, self.day, self._index[i], self._fields[i], reason,
+                              self._whys[i], self._source)
 
     @property
     def fields(self) -> list[str]:
@@ -107,20 +127,22 @@ class Rejections(Sequence[RejectedRow]):
     def whys(self) -> list[str]:
         return self._whys
 
-    def table(self, schema: pa.Schema, chunk: int = 16_384) -> pa.Table:
+    def table(self, schema: pa.Schema) -> pa.Table:
         """The `rejected_items` rows (item_id, row_index, field, reason, scheduled_date) with `schema`, made a
         chunk of rows at a time (no Python string per row for the whole day at once)."""
         batches = []
-        for start in range(0, len(self), chunk):
-            stop = min(start + chunk, len(self))
+        for start in range(0, len(self), self._chunk):
+            stop = min(start + self._chunk, len(self))
+            ids = self._ids(start, stop)
             batches.append(pa.record_batch({
-                "item_id": pa.array([v if isinstance(v, str) else None for v in self._ids[start:stop]], pa.string()),
+                "item_id": pa.array([v if isinstance(v, str) else None for v in ids], pa.string()),
                 "row_index": pa.array(self._index[start:stop], pa.int64()),
                 "field": pa.array(self._fields[start:stop], pa.string()),
-                "reason": pa.array([self.reason(i) for i in range(start, stop)], pa.string()),
+                "reason": pa.array(self._reasons(start, stop, ids), pa.string()),
                 "scheduled_date": pa.array([self.day] * (stop - start), pa.date32()),
             }, schema=schema))
         return pa.Table.from_batches(batches, schema=schema)
+
 
 @dataclass(frozen=True)
 class RejectionSummary:

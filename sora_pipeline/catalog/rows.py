@@ -174,6 +174,8 @@ class ImageResolver:
             return self._resolve(value)
         answer = self._seen.get(value)
         if answer is None:
+            if len(self._seen) > 4096:  # (rows share a few images; a day of distinct ones is not kept)
+                self._seen.clear()
             answer = self._seen[value] = self._resolve(value)
         return answer
 
@@ -327,7 +329,7 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
                                          values["aspect_ratio"], values["duration"], index, values["params"]))
                 continue
             field, why = problem
-            rejected.add(index, note["item_id"][1] if "item_id" in note else item_id, field, _why(field, why))
+            rejected.add(index, field, _why(field, why))
     return valid, rejected
 
 
