@@ -57,16 +57,18 @@ def test_deploy_workspace_points_at_a_code_server(monkeypatch):
 
 
 def test_deploy_config_checker_requires_psycopg2_for_dagster_postgres(tmp_path, monkeypatch):
-    """dagster-postgres works on psycopg2 only (test_dagster_instance_on_each_postgres_url_form): a URL or scheme
-    that SQLAlchemy 2.1 resolves to psycopg 3 is an error; a URL the checker cannot see is a warning."""
+    """dagster-postgres works on psycopg2 only (test_dagster_instance_on_each_documented_form): a URL or scheme
+    naming psycopg 3 is an error, Dagster's documented forms (a plain postgresql: psycopg2 under the pinned
+    SQLAlchemy 2.0) pass; a URL the checker cannot see is a warning."""
     db = {"hostname": "h", "username": "u", "db_name": "d"}
-    for postgres in ({"postgres_url": "postgresql://u@h:5432/d"}, {"postgres_url": "postgresql+psycopg://u@h/d"},
-                     {"postgres_db": db}, {"postgres_db": dict(db, scheme="postgresql+psycopg")}):
+    for postgres in ({"postgres_url": "postgresql+psycopg://u@h/d"},
+                     {"postgres_db": dict(db, scheme="postgresql+psycopg")}):
         report = check_instance_file(str(storage_file(tmp_path / "bad.yaml", postgres)))
         assert not report.ok and len(report.errors) == 1, (postgres, report.errors)
         assert "psycopg driver" in report.errors[0] and "postgresql+psycopg2" in report.errors[0]
     for postgres in ({"postgres_url": "postgresql+psycopg2://u@h:5432/d"},
-                     {"postgres_db": dict(db, scheme="postgresql+psycopg2")}):
+                     {"postgres_db": dict(db, scheme="postgresql+psycopg2")},
+                     {"postgres_url": "postgresql://u@h:5432/d"}, {"postgres_db": db}):  # Dagster's documented forms
         report = check_instance_file(str(storage_file(tmp_path / "good.yaml", postgres)))
         assert report.ok and not report.warnings, report.errors
         assert any(c.startswith("storage.postgres: driver psycopg2") for c in report.checked)
@@ -74,19 +76,19 @@ def test_deploy_config_checker_requires_psycopg2_for_dagster_postgres(tmp_path, 
     from_env = storage_file(tmp_path / "env.yaml", {"postgres_url": {"env": "SORA_TEST_INSTANCE_URL"}})
     report = check_instance_file(str(from_env))
     assert report.ok and "SORA_TEST_INSTANCE_URL" in report.warnings[0]
-    monkeypatch.setenv("SORA_TEST_INSTANCE_URL", "postgresql://u@h/d")
+    monkeypatch.setenv("SORA_TEST_INSTANCE_URL", "postgresql+psycopg://u@h/d")
     assert not check_instance_file(str(from_env)).ok
 
 
 def test_ledger_url_without_a_driver_uses_an_installed_one(monkeypatch):
-    """`postgresql://` → psycopg 3, else psycopg2; a missing driver says which extra to install (no server)."""
+    """`postgresql://` → psycopg2 (as for Dagster), else psycopg 3; a missing driver says which extra to install."""
     url = "postgresql://u:secret@127.0.0.1:5432/d"
-    assert make_engine(url).dialect.driver == "psycopg"  # both are in the `postgres` extra
-    monkeypatch.setitem(sys.modules, "psycopg", None)  # find_spec → None, import → ImportError
-    assert make_engine(url).dialect.driver == "psycopg2"
-    with pytest.raises(ImportError, match=r"needs the psycopg module.*install sora_pipeline\[postgres\]"):
-        make_engine("postgresql+psycopg://u@127.0.0.1/d")
-    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    assert make_engine(url).dialect.driver == "psycopg2"  # both are in the `postgres` extra
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # find_spec → None, import → ImportError
+    assert make_engine(url).dialect.driver == "psycopg"
+    with pytest.raises(ImportError, match=r"needs the psycopg2 module.*install sora_pipeline\[postgres\]"):
+        make_engine("postgresql+psycopg2://u@127.0.0.1/d")
+    monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(ImportError, match=r"neither is installed: install sora_pipeline\[postgres\]") as err:
         make_engine(url)
     assert "secret" not in str(err.value)

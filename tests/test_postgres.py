@@ -9,6 +9,7 @@ config checks that need no server: tests/test_deploy_config.py; helpers: tests/p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -22,7 +23,6 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ProgrammingError
 
 from sora_pipeline.ledger import Ledger, RequestSpec, RequestState, ResubmitPolicy
 from sora_pipeline.warehouse.tables import read_day_partition
@@ -71,9 +71,10 @@ def pg_instance(tmp_path, new_database, monkeypatch):
 
 
 # ---------------------------------------------------------------- (0) URL forms: the ledger, the Dagster instance
-@pytest.mark.parametrize("scheme, driver", [("postgresql", "psycopg"), ("postgresql+psycopg", "psycopg"),
-                                            ("postgresql+psycopg2", "psycopg2")])
+@pytest.mark.parametrize("scheme, driver", [("postgresql", "psycopg2"), ("postgresql+psycopg2", "psycopg2"),
+                                            ("postgresql+psycopg", "psycopg")])
 def test_ledger_on_each_postgresql_url_form(new_database, scheme, driver):
+    """A plain postgresql:// means psycopg2 (as for Dagster's storage); a URL naming psycopg 3 gets it."""
     url = url_string(new_database("ledger").set(drivername=scheme))
     spec = RequestSpec.create("fal-ai/sora-2/image-to-video/pro", item_id="u0", day=DAY, prompt="p", resolution="720p",
                               aspect_ratio="16:9", duration=4, image_sha256="ab" * 32, used_openai_key=False,
@@ -87,21 +88,27 @@ def test_ledger_on_each_postgresql_url_form(new_database, scheme, driver):
         assert again.counts_by_state(DAY)[RequestState.SUBMITTING.value] == 1
 
 
-_PSYCOPG3_BREAKS_DAGSTER = pytest.mark.xfail(
-    strict=True, raises=ProgrammingError,
-    reason="dagster-postgres 0.29 works on psycopg2 only: its event log runs `NOTIFY run_events, :id`, which "
-           "psycopg 3 binds server-side (syntax error at $1). If this passes, drop the psycopg2 requirement in "
-           "deploy/check_config.py and docs/deployment.md")
+#: Dagster's storage as its deployment docs write it: the postgres_db fields (no scheme), or a plain postgres_url
+DOCUMENTED_FORMS = ("postgres_db", "postgres_url")
 
 
-@pytest.mark.parametrize("scheme", [pytest.param("postgresql", marks=_PSYCOPG3_BREAKS_DAGSTER),
-                                    pytest.param("postgresql+psycopg", marks=_PSYCOPG3_BREAKS_DAGSTER),
-                                    "postgresql+psycopg2"])
-def test_dagster_instance_on_each_postgres_url_form(tmp_path, new_database, monkeypatch, scheme):
-    """DAGSTER_HOME with `storage.postgres.postgres_url: <scheme>://…` (as Dagster's docs write it), a trivial run."""
+def documented_storage(db, form: str) -> dict:
+    if form == "postgres_url":
+        return {"postgres_url": url_string(db.set(drivername="postgresql"))}
+    return {"postgres_db": {"username": db.username or "postgres", "password": db.password or "",
+                            "hostname": db.host or "127.0.0.1", "db_name": db.database, "port": db.port or 5432}}
+
+
+@pytest.mark.parametrize("form", [*DOCUMENTED_FORMS, "postgres_url+psycopg2"])
+def test_dagster_instance_on_each_documented_form(tmp_path, new_database, monkeypatch, form):
+    """DAGSTER_HOME with `storage.postgres` written as Dagster's docs show it (and with the driver named): a run,
+    its events (NOTIFY run_events) and an asset materialization."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    storage_file(home / "dagster.yaml", {"postgres_url": url_string(new_database("dagster").set(drivername=scheme))})
+    db = new_database("dagster")
+    storage = ({"postgres_url": url_string(db.set(drivername="postgresql+psycopg2"))} if "+" in form
+               else documented_storage(db, form))
+    storage_file(home / "dagster.yaml", storage)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
 
     @dg.asset
@@ -117,6 +124,52 @@ def test_dagster_instance_on_each_postgres_url_form(tmp_path, new_database, monk
         assert instance.get_latest_materialization_event(dg.AssetKey("one")) is not None
     finally:
         instance.dispose()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("form", DOCUMENTED_FORMS)
+def test_daemon_two_runs_of_one_day_on_documented_storage(tmp_path, new_database, monkeypatch, make_simulator, form):
+    """deploy/dagster.yaml with its storage written as Dagster's docs show it, the daemon and a code server, and two
+    runs of one day queued at once (the one-run-per-day limit lifted, two fal_sora slots): both succeed, and the
+    shared ledger lets each item be submitted once."""
+    from sora_pipeline.definitions import defs
+
+    sim = make_simulator(run_latency=3.0)
+    db = new_database("dagster")
+    home = dagster_home(tmp_path, **{"storage.postgres": documented_storage(db, form),
+                                     "concurrency.runs.tag_concurrency_limits": [],
+                                     "run_coordinator.config.dequeue_interval_seconds": 1})
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    instance = DagsterInstance.get()
+    ledger_db = new_database("ledger")
+    project = make_project(tmp_path)
+    port = free_port()
+    penv = base_env(DAGSTER_HOME=str(home), SORA_FAL_QUEUE_URL=sim.base_url,
+                    SORA_LEDGER_URL=url_string(ledger_db.set(drivername="postgresql")),
+                    SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
+                    SORA_POLL_INTERVAL="0.1", SORA_CODE_SERVER_HOST="127.0.0.1", SORA_CODE_SERVER_PORT=str(port))
+    try:
+        instance.event_log_storage.set_concurrency_slots("fal_sora", 2)  # both generation steps may run
+        graph = defs.resolve_asset_graph()
+        daily = sorted(k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is not None)
+        with code_server_and_daemon(tmp_path, penv, port) as daemon_log:
+            ids = [queue_backfill(instance, graph, daily, [DAY], title=f"run {n}") for n in "ab"]
+            runs = wait_for_backfill_runs(instance, ids, 2, daemon_log)
+        assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
+        spans = sorted((instance.get_run_record_by_id(r.run_id).start_time,
+                        instance.get_run_record_by_id(r.run_id).end_time) for r in runs)
+        assert overlaps(spans), f"the two runs did not run at the same time: the test proved nothing ({spans})"
+        gen = step_intervals(instance, [r.run_id for r in runs])
+    finally:
+        instance.dispose()
+    stats = sim.stats()
+    assert stats["submits"] == 4 and set(stats["submits_by_prompt"].values()) == {1}, stats["submits_by_prompt"]
+    with Ledger(url_string(ledger_db)) as ledger:
+        assert ledger.dialect == "postgresql" and ledger._engine.dialect.driver == "psycopg2"
+        entries = ledger.entries_for_day(DAY)
+        assert len(entries) == 4 and all(e.state == RequestState.COMPLETED and e.attempt == 1 for e in entries)
+    assert len(read_day_partition(project["warehouse_uri"], "video_metadata", DAY)) == 4
+    print(f"\n[postgres {form}] two daemon runs of one day: generation steps {gen} (overlap: {overlaps(gen)})")
 
 
 # ---------------------------------------------------------------- (1) a sample day on a PostgreSQL instance
@@ -196,8 +249,7 @@ def test_two_processes_same_day_submit_each_item_once(tmp_path, pg_instance, new
 # ---------------------------------------------------------------- (3) the daemon path with the pool limit
 @pytest.mark.timeout(300)
 def test_daemon_backfill_of_three_days_respects_the_pool(tmp_path, pg_instance, new_database, make_simulator):
-    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
+    from dagster._core.execution.backfill import BulkActionStatus
 
     from sora_pipeline.definitions import defs
 
@@ -214,39 +266,13 @@ def test_daemon_backfill_of_three_days_respects_the_pool(tmp_path, pg_instance, 
                     SORA_CATALOG_URI=project["catalog_uri"], SORA_WAREHOUSE_URI=project["warehouse_uri"],
                     SORA_POLL_INTERVAL="0.1", SORA_CODE_SERVER_HOST="127.0.0.1", SORA_CODE_SERVER_PORT=str(port))
     started = time.monotonic()
-    code_log, daemon_log = tmp_path / "code_server.log", tmp_path / "daemon.log"
-    code = start_process([str(BIN / "dagster"), "api", "grpc", "-m", "sora_pipeline.definitions", "-h", "127.0.0.1",
-                   "-p", str(port)], penv, code_log)
-    daemon = None
-    try:
-        wait_for_code_server(port, code, code_log)
-        daemon = start_process([str(BIN / "dagster-daemon"), "run", "-w", str(DEPLOY / "workspace.yaml")], penv,
-                        daemon_log)
-        graph = defs.resolve_asset_graph()
-        daily = sorted(k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is not None)
-        backfill_id = make_new_backfill_id()
-        instance.add_backfill(PartitionBackfill.from_asset_partitions(
-            backfill_id=backfill_id, asset_graph=graph, partition_names=days,
-            asset_selection=daily, backfill_timestamp=time.time(), tags={}, dynamic_partitions_store=instance,
-            all_partitions=False, title="three days", description=None, run_config=IN_PROCESS))
-        flt = RunsFilter(tags={"dagster/backfill": backfill_id})
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            runs = instance.get_runs(filters=flt)
-            assert daemon.poll() is None, f"daemon exited:\n{daemon_log.read_text()[-3000:]}"
-            failed = [r for r in runs if r.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)]
-            assert not failed, f"runs failed: {[r.run_id for r in failed]}\n{daemon_log.read_text()[-3000:]}"
-            if len(runs) == 3 and all(r.status == DagsterRunStatus.SUCCESS for r in runs):
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"backfill did not finish: {[(r.run_id, r.status) for r in runs]}\n"
-                                 f"{daemon_log.read_text()[-4000:]}")
+    graph = defs.resolve_asset_graph()
+    daily = sorted(k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is not None)
+    with code_server_and_daemon(tmp_path, penv, port) as daemon_log:
+        backfill_id = queue_backfill(instance, graph, daily, days, title="three days")
+        wait_for_backfill_runs(instance, [backfill_id], 3, daemon_log)
         elapsed = time.monotonic() - started
-    finally:
-        if daemon is not None:
-            stop_process(daemon)
-        stop_process(code)
+    flt = RunsFilter(tags={"dagster/backfill": backfill_id})
     runs = instance.get_runs(filters=flt)
     # multi_run(1) backfill runs carry a one-day range
     assert sorted(r.tags["dagster/asset_partition_range_start"] for r in runs) == days
@@ -317,3 +343,53 @@ def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulat
             assert attempt.state == RequestState.SUBMITTED and attempt.artifacts["webhook"]["status"] == "OK"
         counts = Counter(r1.stats()) + Counter(r2.stats())
         assert counts["received"] == 40 and counts["hint"] + counts["duplicate"] == 40
+
+
+# ---------------------------------------------------------------- the daemon path: helpers
+@contextlib.contextmanager
+def code_server_and_daemon(tmp_path: Path, penv: dict[str, str], port: int):
+    """A code server on `port` and `dagster-daemon run` (deploy/workspace.yaml), stopped on exit; yields the
+    daemon's log file."""
+    code_log, daemon_log = tmp_path / "code_server.log", tmp_path / "daemon.log"
+    code = start_process([str(BIN / "dagster"), "api", "grpc", "-m", "sora_pipeline.definitions", "-h", "127.0.0.1",
+                          "-p", str(port)], penv, code_log)
+    daemon = None
+    try:
+        wait_for_code_server(port, code, code_log)
+        daemon = start_process([str(BIN / "dagster-daemon"), "run", "-w", str(DEPLOY / "workspace.yaml")], penv,
+                               daemon_log)
+        yield daemon_log
+        assert daemon.poll() is None, f"daemon exited:\n{daemon_log.read_text()[-3000:]}"
+    finally:
+        if daemon is not None:
+            stop_process(daemon)
+        stop_process(code)
+
+
+def queue_backfill(instance: DagsterInstance, graph, assets, days: list[str], *, title: str) -> str:
+    """A backfill of `assets` over `days` (the daemon turns it into one queued run per day); returns its id."""
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    backfill_id = make_new_backfill_id()
+    instance.add_backfill(PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id, asset_graph=graph, partition_names=days, asset_selection=assets,
+        backfill_timestamp=time.time(), tags={}, dynamic_partitions_store=instance, all_partitions=False,
+        title=title, description=None, run_config=IN_PROCESS))
+    return backfill_id
+
+
+def wait_for_backfill_runs(instance: DagsterInstance, backfill_ids: list[str], n: int, daemon_log: Path,
+                           timeout: float = 240) -> list:
+    """The backfills' `n` runs once all succeeded; fails at the first failed run, naming it."""
+    deadline = time.monotonic() + timeout
+    runs: list = []
+    while time.monotonic() < deadline:
+        runs = [r for b in backfill_ids for r in instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": b}))]
+        failed = [r for r in runs if r.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)]
+        assert not failed, f"runs failed: {[r.run_id for r in failed]}\n{daemon_log.read_text()[-3000:]}"
+        if len(runs) == n and all(r.status == DagsterRunStatus.SUCCESS for r in runs):
+            return runs
+        time.sleep(0.5)
+    raise AssertionError(f"backfill did not finish: {[(r.run_id, r.status) for r in runs]}\n"
+                         f"{daemon_log.read_text()[-4000:]}")

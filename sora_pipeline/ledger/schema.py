@@ -203,13 +203,14 @@ def make_engine(url: str, engine_kwargs: dict[str, Any] | None = None) -> Engine
     return engine
 
 
-#: PostgreSQL drivers the ledger is tested with, in the order a plain `postgresql://` URL picks them
-_PG_DRIVERS = ("psycopg", "psycopg2")
+#: PostgreSQL drivers the ledger is tested with, in the order a plain `postgresql://` URL picks them: psycopg2
+#: first, as SQLAlchemy 2.0 and dagster-postgres do (one URL can serve Dagster's storage and the ledger)
+_PG_DRIVERS = ("psycopg2", "psycopg")
 
 
 def _postgres_driver(u: URL) -> URL:
-    """`postgresql://` → `postgresql+<the first installed of psycopg 3, psycopg2>`; a clear error when the driver a
-    URL needs is not installed (SQLAlchemy 2.1 maps a plain `postgresql://` to psycopg 3 whether installed or not)."""
+    """`postgresql://` → `postgresql+<the first installed of psycopg2, psycopg 3>`; a clear error when the driver a
+    URL needs is not installed."""
     shown = u.render_as_string(hide_password=True)
     if "+" in u.drivername:
         driver = u.get_driver_name()
@@ -220,7 +221,7 @@ def _postgres_driver(u: URL) -> URL:
     for driver in _PG_DRIVERS:
         if find_spec(driver) is not None:
             return u.set(drivername=f"{u.drivername}+{driver}")
-    raise ImportError(f"ledger URL {shown} needs a PostgreSQL driver (psycopg 3 or psycopg2) and neither is "
+    raise ImportError(f"ledger URL {shown} needs a PostgreSQL driver (psycopg2 or psycopg 3) and neither is "
                       "installed: install sora_pipeline[postgres]")
 
 
