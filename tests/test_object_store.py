@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
 try:
     import s3fs  # noqa: F401
@@ -231,6 +232,28 @@ def test_named_lease_rules(ledger_url):
             with pytest.raises(LeaseTimeout, match=held.holder):
                 with ledger.hold_lease("day", lease_s=30, wait_s=0.2):
                     pass
+        assert ledger.lease_info("day") is None
+
+
+def test_a_held_lease_survives_a_short_database_outage(ledger_url):
+    """Renewals that fail while the database is away are retried soon, not a third of the lease later: a lease
+    whose first three renewals failed is still held once the database answers again (it was lost before)."""
+    with Ledger(ledger_url) as ledger:
+        real_renew, calls = ledger.renew_lease, []
+
+        def renew_after_an_outage(name, holder, **kw):  # the real renewal, after three failed ones
+            calls.append(time.monotonic())
+            if len(calls) <= 3:
+                raise OperationalError("UPDATE named_leases", {}, ConnectionError("database away"))
+            return real_renew(name, holder, **kw)
+
+        ledger.renew_lease = renew_after_an_outage
+        with ledger.hold_lease("day", lease_s=6) as held:
+            deadline = time.monotonic() + 120
+            while len(calls) < 4 and held.lost is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            held.ensure_held()
+            assert len(calls) >= 4 and ledger.lease_info("day").holder == held.holder
         assert ledger.lease_info("day") is None
 
 
