@@ -171,3 +171,54 @@ def test_default_ledger_url(tmp_path):
         assert default_ledger_url("gs://b/wh", None) == f"sqlite:///{tmp_path.resolve()}/sora_ledger.sqlite"
     finally:
         os.chdir(cwd)
+
+
+# ---------------------------------------------------------------- a SQLite file deleted or replaced underneath
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_sqlite_ledger_whose_file_goes_away_refuses_every_transaction(tmp_path, how):
+    from sora_pipeline.ledger import LedgerFileGone
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(f"sqlite:///{path}")
+    one = RequestSpec.create(EP, item_id="g0", day=DAY, prompt="p", resolution="720p", aspect_ratio="16:9",
+                             duration=4, image_sha256=SHA, used_openai_key=False, estimated_cost=1.0)
+    ledger.plan([one])
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
+    if how == "replaced":
+        Ledger(f"sqlite:///{path}").close()  # an empty ledger in its place
+    with pytest.raises(LedgerFileGone, match=f"ledger file {path} was {how}") as err:
+        ledger.claim(one.request_key, owner="o", policy=POLICY)
+    (saved,) = tmp_path.glob("ledger.sqlite.saved-*")
+    assert str(saved) in str(err.value)
+    with pytest.raises(LedgerFileGone):  # and it stays refused
+        ledger.entries_for_day(DAY)
+    ledger.close()
+    with Ledger(f"sqlite:///{saved}") as copy:  # the copy holds what the lost file held
+        assert [e.item_id for e in copy.entries_for_day(DAY)] == ["g0"]
+
+
+def test_recover_day_puts_back_what_the_warehouse_records_and_leaves_known_requests(tmp_path):
+    from sora_pipeline.ledger import recover_day
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'new.sqlite'}")
+    base = dict(endpoint_id=EP, backend="simulator", resolution="720p", aspect_ratio="16:9", requested_duration=4,
+                estimated_cost=1.2, used_openai_key=False)
+    rows = [
+        dict(base, item_id="a", request_key="k" * 64, attempt=1, status="completed", request_id="rid-a",
+             api_json='{"url": "http://127.0.0.1/a.mp4", "content_type": "video/mp4"}', video_id="v-a",
+             archive_uri="/w/videos/a.mp4", sha256="00" * 32, file_size=10, probe_json='{"width": 1}'),
+        dict(base, item_id="b", request_key="j" * 64, attempt=2, status="pending", request_id="rid-b"),
+        dict(base, item_id="c", request_key="u" * 64, attempt=1, status="unknown", request_id=None),
+        dict(base, item_id="d", request_key="s" * 64, attempt=0, status="skipped", request_id=None),
+    ]
+    assert recover_day(ledger, DAY, rows, queue_base_url="http://127.0.0.1:9") == 3
+    got = {e.item_id: e for e in ledger.entries_for_day(DAY)}
+    assert {k: (e.state, e.attempt) for k, e in got.items()} == {
+        "a": (S.COMPLETED, 1), "b": (S.SUBMITTED, 2), "c": (S.UNKNOWN, 1)}
+    assert got["a"].output["video"]["url"] == "http://127.0.0.1/a.mp4" and got["a"].artifacts["probe"] == {"width": 1}
+    assert got["b"].request_id == "rid-b" and got["b"].status_url.startswith("http://127.0.0.1:9/")
+    decision, _ = ledger.claim("k" * 64, owner="o", policy=POLICY)
+    assert decision == Decision.REUSE
+    assert recover_day(ledger, DAY, rows) == 0  # known now: the ledger is the record
+    ledger.close()

@@ -239,3 +239,59 @@ def test_ledger_outage_mid_run_fails_the_run_and_the_next_run_resumes(tmp_path, 
             assert Counter(e.state.value for e in ledger.entries_for_day(DAY)) == Counter({"completed": 6})
     finally:
         proxy.close()
+
+
+# ---------------------------------------------------------------- issue 20.1: a SQLite ledger deleted mid-run
+def _remove_ledger_files(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _forget_ledger(project: dict) -> None:
+    """What a new process does: open the ledger afresh (this process keeps one engine per URL)."""
+    import sora_pipeline.defs.warehouse_resource as wr
+
+    ledger = wr._LEDGERS.pop(project["ledger_url"], None)
+    if ledger is not None:
+        ledger.close()
+
+
+def test_sqlite_ledger_deleted_mid_run_fails_the_run_and_the_next_run_pays_nothing(tmp_path, make_simulator):
+    """rm of the ledger (and -wal/-shm) while the day's requests run at fal: the run fails naming the ledger file
+    (and where its content was saved); with the saved copy put back, the next run resumes and submits nothing.
+    Then, the ledger lost between runs: the next run recovers the day from the warehouse and submits nothing."""
+    import threading
+
+    from tests.pipeline_helpers import DAY as PDAY, make_project, materialize_day, resources
+
+    sim = make_simulator(run_latency=1.5)
+    project = make_project(tmp_path)
+    ledger_file = Path(project["ledger_url"].removeprefix("sqlite:///"))
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(r=materialize_day(resources(sim.base_url, project),
+                                                                          raise_on_error=False)))
+    run.start()
+    deadline = time.monotonic() + 60
+    while sim.stats()["submits"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sim.stats()["submits"] == 4
+    _remove_ledger_files(ledger_file)  # every request is running at fal: nothing recorded their end yet
+    run.join(120)
+    assert not result["r"].success
+    failures = [e.event_specific_data for e in result["r"].all_events if e.event_type_value == "STEP_FAILURE"]
+    (failure,) = [f.user_failure_data.description for f in failures if f.user_failure_data]
+    assert f"the ledger file {ledger_file} was deleted" in failure and "\n" not in failure
+    (saved,) = ledger_file.parent.glob(f"{ledger_file.name}.saved-*")
+    assert str(saved) in failure
+    _remove_ledger_files(ledger_file)  # the empty file a later connection may have left
+    saved.rename(ledger_file)  # what the message says to do
+    _forget_ledger(project)  # the next run is a new process: it opens the file afresh
+    again = materialize_day(resources(sim.base_url, project))
+    assert again.success and sim.stats()["submits"] == 4  # resumed, not paid again
+    # the ledger lost between runs: the warehouse's generations table brings the day back
+    _remove_ledger_files(ledger_file)
+    _forget_ledger(project)
+    third = materialize_day(resources(sim.base_url, project))
+    assert third.success and sim.stats()["submits"] == 4  # nothing submitted again
+    with Ledger(project["ledger_url"]) as ledger:
+        assert [e.state for e in ledger.entries_for_day(PDAY)] == [RequestState.COMPLETED] * 4

@@ -73,3 +73,41 @@ def test_byte_caps_are_checked_at_load(name):
     with pytest.raises(ConfigError, match=name):
         PipelineSettings.from_env({name: "0"})
     PipelineSettings.from_env({name: "1_000_000"})
+
+
+# ---------------------------------------------------------------- issue 21.4: the ledger's database wrong or down
+@pytest.mark.parametrize("url, says", [
+    ("mysql://u:pw-secret@127.0.0.1/d", "runs on SQLite or PostgreSQL, not mysql"),
+    ("postgresql+pg8000://u:pw-secret@127.0.0.1/d", "pg8000 driver cannot be loaded"),
+    ("sqlite:////no/such/folder/ledger.sqlite", "the folder /no/such/folder does not exist"),
+    ("sqlite:///:memory:", "needs a SQLite file"),
+    ("not a url pw-secret", "not a database URL"),
+])
+def test_a_ledger_url_that_cannot_work_fails_at_load_in_one_line(url, says):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))}
+    env.update(SORA_LEDGER_URL=url)
+    proc = subprocess.run([sys.executable, "-c", "import sora_pipeline.definitions"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: SORA_LEDGER_URL") and says in line and "pw-secret" not in line
+
+
+def test_a_ledger_database_that_does_not_answer_fails_the_step_in_one_line(tmp_path, simulator):
+    """A closed port: the catalog step (its first ledger use) fails with one line naming SORA_LEDGER_URL, the host
+    and the cause, the password hidden; nothing reaches fal."""
+    import socket
+
+    from tests.pipeline_helpers import make_project, materialize_day, resources
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    project = dict(make_project(tmp_path), ledger_url=f"postgresql://u:pw-secret@127.0.0.1:{port}/ledger")
+    result = materialize_day(resources(simulator.base_url, project), raise_on_error=False)
+    assert not result.success
+    (failure, *_) = [e.event_specific_data.user_failure_data.description for e in result.all_events
+                     if e.event_type_value == "STEP_FAILURE"]
+    assert "\n" not in failure and failure.startswith("the request ledger does not answer: SORA_LEDGER_URL=")
+    assert f"127.0.0.1:{port}" in failure and "refused" in failure.lower() and "pw-secret" not in failure
+    assert simulator.stats()["submits"] == 0

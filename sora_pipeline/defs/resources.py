@@ -16,6 +16,8 @@ from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy, check_base_url, 
 from sora_pipeline.redact import install_log_redaction, register_secret
 from sora_pipeline.defs.settings import DEFAULT_POLL_INTERVAL
 
+from sora_pipeline.ledger import Ledger, LedgerUnreachable
+
 SIMULATOR_KEY = "simulator-local-key"  # the simulator wants *a* key; this one is not a secret
 log = logging.getLogger("sora_pipeline")
 
@@ -174,3 +176,16 @@ class FalVideoResource(dg.ConfigurableResource):
 
     def sync_client(self) -> FalQueueClient:
         return FalQueueClient(**self.client_kwargs())
+
+
+def open_ledger(url: str, *, configured: bool) -> Ledger:
+    """The ledger at `url`; a database that does not answer fails the step with one line (`dagster.Failure`: the
+    run's failure message in the UI, the demo and the CLIs) naming SORA_LEDGER_URL, the host and the cause.
+    Nothing is submitted before this succeeds."""
+    try:
+        return Ledger(url)
+    except LedgerUnreachable as exc:
+        where = f"SORA_LEDGER_URL={exc.url}" if configured else f"{exc.url} (SORA_LEDGER_URL unset: the default)"
+        raise dg.Failure(description=f"the request ledger does not answer: {where}, {exc.host}: {exc.cause} — "
+                                     "start that database or set SORA_LEDGER_URL to one that answers; nothing was "
+                                     "submitted") from None

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+
 from sora_pipeline.endpoints import BadProfile, UnknownEndpoint, get_profile
+from sora_pipeline.ledger import url_problem
 from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
 from sora_pipeline.media.download import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV
 from sora_pipeline.fal.limits import (
@@ -104,11 +107,14 @@ class PipelineSettings:
             StorageSettings.from_env(env)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        ledger_url = get("SORA_LEDGER_URL")
+        if ledger_url is not None:
+            check_ledger_url(ledger_url)
         roots = tuple(r.strip() for r in (get("SORA_IMAGE_ROOTS") or "").split(",") if r.strip())
         return cls(
             catalog_uri=get("SORA_CATALOG_URI") or "data/catalog",
             warehouse_uri=get("SORA_WAREHOUSE_URI") or "data/warehouse",
-            ledger_url=get("SORA_LEDGER_URL"),
+            ledger_url=ledger_url,
             endpoint_id=endpoint_id,
             queue_url=queue_url,
             has_fal_key=has_key,
@@ -121,6 +127,22 @@ class PipelineSettings:
             partitions_start=start,
             webhook_url=webhook_url,
         )
+
+
+def shown_url(url: str) -> str:
+    """A database URL with its password hidden (or a placeholder when it does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: show nothing of it (it may hold a password)
+        return "<not a URL>"
+
+
+def check_ledger_url(url: str) -> None:
+    """SORA_LEDGER_URL must name a ledger this installation can open (ConfigError, one line, password hidden)."""
+    problem = url_problem(url)
+    if problem:
+        raise ConfigError(f"SORA_LEDGER_URL={shown_url(url)}: {problem}; or unset SORA_LEDGER_URL to keep the "
+                          "ledger in a SQLite file under the warehouse")
 
 
 DEFAULT_PARTITIONS_START = "2026-01-01"

@@ -14,6 +14,7 @@ import pyarrow as pa
 from pydantic import Field, PrivateAttr
 
 from sora_pipeline.warehouse import tables
+from sora_pipeline.defs.resources import open_ledger
 from sora_pipeline.ledger import Ledger, default_ledger_url
 from sora_pipeline.warehouse.schemas import TableDef
 
@@ -48,8 +49,8 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def ledger(self) -> Ledger:
         url = self.resolved_ledger_url()
-        if url not in _LEDGERS:
-            _LEDGERS[url] = Ledger(url)
+        if url not in _LEDGERS:  # a database that does not answer: one line naming SORA_LEDGER_URL (dg.Failure)
+            _LEDGERS[url] = open_ledger(url, configured=bool(self.ledger_url))
         return _LEDGERS[url]
 
     def table_uri(self, table: str) -> str:

@@ -23,16 +23,19 @@ ops and admission — the fal account's leased places in flight), rows and schem
 """
 
 from .model import (
-    AttemptRecord, AttemptRef, Decision, LedgerConflict, LedgerEntry, LedgerError, LedgerUnavailable,
-    RequestNotPlanned, RequestSpec,
-    RequestState, ResubmitPolicy, default_ledger_url, normalized_spec, request_key,
+    AttemptRecord, AttemptRef, Decision, LedgerConflict, LedgerEntry, LedgerError, LedgerFileGone, LedgerUnavailable,
+    LedgerUnreachable, RequestNotPlanned, RequestSpec, RequestState, ResubmitPolicy, default_ledger_url,
+    normalized_spec, request_key,
 )
+from .recovery import recover_day
 from .rules import decide, would_submit
 from .schema import LATEST_VERSION as SCHEMA_VERSION
 from .store import UNCONFIRMED_SUBMIT, Ledger
+from .urls import url_problem
 
 __all__ = [
     "SCHEMA_VERSION", "UNCONFIRMED_SUBMIT", "AttemptRecord", "AttemptRef", "Decision", "Ledger", "LedgerConflict",
-    "LedgerEntry", "LedgerError", "LedgerUnavailable", "RequestNotPlanned", "RequestSpec", "RequestState",
-    "ResubmitPolicy", "decide", "default_ledger_url", "normalized_spec", "request_key", "would_submit",
+    "LedgerEntry", "LedgerError", "LedgerFileGone", "LedgerUnavailable", "LedgerUnreachable", "RequestNotPlanned",
+    "RequestSpec", "RequestState", "ResubmitPolicy", "decide", "default_ledger_url", "normalized_spec",
+    "recover_day", "request_key", "url_problem", "would_submit",
 ]

@@ -52,6 +52,19 @@ class LedgerUnavailable(LedgerError):
     the ledger it can neither record what it pays for nor know what was paid."""
 
 
+class LedgerUnreachable(LedgerUnavailable):
+    """The ledger's database did not answer when the ledger was opened (nothing was done yet)."""
+
+    def __init__(self, url: str, host: str, cause: str) -> None:
+        super().__init__(f"the ledger database {url} does not answer (host {host}: {cause})")
+        self.url, self.host, self.cause = url, host, cause
+
+
+class LedgerFileGone(LedgerUnavailable):
+    """A SQLite ledger's file was deleted or replaced while this process used it: what is written from now on
+    would land in a file nobody reads, and the next run would find an empty ledger and pay again."""
+
+
 class LedgerConflict(LedgerError):
     """A transition was refused because the request moved on (stale attempt or unexpected state).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import zlib
@@ -17,6 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.types import TypeDecorator
+
+from .file_identity import FileIdentity
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
 _PG_LOCK_ID = 0x50_52_41_4C  # advisory lock taken while migrating
@@ -188,6 +191,7 @@ def make_engine(url: str, engine_kwargs: dict[str, Any] | None = None) -> Engine
     if u.get_backend_name() == "sqlite":
         if u.database in (None, "", ":memory:"):
             raise ValueError("the ledger needs a file-backed SQLite database (several connections share it)")
+        u = u.set(database=os.path.abspath(u.database))  # the file whose identity is watched (see below)
         connect_args = dict(kwargs.pop("connect_args", {}))
         connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
         connect_args.setdefault("check_same_thread", False)
@@ -196,6 +200,8 @@ def make_engine(url: str, engine_kwargs: dict[str, Any] | None = None) -> Engine
     else:
         if u.get_backend_name() == "postgresql":
             u = _postgres_driver(u)
+            connect_args = kwargs.setdefault("connect_args", {})
+            connect_args.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)  # a silent host: fail, do not hang
         kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", 5)
         kwargs.setdefault("max_overflow", 10)
@@ -225,6 +231,9 @@ def _postgres_driver(u: URL) -> URL:
                       "installed: install sora_pipeline[postgres]")
 
 
+PG_CONNECT_TIMEOUT_S = 10
+
+
 def _ensure_wal(cur: Any) -> None:
     """WAL mode, switched once per database file. Switching needs the file to itself, and SQLite may answer
     "database is locked" at once (without its busy handler) while other connections work: a connection that
@@ -243,8 +252,16 @@ def _ensure_wal(cur: Any) -> None:
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
+    watched = FileIdentity(engine.url.database)
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+        if watched.identity is not None and watched.current() is None:  # sqlite3 would create an empty file
+            watched.fail("deleted")
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        watched.check()  # a new connection must open the file the engine started with
         # take transaction control away from the sqlite3 module; SQLAlchemy's "begin" event emits BEGIN
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -257,6 +274,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        watched.check(conn.connection.dbapi_connection)
         mode = "IMMEDIATE" if conn.get_execution_options().get("ledger_write") else "DEFERRED"
         conn.exec_driver_sql(f"BEGIN {mode}")
 

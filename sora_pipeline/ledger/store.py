@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from .admission import LedgerAdmission
 from .claims import UNCONFIRMED_SUBMIT, LedgerClaims
@@ -25,6 +26,7 @@ from .rescue import RescueJournal
 from .schema import ensure_schema, make_engine, requests, utcnow, write
 from .transitions import LedgerTransitions
 from .uploads import LedgerUploads
+from .urls import unreachable
 
 __all__ = ["UNCONFIRMED_SUBMIT", "Ledger"]
 log = logging.getLogger("sora_pipeline.ledger")
@@ -51,6 +53,9 @@ class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites, Ledge
             raise ValueError(f"unsupported ledger database: {self._engine.dialect.name}")
         try:
             self.schema_version = ensure_schema(self._engine)
+        except DBAPIError as exc:  # the database does not answer (or refuses us): one line, before anything runs
+            self._engine.dispose()
+            raise unreachable(url, exc) from None
         except BaseException:
             self._engine.dispose()
             raise
