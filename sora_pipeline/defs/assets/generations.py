@@ -14,7 +14,7 @@ from pydantic import Field
 
 from sora_pipeline.defs.assets.lineage import arrow_rows, selected_results, spec_metadata, table_metadata
 from sora_pipeline.defs.assets.upstream import read_upstream
-from sora_pipeline.ledger import ResubmitPolicy
+from sora_pipeline.ledger import LedgerUnavailable, ResubmitPolicy, recover_day
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.defs.platform_resource import FalPlatformResource
 from sora_pipeline.defs.resources import SIMULATOR_KEY, FalVideoResource
@@ -75,6 +75,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                       params=json.loads(r["params"]) if r.get("params") else None)
              for r in arrow_rows(read_upstream(warehouse, "catalog_items", day))]  # missing: fails, naming it
     ledger = warehouse.ledger()
+    recover_day(ledger, day, warehouse.read("generations", day), queue_base_url=fal.base_url)  # a lost ledger
     context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}")
     run_config = GenerationConfig(
         endpoint_id=fal.endpoint_id, backend=fal.backend, queue_base_url=fal.base_url, owner=context.run_id,
@@ -102,7 +103,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                               sync_client_factory=fal.sync_client)
     try:
         outcomes = runner.run(items)
-    except AuthenticationError as exc:  # one line for people; retrying with the same key cannot help
+    except (AuthenticationError, LedgerUnavailable) as exc:  # one line for people; a retry cannot help
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     counts = Counter(o.status for o in outcomes)
     decisions = Counter(o.decision for o in outcomes)
