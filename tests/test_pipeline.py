@@ -51,7 +51,7 @@ def test_sample_day_metadata_equals_the_files(tmp_path, make_simulator, include_
     assert checks.pop("fal_billing_matches_estimate") is False
     assert checks == {name: True for name in (
         "video_dimensions_match_request", "frame_count_consistent", "duration_matches_request", "item_id_unique",
-        "no_rejected_rows")}, check_results(result)
+        "no_rejected_rows", "catalog_dates")}, check_results(result)
     # the contract's column types
     schema = pq.read_schema(next((tmp_path / "warehouse/video_metadata" / f"date={DAY}").glob("*.parquet")))
     assert str(schema.field("width").type) == "int32" and str(schema.field("num_frames").type) == "int64"

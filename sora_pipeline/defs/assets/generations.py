@@ -46,7 +46,8 @@ class GenerationRunConfig(dg.Config):
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("generations", group_name=GROUP, code_version="1", deps=["catalog_items"],
+        # both outputs of the catalog step (it runs whole): any selection upstream of generations takes the step
+        dg.AssetSpec("generations", group_name=GROUP, code_version="1", deps=["catalog_items", "rejected_items"],
                      metadata=spec_metadata(GENERATIONS), kinds={"parquet", "fal"}, skippable=True,
                      description="One row per valid item of the day: its request key, ledger attempt, what this "
                                  "run did (submitted / resumed / reused / skipped), request id, result, archived "

@@ -43,7 +43,9 @@ def video_metadata_rows(generation_rows: list[dict], log=None) -> list[dict]:
 
 
 @dg.asset(
-    key="video_metadata", group_name=GROUP, code_version="1", deps=["generations", "catalog_items"], kinds={"parquet"},
+    # the catalog step's two outputs are selected together (`+video_metadata` takes the whole step)
+    key="video_metadata", group_name=GROUP, code_version="1", deps=["generations", "catalog_items", "rejected_items"],
+    kinds={"parquet"},
     partitions_def=daily_partitions, backfill_policy=dg.BackfillPolicy.multi_run(1),
     metadata=spec_metadata(VIDEO_METADATA),
     description="One row per successfully generated video of the day (columns: docs/reference.md): ids, URL, size, "
