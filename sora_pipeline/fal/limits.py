@@ -2,12 +2,17 @@
 `max_json_bytes` (env `SORA_MAX_JSON_BYTES`, default 8 MiB; `BodyReader`, over the cap: `too_large`), every
 status-stream line at `max_stream_event_bytes` (env `SORA_MAX_STREAM_EVENT_BYTES`, default 1 MiB;
 `LineSplitter`); error and redirect answers are only cut. `byte_cap` and `describe_bytes` serve the video
-download cap too. No I/O: the clients feed these the chunks they read."""
+download cap too. The queue clients feed these the chunks they read; `read_capped` (one sync request: no redirect
+followed, the answer read up to a cap, strict JSON) is the shared reader of the other fal APIs."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -139,3 +144,63 @@ def content_length(response: httpx.Response) -> int | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+# ---- one capped request (platform API, schema and price documents) --------------------------------------------
+
+class AnswerRefused(Exception):
+    """A 2xx answer over its byte cap (declared or streamed) or slower than its time cap: it was not used."""
+
+
+@dataclass(frozen=True)
+class CappedAnswer:
+    """An answer read within its caps: status, headers, and the body (an error or redirect answer's cut at
+    `ERROR_BODY_BYTES`, `cut` then True)."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+    cut: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as strict JSON (no NaN/Infinity); ValueError otherwise."""
+        def no_constants(name: str) -> Any:
+            raise ValueError(f"{name} is not JSON")
+
+        try:
+            return json.loads(self.body.decode("utf-8"), parse_constant=no_constants)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(str(exc)[:80]) from None
+
+
+def read_capped(client: httpx.Client, method: str, url: str, *, max_bytes: int,
+                max_seconds: float | None = None, **kwargs: Any) -> CappedAnswer:
+    """Send one request without following redirects (a 3xx comes back as it is) and read its answer: a 2xx body
+    over `max_bytes` (by Content-Length up front, or while streaming) or taking over `max_seconds` raises
+    `AnswerRefused`; other answers are cut at `min(max_bytes, ERROR_BODY_BYTES)`. Network errors raise
+    `httpx.HTTPError` for the caller to map."""
+    started, chunks, size, cut = time.monotonic(), [], 0, False
+    with client.stream(method, url, follow_redirects=False, **kwargs) as response:
+        ok = 200 <= response.status_code < 300
+        cap = max_bytes if ok else min(max_bytes, ERROR_BODY_BYTES)
+        declared = content_length(response)
+        if ok and declared is not None and declared > cap:
+            raise AnswerRefused(f"the answer declares Content-Length {declared:,}, over the "
+                                f"{describe_bytes(cap)} cap; it was not read")
+        for chunk in response.iter_bytes():
+            if size + len(chunk) > cap:
+                if ok:
+                    raise AnswerRefused(f"the answer is larger than the {describe_bytes(cap)} cap; reading "
+                                        "stopped there")
+                chunks.append(chunk[:cap - size])
+                cut = True
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                raise AnswerRefused(f"the answer took over {max_seconds:g} s; reading stopped")
+        return CappedAnswer(response.status_code, response.headers, b"".join(chunks), cut)

@@ -5,7 +5,9 @@ stream` (SSE), `GET …/requests/{id}` (result), `PUT …/requests/{id}/cancel`,
 `GET /_simulator/stats`, `POST /_simulator/reset`, `GET /.well-known/sora-simulator` (no auth: {"simulator": true,
 "version": 1}); every answer carries `x-sora-simulator: 1`. Hostile fault modes are answered by `hostile.py`; the
 shared state lives in `core.py`. Encoding runs in a thread pool so the event loop never blocks.
-A submit with `?fal_webhook=<url>` gets its outcome POSTed there when it finishes (`webhook.py`).
+A submit with `?fal_webhook=<url>` gets its outcome POSTed there when it finishes (`webhook.py`). fal's platform
+API (`/v1/models…`: billing events, request history, registry, prices) is answered by `platform.py` and
+`openapi_docs.py`; a result fetch carries `x-fal-billable-units` (what the job's billing event bills).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sora_pipeline.simulator import hostile, openapi_docs, storage
+from sora_pipeline.simulator import hostile, openapi_docs, platform, storage
 from sora_pipeline.endpoints import get_profile
 from sora_pipeline.simulator import endpoint_inputs
 from sora_pipeline.simulator.config import SimulatorConfig
@@ -181,7 +183,8 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
                   eligible_at=now + config.queue_latency, faults=job_faults, failure=failure,
                   webhook=request.query_params.get("fal_webhook"), base_url=_base(request),
                   summary=endpoint_inputs.describe(profile, payload),
-                  extra_latency=config.profile_latency_scale * profile.video.latency_s)
+                  extra_latency=config.profile_latency_scale * profile.video.latency_s,
+                  submitted_input=data, price=platform.job_price(profile, payload, data))
         if failure is None:
             job.clip = sim.clip_for(endpoint_inputs.video_shape(profile, payload))
             job.clip.add_done_callback(lambda _f, j=job: setattr(j, "clip_ready_at", time.monotonic()))
@@ -266,6 +269,8 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         if job.failure:
             resp = request_error_response(job.failure)
             extra = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-fal-")}
+            if (units := platform.billable_units(job)) is not None:  # a content-policy refusal is billed
+                extra["x-fal-billable-units"] = str(units)
             return resp.status_code, json.loads(resp.body), {**headers, **extra}
         if job.clip is None or _clip_failed(job.clip):
             return 500, {"detail": "Video encoding failed (simulator)", "error_type": "internal_server_error"}, \
@@ -285,7 +290,8 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
                                "content_type": "image/jpeg"}
         else:  # the other models answer the seed they used
             body["seed"] = int(digest[:8], 16)
-        return 200, body, {**headers, "x-fal-billable-units": str(clip.duration)}
+        units = platform.billable_units(job)
+        return 200, body, {**headers, **({"x-fal-billable-units": str(units)} if units is not None else {})}
 
     async def result(request: Request) -> Response:
         if isinstance(job := await find_job(request, "result"), Response):
@@ -336,6 +342,11 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         sim.reset()
         return JSONResponse({"status": "OK"})
 
+    async def platform_gate(request: Request, path: str) -> Response | None:
+        """A `/v1/models…` call: counted, then a configured fault (with "platform" in `fault_calls`) or None."""
+        book.count_platform(path)
+        return await serve_fault(request, draw_fault("platform"))
+
     deliverer = WebhookDeliverer(config, book, finished_result)
     sim.deliverer = deliverer
 
@@ -355,7 +366,9 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         Route("/_simulator/reset", reset, methods=["POST"]),
         Route("/_simulator/files/{name}", files, methods=["GET"]),
         *storage.ROUTES,  # fal storage uploads (simulator/storage.py)
-        *openapi_docs.routes(config),  # each endpoint's OpenAPI document and price (simulator/openapi_docs.py)
+        *openapi_docs.routes(config, gate=platform_gate),  # each endpoint's OpenAPI document and price
+        *platform.routes(config, book=book, result_of=finished_result, gate=platform_gate,  # fal's platform API
+                         profiles=openapi_docs.known_profiles, openapi_of=openapi_docs.queue_document),
         Route(req + "/status", status, methods=["GET"]),
         Route(req + "/status/stream", status_stream, methods=["GET"]),
         Route(req + "/cancel", cancel, methods=["PUT"]),

@@ -35,6 +35,9 @@ FAULT_DOCS: dict[str, str] = {
                     "`foreign_base_url` instead of this server",
     "bad_request_id": "the submit answer's request_id is a path ('../<id>'); the job is recorded and runs",
 }
+#: a submit that creates the job but whose answer is lost is `drop` on submit (`faults={"drop": p}`, with
+#: `fault_calls={"submit"}` to spare the other calls): the job is recorded and runs, the client hears nothing.
+#: Add "platform" to `fault_calls` to let the per-call kinds hit the `/v1/models…` routes too.
 FAULT_KINDS: tuple[str, ...] = tuple(FAULT_DOCS)
 
 
@@ -54,11 +57,14 @@ class SimulatorConfig(BaseModel):
     include_metadata: bool = True
     fps: int = Field(default=24, ge=1, le=120)
     faults: dict[str, float] = Field(default_factory=dict)
-    #: which calls faults may hit; add "file" to also fault MP4 downloads
+    #: which calls faults may hit; add "file" to also fault MP4 downloads, "platform" the `/v1/models…` routes
     fault_calls: frozenset[str] = frozenset({"submit", "status", "result", "cancel"})
     slow_seconds: float = Field(default=2.0, ge=0)
     retry_after_seconds: float = Field(default=0.2, ge=0)
     accepted_keys: list[str] | None = None
+    #: keys that may read `/v1/models/billing-events` (fal's admin keys; any other key gets 403); None: none may.
+    #: They are accepted on the other `/v1/models…` routes too.
+    admin_keys: list[str] | None = None
     auth_required: bool = True
     video_cache_dir: str | None = None
     fail_prompts_containing: str | None = "[simulate-failure]"
@@ -83,6 +89,24 @@ class SimulatorConfig(BaseModel):
     webhook_drop_probability: float = Field(default=0.0, ge=0, le=1)
     #: hosts webhooks may be sent to; None = any. Loopback only by default: the simulator never calls out.
     webhook_allowed_hosts: tuple[str, ...] | None = ("127.0.0.1", "localhost", "::1")
+
+    # -- fal's platform API (`/v1/models…`, see `platform.py`) -----------------------------------------------------
+    #: endpoints the model registry (`GET /v1/models`) no longer lists (absent from its answers)
+    retired_endpoints: tuple[str, ...] = ()
+    #: endpoints the registry lists with `metadata.status = "deprecated"` (the others are "active")
+    deprecated_endpoints: tuple[str, ...] = ()
+    #: a job's billing event appears this many seconds after the job ended (fal's billing data lags)
+    billing_lag_seconds: float = Field(default=0.0, ge=0)
+    #: percent discount on every billing event (billed = estimated × (1 - p/100); 0: `percent_discount` null)
+    billing_discount_percent: float = Field(default=0.0, ge=0, le=100)
+    #: an outlier charge: the `billing_outlier_job`-th accepted submit (1-based, in the order the simulator
+    #: numbers jobs; its request id follows from `seed` like every id) is billed this many times its units
+    #: (e.g. 10); None: no outlier. Its result's `x-fal-billable-units` stays the true figure.
+    billing_outlier: float | None = Field(default=None, gt=0)
+    billing_outlier_job: int = Field(default=1, ge=1)
+    #: billing events for this many request ids nobody submitted here (spend from elsewhere on the same key),
+    #: ids derived from `seed`, timestamped a millisecond apart from the simulator's start (or last reset)
+    billing_foreign_requests: int = Field(default=0, ge=0, le=100_000)
 
     # -- hostile modes (see `hostile.py`) --------------------------------------------------------------------------
     #: where `foreign_urls` and `redirect` point; None = http://127.0.0.2:<this server's port> (loopback, but
@@ -111,7 +135,7 @@ class SimulatorConfig(BaseModel):
     @field_validator("fault_calls")
     @classmethod
     def _known_calls(cls, value: frozenset[str]) -> frozenset[str]:
-        unknown = set(value) - {"submit", "status", "result", "cancel", "file"}
+        unknown = set(value) - {"submit", "status", "result", "cancel", "file", "platform"}
         if unknown:
             raise ValueError(f"unknown call kinds {sorted(unknown)}")
         return frozenset(value)

@@ -66,6 +66,8 @@ class Job:
     inference_time: float | None = None
     summary: str | None = None  # the "Starting …" log line (model and what it was asked for)
     extra_latency: float = 0.0  # the endpoint's own latency (its profile's, scaled: `profile_latency_scale`)
+    submitted_input: dict[str, Any] | None = None  # the body exactly as submitted (request history's json_input)
+    price: tuple[str, float, float] | None = None  # (unit, USD per unit, requested seconds): its billing event
 
     def finish_time(self, run_latency: float) -> float:
         assert self.started_at is not None
@@ -76,9 +78,12 @@ class Job:
             return math.inf
         return max(earliest, self.clip_ready_at)
 
+    def wall_ts(self, t: float) -> float:
+        """The wall-clock time (epoch seconds) of monotonic time `t` of this job."""
+        return self.wall_at_submit + (t - self.submitted_at)
+
     def wall(self, t: float) -> str:
-        ts = self.wall_at_submit + (t - self.submitted_at)
-        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+        return datetime.fromtimestamp(self.wall_ts(t), tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
     def logs(self, now: float) -> list[dict[str, str]]:
         events: list[tuple[float, str, str, str]] = [(self.submitted_at, "INFO", "gateway", "Request queued")]
@@ -133,11 +138,17 @@ class JobBook:
             self.webhooks: list[dict[str, Any]] = []
             self._webhook_info: dict[str, dict[str, Any]] = {}
             self.webhook_counts = {c: 0 for c in WEBHOOK_COUNTERS}
+            self.platform_calls: dict[str, int] = {}  # `/v1/models…` requests by path
+            self.started_wall = time.time()  # foreign billing events are stamped from here
 
     # -- counters -------------------------------------------------------------------------------------------
     def count_call(self, call: str) -> None:
         with self.lock:
             self.calls[call] = self.calls.get(call, 0) + 1
+
+    def count_platform(self, path: str) -> None:
+        with self.lock:
+            self.platform_calls[path] = self.platform_calls.get(path, 0) + 1
 
     def count_fault(self, kind: str) -> None:
         with self.lock:
@@ -196,6 +207,12 @@ class JobBook:
                 return None
             self.advance(time.monotonic())
             return job
+
+    def ended(self) -> list[Job]:
+        """Jobs that reached COMPLETED (a snapshot; failures included, cancelled ones not)."""
+        with self.lock:
+            self.advance(time.monotonic())
+            return [j for j in self.jobs.values() if j.state == "COMPLETED" and j.finished_at is not None]
 
     def queue_position(self, job: Job) -> int:
         with self.lock:
@@ -277,4 +294,5 @@ class JobBook:
                 "max_in_flight_seen": self.max_in_flight_seen,
                 "webhooks": [dict(w) for w in self.webhooks],
                 "webhook_deliveries": dict(self.webhook_counts),
+                "platform_calls": dict(self.platform_calls),
             }
