@@ -2,8 +2,11 @@
 
 Secrets are registered once (`register_secret`; `FAL_KEY` and `SORA_OPENAI_API_KEY` from the environment are
 registered on import) and every error message, server answer and log record passes through `redact` before it
-is logged, stored or raised. `install_log_redaction()` makes every `logging` record of the process pass through
-it too (Dagster's event log and compute logs are built from those records). No Dagster import."""
+is logged, stored or raised. A server that echoes a key may cut it (fal's price `unit` is at most 40 characters):
+any run of 16+ characters that starts a registered secret (or a part of a `key_id:key_secret` fal key) is masked,
+and so is a `Key …`/`Bearer …` credential with a digit in it. `install_log_redaction()` makes every `logging`
+record of the process pass through it too (Dagster's event log and compute logs are built from those records).
+No Dagster import."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 
 MASK = "[REDACTED]"
 MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words; no real key is that short
+MIN_CUT = 16  # a cut secret (an echo of its start) is masked from this length on
 SECRET_ENV_VARS = ("FAL_KEY", "SORA_OPENAI_API_KEY", "OPENAI_API_KEY")
 
 # `Authorization: Key abc`, `"authorization": "Bearer abc"`, `authorization=Key abc` (whatever the scheme)
@@ -22,6 +26,8 @@ _AUTH_VALUE = re.compile(
     r"""(?ix)(authorization["']?\s*[:=]\s*["']?)   # the header name and separator
         (?:(?:key|bearer|basic|token)\s+)?            # an optional scheme
         [^\s"',;}\]]+""")
+# `Key abc123…`, `Bearer abc123…` anywhere (an echoed header without its name): 12+ characters, one a digit
+_SCHEME_VALUE = re.compile(r"(?<![A-Za-z])((?:Key|KEY|Bearer|BEARER)\s+)(?=[^\s\"',;}\]]*\d)[^\s\"',;}\]]{12,}")
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
 _pattern: re.Pattern[str] | None = None
@@ -39,8 +45,15 @@ def register_secret(value: Any) -> None:
         return
     with _lock:
         secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))  # longest first: no partial leaks
-        _pattern = re.compile("|".join(re.escape(s) for s in secrets))
+        parts = {p for s in secrets for p in (s, *s.split(":")) if len(p) >= MIN_SECRET_LENGTH}
+        _pattern = re.compile("|".join(_head_of(p) for p in sorted(parts, key=len, reverse=True)))
         _secrets = secrets
+
+
+def _head_of(secret: str) -> str:
+    """A pattern for `secret` and every cut of its start of at least MIN_CUT characters (the longest wins)."""
+    rest = secret[MIN_CUT:]
+    return re.escape(secret[:MIN_CUT]) + "".join("(?:" + re.escape(c) for c in rest) + ")?" * len(rest)
 
 
 def register_env_secrets(env: dict[str, str] | None = None) -> None:
@@ -58,6 +71,8 @@ def redact(text: Any) -> Any:
         text = pattern.sub(MASK, text)
     if "uthorization" in text or "UTHORIZATION" in text:
         text = _AUTH_VALUE.sub(lambda m: m.group(1) + MASK, text)
+    if "Key" in text or "KEY" in text or "earer" in text or "EARER" in text:
+        text = _SCHEME_VALUE.sub(lambda m: m.group(1) + MASK, text)
     return text
 
 

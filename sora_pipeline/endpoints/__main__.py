@@ -1,7 +1,7 @@
 """`python -m sora_pipeline.endpoints list` prints the shipped endpoint profiles (what each maps, its durations,
 resolutions and price); `python -m sora_pipeline.endpoints refresh ENDPOINT_ID` refreshes one from fal's OpenAPI
 document and pricing API (`refresh.py`; docs/endpoints.md). Errors are one line, `error: …`, with the exit code
-of `refresh.py` (1 download, 2 usage, 3 bad document, 4 the profile needs a person)."""
+of `refresh.py` (1 download, 2 usage, 3 bad document, 4 the profile needs a person, 5 a price drop refused)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sora_pipeline.endpoints.price_check import ACCEPT_FLAG, price_text
 from sora_pipeline.endpoints.refresh import (API_BASE, CONCEPTS, EXIT_USAGE, OPENAPI_BASE, PROFILES_DIR,
                                              RefreshError, parse_mapping, read_profiles, refresh)
 from sora_pipeline.redact import redact
@@ -30,18 +31,6 @@ def _values(spec: dict[str, Any] | None, unit: str = "") -> str:
     return f"{low:g}–{high:g}{unit}" if low is not None and high is not None else f"any {spec.get('type', '')}"
 
 
-def _usd(value: float) -> str:
-    return f"${value:.2f}" if round(value, 2) == value else f"${value:g}"
-
-
-def _price(pricing: dict[str, Any]) -> str:
-    if pricing.get("per_second"):
-        tiers = pricing["per_second"]
-        return ", ".join(f"{_usd(v)}/s" + ("" if t == "*" else f" {t}") for t, v in tiers.items())
-    tiers = pricing.get("per_video") or {}
-    return ", ".join(f"{_usd(v)}/video" + ("" if t == "*" else f" ({t})") for t, v in tiers.items()) or "?"
-
-
 def table(profiles: dict[str, dict[str, Any]]) -> str:
     """The `list` table: endpoint, catalog concepts → inputs, durations, resolutions, price."""
     rows = [("endpoint", "maps (catalog → input)", "durations", "resolutions", "price")]
@@ -52,7 +41,7 @@ def table(profiles: dict[str, dict[str, Any]]) -> str:
         heights = p.get("video", {}).get("heights", {})
         resolutions = _values(res) if res else (f"(native {heights['*']}p)" if "*" in heights else "—")
         rows.append((endpoint_id, maps, _values(_field(p, "duration"), " s"), resolutions,
-                     _price(p.get("pricing", {}))))
+                     price_text(p.get("pricing", {}))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -84,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
                     help=f"catalog concept → endpoint input ({', '.join(CONCEPTS)}; 'none' for no such input); "
                          "required for a new endpoint, overrides the profile's otherwise")
     rf.add_argument("--no-price", action="store_true", help="do not ask fal's pricing API (keep the price)")
+    rf.add_argument(ACCEPT_FLAG, action="store_true",
+                    help="write a price of zero, or one that makes a video more than half cheaper (refused "
+                         "otherwise: budgets trust the profile's price)")
     rf.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     return top
 
@@ -95,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.profiles_dir) if args.profiles_dir else PROFILES_DIR
             if not folder.is_dir():
                 raise RefreshError(f"{folder} is not a folder", EXIT_USAGE)
-            print(table(read_profiles(folder)))
+            print(redact(table(read_profiles(folder))))
             return 0
         return refresh(args.endpoint_id, openapi_base=args.openapi_url, api_base=args.api_url,
                        profiles_dir=args.profiles_dir, dry_run=args.dry_run, mapping=parse_mapping(args.mapping),
-                       fal_key=os.environ.get("FAL_KEY") or None, price=not args.no_price, timeout=args.timeout)
+                       fal_key=os.environ.get("FAL_KEY") or None, price=not args.no_price, timeout=args.timeout,
+                       accept_price_drop=args.accept_price_drop)
     except RefreshError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

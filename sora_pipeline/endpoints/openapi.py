@@ -307,6 +307,7 @@ def pricing_from_price(entry: dict[str, Any], previous: dict[str, Any] | None) -
     note = f"fal's pricing API: {amount}"
     if previous and previous.get("unit", "second") != kind:
         note += f"; the unit changed from {previous.get('unit', 'second')} to {kind}"
+        new.pop("per_video" if kind == "second" else "per_second", None)  # the old unit's prices no longer apply
     if not tiers:
         tiers = {"*": entry["unit_price"]}
     else:

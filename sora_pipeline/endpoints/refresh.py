@@ -1,7 +1,8 @@
 """Refresh one endpoint profile from fal: its queue OpenAPI document (no auth) and its price (`FAL_KEY`, sent only
 to the configured API origin, over https unless that origin is loopback). Every answer is capped (4 MiB), no
-redirect is followed, every message is redacted. The profile keeps its catalog_mapping, video and sources (plus
-a dated entry for what changed); the unified diff is printed, and the file written unless `dry_run`.
+redirect is followed, everything printed or written passes through the redactor. The profile keeps its
+catalog_mapping, video and sources (plus a dated entry for what changed); the unified diff is printed, and the file
+written unless `dry_run`. A zero price or a drop over half is refused unless `accept_price_drop` (`price_check.py`).
 `python -m sora_pipeline.endpoints refresh …` (see `__main__.py` and docs/endpoints.md) is the command line."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from sora_pipeline.endpoints.price_check import price_refusal, price_text
 from sora_pipeline.endpoints.profile import CONCEPTS
 from sora_pipeline.endpoints.registry import PROFILES_DIR, file_name
 from sora_pipeline.endpoints.openapi import (OpenAPIError, price_entry, pricing_from_price,
@@ -28,7 +30,7 @@ OPENAPI_BASE = "https://fal.ai"
 API_BASE = "https://api.fal.ai"
 MAX_BYTES = 4 * 1024 * 1024
 MAX_SECONDS = 60.0  # per download, however slowly the bytes come
-EXIT_OK, EXIT_FETCH, EXIT_USAGE, EXIT_DOCUMENT, EXIT_PROFILE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FETCH, EXIT_USAGE, EXIT_DOCUMENT, EXIT_PROFILE, EXIT_PRICE = 0, 1, 2, 3, 4, 5
 _TOP_ORDER = ("endpoint_id", "title", "sources", "input", "secret_inputs", "catalog_mapping", "output", "pricing",
               "video")
 
@@ -39,6 +41,19 @@ class RefreshError(Exception):
     def __init__(self, message: str, code: int = EXIT_FETCH) -> None:
         super().__init__(redact(message))
         self.code = code
+
+
+class Redacted:
+    """A text stream that passes every write through the redactor (what refresh prints came from servers)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(redact(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 # ---- profile files -------------------------------------------------------------------------------------------
@@ -296,9 +311,10 @@ def refresh(endpoint_id: str, *, openapi_base: str = OPENAPI_BASE, api_base: str
             profiles_dir: str | Path | None = None, dry_run: bool = False,
             mapping: dict[str, str | None] | None = None, fal_key: str | None = None, price: bool = True,
             timeout: float = 30.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-            today: str | None = None) -> int:
+            today: str | None = None, accept_price_drop: bool = False) -> int:
     """Refresh (or create) one profile; prints the diff to `out`; returns the exit code (raises `RefreshError`)."""
     register_secret(fal_key)
+    out, err = Redacted(out), Redacted(err)  # type: ignore[assignment]
     endpoint_id = check_endpoint_id(endpoint_id)
     doc_base, api = check_base(openapi_base, "--openapi-url"), check_base(api_base, "--api-url")
     doc_url = f"{str(doc_base).rstrip('/')}/api/openapi/queue/openapi.json?endpoint_id={endpoint_id}"
@@ -332,6 +348,7 @@ def refresh(endpoint_id: str, *, openapi_base: str = OPENAPI_BASE, api_base: str
                                                          (old or {}).get("pricing"))
             except OpenAPIError as exc:
                 raise RefreshError(f"price of {endpoint_id}: {exc}", EXIT_DOCUMENT) from None
+            price_note = redact(price_note)  # the unit is the server's text: it goes into sources and stderr
             if pricing is None:
                 print(f"note: {price_note}", file=err)
 
@@ -361,13 +378,20 @@ def refresh(endpoint_id: str, *, openapi_base: str = OPENAPI_BASE, api_base: str
     diff = "".join(unified_diff(dump_profile(old).splitlines(keepends=True) if old else [],
                                 new_text.splitlines(keepends=True),
                                 fromfile=str(source) if old else "/dev/null", tofile=str(path)))
-    out.write(redact(diff))
+    old_pricing = (old or {}).get("pricing")
+    if pricing is not None and new.get("pricing") != old_pricing:
+        print(f"price: {price_text(old_pricing)} → {price_text(new['pricing'])}" if old_pricing else
+              f"price: {price_text(new['pricing'])}", file=out)
+    out.write(diff)
     problems, warnings = profile_problems(new)
     for warning in warnings:
         print(f"warning: {warning}", file=err)
     if problems:
         raise RefreshError(f"the refreshed profile of {endpoint_id} would not load: {'; '.join(problems)} "
                            f"(fix with --mapping concept=field|none); not written", EXIT_PROFILE)
+    if pricing is not None and new.get("pricing") != old_pricing and not accept_price_drop:
+        if why := price_refusal(endpoint_id, new, old_pricing, new["pricing"]):
+            raise RefreshError(why, EXIT_PRICE)
     if dry_run:
         print(f"dry run: {path} not written", file=out)
         return EXIT_OK
