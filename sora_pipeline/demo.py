@@ -25,6 +25,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the d
 #: what a generations row's `decision` says this run did with the item, in the order the demo reports them
 DECISIONS = ("submitted", "reused", "resumed")
 FAILED = ("failed", "unknown")  # statuses counted as failed
+SHOWN = 20  # rejected or failed rows listed one per line at most (the tables hold every one)
 
 
 def _quiet_python_logging() -> None:
@@ -206,12 +207,21 @@ def print_report(settings, ledger_url: str) -> None:
     videos = con.sql("SELECT * FROM video_metadata ORDER BY date, item_id").fetchall()
     cols = con.sql("SELECT * FROM video_metadata LIMIT 0").columns
     print_videos([dict(zip(cols, r)) for r in videos])
-    rejected = con.sql("SELECT date, reason FROM rejected_items ORDER BY date, row_index").fetchall()
-    failed = con.sql("SELECT date, item_id, status, reason FROM failed_generations ORDER BY date, item_id").fetchall()
-    for d, reason in rejected:
-        print(f"  rejected {d}: {reason}")
-    for d, item, status, reason in failed:
-        print(f"  {status} {d} {item}: {reason}")
+    for table, query in (
+            ("rejected_items", "SELECT 'rejected ' || date || ': ' || reason FROM rejected_items "
+                               "ORDER BY date, row_index"),
+            ("failed_generations", "SELECT status || ' ' || date || ' ' || item_id || ': ' || reason "
+                                   "FROM failed_generations ORDER BY date, item_id")):
+        ((count,),) = con.execute(f"SELECT count(*) FROM {table}").fetchall()
+        for (line,) in con.execute(f"{query} LIMIT {SHOWN}").fetchall():
+            print(f"  {line}")
+        if count > SHOWN:
+            print(f"  … and {count - SHOWN:,} more in {table}")
+    from sora_pipeline.catalog import catalog_dates
+    from sora_pipeline.defs.partitions import partition_range
+
+    for line in catalog_dates(settings.catalog_uri, first_day=partition_range()[0]).lines():
+        print(f"  {line}")  # catalog rows no day reads: none disappears without a trace
     if SUMMARY_KEY in have:
         rel = con.sql("SELECT * FROM generation_summary ORDER BY scope DESC, day")
         rows = [dict(zip(rel.columns, r)) for r in rel.fetchall()]
@@ -220,7 +230,7 @@ def print_report(settings, ledger_url: str) -> None:
     ledger = make_url(ledger_url).render_as_string(hide_password=True)
     print(f"\nFiles\n  tables  {base}/<table>/date=YYYY-MM-DD/*.parquet\n"
           f"          (video_metadata, generations, failed_generations, rejected_items, catalog_items, "
-          f"generation_daily_stats)\n"
+          f"fal_billing, generation_daily_stats)\n"
           f"  rollup  {base}/generation_summary/summary.parquet (+ summary.png, summary.md)\n"
           f"  videos  {base}/videos/date=YYYY-MM-DD/*.mp4\n"
           f"  ledger  {ledger}\n"

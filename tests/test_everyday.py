@@ -89,3 +89,39 @@ def test_dg_check_defs_into_a_pipe_has_no_colour_codes(project):
     code, out = _run([_tool("dg"), "check", "defs"], env)
     assert code != 0 and "SORA_MAX_CONCURRENCY='abc' is not an integer" in out, out
     assert "\x1b[" not in out, out
+
+
+def test_demo_names_rows_without_a_day_and_lists_at_most_20_rejections(tmp_path):
+    """A catalog with 25 rejected rows and rows whose scheduled_date is null or not a date: the demo lists 20
+    rejections and says how many more, and names the undated rows (nothing disappears without a trace)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.pipeline_helpers import catalog_rows, write_images
+
+    root = tmp_path / "data"
+    write_images(str(root))
+    (root / "catalog").mkdir()
+    rows = [dict(r, scheduled_date=r["scheduled_date"].isoformat()) for r in catalog_rows(n=1)]
+    rows += [dict(r, scheduled_date=r["scheduled_date"].isoformat(), duration=5)
+             for r in catalog_rows(n=25, prefix="bad")]
+    rows += [dict(catalog_rows(n=1, prefix="nodate")[0], scheduled_date=None),
+             dict(catalog_rows(n=1, prefix="usdate")[0], scheduled_date="12/01/2026")]
+    pq.write_table(pa.Table.from_pylist(rows), root / "catalog" / "part-0.parquet")
+    (tmp_path / "home").mkdir()
+    project = {"catalog": str(root / "catalog"), "warehouse": str(tmp_path / "warehouse"),
+               "home": str(tmp_path / "home"), "tmp": str(tmp_path)}
+    code, out = _run(DEMO, _env(project), timeout=300)
+    assert code == 0, out[-3000:]
+    assert "2026-11-20: ok — 1 items: 1 submitted" in out, out
+    assert len([x for x in out.splitlines() if x.startswith("  rejected 2026-11-20:")]) == 20, out
+    assert "… and 5 more in rejected_items" in out, out
+    assert "2 of 28 catalog rows belong to no day" in out, out
+    assert "item_id=nodate0" in out and "item_id=usdate0" in out and "'12/01/2026' is not a date" in out, out
+
+
+def test_selecting_half_of_the_catalog_step_is_one_line(project):
+    code, out = _run([_tool("dagster"), "asset", "materialize", "-m", "sora_pipeline.definitions", "--select",
+                      "catalog_items", "--partition", "2026-11-20"], _env(project))
+    assert code != 0 and TRACEBACK not in out, out
+    assert "error: catalog_items and rejected_items are written by one step: select both" in out, out

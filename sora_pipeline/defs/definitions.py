@@ -31,6 +31,9 @@ def one_line_error(exc: BaseException | None) -> str | None:
         seen.add(id(exc))
         if isinstance(exc, ConfigError):
             return str(exc)
+        if isinstance(exc, dg.DagsterInvalidSubsetError) and "does not support subsetting" in str(exc):
+            return ("catalog_items and rejected_items are written by one step: select both, e.g. "
+                    "--select '+video_metadata' or '*generation_daily_stats'")
         if isinstance(exc, (dg.DagsterInvalidSubsetError, dg.DagsterUnknownPartitionError)):
             match = _PARTITION_KEY.search(str(exc))
             if match:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from sora_pipeline.analytics import charts
 from sora_pipeline.defs.assets.lineage import spec_metadata, table_metadata
+from sora_pipeline.defs.assets.upstream import read_upstream
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.analytics.stats import (
     DAILY_STATS, HEADLINE, METRIC_LINEAGE, SUMMARY, daily_stats_row, days_markdown, headline_markdown, summary_rows,
@@ -92,7 +93,9 @@ def _numbers(row: dict, names) -> dict:
 )
 def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
-    row = daily_stats_row(day, *(warehouse.read(t, day) for t in SOURCES))
+    # the day's tables must exist (a missing one names what to materialize); fal_billing is read when reconciled
+    row = daily_stats_row(day, *(read_upstream(warehouse, t, day) for t in SOURCES[:3]),
+                          warehouse.read("fal_billing", day))
     uri = warehouse.write(DAILY_STATS, day, pa.Table.from_pylist([row], schema=DAILY_STATS.arrow_schema))
     markdown = headline_markdown(row)
     extra: dict = {"dagster/column_lineage": stats_lineage()}

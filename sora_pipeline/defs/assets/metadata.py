@@ -6,6 +6,7 @@ import json
 import dagster as dg
 
 from sora_pipeline.defs.assets.lineage import arrow_rows, spec_metadata, table_metadata
+from sora_pipeline.defs.assets.upstream import read_upstream
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.media.reconcile import reconcile
 from sora_pipeline.warehouse.schemas import VIDEO_METADATA
@@ -54,7 +55,7 @@ def video_metadata_rows(generation_rows: list[dict], log=None) -> list[dict]:
 )
 def video_metadata(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     day = context.partition_key
-    rows = video_metadata_rows(arrow_rows(warehouse.read("generations", day)), context.log)
+    rows = video_metadata_rows(arrow_rows(read_upstream(warehouse, "generations", day)), context.log)
     uri = warehouse.write(VIDEO_METADATA, day, rows)
     sources = {s: sum(r["metadata_source"] == s for r in rows) for s in ("api", "probe", "api+probe")}
     preview = "\n".join(f"| {r['item_id']} | {r['width']}×{r['height']} | {r['fps']:g} | {r['num_frames']} | "
