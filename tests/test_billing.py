@@ -139,3 +139,60 @@ def test_the_money_check_names_outliers_and_unknown_spend_and_warns_on_drift():
     assert "fal billed request z" in text and "never submitted" in text
     sim_only = money_check([row("s", 1.0, 0.5, backend="simulator")])  # judged, but apart from fal's figures
     assert "simulator_billed_usd" in sim_only.metadata and "fal_billed_usd" not in sim_only.metadata
+
+
+def _today_project(tmp_path, n: int = 3):
+    from tests.pipeline_helpers import catalog_rows, make_project
+
+    today = datetime.now(UTC).date().isoformat()
+    # uniform 720p rows: the estimate is what fal would charge before any discount
+    rows = [dict(r, resolution="720p", aspect_ratio="16:9", duration=4) for r in catalog_rows(day=today, n=n)]
+    return today, make_project(tmp_path, rows)
+
+
+def test_fal_billing_from_billing_events_with_an_admin_key(tmp_path, make_simulator):
+    """The simulator's platform API with a 10 % discount, one job billed 10× and one billing event for a request
+    nobody submitted here: fal_billing takes fal's figures (billing_events), the check fails naming the outlier and
+    the foreign request, and billing events are read in one call (no call per request)."""
+    from sora_pipeline.warehouse.tables import read_day_partition
+    from tests.pipeline_helpers import check_results, materialize_day, materializations, resources
+
+    sim = make_simulator(admin_keys=["admin-secret-0123456789"], billing_discount_percent=10.0,
+                         billing_outlier=10.0, billing_outlier_job=2, billing_foreign_requests=1,
+                         endpoint_ids=("fal-ai/sora-2/image-to-video/pro",))  # the foreign spend: same endpoint
+    today, project = _today_project(tmp_path)
+    result = materialize_day(resources(sim.base_url, project, admin_key="admin-secret-0123456789"), day=today)
+    assert result.success
+    rows = read_day_partition(project["warehouse_uri"], "fal_billing", today).to_pylist()
+    known = [r for r in rows if r["known_to_ledger"]]
+    foreign = [r for r in rows if not r["known_to_ledger"]]
+    assert len(known) == 3 and len(foreign) == 1 and foreign[0]["item_id"] is None
+    assert {r["billing_source"] for r in rows} == {"billing_events"}
+    ratios = sorted(r["billed_cost_usd"] / r["estimated_cost_usd"] for r in known)
+    assert ratios == pytest.approx([0.9, 0.9, 9.0])  # the discount, and the outlier's 10 units per unit
+    outlier = next(r for r in known if r["billed_cost_usd"] > 3 * r["estimated_cost_usd"])
+    (check,) = [e.event_specific_data for e in result.all_events
+                if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                and e.event_specific_data.check_name == "fal_billing_matches_estimate"]
+    assert not check.passed and check.severity.value == "ERROR"
+    findings_md = check.metadata["findings"].value
+    assert outlier["request_id"] in findings_md and foreign[0]["request_id"] in findings_md
+    (mat,) = materializations(result, "fal_billing")
+    assert "in 1 call(s)" in mat.metadata["source"].value
+    assert sim.stats()["platform_calls"].get("/v1/models/billing-events") == 1, sim.stats()["platform_calls"]
+    assert "admin-secret" not in str(mat.metadata) and check_results(result)
+
+
+def test_an_ordinary_key_on_billing_events_falls_back_to_billable_units(tmp_path, make_simulator):
+    from sora_pipeline.warehouse.tables import read_day_partition
+    from tests.pipeline_helpers import materialize_day, materializations, resources
+
+    sim = make_simulator(admin_keys=["the-admin-key-0123456789"])
+    today, project = _today_project(tmp_path, n=2)
+    result = materialize_day(resources(sim.base_url, project, admin_key="not-an-admin-key-0123456789"), day=today)
+    assert result.success
+    rows = read_day_partition(project["warehouse_uri"], "fal_billing", today).to_pylist()
+    assert {r["billing_source"] for r in rows} == {"billable_units"}
+    (mat,) = materializations(result, "fal_billing")
+    assert "billing events unavailable" in mat.metadata["source"].value
+    assert "not-an-admin-key" not in mat.metadata["source"].value

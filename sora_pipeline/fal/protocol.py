@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ import httpx
 from pydantic import SecretStr, ValidationError
 
 from sora_pipeline.fal import error_mapping, limits
+from sora_pipeline.fal.platform import billable_units
 from sora_pipeline.fal.error_mapping import (
     NOT_SENT_ERRORS,
     RETRYABLE_STATUS,
@@ -325,17 +325,6 @@ class QueueProtocol:
     def network_error(self, exc: httpx.HTTPError, phase: Phase, request_id: str | None = None) -> Exception:
         """A network failure: retryable, except a submit that may already have reached fal."""
         return error_mapping.network_error(exc, phase, request_id)
-
-
-def billable_units(headers: httpx.Headers) -> float | None:
-    """`x-fal-billable-units` as a number (fal's units of this request: seconds, videos, …), or None when the
-    header is absent or not a finite number ≥ 0 — never a guess."""
-    raw = headers.get("x-fal-billable-units")
-    try:
-        units = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return units if units is not None and math.isfinite(units) and units >= 0 else None
 
 
 def _known_profile(endpoint_id: str) -> EndpointProfile | None:
