@@ -198,3 +198,107 @@ def test_cli_help_lists_every_fault_kind():
     out = subprocess.run([sys.executable, "-m", "sora_pipeline.simulator", "--help"], check=True,
                          capture_output=True, text=True).stdout
     assert all(kind in out for kind in FAULT_KINDS) and "--foreign-base-url" in out and "--hostile-bytes" in out
+
+
+# -- fal's platform API: billing faults and the lost submit answer ---------------------------------------------------
+
+ADMIN = {"Authorization": "Key sim-admin-key-0123456789"}
+PRO = ENDPOINT.strip("/")
+
+
+def finish(server, bodies, c) -> list[str]:
+    """Submit each body and wait until the simulator has completed them all; their request ids."""
+    ids = [submit(c, server.base_url, **b).json()["request_id"] for b in bodies]
+    deadline = time.monotonic() + 60
+    while server.stats()["completed"] < len(ids):
+        assert time.monotonic() < deadline, "jobs did not complete"
+        time.sleep(0.05)
+    return ids
+
+
+def events(server, **params) -> list[dict]:
+    answer = httpx.get(server.base_url + "/v1/models/billing-events", params=params, headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["billing_events"]
+
+
+def history(server, c, **params) -> list[dict]:
+    answer = c.get(server.base_url + "/v1/models/requests/by-endpoint",
+                   params={"endpoint_id": PRO, "expand": "payloads", **params})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["items"]
+
+
+def test_a_lost_submit_answer_still_runs_bills_and_is_in_the_history(cache_dir):
+    """`drop` on submit is the lost answer: the job is recorded and runs; fal's records show it."""
+    sent = {"prompt": "answer lost", "image_url": LANDSCAPE, "duration": 4}
+    with running(cache_dir, faults={"drop": 1.0}, fault_calls={"submit"}, run_latency=0.0,
+                 admin_keys=[ADMIN["Authorization"][4:]]) as server, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            c.post(server.base_url + ENDPOINT, json=sent)
+        deadline = time.monotonic() + 60
+        while server.stats()["completed"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [item] = history(server, c)
+        assert item["json_input"] == sent and item["status_code"] == 200  # the body exactly as sent
+        [event] = events(server)
+        assert event["request_id"] == item["request_id"] and event["output_units"] == 4.0
+        result = c.get(f"{server.base_url}/fal-ai/sora-2/requests/{item['request_id']}")
+        assert result.headers["x-fal-billable-units"] == "4.0"
+        assert result.headers["x-fal-request-id"] == item["request_id"]
+
+
+def test_billing_lag_discount_outlier_and_foreign_requests(cache_dir):
+    config = dict(run_latency=0.0, admin_keys=[ADMIN["Authorization"][4:]], billing_discount_percent=20,
+                  billing_outlier=10, billing_outlier_job=2, billing_foreign_requests=3, seed=7)
+    bodies = [{"prompt": f"job {i}", "duration": 4, "resolution": "720p"} for i in range(3)]
+    with running(cache_dir, **config) as server, client() as c:
+        ids = finish(server, bodies, c)
+        got = {e["request_id"]: e for e in events(server)}
+        foreign = sorted(set(got) - set(ids))
+        assert len(foreign) == 3 and set(ids) <= set(got)
+        for rid in ids:
+            e = got[rid]
+            units = 40.0 if rid == ids[1] else 4.0  # the second job is the outlier: billed 10× its seconds
+            assert (e["output_units"], e["unit_price"], e["percent_discount"]) == (units, 0.3, 20)
+            assert e["cost_subtotal"] == pytest.approx(units * 0.3)
+            assert e["cost_total"] == pytest.approx(units * 0.3 * 0.8)
+            assert e["cost_discount"] == pytest.approx(units * 0.3 * 0.2)
+            assert e["cost_estimate_nano_usd"] == pytest.approx(e["cost_total"] * 1e9)
+        outlier = c.get(f"{server.base_url}/fal-ai/sora-2/requests/{ids[1]}")
+        assert outlier.headers["x-fal-billable-units"] == "4.0"  # the result tells the truth
+        assert events(server, request_id=",".join(foreign[:2])) == [got[r] for r in sorted(
+            foreign[:2], key=lambda r: (got[r]["timestamp"], r))]
+        assert server.stats()["platform_calls"]["/v1/models/billing-events"] == 2
+    with running(cache_dir, **config) as again:  # the foreign ids follow from the seed
+        assert sorted(e["request_id"] for e in events(again)) == foreign
+    with running(cache_dir, **{**config, "billing_lag_seconds": 3600}) as server, client() as c:
+        ids = finish(server, bodies[:1], c)
+        assert events(server) == []  # billed, but not shown yet
+        assert [i["request_id"] for i in history(server, c)] == ids
+
+
+def test_content_policy_failures_are_billed_and_others_not(cache_dir):
+    with running(cache_dir, faults={"request_error": 1.0}, run_latency=0.0, seed=3,
+                 admin_keys=[ADMIN["Authorization"][4:]]) as server, client() as c:
+        ids = finish(server, [{"prompt": f"refused {i}"} for i in range(6)], c)
+        items = {i["request_id"]: i for i in history(server, c)}
+        policy = [r for r in ids if items[r]["status_code"] == 422]
+        other = [r for r in ids if items[r]["status_code"] == 500]
+        assert policy and other and len(policy) + len(other) == 6
+        assert {e["request_id"] for e in events(server)} == set(policy)
+        assert {i["request_id"] for i in history(server, c, status="user_error")} == set(policy)
+        assert {i["request_id"] for i in history(server, c, status="error")} == set(other)
+        assert c.get(f"{server.base_url}/fal-ai/sora-2/requests/{policy[0]}").headers["x-fal-billable-units"]
+        assert "x-fal-billable-units" not in c.get(f"{server.base_url}/fal-ai/sora-2/requests/{other[0]}").headers
+
+
+def test_platform_routes_take_faults_only_when_asked(cache_dir):
+    with running(cache_dir, faults={"unavailable": 1.0}, fault_calls={"platform"}) as server, client() as c:
+        assert c.get(server.base_url + "/v1/models", params={"endpoint_id": PRO}).status_code == 503
+        assert c.get(server.base_url + "/v1/models/pricing", params={"endpoint_id": PRO}).status_code == 503
+        assert submit(c, server.base_url).status_code == 200
+        assert server.stats()["platform_calls"] == {"/v1/models": 1, "/v1/models/pricing": 1}
+    with running(cache_dir, faults={"unavailable": 1.0}) as server, client() as c:  # default: queue calls only
+        assert c.get(server.base_url + "/v1/models", params={"endpoint_id": PRO}).status_code == 200

@@ -18,6 +18,11 @@ error; which one is drawn from the seed), `foreign_urls` (the answers' status/re
 
 On submit, `rate_limit`/`server_error`/`unavailable`/`echo_key`/`redirect` are answered before the request is
 recorded; `drop`, `slow` and `malformed` happen after it was recorded (queued and will run — the ambiguous case).
+`drop` on submit is the lost answer: the job is created, runs, is billed and appears in the request history
+(`faults={"drop": 1.0}, fault_calls={"submit"}` spares the other calls). With "platform" in `fault_calls` the
+per-call kinds hit the `/v1/models…` routes too.
+Billing faults are config fields (`config.py`, `platform.py`): `billing_lag_seconds`, `billing_discount_percent`,
+`billing_outlier` (× units of the `billing_outlier_job`-th job), `billing_foreign_requests`.
 Probabilities are per call (per job for the per-job kinds); a kind configured with probability 0 draws nothing,
 so adding kinds never changes the draws of a configuration that does not use them.
 """
