@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -224,3 +225,65 @@ def test_an_openai_key_is_free_only_where_the_endpoint_takes_it(tmp_path):
             (planned,) = plan_items([item], cfg, ledger)
             assert planned.spec.used_openai_key is free
             assert planned.spec.estimated_cost == (0.0 if free else pytest.approx(0.4))
+
+
+# ---- free-text caps ------------------------------------------------------------------------------------------
+
+SORA2 = "fal-ai/sora-2/image-to-video"
+PROMPT_CAPS = {SORA_PRO: 5000, SORA2: 5000, KLING: 2500, HAILUO: 2000}
+
+
+@pytest.mark.parametrize("endpoint_id", sorted(PROMPT_CAPS))
+def test_a_prompt_over_the_endpoint_s_cap_is_rejected_naming_the_row(tmp_path, endpoint_id):
+    """A 1 MiB prompt (and one character over the cap) is rejected in one line naming the row and the field, on
+    the usual https row (the vectorised check) and on a local-image row (the full rules); the cap itself passes."""
+    profile, cap = get_profile(endpoint_id), PROMPT_CAPS[endpoint_id]
+    project = make_project(tmp_path, rows=[])
+    base = rows_for(profile, n=1)[0]
+    rows = [dict(base, item_id="mib", prompt="a" * (1 << 20), image_uri="https://example.com/a.png"),
+            dict(base, item_id="over", prompt="é" * (cap + 1)),
+            dict(base, item_id="at-cap", prompt="b" * cap, image_uri="https://example.com/a.png"),
+            dict(base, item_id="at-cap-local", prompt="c" * cap)]
+    write_rows(project, rows)
+    day = read_catalog_day(project["catalog_uri"], DAY, profile=profile)
+    assert sorted(i.item_id for i in day.valid) == ["at-cap", "at-cap-local"]
+    reasons = {r.item_id: (r.field, r.reason) for r in day.rejected}
+    assert reasons["mib"] == ("prompt", f"row 0 (item_id='mib'): prompt: is 1,048,576 characters, over the "
+                                        f"{cap:,} that {endpoint_id} accepts")
+    assert reasons["over"][0] == "prompt" and reasons["over"][1].startswith("row 1 (item_id='over'): prompt: is ")
+    assert len(reasons["mib"][1]) < 200
+
+
+def test_a_free_text_input_without_a_cap_in_fal_s_document_gets_the_default():
+    """A profile whose document gives no maxLength (a user's profile, a refreshed endpoint) caps its free text at
+    5,000 characters: the prompt, a free-text `params` input; image URLs (data URIs) and enums are not texts."""
+    from sora_pipeline.endpoints.profile import DEFAULT_MAX_TEXT_CHARS, EndpointProfile
+
+    raw = json.loads(json.dumps(get_profile(SORA2).model_dump(by_alias=True, exclude_none=True)))
+    raw["input"]["properties"]["prompt"].pop("maxLength")
+    raw["input"]["properties"]["style"] = {"type": "string", "description": "free text"}
+    profile = EndpointProfile.model_validate(raw)
+    assert DEFAULT_MAX_TEXT_CHARS == 5000
+    assert profile.text_cap("prompt") == 5000 and profile.text_cap("style") == 5000
+    assert profile.text_cap("image_url") is None and profile.text_cap("resolution") is None
+    body = profile.payload(prompt="p" * 5001, image_url="data:image/png;base64," + "A" * 20_000)
+    assert [(f, m) for f, m, _ in profile.payload_problems(body)] == [("prompt", "must have at most 5000 characters")]
+    assert profile.validate_params({"style": "s" * 5001})[1] == "style: must have at most 5000 characters"
+    assert profile.validate_params({"style": "s" * 5000})[1] is None
+
+
+def test_a_megabyte_prompt_is_never_submitted_nor_stored(tmp_path, simulator):
+    """Sora 2 Pro's profile had no prompt cap: a 1 MiB prompt was submitted and stored whole in the ledger."""
+    project = make_project(tmp_path, rows=[])
+    rows = rows_for(get_profile(SORA_PRO), n=2)
+    rows[1]["prompt"] = "x" * (1 << 20)
+    write_rows(project, rows)
+    result = materialize_day(resources(simulator.base_url, project, endpoint_id=SORA_PRO))
+    assert result.success
+    assert simulator.stats()["submits"] == 1
+    assert all(len(job.payload["prompt"]) <= 5000 for job in simulator.app.sim.book.jobs.values())
+    rejected = read_day_partition(project["warehouse_uri"], "rejected_items", DAY).to_pylist()
+    assert [(r["item_id"], r["reason"].split(": ", 1)[1]) for r in rejected] == [
+        ("e1", f"prompt: is 1,048,576 characters, over the 5,000 that {SORA_PRO} accepts")]
+    ledger = project["ledger_url"].removeprefix("sqlite:///")
+    assert sum(p.stat().st_size for p in Path(ledger).parent.glob(Path(ledger).name + "*")) < (1 << 20)

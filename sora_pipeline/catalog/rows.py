@@ -309,6 +309,8 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
                 problem = ("prompt", note["prompt"][0])
             if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
                 problem = ("prompt", "missing" if prompt is None else "empty after stripping whitespace")
+            if problem is None and (why := rules.profile.text_problem("prompt", prompt)):
+                problem = ("prompt", why)  # over the endpoint's cap (its profile)
             image_ref, why = (None, None)
             if problem is None and "image_uri" in note:
                 problem = ("image_uri", note["image_uri"][0])
@@ -376,6 +378,9 @@ def _plainly_valid(table: pa.Table, dups: dict[str, int], rules: _Rules) -> list
         return pc.is_null(column)  # another type: the full rules say what they accept
 
     ok = pc.and_kleene(text("item_id", "[A-Za-z0-9]"), text("prompt", "[A-Za-z0-9]"))
+    cap = rules.profile.text_cap(rules.profile.catalog_mapping["prompt"])
+    if cap is not None and pa.types.is_string(table.column("prompt").type):  # longer: the full rules reject it
+        ok = pc.and_kleene(ok, pc.less_equal(pc.utf8_length(table.column("prompt")), cap))
     ok = pc.and_kleene(ok, text("image_uri", _PLAIN_HTTPS_RE2))
     if dups:
         ids = table.column("item_id")

@@ -1,7 +1,9 @@
 """One fal endpoint's profile: what it accepts (its input schema, reduced from fal's OpenAPI document), how the
 catalog's columns map onto its inputs, what it returns, what it costs and what videos it makes. Profiles are data
 (`profiles/*.json`); this module reads them and applies them: catalog values → endpoint values (with the allowed
-values in every refusal), the submit payload, its validation before spend, extra `params`, and prices."""
+values in every refusal), the submit payload, its validation before spend, extra `params`, and prices. Every
+free-text input is capped: by its `maxLength`, else by `DEFAULT_MAX_TEXT_CHARS` (URL inputs and enums are not
+free text: images are capped by their bytes)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import math
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 CONCEPTS = ("prompt", "image", "resolution", "aspect_ratio", "duration", "openai_api_key")
 _HEIGHT = re.compile(r"^(\d{3,4})[pP]$")
 MAX_PARAMS_JSON = 16 * 1024  # characters of a catalog row's `params` JSON
+DEFAULT_MAX_TEXT_CHARS = 5000  # a free-text input whose fal document gives no maxLength (Sora 2's prompt cap)
+_URL_SUFFIXES = ("_url", "_uri", "_urls", "_uris")
 
 
 class Source(BaseModel):
@@ -36,6 +40,12 @@ class FieldSpec(BaseModel):
     min_length: int | None = Field(default=None, alias="minLength")
     max_length: int | None = Field(default=None, alias="maxLength")
     description: str | None = None
+    _default_cap: int | None = PrivateAttr(default=None)  # set by the profile for free text without maxLength
+
+    @property
+    def text_cap(self) -> int | None:
+        """The most characters a string value may have (None: no cap)."""
+        return self.max_length if self.max_length is not None else self._default_cap
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not acceptable, or None. Never echoes long values."""
@@ -60,8 +70,8 @@ class FieldSpec(BaseModel):
         if isinstance(value, str):
             if self.min_length is not None and len(value) < self.min_length:
                 return f"must have at least {self.min_length} characters"
-            if self.max_length is not None and len(value) > self.max_length:
-                return f"must have at most {self.max_length} characters"
+            if self.text_cap is not None and len(value) > self.text_cap:
+                return f"must have at most {self.text_cap} characters"
         return None
 
 
@@ -131,12 +141,29 @@ class EndpointProfile(BaseModel):
                 raise ValueError(f"input {name}: default {spec.default!r} is not in its enum")
         if not self.pricing.per_second and not self.pricing.per_video:
             raise ValueError("pricing needs per_second or per_video")
+        for name, spec in props.items():
+            free_text = spec.type == "string" and spec.enum is None and spec.max_length is None
+            if free_text and name != self.catalog_mapping["image"] and not name.lower().endswith(_URL_SUFFIXES):
+                spec._default_cap = DEFAULT_MAX_TEXT_CHARS
         return self
 
     # ---- the catalog's concepts on this endpoint -------------------------------------------------------------
     def field_for(self, concept: str) -> tuple[str, FieldSpec] | None:
         name = self.catalog_mapping.get(concept)
         return (name, self.input.properties[name]) if name else None
+
+    def text_cap(self, name: str) -> int | None:
+        """The most characters input `name` takes (its maxLength, else the default for free text; None: no cap)."""
+        spec = self.input.properties.get(name)
+        return spec.text_cap if spec is not None else None
+
+    def text_problem(self, concept: str, value: Any) -> str | None:
+        """Why a catalog text (the prompt) is too long for this endpoint, or None; never echoes the text."""
+        found = self.field_for(concept)
+        cap = found[1].text_cap if found else None
+        if cap is None or not isinstance(value, str) or len(value) <= cap:
+            return None
+        return f"is {len(value):,} characters, over the {cap:,} that {self.endpoint_id} accepts"
 
     def allowed(self, concept: str) -> list[Any] | None:
         """The endpoint's allowed values for a catalog concept (None: free, or no such input)."""
