@@ -21,10 +21,12 @@ Listings page with `limit` and an opaque `cursor` (`next_cursor`, `has_more`); e
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -210,15 +212,18 @@ def _encode(value: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def _page(rows: list[tuple[Any, dict[str, Any]]], cursor: dict[str, Any] | None, limit: int,
-          extra: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+def _page(rows: list[tuple[Any, Any]], cursor: dict[str, Any] | None, limit: int,
+          extra: dict[str, Any]) -> tuple[list[Any], str | None]:
     """Keyset paging over (sort key, row) pairs: rows after the cursor's key, and the next cursor (or None)."""
     rows.sort(key=lambda r: r[0])
+    first = 0
     if cursor and isinstance(cursor.get("after"), list):
-        after = tuple(cursor["after"])
-        rows = [r for r in rows if tuple(r[0]) > after]
-    page = rows[:limit]
-    more = len(rows) > limit
+        try:
+            first = bisect.bisect_right(rows, tuple(cursor["after"]), key=lambda r: r[0])
+        except TypeError:
+            raise BadQuery("cursor is not a cursor this API gave") from None
+    page = rows[first:first + limit]
+    more = len(rows) > first + limit
     return [r for _k, r in page], _encode({"after": list(page[-1][0]), **extra}) if more else None
 
 
@@ -229,6 +234,14 @@ def routes(config: SimulatorConfig, *, book: JobBook, result_of: ResultOf, gate:
            ) -> list[Route]:
     """`/v1/models/billing-events`, `/v1/models/requests/by-endpoint` and `/v1/models`. `gate(request, path)` counts
     the call and answers a configured fault (or None); `result_of(job, base)` is a finished job's result."""
+    results: weakref.WeakKeyDictionary[Job, tuple[int, Any]] = weakref.WeakKeyDictionary()
+
+    def result(job: Job) -> tuple[int, Any]:
+        """(status code, JSON) of a finished job's result, made once (it no longer changes)."""
+        if (found := results.get(job)) is None:
+            code, body, _headers = result_of(job, job.base_url or "")
+            found = results[job] = (code, body)
+        return found
 
     async def answer(request: Request, path: str, handler, admin: bool | None) -> Response:
         if (resp := await gate(request, path)) is not None:
@@ -273,19 +286,24 @@ def routes(config: SimulatorConfig, *, book: JobBook, result_of: ResultOf, gate:
             ended = job.wall_ts(job.finished_at)
             if job.endpoint not in endpoints or not start <= ended < end or (rid and job.id != rid):
                 continue
-            code, body, _headers = result_of(job, job.base_url or "")
-            if status and not STATUS_CLASSES[status][0] <= code < STATUS_CLASSES[status][1]:
+            if status and not STATUS_CLASSES[status][0] <= result(job)[0] < STATUS_CLASSES[status][1]:
                 continue
-            began = job.started_at if job.started_at is not None else job.submitted_at
-            duration = round(job.finished_at - began, 3)
-            item = {"request_id": job.id, "endpoint_id": job.endpoint, "started_at": job.wall(began),
-                    "sent_at": job.wall(job.submitted_at), "ended_at": job.wall(job.finished_at),
-                    "status_code": code, "duration": duration}
-            if payloads:
-                item.update(json_input=job.submitted_input, json_output=body)
-            rows.append(((ended if sort_by == "ended_at" else duration, job.id), item))
-        items, nxt = _page(rows, cursor, limit, {"end": end})
-        return {"items": items, "next_cursor": nxt, "has_more": nxt is not None}
+            key = ended if sort_by == "ended_at" else round(job.finished_at - began_at(job), 3)
+            rows.append(((key, job.id), job))
+        jobs, nxt = _page(rows, cursor, limit, {"end": end})
+        return {"items": [item(job, payloads) for job in jobs], "next_cursor": nxt, "has_more": nxt is not None}
+
+    def began_at(job: Job) -> float:
+        return job.started_at if job.started_at is not None else job.submitted_at
+
+    def item(job: Job, payloads: bool) -> dict[str, Any]:
+        code, body = result(job)
+        out = {"request_id": job.id, "endpoint_id": job.endpoint, "started_at": job.wall(began_at(job)),
+               "sent_at": job.wall(job.submitted_at), "ended_at": job.wall(job.finished_at), "status_code": code,
+               "duration": round(job.finished_at - began_at(job), 3)}
+        if payloads:
+            out.update(json_input=job.submitted_input, json_output=body)
+        return out
 
     def registry(request: Request) -> dict[str, Any]:
         wanted = _multi(request, "endpoint_id")
