@@ -238,6 +238,8 @@ class Hostile(BackgroundServer):
             ids = [v for k, v in request.query_params.multi_items() if k == "endpoint_id"]
             return JSONResponse({"prices": [{"endpoint_id": i, "unit_price": "0.1", "unit": None} for i in ids],
                                  "models": [{"endpoint_id": i, "metadata": None} for i in ids],
+                                 "billing_events": [{"request_id": r, "cost_total": "1.5", "unit_price": True}
+                                                    for k, r in request.query_params.multi_items() if k == "request_id"],
                                  "next_cursor": None, "has_more": False})
 
         return Starlette(routes=[Route("/v1/{path:path}", handle)])
@@ -256,9 +258,17 @@ def test_filters_are_chunked_by_50_and_fields_parsed_defensively(hostile):
         models = client.models(ids)
         assert client.calls == {"/models/pricing": 3, "/models": 3}
     assert [len([1 for k, _ in q if k == "endpoint_id"]) for _a, q in hostile.seen] == [50, 50, 20] * 2
+    assert [a for a, _q in hostile.seen[3:]] == [f"Key {KEY}"] * 3  # the key is sent when given …
     assert [p["endpoint_id"] for p in prices] == ids and prices[0]["unit_price"] == 0.1 and prices[0]["unit"] is None
     assert models[0]["metadata"] is None
-    assert [a for a, _q in hostile.seen[3:]] == [f"Key {KEY}"] * 3  # the key is sent when given …
+    hostile.seen.clear()
+    with PlatformClient(hostile.base_url + "/v1", ADMIN) as client:
+        billed = list(client.billing_events(None, None, endpoint_ids=[PRO, SORA2], request_ids=ids))
+        assert client.calls == {"/models/billing-events": 3}
+    assert [sum(k == "request_id" for k, _ in q) for _a, q in hostile.seen] == [50, 50, 20]
+    assert all(sum(k == "endpoint_id" for k, _ in q) == 2 and "start" not in dict(q) for _a, q in hostile.seen)
+    assert [e["request_id"] for e in billed] == ids
+    assert (billed[0]["cost_total"], billed[0]["unit_price"], billed[0]["timestamp"]) == (1.5, None, None)
     hostile.seen.clear()
     with PlatformClient(hostile.base_url + "/v1") as client:
         client.models(["fal-ai/x"])

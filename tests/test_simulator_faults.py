@@ -299,6 +299,7 @@ def test_platform_routes_take_faults_only_when_asked(cache_dir):
         assert c.get(server.base_url + "/v1/models", params={"endpoint_id": PRO}).status_code == 503
         assert c.get(server.base_url + "/v1/models/pricing", params={"endpoint_id": PRO}).status_code == 503
         assert submit(c, server.base_url).status_code == 200
-        assert server.stats()["platform_calls"] == {"/v1/models": 1, "/v1/models/pricing": 1}
+        assert c.get(server.base_url + "/_simulator/stats").json()["platform_calls"] == {
+            "/v1/models": 1, "/v1/models/pricing": 1}
     with running(cache_dir, faults={"unavailable": 1.0}) as server, client() as c:  # default: queue calls only
         assert c.get(server.base_url + "/v1/models", params={"endpoint_id": PRO}).status_code == 200
