@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from sqlalchemy.exc import OperationalError
 
 try:
     import s3fs  # noqa: F401
@@ -35,7 +34,7 @@ from sora_pipeline.analytics.query import connect  # noqa: E402
 from sora_pipeline.defs.testing import CATALOG_SCHEMA, IMAGES  # noqa: E402
 from sora_pipeline.defs.warehouse_resource import WarehouseResource, write_lease_name  # noqa: E402
 from sora_pipeline.ledger import Ledger  # noqa: E402
-from sora_pipeline.ledger.leases import LeaseLost, LeaseTimeout  # noqa: E402
+from sora_pipeline.ledger.leases import LeaseLost  # noqa: E402
 from sora_pipeline.media.probe import probe_video  # noqa: E402
 from sora_pipeline.warehouse import tables  # noqa: E402
 from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, MIRROR, ORPHAN_AGE_S  # noqa: E402
@@ -216,47 +215,6 @@ def test_readers_see_another_process_write_despite_fsspecs_listing_cache(s3):
 
 
 # ---------------------------------------------------------------- (c) writers of one day take turns
-def test_named_lease_rules(ledger_url):
-    with Ledger(ledger_url) as ledger:
-        t0 = datetime.now(timezone.utc)
-        assert ledger.acquire_lease("day", "a", lease_s=10, now=t0)
-        assert not ledger.acquire_lease("day", "b", lease_s=10, now=t0)  # held
-        assert ledger.acquire_lease("day", "a", lease_s=10, now=t0)  # the holder again: renewed
-        assert ledger.renew_lease("day", "a", lease_s=10, now=t0) and not ledger.renew_lease("day", "b", lease_s=10)
-        later = t0 + timedelta(seconds=11)
-        assert ledger.acquire_lease("day", "b", lease_s=10, now=later)  # a's lease ran out: taken over
-        assert ledger.lease_info("day").holder == "b"
-        assert not ledger.release_lease("day", "a") and ledger.release_lease("day", "b")
-        assert ledger.lease_info("day") is None
-        with ledger.hold_lease("day", lease_s=30) as held:
-            with pytest.raises(LeaseTimeout, match=held.holder):
-                with ledger.hold_lease("day", lease_s=30, wait_s=0.2):
-                    pass
-        assert ledger.lease_info("day") is None
-
-
-def test_a_held_lease_survives_a_short_database_outage(ledger_url):
-    """Renewals that fail while the database is away are retried soon, not a third of the lease later: a lease
-    whose first three renewals failed is still held once the database answers again (it was lost before)."""
-    with Ledger(ledger_url) as ledger:
-        real_renew, calls = ledger.renew_lease, []
-
-        def renew_after_an_outage(name, holder, **kw):  # the real renewal, after three failed ones
-            calls.append(time.monotonic())
-            if len(calls) <= 3:
-                raise OperationalError("UPDATE named_leases", {}, ConnectionError("database away"))
-            return real_renew(name, holder, **kw)
-
-        ledger.renew_lease = renew_after_an_outage
-        with ledger.hold_lease("day", lease_s=6) as held:
-            deadline = time.monotonic() + 120
-            while len(calls) < 4 and held.lost is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            held.ensure_held()
-            assert len(calls) >= 4 and ledger.lease_info("day").holder == held.holder
-        assert ledger.lease_info("day") is None
-
-
 def test_a_second_writer_waits_for_the_first(tmp_path, s3, ledger_url):
     _fs, root, options = s3
     wh = WarehouseResource(warehouse_uri=f"{root}/warehouse", ledger_url=ledger_url, storage_options=options)
