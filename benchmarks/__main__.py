@@ -29,6 +29,7 @@ BENCHMARKS = {  # alias → module (in running order: P1 before P1b/P1c, which r
     "p5": "p5_memory",
     "scaling": "scaling",
     "p9": "p9_rejections",
+    "p7": "p7_reconcile",
     "p6": "p6_backfill",  # last: it runs the Dagster daemon, a code server and one process per day
 }
 
