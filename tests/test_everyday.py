@@ -125,3 +125,11 @@ def test_selecting_half_of_the_catalog_step_is_one_line(project):
                       "catalog_items", "--partition", "2026-11-20"], _env(project))
     assert code != 0 and TRACEBACK not in out, out
     assert "error: catalog_items and rejected_items are written by one step: select both" in out, out
+
+
+def test_a_platform_url_that_would_leak_the_key_fails_at_load_in_one_line(project):
+    env = _env(project, FAL_KEY="k-0123456789abcdef", SORA_FAL_API_URL="http://platform.example.com/v1")
+    code, out = _run([sys.executable, "-c", "import sora_pipeline.definitions"], env)
+    assert code != 0 and TRACEBACK not in out, out
+    assert "error: platform API URL 'http://platform.example.com/v1' is plain http on a non-loopback host" in out
+    assert "SORA_FAL_API_URL" in out and "k-0123456789abcdef" not in out

@@ -5,7 +5,6 @@ are stored in Dagster's config."""
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import warnings
@@ -101,7 +100,7 @@ from sora_pipeline.defs.automation import (  # noqa: E402
     summary_job)
 from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
 from sora_pipeline.redact import install_log_redaction  # noqa: E402
-from sora_pipeline.defs.platform_resource import DEFAULT_PLATFORM_URL, FalPlatformResource  # noqa: E402
+from sora_pipeline.defs.platform_resource import FalPlatformResource  # noqa: E402
 from sora_pipeline.defs.resources import FalVideoResource  # noqa: E402
 from sora_pipeline.defs.warehouse_resource import WarehouseResource  # noqa: E402
 
@@ -121,9 +120,8 @@ def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -
         "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
                                        ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
         "fal_platform": FalPlatformResource(
-            api_url=(os.environ.get("SORA_FAL_API_URL") or "").strip() or DEFAULT_PLATFORM_URL,
-            key=dg.EnvVar("FAL_KEY") if settings.has_fal_key else None,
-            admin_key=dg.EnvVar("FAL_ADMIN_KEY") if (os.environ.get("FAL_ADMIN_KEY") or "").strip() else None),
+            api_url=settings.platform_url, key=dg.EnvVar("FAL_KEY") if settings.has_fal_key else None,
+            admin_key=dg.EnvVar("FAL_ADMIN_KEY") if settings.has_admin_key else None),
     }
 
 

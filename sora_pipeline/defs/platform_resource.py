@@ -9,13 +9,13 @@ from pydantic import Field
 
 from sora_pipeline.redact import install_log_redaction, register_secret
 
-DEFAULT_PLATFORM_URL = "https://api.fal.ai/v1"
+from sora_pipeline.fal.platform import DEFAULT_API_URL
 
 
 class FalPlatformResource(dg.ConfigurableResource):
     """Where fal's platform API answers and the keys for it (pass keys as `EnvVar`s)."""
 
-    api_url: str = Field(default=DEFAULT_PLATFORM_URL, description="fal's platform API (SORA_FAL_API_URL)")
+    api_url: str = Field(default=DEFAULT_API_URL, description="fal's platform API (SORA_FAL_API_URL)")
     key: str | None = Field(default=None, description="ordinary fal key (FAL_KEY): request history, prices")
     admin_key: str | None = Field(default=None, description="fal admin key (FAL_ADMIN_KEY): billing events")
     request_timeout: float = Field(default=30.0, gt=0, description="per HTTP call (seconds)")

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from sora_pipeline.endpoints import BadProfile, UnknownEndpoint, get_profile
 from sora_pipeline.ledger import url_problem
-from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
+from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID
 from sora_pipeline.media.download import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV
 from sora_pipeline.fal.limits import (
     DEFAULT_MAX_JSON_BYTES,
@@ -22,6 +22,7 @@ from sora_pipeline.fal.limits import (
     MAX_STREAM_EVENT_BYTES_ENV,
     byte_cap,
 )
+from sora_pipeline.fal.platform import DEFAULT_API_URL, PlatformError, check_api_url
 from sora_pipeline.fal.storage import StorageSettings
 from sora_pipeline.fal.urls import split_endpoint
 
@@ -48,6 +49,8 @@ class PipelineSettings:
     image_roots: tuple[str, ...] = field(default_factory=tuple)
     partitions_start: str = "2026-01-01"
     webhook_url: str | None = None
+    platform_url: str = "https://api.fal.ai/v1"  # fal's platform API (registry, prices, billing, history)
+    has_admin_key: bool = False  # FAL_ADMIN_KEY: billing events (a secret: only its presence is kept here)
 
     @property
     def backend(self) -> str:
@@ -110,6 +113,12 @@ class PipelineSettings:
         ledger_url = get("SORA_LEDGER_URL")
         if ledger_url is not None:
             check_ledger_url(ledger_url)
+        has_admin_key = get("FAL_ADMIN_KEY") is not None
+        platform_url = get("SORA_FAL_API_URL") or DEFAULT_API_URL
+        try:  # the key goes to it only over https or to loopback
+            platform_url = check_api_url(platform_url, with_key=has_key or has_admin_key)
+        except PlatformError as exc:
+            raise ConfigError(str(exc)) from None
         roots = tuple(r.strip() for r in (get("SORA_IMAGE_ROOTS") or "").split(",") if r.strip())
         return cls(
             catalog_uri=get("SORA_CATALOG_URI") or "data/catalog",
@@ -126,6 +135,8 @@ class PipelineSettings:
             image_roots=roots,
             partitions_start=start,
             webhook_url=webhook_url,
+            platform_url=platform_url,
+            has_admin_key=has_admin_key,
         )
 
 

@@ -22,7 +22,7 @@ from sora_pipeline.warehouse.schemas import FAILED_GENERATIONS, GENERATIONS
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
 if TYPE_CHECKING:
-    from sora_pipeline.generation import Outcome
+    from sora_pipeline.generation.records import Outcome
 
 GROUP = "generation"
 FAL_POOL = "fal_sora"
@@ -64,7 +64,8 @@ class GenerationRunConfig(dg.Config):
 )
 def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, fal: FalVideoResource,
                 warehouse: WarehouseResource, fal_platform: FalPlatformResource):
-    from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
+    from sora_pipeline.generation.records import GenerationConfig, WorkItem
+    from sora_pipeline.generation.runner import GenerationRunner
     from sora_pipeline.generation.costs import PriceTable
     from sora_pipeline.generation.failpoints import failpoint
     from sora_pipeline.fal.errors import AuthenticationError
@@ -151,7 +152,8 @@ def request_history(fal: FalVideoResource, fal_platform: FalPlatformResource):
         from sora_pipeline.fal.platform import PlatformClient
 
         with PlatformClient(url, key, timeout=fal_platform.request_timeout) as client:
-            yield from client.requests_by_endpoint(endpoint_id, start=start, end=end, expand_payloads=True)
+            # small pages: each item carries its input, whose image may be a data URI of megabytes
+            yield from client.requests_by_endpoint(endpoint_id, start=start, end=end, expand_payloads=True, limit=20)
 
     return history
 
