@@ -149,7 +149,7 @@ def test_summary_over_two_days(two_days):
 def test_connect_views_and_readme_queries(two_days):
     con = connect(two_days["wh"])
     assert set(views(con)) == {"video_metadata", "generations", "failed_generations", "rejected_items",
-                               "catalog_items", "fal_billing", "generation_daily_stats", "generation_summary"}
+                               "catalog_items", "fal_billing", "endpoint_comparison", "generation_daily_stats", "generation_summary"}
     assert con.execute("SELECT date, count(*) FROM video_metadata GROUP BY date ORDER BY date").fetchall() == [
         (__import__("datetime").date(2026, 11, 20), 4), (__import__("datetime").date(2026, 11, 21), 3)]
     assert con.execute("SELECT count(*) FROM failed_generations").fetchall() == [(2,)]

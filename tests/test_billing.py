@@ -196,3 +196,29 @@ def test_an_ordinary_key_on_billing_events_falls_back_to_billable_units(tmp_path
     (mat,) = materializations(result, "fal_billing")
     assert "billing events unavailable" in mat.metadata["source"].value
     assert "not-an-admin-key" not in mat.metadata["source"].value
+
+
+def test_endpoint_comparison_over_a_range(tmp_path, simulator):
+    """Two endpoints' days in one warehouse: the DuckDB view compares them (videos, success, latency, estimated and
+    billed cost per video-second, probed sizes); the range function restricts the days."""
+    from sora_pipeline.analytics.query import connect, endpoint_comparison_for
+    import datetime as dt
+
+    from tests.pipeline_helpers import catalog_rows, make_project, materialize_day, resources, write_catalog
+
+    project = make_project(tmp_path, catalog_rows(day="2026-11-20", n=2))
+    assert materialize_day(resources(simulator.base_url, project), day="2026-11-20").success
+    hailuo = "fal-ai/minimax/hailuo-02/standard/image-to-video"
+    write_catalog(project["catalog_uri"], [
+        {"item_id": f"h{i}", "prompt": f"hailuo {i}", "image_uri": "../images/land.png",
+         "scheduled_date": dt.date(2026, 11, 21), "resolution": None, "aspect_ratio": None, "duration": 6}
+        for i in range(2)])
+    assert materialize_day(resources(simulator.base_url, project, endpoint_id=hailuo), day="2026-11-21").success
+    con = connect(project["warehouse_uri"])
+    rows = {r[0]: r for r in con.execute("SELECT endpoint_id, videos, success_rate, billed_cost_usd, "
+                                         "estimated_usd_per_video_second, probed_sizes FROM endpoint_comparison")
+            .fetchall()}
+    assert set(rows) == {"fal-ai/sora-2/image-to-video/pro", hailuo}
+    assert all(r[1] == 2 and r[2] == 1.0 and r[4] > 0 and r[5] for r in rows.values())
+    only_first = endpoint_comparison_for(con, "2026-11-20", "2026-11-20")
+    assert [r["endpoint_id"] for r in only_first] == ["fal-ai/sora-2/image-to-video/pro"]

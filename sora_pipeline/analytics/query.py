@@ -46,6 +46,40 @@ DAY_TABLES: dict[str, TableDef] = {
     "generation_daily_stats": DAILY_STATS,
 }
 SUMMARY_FILE = "summary.parquet"
+#: endpoints side by side over every day in the warehouse (filter `date` in the view's sources for a range: query
+#: `endpoint_comparison_for(con, first, last)`): the view `connect()` creates as `endpoint_comparison`
+ENDPOINT_COMPARISON_SQL = """
+WITH g AS (SELECT * FROM generations WHERE date BETWEEN {first} AND {last}),
+v AS (SELECT * FROM video_metadata WHERE date BETWEEN {first} AND {last}),
+b AS (SELECT * FROM fal_billing WHERE date BETWEEN {first} AND {last} AND known_to_ledger),
+per_endpoint AS (
+  SELECT endpoint_id, any_value(backend) AS backend, count(*) AS items,
+    count(*) FILTER (WHERE status = 'completed') AS videos,
+    round(count(*) FILTER (WHERE status = 'completed') / count(*), 4) AS success_rate,
+    count(*) FILTER (WHERE status = 'failed') AS failed,
+    count(*) FILTER (WHERE status = 'failed' AND coalesce(error_type, '') LIKE '%content_policy%') AS content_policy,
+    count(*) FILTER (WHERE coalesce(error_type, '') LIKE '%timeout%') AS timeouts,
+    round(quantile_cont(epoch(completed_at - submitted_at), 0.5) FILTER (WHERE status = 'completed'), 3)
+      AS latency_p50_s,
+    round(quantile_cont(epoch(completed_at - submitted_at), 0.95) FILTER (WHERE status = 'completed'), 3)
+      AS latency_p95_s,
+    sum(seconds_generated) FILTER (WHERE status = 'completed') AS seconds_generated,
+    sum(estimated_cost) FILTER (WHERE request_id IS NOT NULL) AS estimated_cost_usd
+  FROM g GROUP BY endpoint_id
+),
+billed AS (SELECT endpoint_id, sum(billed_cost_usd) AS billed_cost_usd, count(*) FILTER (WHERE billed_cost_usd
+           IS NULL) AS unbilled FROM b GROUP BY endpoint_id),
+probed AS (
+  SELECT endpoint_id, to_json(histogram(width || 'x' || height)) AS sizes, to_json(histogram(fps)) AS fps_mix
+  FROM v GROUP BY endpoint_id
+)
+SELECT p.*, bl.billed_cost_usd, bl.unbilled AS unbilled_requests,
+  round(p.estimated_cost_usd / nullif(p.seconds_generated, 0), 4) AS estimated_usd_per_video_second,
+  round(bl.billed_cost_usd / nullif(p.seconds_generated, 0), 4) AS billed_usd_per_video_second,
+  pr.sizes AS probed_sizes, pr.fps_mix AS probed_fps
+FROM per_endpoint p LEFT JOIN billed bl USING (endpoint_id) LEFT JOIN probed pr USING (endpoint_id)
+ORDER BY p.endpoint_id
+""".format(first="DATE '0001-01-01'", last="DATE '9999-12-31'")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 T = TypeVar("T")
 
@@ -142,10 +176,25 @@ def connect(warehouse_uri: str | None = None, *, storage_options: dict[str, Any]
         elif empty_missing:
             con.register(f"_empty_{name}", empty_source(table))
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _empty_{name}")
+    if {"generations", "video_metadata", "fal_billing"} <= set(views(con)):
+        con.execute(f"CREATE OR REPLACE VIEW endpoint_comparison AS {ENDPOINT_COMPARISON_SQL}")
     summary = wh.path(SUMMARY.name, SUMMARY_FILE)
     if wh.has_files(summary):
         con.execute(f"CREATE OR REPLACE VIEW {SUMMARY.name} AS SELECT * FROM read_parquet({_sql_str(summary)})")
     return con
+
+
+def endpoint_comparison_for(con: duckdb.DuckDBPyConnection, first: str, last: str) -> list[dict]:
+    """`endpoint_comparison` over the days `first`…`last` (YYYY-MM-DD, inclusive), as dicts."""
+    from datetime import date
+
+    bounds = {"'0001-01-01'": f"'{date.fromisoformat(first).isoformat()}'",
+              "'9999-12-31'": f"'{date.fromisoformat(last).isoformat()}'"}
+    sql = ENDPOINT_COMPARISON_SQL
+    for old, new in bounds.items():
+        sql = sql.replace(old, new)
+    rel = con.sql(sql)
+    return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
 
 
 def views(con: duckdb.DuckDBPyConnection) -> list[str]:
