@@ -30,7 +30,7 @@ from PIL import Image
 from sora_pipeline.media.download import download_video
 from sora_pipeline.fal.client import AsyncFalQueueClient
 from sora_pipeline.fal.models import ImageToVideoInput
-from sora_pipeline.fal.protocol import PollPolicy
+from sora_pipeline.fal.policies import PollPolicy
 from sora_pipeline.ledger import Ledger, RequestSpec, ResubmitPolicy
 from sora_pipeline.media.probe import probe_video
 

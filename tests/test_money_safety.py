@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
-from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy
-from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
+from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
+from sora_pipeline.generation.records import GenerationConfig, WorkItem
+from sora_pipeline.generation.runner import GenerationRunner
 from sora_pipeline.ledger import Ledger, LedgerUnavailable, RequestSpec, RequestState, ResubmitPolicy, request_key
 from sora_pipeline.ledger.schema import LATEST_VERSION
 

@@ -305,7 +305,8 @@ def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulat
 
     from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
     from sora_pipeline.simulator.webhook import sign_headers, signing_key
-    from sora_pipeline.generation.webhooks import WebhookConfig, WebhookServer, parse_public_key
+    from sora_pipeline.generation.webhook_auth import parse_public_key
+    from sora_pipeline.generation.webhooks import WebhookConfig, WebhookServer
 
     sim = make_simulator()  # only for its signing key
     key = signing_key(sim.config)

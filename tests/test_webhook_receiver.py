@@ -13,7 +13,8 @@ import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
+from sora_pipeline.generation.records import GenerationConfig, WorkItem
+from sora_pipeline.generation.runner import GenerationRunner
 from sora_pipeline.generation.webhooks import WebhookConfig, WebhookServer
 from sora_pipeline.ledger import Ledger, RequestState
 from sora_pipeline.simulator.webhook import sign_headers, signing_key
@@ -177,7 +178,7 @@ def test_receiver_service_entry_point(tmp_path):
 
 def test_receiver_settings_fail_in_one_line(tmp_path, ledger):
     """Unusable key settings, and the test switch on a non-loopback address, are refused before anything listens."""
-    from sora_pipeline.generation.webhooks import WebhookKeyError
+    from sora_pipeline.generation.webhook_auth import WebhookKeyError
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"keys": []}')

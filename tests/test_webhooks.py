@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sora_pipeline.fal.models import ImageToVideoInput
-from sora_pipeline.generation import GenerationConfig, GenerationRunner, WorkItem
+from sora_pipeline.generation.records import GenerationConfig, WorkItem
+from sora_pipeline.generation.runner import GenerationRunner
 from sora_pipeline.ledger import (
     Decision,
     Ledger,
@@ -23,18 +24,10 @@ from sora_pipeline.ledger import (
     ResubmitPolicy,
 )
 from sora_pipeline.simulator.webhook import sign_headers
-from sora_pipeline.generation.webhooks import (
-    WebhookConfig,
-    WebhookEvent,
-    WebhookServer,
-    WebhookSignatureError,
-    find_attempt,
-    keys_from_jwks,
-    parse_public_key,
-    record_webhook,
-    verify_signature,
-    wait_for_webhook,
-)
+from sora_pipeline.generation.webhook_auth import (WebhookSignatureError, keys_from_jwks, parse_public_key,
+                                                   verify_signature)
+from sora_pipeline.generation.webhooks import (WebhookConfig, WebhookEvent, WebhookServer, find_attempt,
+                                               record_webhook, wait_for_webhook)
 
 from tests.webhook_helpers import DAY, EP, IMAGE, client, sim_key_config, spec, until
 

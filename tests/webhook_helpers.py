@@ -14,8 +14,9 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sora_pipeline.fal.client import AsyncFalQueueClient
-from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy
-from sora_pipeline.generation.webhooks import WebhookConfig, parse_public_key
+from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
+from sora_pipeline.generation.webhook_auth import parse_public_key
+from sora_pipeline.generation.webhooks import WebhookConfig
 from sora_pipeline.ledger import RequestSpec
 from sora_pipeline.simulator.webhook import jwks_document
 from tests.conftest import png_bytes

@@ -4,20 +4,10 @@ day reads (`dates`), a day's rejections in bounded form (`rejections`). No Dagst
 
 from sora_pipeline.catalog.changes import catalog_fingerprints, catalog_signature
 from sora_pipeline.catalog.dates import CatalogDates, UndatedRow, catalog_dates
-from sora_pipeline.catalog.reader import (
-    CONTRACT_COLUMNS,
-    OPTIONAL_COLUMNS,
-    REQUIRED_COLUMNS,
-    CatalogError,
-    CatalogItem,
-    CatalogSlice,
-    RejectedRow,
-    image_roots_from_env,
-    open_catalog,
-    read_catalog_day,
-    redact,
-    write_catalog,
-)
+from sora_pipeline.catalog.ids import write_catalog
+from sora_pipeline.catalog.reader import CatalogError, CatalogSlice, image_roots_from_env, open_catalog, read_catalog_day
+from sora_pipeline.catalog.rejections import RejectedRow
+from sora_pipeline.catalog.rows import CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem, redact
 
 __all__ = [
     "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogDates", "CatalogError", "CatalogItem",

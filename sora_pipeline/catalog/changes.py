@@ -10,8 +10,8 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from sora_pipeline.catalog.rows import CONTRACT_COLUMNS
 from sora_pipeline.catalog.reader import (
-    CONTRACT_COLUMNS,
     CatalogError,
     _canonical,
     _data_files,

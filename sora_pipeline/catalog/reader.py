@@ -21,18 +21,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from sora_pipeline.catalog.ids import (day_row_groups, duplicated_ids, duplicated_ids_across, fragments_dataset,
-                                       write_catalog)
+from sora_pipeline.catalog.ids import day_row_groups, duplicated_ids, duplicated_ids_across, fragments_dataset
 from sora_pipeline.endpoints import EndpointProfile
-from sora_pipeline.catalog.rows import (CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem,
-                                        ImageResolver, RejectedRow, Rejections, check_rows, redact, unusable)
+from sora_pipeline.catalog.rejections import Rejections
+from sora_pipeline.catalog.rows import (CONTRACT_COLUMNS, REQUIRED_COLUMNS, CatalogItem, ImageResolver, check_rows,
+                                        unusable)
 from sora_pipeline.warehouse.tables import is_local_fs
 
-__all__ = [
-    "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogError", "CatalogItem", "CatalogSlice",
-    "RejectedRow", "image_roots_from_env", "open_catalog",
-    "read_catalog_day", "redact", "write_catalog",
-]
+__all__ = ["CatalogError", "CatalogSlice", "image_roots_from_env", "open_catalog", "read_catalog_day"]
 
 
 class CatalogError(ValueError):

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sora_pipeline.catalog.rejections import RejectedRow, Rejections  # noqa: F401 — RejectedRow: re-exported
+from sora_pipeline.catalog.rejections import Rejections
 from sora_pipeline.endpoints import EndpointProfile, get_profile
 from sora_pipeline.endpoints.profile import MAX_PARAMS_JSON
 from sora_pipeline.fal.image_sources import LOCAL_SCHEMES, refusal, scheme_of

@@ -10,9 +10,9 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
 from sora_pipeline.fal.identity import identify_backend
-from sora_pipeline.endpoints import EndpointProfile, get_profile
-from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID
-from sora_pipeline.fal.protocol import PollPolicy, RetryPolicy, check_base_url, split_endpoint
+from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID, EndpointProfile, get_profile
+from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
+from sora_pipeline.fal.urls import check_base_url, split_endpoint
 from sora_pipeline.redact import install_log_redaction, register_secret
 from sora_pipeline.defs.settings import DEFAULT_POLL_INTERVAL
 

@@ -28,8 +28,8 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
 from sora_pipeline.fal.errors import FalError, RequestFailedError, WaitTimeoutError
-from sora_pipeline.endpoints import EndpointProfile
-from sora_pipeline.fal.models import DEFAULT_ENDPOINT_ID, ImageToVideoInput, ImageToVideoOutput
+from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID, EndpointProfile
+from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
 from sora_pipeline.fal.error_mapping import RetrySignal
 from sora_pipeline.fal.limits import StreamEventTooLarge
 from sora_pipeline.fal.policies import PollPolicy, RetryPolicy

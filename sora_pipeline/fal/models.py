@@ -7,13 +7,11 @@ from __future__ import annotations
 from enum import Enum, IntEnum
 from typing import Any
 
-__all__ = ["DEFAULT_ENDPOINT_ID", "AspectRatio", "Duration", "ImageToVideoInput", "ImageToVideoOutput",
+__all__ = ["AspectRatio", "Duration", "ImageToVideoInput", "ImageToVideoOutput",
            "Resolution", "VideoFile", "validation_messages"]
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_serializer,
                       field_validator)
-
-from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID
 
 
 class Resolution(str, Enum):

@@ -7,7 +7,7 @@ cancel URL is built here from the configured base URL, the endpoint's owner/alia
 submit answer (or a ledger row) carries are never used, and ones that point elsewhere are logged once per request.
 Request ids are checked (`urls.valid_request_id`). Bytes coming in are capped (`limits`: every JSON answer at
 `max_json_bytes`, every status-stream line at `max_stream_event_bytes`); error answers become typed errors in
-`error_mapping`; retry and poll policy are in `policies`. The names that used to live here are re-exported."""
+`error_mapping`; retry and poll policy are in `policies`."""
 
 from __future__ import annotations
 
@@ -22,40 +22,23 @@ from pydantic import SecretStr, ValidationError
 
 from sora_pipeline.fal import error_mapping, limits
 from sora_pipeline.fal.platform import billable_units
-from sora_pipeline.fal.error_mapping import (
-    NOT_SENT_ERRORS,
-    RETRYABLE_STATUS,
-    SUBMIT_RETRYABLE_STATUS,
-    Phase,
-    RetrySignal,
-)
+from sora_pipeline.fal.error_mapping import Phase, RetrySignal
 from sora_pipeline.fal.errors import AmbiguousSubmitError, InputValidationError, RequestFailedError, TransientError
 from sora_pipeline.fal.limits import (
     DEFAULT_MAX_JSON_BYTES,
     DEFAULT_MAX_STREAM_EVENT_BYTES,
-    ERROR_BODY_BYTES,
     MAX_JSON_BYTES_ENV,
     MAX_STREAM_EVENT_BYTES_ENV,
     BodyReader,
     LineSplitter,
-    MiB,
-    StreamEventTooLarge,
     byte_cap,
-    describe_bytes,
 )
 from sora_pipeline.endpoints import EndpointProfile, UnknownEndpoint, get_profile
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput, validation_messages
-from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
 from sora_pipeline.fal.urls import MAX_REQUEST_ID_LENGTH, check_base_url, origin, split_endpoint, valid_request_id
 from sora_pipeline.redact import register_secret
 
-__all__ = [  # what callers import from here (some from the modules above, re-exported)
-    "DEFAULT_MAX_JSON_BYTES", "DEFAULT_MAX_STREAM_EVENT_BYTES", "ERROR_BODY_BYTES", "MAX_JSON_BYTES_ENV",
-    "MAX_REQUEST_ID_LENGTH", "MAX_STREAM_EVENT_BYTES_ENV", "NOT_SENT_ERRORS", "RETRYABLE_STATUS",
-    "SUBMIT_RETRYABLE_STATUS", "BodyReader", "LineSplitter", "MiB", "OutgoingRequest", "Phase", "PollPolicy",
-    "QueueHandle", "QueueProtocol", "QueueStatus", "RetryPolicy", "RetrySignal", "StreamEventTooLarge",
-    "byte_cap", "check_base_url", "describe_bytes", "origin", "split_endpoint", "valid_request_id",
-]
+__all__ = ["OutgoingRequest", "QueueHandle", "QueueProtocol", "QueueStatus"]
 
 log = logging.getLogger("sora_pipeline.fal")
 _WARNED_LIMIT = 10_000  # request ids remembered for the once-per-request warning about foreign URLs

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sora_pipeline.serving import BackgroundServer
-from sora_pipeline.simulator.app import SimulatorApp, create_app
+from sora_pipeline.simulator.app import create_app
+from sora_pipeline.simulator.core import SimulatorApp
 from sora_pipeline.simulator.config import SimulatorConfig
 
 
