@@ -88,9 +88,13 @@ def test_every_shipped_profile_is_valid(path):
         if "enum" in spec and "default" in spec:
             assert spec["default"] in spec["enum"], name
     resolutions = props[mapping["resolution"]]["enum"] if mapping.get("resolution") else []
-    tiers, heights = set(p["pricing"]["per_second"]), set(p["video"]["heights"])
+    tiers, heights = set(p["pricing"].get("per_second") or {"*"}), set(p["video"]["heights"])
     concrete = {r for r in resolutions if r != "auto"}
     assert tiers == (concrete or {"*"}) or tiers == {"*"}, (tiers, resolutions)
+    if p["pricing"].get("per_second_audio"):  # audio prices: the same tiers, never cheaper than silence
+        audio = p["pricing"]["per_second_audio"]
+        assert set(audio) == tiers and all(audio[t] >= p["pricing"]["per_second"][t] for t in tiers)
+        assert props[p["pricing"]["audio_input"]]["type"] == "boolean"
     assert heights == (concrete or {"*"}), (heights, resolutions)
     if "auto" in resolutions:
         assert p["pricing"]["auto_tier"] in tiers and p["video"]["auto_resolution"] in heights
@@ -210,7 +214,7 @@ def test_a_new_endpoint_needs_a_mapping(tmp_path):
     with sim_server(served) as server:
         asked = refresh(server, new_id, out)
         assert asked.returncode == 4 and "cfg_scale: number" in asked.stdout
-        assert "--mapping prompt=prompt,image=image_url,resolution=none" in asked.stderr and not out.exists()
+        assert "--mapping prompt=prompt,image=image_url,end_image=none,resolution=none" in asked.stderr and not out.exists()
         made = refresh(server, new_id, out, "--mapping", "prompt=prompt,image=image_url,resolution=none",
                        "--mapping", "aspect_ratio=none,duration=duration,openai_api_key=none")
         assert made.returncode == 0, made.stderr

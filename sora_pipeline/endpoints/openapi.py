@@ -299,6 +299,10 @@ def pricing_from_price(entry: dict[str, Any], previous: dict[str, Any] | None) -
     unit = " ".join(entry["unit"].lower().replace("-", " ").split())
     kind = "second" if unit in SECOND_UNITS else "video" if unit in VIDEO_UNITS else None
     amount = f"${entry['unit_price']:g} per {entry['unit']} ({entry['currency']})"
+    if unit in ("token", "tokens") and (previous or {}).get("unit") == "token":  # Seedance: kept per 1,000 tokens
+        new = dict(previous or {})
+        new.update({"per_1k_tokens": round(entry["unit_price"] * 1000, 9), "currency": entry["currency"]})
+        return new, f"fal's pricing API: {amount}"
     if kind is None:
         return None, f"fal's pricing API says {amount}: not per second or per video, so the pricing was kept"
     key = "per_second" if kind == "second" else "per_video"
@@ -326,6 +330,9 @@ def pricing_from_price(entry: dict[str, Any], previous: dict[str, Any] | None) -
 def price_answer(endpoint_id: str, pricing: dict[str, Any]) -> dict[str, Any]:
     """A profile's price as one entry of fal's pricing answer (the lowest tier, as fal quotes its base price)."""
     kind = pricing.get("unit", "second")
+    if kind == "token" and pricing.get("per_1k_tokens") is not None:  # fal's unit name for tokens: unconfirmed
+        return {"endpoint_id": endpoint_id, "unit_price": pricing["per_1k_tokens"] / 1000, "unit": "tokens",
+                "currency": pricing.get("currency", "USD")}
     tiers = pricing.get("per_second" if kind == "second" else "per_video") or {"*": 0.0}
     return {"endpoint_id": endpoint_id, "unit_price": min(tiers.values()), "unit": kind,
             "currency": pricing.get("currency", "USD")}

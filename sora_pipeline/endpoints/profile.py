@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-CONCEPTS = ("prompt", "image", "resolution", "aspect_ratio", "duration", "openai_api_key")
+CONCEPTS = ("prompt", "image", "end_image", "resolution", "aspect_ratio", "duration", "openai_api_key")
 _HEIGHT = re.compile(r"^(\d{3,4})[pP]$")
+_SECONDS = re.compile(r"^\s*(\d{1,4})\s*s\s*$")
 MAX_PARAMS_JSON = 16 * 1024  # characters of a catalog row's `params` JSON
 DEFAULT_MAX_TEXT_CHARS = 5000  # a free-text input whose fal document gives no maxLength (Sora 2's prompt cap)
 _URL_SUFFIXES = ("_url", "_uri", "_urls", "_uris")
@@ -90,12 +91,18 @@ class OutputSpec(BaseModel):
 
 
 class Pricing(BaseModel):
-    """USD per generated second by the endpoint's resolution value (`*`: any), or per video by duration value."""
+    """USD per generated second by the endpoint's resolution value (`*`: any), per video by duration value, or per
+    1,000 tokens (Seedance: tokens = height × width × seconds × `token_fps` / 1024). `audio_input` names the
+    endpoint's audio switch (e.g. `generate_audio`); `per_second_audio` is the per-second price when it is on."""
 
     model_config = ConfigDict(extra="ignore")
-    unit: Literal["second", "video"] = "second"
+    unit: Literal["second", "video", "token"] = "second"
     per_second: dict[str, float] = Field(default_factory=dict)
+    per_second_audio: dict[str, float] = Field(default_factory=dict)
+    audio_input: str | None = None
     per_video: dict[str, float] = Field(default_factory=dict)
+    per_1k_tokens: float | None = None
+    token_fps: float = 24.0
     auto_tier: str | None = None
     currency: str = "USD"
 
@@ -110,6 +117,7 @@ class VideoSpec(BaseModel):
     fps: float = 24.0
     latency_s: float = 120.0
     fixed_duration: int | None = None  # when the endpoint has no duration input
+    default_duration: int | None = None  # sent when the catalog gives none and fal's default is not whole seconds
 
 
 class EndpointProfile(BaseModel):
@@ -124,6 +132,7 @@ class EndpointProfile(BaseModel):
     output: OutputSpec = Field(default_factory=OutputSpec)
     pricing: Pricing
     video: VideoSpec = Field(default_factory=VideoSpec)
+    unconfirmed: list[str] = Field(default_factory=list)  # what fal's public documents did not say
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointProfile:
@@ -139,11 +148,17 @@ class EndpointProfile(BaseModel):
         for name, spec in props.items():
             if spec.enum is not None and spec.default is not None and spec.default not in spec.enum:
                 raise ValueError(f"input {name}: default {spec.default!r} is not in its enum")
-        if not self.pricing.per_second and not self.pricing.per_video:
-            raise ValueError("pricing needs per_second or per_video")
+        pricing = self.pricing
+        if not pricing.per_second and not pricing.per_video and pricing.per_1k_tokens is None:
+            raise ValueError("pricing needs per_second, per_video or per_1k_tokens")
+        if pricing.unit == "token" and pricing.per_1k_tokens is None:
+            raise ValueError("pricing.unit token needs per_1k_tokens")
+        if pricing.audio_input is not None and props.get(pricing.audio_input, FieldSpec()).type != "boolean":
+            raise ValueError(f"pricing.audio_input names {pricing.audio_input!r}, which is not a boolean input")
         for name, spec in props.items():
             free_text = spec.type == "string" and spec.enum is None and spec.max_length is None
-            if free_text and name != self.catalog_mapping["image"] and not name.lower().endswith(_URL_SUFFIXES):
+            images = (self.catalog_mapping["image"], self.catalog_mapping.get("end_image"))
+            if free_text and name not in images and not name.lower().endswith(_URL_SUFFIXES):
                 spec._default_cap = DEFAULT_MAX_TEXT_CHARS
         return self
 
@@ -170,13 +185,28 @@ class EndpointProfile(BaseModel):
         found = self.field_for(concept)
         if found is None or found[1].enum is None:
             return None
-        return [_as_catalog(concept, v) for v in found[1].enum]
+        values = [_as_catalog(concept, v) for v in found[1].enum]
+        return [v for v in values if isinstance(v, int)] if concept == "duration" else values
 
     def default(self, concept: str) -> Any:
         found = self.field_for(concept)
         if found is None:
             return self.video.fixed_duration if concept == "duration" else None
-        return _as_catalog(concept, found[1].default)
+        value = _as_catalog(concept, found[1].default)
+        if concept == "duration" and value is not None and not isinstance(value, int):
+            return self.video.default_duration  # fal's default is not whole seconds (Seedance's "auto")
+        if concept == "duration" and value is None:
+            return self.video.default_duration
+        return value
+
+    def audio_on(self, params: dict[str, Any] | None) -> bool | None:
+        """Whether a request with these `params` makes sound (the audio switch's value, else its default); None
+        when the endpoint has no audio switch."""
+        name = self.pricing.audio_input
+        if name is None:
+            return None
+        value = (params or {}).get(name, self.input.properties[name].default)
+        return bool(value) if value is not None else False
 
     def catalog_value(self, concept: str, value: Any) -> tuple[Any, str | None]:
         """A catalog cell (already plain: str for resolution/aspect_ratio, int for duration, or None) → the
@@ -234,9 +264,15 @@ class EndpointProfile(BaseModel):
     # ---- the request -----------------------------------------------------------------------------------------
     def payload(self, *, prompt: str, image_url: str, resolution: Any = None, aspect_ratio: Any = None,
                 duration: Any = None, params: dict[str, Any] | None = None,
-                secrets: dict[str, str | None] | None = None) -> dict[str, Any]:
-        """The submit body (reveals secrets; never log it)."""
+                secrets: dict[str, str | None] | None = None, end_image_url: str | None = None) -> dict[str, Any]:
+        """The submit body (reveals secrets; never log it). `end_image_url`: the last frame, where the endpoint
+        takes one (`catalog_mapping.end_image`)."""
         body: dict[str, Any] = {self.catalog_mapping["prompt"]: prompt, self.catalog_mapping["image"]: image_url}
+        if end_image_url is not None:
+            found = self.field_for("end_image")
+            if found is None:
+                raise ValueError(f"{self.endpoint_id} takes no end frame (leave end_image_uri empty)")
+            body[found[0]] = end_image_url
         for concept, value in (("resolution", resolution), ("aspect_ratio", aspect_ratio), ("duration", duration)):
             found = self.field_for(concept)
             if found is None:
@@ -310,7 +346,7 @@ def _same(candidate: Any, value: Any) -> bool:
         if isinstance(value, str):
             return candidate == value or candidate.lower() == value.strip().lower()
         if isinstance(value, int) and not isinstance(value, bool):
-            return candidate == str(value)
+            return candidate == str(value) or _with_unit(candidate) == value
         return False
     if isinstance(candidate, bool) or isinstance(value, bool):
         return False
@@ -321,8 +357,19 @@ def _same(candidate: Any, value: Any) -> bool:
     return False
 
 
+def _with_unit(text: str) -> int | None:
+    """8 for "8s" (a duration written with its unit), else None."""
+    m = _SECONDS.match(text)
+    return int(m.group(1)) if m else None
+
+
 def wire_value(spec: FieldSpec, value: Any) -> Any:
-    """A recorded value in the type the endpoint declares ("5" for a string enum, 4 for an integer one)."""
+    """A recorded value in the type the endpoint declares ("5" for a string enum, "8s" where the enum writes the
+    unit, 4 for an integer one)."""
+    if spec.enum and isinstance(value, int) and not isinstance(value, bool):
+        for candidate in spec.enum:
+            if isinstance(candidate, str) and _same(candidate, value):
+                return candidate
     kinds = {type(e) for e in spec.enum or ()} or ({str} if spec.type == "string" else
                                                     {int} if spec.type == "integer" else set())
     if kinds == {str} and isinstance(value, int) and not isinstance(value, bool):

@@ -121,8 +121,8 @@ def profile_problems(profile: dict[str, Any]) -> tuple[list[str], list[str]]:
         if isinstance(spec.get("enum"), list) and "default" in spec and spec["default"] not in spec["enum"]:
             problems.append(f"input {name}: default {spec['default']!r} is not in its enum")
     pricing = profile.get("pricing") or {}
-    if not pricing.get("per_second") and not pricing.get("per_video"):
-        problems.append("pricing needs per_second or per_video")
+    if not pricing.get("per_second") and not pricing.get("per_video") and pricing.get("per_1k_tokens") is None:
+        problems.append("pricing needs per_second, per_video or per_1k_tokens")
     res = props.get(mapping.get("resolution") or "", {}).get("enum")
     tiers = set(pricing.get("per_second") or {})
     if res and tiers and "*" not in tiers:
@@ -240,6 +240,7 @@ def guess_mapping(input_section: dict[str, Any]) -> dict[str, str | None]:
 
     return {"prompt": first("prompt"), "image": first("image_url", "start_image_url", "first_frame_url",
                                                       "first_frame_image_url", "input_image_url"),
+            "end_image": first("end_image_url", "last_frame_url", "tail_image_url"),
             "resolution": first("resolution"), "aspect_ratio": first("aspect_ratio"), "duration": first("duration"),
             "openai_api_key": None}
 

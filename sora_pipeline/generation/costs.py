@@ -1,5 +1,5 @@
-"""Price table, cost estimates and a thread-safe budget guard for paid generations (fal bills per second or per
-video, by the endpoint). Every figure here is an estimate from the profile's prices; what fal charged comes from
+"""Price table, cost estimates and a thread-safe budget guard for paid generations (fal bills per second, per
+second with audio on, per video or per token, by the endpoint). Every figure here is an estimate from the profile's prices; what fal charged comes from
 fal (`billable units` on the result, billing events: `sora_pipeline.billing`)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PRICE_TABLE_ENV = "SORA_PRICE_TABLE"
-_TIER_RE = re.compile(r"^(\d+)p$")
+_TIER_RE = re.compile(r"^(\d+)p$|^(\d)k$")  # "720p", "1080p", "4k" (2160 lines)
 ANY_TIER = "*"  # the price of an endpoint whose price does not depend on the resolution
 _EPS = 1e-9
 
@@ -36,11 +36,22 @@ class PriceTable(BaseModel):
     #: a price per clip by its duration in seconds ("5", "10", or "*": any), for endpoints billed per video;
     #: when it names a duration it wins over `per_second` for that duration
     per_video: dict[str, float] = Field(default_factory=dict)
+    #: per-second prices when the endpoint's audio switch is on (by tier, like `per_second`); empty: audio is free
+    per_second_audio: dict[str, float] = Field(default_factory=dict)
+    #: whether audio is on when a request does not say (the switch's default at fal); None: no audio switch
+    audio_default: bool | None = None
+    #: USD per 1,000 tokens, tokens = height × width × seconds × `token_fps` / 1024 (Seedance); None: not per token
+    per_1k_tokens: float | None = None
+    token_fps: float = 24.0
+    #: output height by resolution value (per-token estimates before the video exists)
+    heights: dict[str, int] = Field(default_factory=dict)
+    #: the tier `auto` costs (its name, for the audio prices)
+    auto_tier: str | None = None
 
-    @field_validator("per_second")
+    @field_validator("per_second", "per_second_audio")
     @classmethod
-    def _check_tiers(cls, value: dict[str, float]) -> dict[str, float]:
-        if not value:
+    def _check_tiers(cls, value: dict[str, float], info: Any) -> dict[str, float]:
+        if not value and info.field_name == "per_second":
             raise ValueError("per_second needs at least one resolution")
         for name, price in value.items():
             if not _TIER_RE.match(name) and name != ANY_TIER:
@@ -61,11 +72,19 @@ class PriceTable(BaseModel):
         """The endpoint profile's price per generated second (`sora_pipeline.endpoints`)."""
         per_second = {str(k).lower(): float(v) for k, v in profile.pricing.per_second.items()}
         per_video = {str(k): float(v) for k, v in profile.pricing.per_video.items()}
-        tier = (profile.pricing.auto_tier or "").lower()
+        pricing = profile.pricing
+        tier = (pricing.auto_tier or "").lower()
         if not per_second:  # billed per video only: price seconds at the dearest clip's rate (estimates use per_video)
             per_second = {ANY_TIER: 0.0}
-        return cls(per_second=per_second, auto=per_second.get(tier), currency=profile.pricing.currency,
-                   per_video=per_video)
+        audio = {str(k).lower(): float(v) for k, v in pricing.per_second_audio.items()}
+        switch = pricing.audio_input
+        audio_default = None if switch is None else bool(profile.input.properties[switch].default)
+        heights = {str(k).lower(): int(v) for k, v in profile.video.heights.items()}
+        return cls(per_second=per_second, auto=per_second.get(tier), currency=pricing.currency,
+                   per_video=per_video if pricing.unit != "token" else {}, per_second_audio=audio,
+                   audio_default=audio_default, heights=heights,
+                   per_1k_tokens=pricing.per_1k_tokens if pricing.unit == "token" else None,
+                   token_fps=pricing.token_fps, auto_tier=tier or None)
 
     def video_price(self, seconds: float | None) -> float | None:
         """The price of one clip of `seconds` when the endpoint bills per video (None: it bills per second)."""
@@ -114,11 +133,20 @@ class PriceTable(BaseModel):
             raise PriceTableError(f"{PRICE_TABLE_ENV} is invalid: {msgs}") from None
 
     def _tiers(self) -> list[tuple[int, str]]:
-        return sorted((int(m.group(1)), k) for k in self.per_second if (m := _TIER_RE.match(k)))
+        return sorted((_lines(k), k) for k in self.per_second if _TIER_RE.match(k))
 
-    def rate(self, resolution: str | Enum | None) -> float:
+    def _table(self, audio: bool | None) -> dict[str, float]:
+        """The per-second prices that apply: with audio on (the request's, else the default), the audio prices."""
+        on = self.audio_default if audio is None else audio
+        return self.per_second_audio if (on and self.per_second_audio) else self.per_second
+
+    def rate(self, resolution: str | Enum | None, audio: bool | None = None) -> float:
         """Price per second for a requested resolution ("720p", "1080p", "auto", or None for an endpoint
-        without a resolution input)."""
+        without a resolution input), with audio on or off (None: the endpoint's default)."""
+        table = self._table(audio)
+        if table is not self.per_second:
+            return PriceTable.model_construct(per_second=table, auto=table.get(self._auto_tier()),
+                                              currency=self.currency).rate(resolution)
         if resolution is None:
             resolution = ANY_TIER if ANY_TIER in self.per_second else "auto"
         name = str(resolution.value if isinstance(resolution, Enum) else resolution).strip().lower()
@@ -130,50 +158,92 @@ class PriceTable(BaseModel):
             raise KeyError(f"no price for resolution {name!r} (known: {', '.join(sorted(self.per_second))})")
         return self.per_second[name]
 
-    def rate_for_pixels(self, short_side: int) -> float:
+    def _auto_tier(self) -> str | None:
+        return self.auto_tier
+
+    def rate_for_pixels(self, short_side: int, audio: bool | None = None) -> float:
         """Price per second of an output whose shorter side is `short_side` pixels (1080 or more -> 1080p)."""
-        tiers = self._tiers()
+        table = self._table(audio)
+        tiers = sorted((_lines(k), k) for k in table if _TIER_RE.match(k))
         if not tiers:
-            return self.per_second[ANY_TIER]
+            return table.get(ANY_TIER, max(table.values()))
         chosen = tiers[0][1]
         for lines, name in tiers:
             if short_side >= lines:
                 chosen = name
-        return self.per_second[chosen]
+        return table[chosen]
+
+    def token_cost(self, *, seconds: float, height: int | None = None, width: int | None = None,
+                   resolution: str | Enum | None = None, aspect_ratio: str | None = None) -> float:
+        """USD of a clip priced per token: height × width × seconds × token_fps / 1024 tokens at `per_1k_tokens`.
+        Without a probed size the height comes from the resolution and the width from the aspect ratio (16:9 when
+        unknown or `auto`)."""
+        if height and width:
+            pixels = float(height) * float(width)
+        else:
+            name = str(resolution.value if isinstance(resolution, Enum) else resolution or "auto").lower()
+            short = self.heights.get(name) or (_lines(name) if _TIER_RE.match(name) else None) \
+                or max(self.heights.values(), default=720)
+            pixels = float(short) * float(short) * _long_over_short(aspect_ratio)
+        tokens = pixels * float(seconds) * self.token_fps / 1024.0
+        return tokens * float(self.per_1k_tokens or 0.0) / 1000.0
+
+
+def _lines(tier: str) -> int:
+    m = _TIER_RE.match(tier)
+    if m is None:
+        raise ValueError(f"not a resolution tier: {tier!r}")
+    return int(m.group(1)) if m.group(1) else {4: 2160, 8: 4320}.get(int(m.group(2)), int(m.group(2)) * 540)
+
+
+def _long_over_short(aspect_ratio: str | None) -> float:
+    """The long side over the short one of an aspect ratio like "9:16" (16:9 when unknown or `auto`)."""
+    try:
+        a, b = (float(x) for x in str(aspect_ratio).split(":"))
+        return max(a, b) / min(a, b) if a > 0 and b > 0 else 16 / 9
+    except ValueError:
+        return 16 / 9
 
 
 def estimate_cost(prices: PriceTable, *, resolution: str | Enum | None, duration_s: float | None,
-                  byo_openai_key: bool) -> float:
-    """Expected charge of one generation; 0 when the user's own OpenAI key is used (fal does not bill)."""
+                  byo_openai_key: bool, audio: bool | None = None, aspect_ratio: str | None = None) -> float:
+    """Expected charge of one generation; 0 when the user's own OpenAI key is used (fal does not bill). `audio`:
+    the request's audio switch (None: the endpoint's default); `aspect_ratio` sizes a per-token estimate."""
     duration_s = 0.0 if duration_s is None else duration_s
     if duration_s < 0:
         raise ValueError("duration_s must be >= 0")
     if byo_openai_key:
         return 0.0
+    if prices.per_1k_tokens is not None:
+        return round(prices.token_cost(seconds=duration_s, resolution=resolution, aspect_ratio=aspect_ratio), 6)
     per_clip = prices.video_price(duration_s)
     if per_clip is not None:
         return round(per_clip, 6)
-    return round(prices.rate(resolution) * float(duration_s), 6)
+    return round(prices.rate(resolution, audio) * float(duration_s), 6)
 
 
 def unit_price(prices: PriceTable, *, seconds: float | None, byo_openai_key: bool, height: int | None = None,
-               width: int | None = None, resolution: str | Enum | None = None) -> float | None:
+               width: int | None = None, resolution: str | Enum | None = None,
+               audio: bool | None = None) -> float | None:
     """The profile's price of one of fal's billable units for this output: the clip's price when the endpoint
-    bills per video, else the price of one second at the output's tier (see `priced_cost`); 0 with a BYO key."""
+    bills per video, one token's when per token, else the price of one second at the output's tier (see
+    `priced_cost`); 0 with a BYO key."""
     if byo_openai_key:
         return 0.0
+    if prices.per_1k_tokens is not None:
+        return prices.per_1k_tokens / 1000.0
     per_clip = prices.video_price(round(float(seconds)) if seconds is not None else None)
     if per_clip is not None:
         return per_clip
     sides = [s for s in (height, width) if s]
     if sides:
-        return prices.rate_for_pixels(min(sides))
-    return prices.rate(resolution if resolution is not None else "auto")
+        return prices.rate_for_pixels(min(sides), audio)
+    return prices.rate(resolution if resolution is not None else "auto", audio)
 
 
 def priced_cost(
     prices: PriceTable, *, seconds_generated: float | None, byo_openai_key: bool, height: int | None = None,
-    width: int | None = None, resolution: str | Enum | None = None,
+    width: int | None = None, resolution: str | Enum | None = None, audio: bool | None = None,
 ) -> float | None:
     """Estimated charge of a finished generation at the profile's prices, by the probed output size when known
     (an estimate: fal's charge is what its billing reports).
@@ -186,16 +256,19 @@ def priced_cost(
         return 0.0
     if seconds_generated is None:
         return None
+    if prices.per_1k_tokens is not None:
+        return round(prices.token_cost(seconds=seconds_generated, height=height, width=width,
+                                       resolution=resolution), 6)
     per_clip = prices.video_price(round(float(seconds_generated)))
     if per_clip is not None:
         return round(per_clip, 6)
     sides = [s for s in (height, width) if s]
     if sides:
-        rate = prices.rate_for_pixels(min(sides))
+        rate = prices.rate_for_pixels(min(sides), audio)
     elif resolution is not None:
-        rate = prices.rate(resolution)
+        rate = prices.rate(resolution, audio)
     else:
-        rate = prices.rate("auto")
+        rate = prices.rate("auto", audio)
     return round(rate * float(seconds_generated), 6)
 
 
@@ -254,4 +327,9 @@ class BudgetGuard:
 
 def describe(prices: PriceTable) -> dict[str, Any]:
     """The table as plain data (for run metadata)."""
-    return {"currency": prices.currency, "per_second": dict(prices.per_second), "auto": prices.rate("auto")}
+    out = {"currency": prices.currency, "per_second": dict(prices.per_second), "auto": prices.rate("auto")}
+    if prices.per_second_audio:
+        out["per_second_audio"] = dict(prices.per_second_audio)
+    if prices.per_1k_tokens is not None:
+        out["per_1k_tokens"] = prices.per_1k_tokens
+    return out
