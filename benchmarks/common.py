@@ -219,14 +219,14 @@ class RSSSampler:
 from benchmarks.sim_process import SimProcess, queue_calls  # noqa: E402,F401 — the simulator in its own process
 
 # ---------------------------------------------------------------------------------------------- projects
-# catalogs, images and resources come from the fixtures the tests use too (sora_pipeline.defs.testing)
+# catalogs, images and resources come from the fixtures the tests use too (tests.support.fixtures)
 IMAGE_NAME = "land.png"
 
 
 def write_image(folder: Path) -> Path:
     """The benchmarks' one small landscape PNG as `<folder>/land.png` (`folder` is an `images/` directory): every
     item uses it, so the simulator encodes one clip."""
-    from sora_pipeline.defs.testing import write_images
+    from tests.support.fixtures import write_images
 
     assert folder.name == "images", folder
     write_images(str(folder.parent), ("land",))
@@ -234,16 +234,16 @@ def write_image(folder: Path) -> Path:
 
 
 def day_rows(day: str, n: int, **row_kw) -> list[dict]:
-    from sora_pipeline.defs.testing import uniform_rows
+    from tests.support.fixtures import uniform_rows
 
     return uniform_rows(day, n, **row_kw)
 
 
 def make_project(root: Path, days: dict[str, int], **row_kw) -> dict[str, str]:
     """A catalog with `days[day]` items per day (identical image and parameters), a warehouse, a SQLite ledger."""
-    from sora_pipeline.defs import testing
+    from tests.support import fixtures
 
-    return testing.make_project(root, [r for day, n in days.items() for r in day_rows(day, n, **row_kw)])
+    return fixtures.make_project(root, [r for day, n in days.items() for r in day_rows(day, n, **row_kw)])
 
 
 def resources(sim_url: str, project: dict, fal_class: type | None = None, **fal_overrides) -> dict:
@@ -251,9 +251,9 @@ def resources(sim_url: str, project: dict, fal_class: type | None = None, **fal_
 
     The simulated account has C = 50 (the simulators' `max_running` here), so its in-flight cap is 2C = 100: without
     `account_concurrency` the resource's default C = 8 would cap every run at 16 in flight."""
-    from sora_pipeline.defs import testing
+    from tests.support import fixtures
 
-    res = testing.resources(sim_url, project, **({"poll_interval": 0.1, "max_concurrency": 50,
+    res = fixtures.resources(sim_url, project, **({"poll_interval": 0.1, "max_concurrency": 50,
                                                   "account_concurrency": 50, "retry_total_timeout": 60.0}
                                                  | fal_overrides))
     if fal_class is not None:
@@ -264,7 +264,7 @@ def resources(sim_url: str, project: dict, fal_class: type | None = None, **fal_
 
 def selection() -> list:
     """What one day's run materializes: the daily assets and the asset checks."""
-    from sora_pipeline.defs.testing import DAILY_SELECTION
+    from tests.support.fixtures import DAILY_SELECTION
 
     return DAILY_SELECTION
 
@@ -303,11 +303,11 @@ def materialize_day(res: dict, day: str = DAY, run_config: dict | None = None) -
     """`dagster.materialize` of the pipeline's assets and checks for one day on a fresh ephemeral instance."""
     import dagster as dg
 
-    from sora_pipeline.defs import testing
+    from tests.support import fixtures
 
     instance = dg.DagsterInstance.ephemeral()
     c0, t0 = _cpu(), time.perf_counter()
-    result = testing.materialize_day(res, day, run_config, instance=instance, raise_on_error=False)
+    result = fixtures.materialize_day(res, day, run_config, instance=instance, raise_on_error=False)
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     logs = instance.all_logs(result.run_id)
     starts: dict[str, float] = {}

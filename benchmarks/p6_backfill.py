@@ -9,7 +9,7 @@ How it runs (each shape on its own temp dir):
 * `dagster-daemon run -w workspace.yaml` from the repo root in the background (its own process group), with
   `SORA_FAL_QUEUE_URL=<simulator>`, `SORA_FAL_CONCURRENCY=C` (in-flight cap: its default 2C),
   `SORA_MAX_CONCURRENCY=2C`, and catalog / warehouse / SQLite ledger in the temp dir (the catalog written with the
-  shared fixtures, `sora_pipeline.defs.testing`); the backfill is launched once every daemon has sent a heartbeat;
+  shared fixtures, `tests.support.fixtures`); the backfill is launched once every daemon has sent a heartbeat;
 * `dagster job backfill -w workspace.yaml -j daily_generation_job --from D1 --to D2 --noprompt`, then the runs of
   the backfill are polled through `DagsterInstance.get()` until every one has finished.
 

@@ -62,9 +62,9 @@ def write_day(catalog: Path, rows: int) -> None:
 
 
 def _project(root: Path, rows: int) -> dict:
-    from sora_pipeline.defs import testing
+    from tests.support import fixtures
 
-    project = testing.make_project(root, testing.uniform_rows(DAY, 1))
+    project = fixtures.make_project(root, fixtures.uniform_rows(DAY, 1))
     write_day(Path(project["catalog_uri"]), rows)
     return project
 
@@ -84,12 +84,12 @@ def _steps(logs) -> dict[str, float]:
 
 
 def _measure(sim_url: str, project: dict, instance) -> dict:
-    from sora_pipeline.defs import testing
+    from tests.support import fixtures
 
     rs = resources(sim_url, project, poll_interval=0.05)
     before = maxrss_mb()
     t0 = time.perf_counter()
-    result = testing.materialize_day(rs, DAY, instance=instance, raise_on_error=False)
+    result = fixtures.materialize_day(rs, DAY, instance=instance, raise_on_error=False)
     wall = time.perf_counter() - t0
     logs = instance.all_logs(result.run_id)
     steps = _steps(logs)

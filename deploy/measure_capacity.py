@@ -125,7 +125,7 @@ def ledger_cost(url: str, n: int = 300) -> dict:
 
 
 def webhook_throughput(url: str, specs: list[RequestSpec]) -> dict:
-    from sora_pipeline.generation.webhooks import WebhookConfig, WebhookServer
+    from sora_pipeline.webhooks.receiver import WebhookConfig, WebhookServer
 
     with Ledger(url) as lg, WebhookServer(lg, WebhookConfig(insecure_test_mode=True)) as hooks:  # unsigned: a test
         bodies = [json.dumps({"request_id": f"rid-{s.request_key[:16]}", "status": "OK", "error": None,

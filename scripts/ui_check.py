@@ -2,7 +2,7 @@
 
 1. Materializes the sample catalog like `make demo` (`python -m sora_pipeline.demo`; embedded simulator: FAL_KEY
    and every SORA_* variable are removed from the environment, nothing is billed) into a temporary DAGSTER_HOME
-   and warehouse. Without `data/catalog/`, a small catalog is built with `tests/pipeline_helpers.py`.
+   and warehouse. Without `data/catalog/`, a small catalog is built with `tests/support/fixtures.py`.
 2. Starts the UI like `make ui` (`scripts/run_ui.py`: `dagster dev` in its own process group) on 127.0.0.1 on a
    free port against that instance.
 3. Opens, in headless Chromium (`/usr/bin/chromium`, driven by playwright — no browser download): the global asset
@@ -124,7 +124,7 @@ def prepare(tmp: Path, catalog: str | None) -> tuple[dict, list[str]]:
             catalog = str(sample)
         else:
             sys.path.insert(0, str(ROOT))
-            from tests.pipeline_helpers import catalog_rows, make_project
+            from tests.support.fixtures import catalog_rows, make_project
 
             rows = catalog_rows(n=4) + catalog_rows(day="2026-11-21", n=2, prefix="b")
             catalog = make_project(tmp / "sample", rows)["catalog_uri"]

@@ -1,5 +1,5 @@
-"""Helpers for pipeline tests: the shared fixtures of `sora_pipeline.defs.testing` (catalogs, images, resources
-pointed at a test simulator, one day's materialization) plus readers of a run's events."""
+"""Helpers for pipeline tests (beside the shared fixtures of `tests.support.fixtures`): a pipeline process's
+environment, the summary rollup, and readers of a run's events."""
 
 from __future__ import annotations
 
@@ -8,21 +8,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from sora_pipeline.defs.testing import (  # noqa: F401 — re-exported for the tests
-    DAILY_SELECTION,
-    DAY,
-    catalog_rows,
-    make_project,
-    materialize_day,
-    resources,
-    write_catalog,
-    write_images,
-)
 
 
-__all__ = ["DAILY_SELECTION", "DAY", "catalog_rows", "check_results", "make_project", "materialize_day",
-           "materialize_summary", "materializations", "resources", "subprocess_env", "write_catalog",
-           "write_images"]
+__all__ = ["check_results", "materialize_summary", "materializations", "subprocess_env"]
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,8 @@ from sqlalchemy.exc import OperationalError
 
 from sora_pipeline.generation.admission import AccountAdmission
 from sora_pipeline.ledger import Ledger, LedgerUnavailable
-from tests.pipeline_helpers import catalog_rows, make_project, subprocess_env
+from tests.support.fixtures import catalog_rows, make_project
+from tests.pipeline_helpers import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 

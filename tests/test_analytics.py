@@ -19,16 +19,8 @@ from sora_pipeline.analytics.query import connect, views
 from sora_pipeline.simulator import SimulatorConfig, SimulatorServer
 from sora_pipeline.analytics.stats import DAILY_STATS, SUMMARY, daily_stats_row, headline_markdown
 from sora_pipeline.warehouse.tables import read_day_partition, read_table
-from tests.pipeline_helpers import (
-    catalog_rows,
-    make_project,
-    materializations,
-    materialize_day,
-    materialize_summary,
-    resources,
-    write_catalog,
-    write_images,
-)
+from tests.support.fixtures import catalog_rows, make_project, materialize_day, resources, write_catalog, write_images
+from tests.pipeline_helpers import materializations, materialize_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 D1, D2 = "2026-11-20", "2026-11-21"

@@ -75,7 +75,8 @@ def test_generations_record_billable_units_and_outputs_beyond_the_video(tmp_path
     """fal's units of each result (the simulator answers `x-fal-billable-units` = seconds) × the unit price of the
     output's tier → billed_cost_usd with its source; Sora's thumbnail/spritesheet URLs in their columns."""
     from sora_pipeline.warehouse.tables import read_day_partition
-    from tests.pipeline_helpers import DAY as PIPELINE_DAY, make_project, materialize_day, materializations, \
+    from tests.support.fixtures import DAY as PIPELINE_DAY, make_project, materialize_day
+    from tests.pipeline_helpers import materializations, \
         resources
 
     project = make_project(tmp_path)
@@ -142,7 +143,7 @@ def test_the_money_check_names_outliers_and_unknown_spend_and_warns_on_drift():
 
 
 def _today_project(tmp_path, n: int = 3):
-    from tests.pipeline_helpers import catalog_rows, make_project
+    from tests.support.fixtures import catalog_rows, make_project
 
     today = datetime.now(UTC).date().isoformat()
     # uniform 720p rows: the estimate is what fal would charge before any discount
@@ -155,7 +156,8 @@ def test_fal_billing_from_billing_events_with_an_admin_key(tmp_path, make_simula
     nobody submitted here: fal_billing takes fal's figures (billing_events), the check fails naming the outlier and
     the foreign request, and billing events are read in one call (no call per request)."""
     from sora_pipeline.warehouse.tables import read_day_partition
-    from tests.pipeline_helpers import check_results, materialize_day, materializations, resources
+    from tests.support.fixtures import materialize_day, resources
+    from tests.pipeline_helpers import check_results, materializations
 
     sim = make_simulator(admin_keys=["admin-secret-0123456789"], billing_discount_percent=10.0,
                          billing_outlier=10.0, billing_outlier_job=2, billing_foreign_requests=1,
@@ -185,7 +187,8 @@ def test_fal_billing_from_billing_events_with_an_admin_key(tmp_path, make_simula
 
 def test_an_ordinary_key_on_billing_events_falls_back_to_billable_units(tmp_path, make_simulator):
     from sora_pipeline.warehouse.tables import read_day_partition
-    from tests.pipeline_helpers import materialize_day, materializations, resources
+    from tests.support.fixtures import materialize_day, resources
+    from tests.pipeline_helpers import materializations
 
     sim = make_simulator(admin_keys=["the-admin-key-0123456789"])
     today, project = _today_project(tmp_path, n=2)
@@ -204,7 +207,7 @@ def test_endpoint_comparison_over_a_range(tmp_path, simulator):
     from sora_pipeline.analytics.query import connect, endpoint_comparison_for
     import datetime as dt
 
-    from tests.pipeline_helpers import catalog_rows, make_project, materialize_day, resources, write_catalog
+    from tests.support.fixtures import catalog_rows, make_project, materialize_day, resources, write_catalog
 
     project = make_project(tmp_path, catalog_rows(day="2026-11-20", n=2))
     assert materialize_day(resources(simulator.base_url, project), day="2026-11-20").success

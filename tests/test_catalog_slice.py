@@ -16,8 +16,8 @@ from sora_pipeline.defs.assets.catalog import catalog_slice
 from sora_pipeline.defs.checks import catalog_dates_check, no_rejected_rows
 from sora_pipeline.defs.definitions import defs
 from sora_pipeline.warehouse.tables import read_day_partition
-from tests.pipeline_helpers import (DAILY_SELECTION, DAY, catalog_rows, check_results, make_project,
-                                    materializations, resources)
+from tests.support.fixtures import DAILY_SELECTION, DAY, catalog_rows, make_project, resources
+from tests.pipeline_helpers import check_results, materializations
 
 N_REJECTED = 3000
 KINDS = ("prompt", "resolution", "image_uri", "duration")

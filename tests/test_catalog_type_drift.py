@@ -16,7 +16,7 @@ from sora_pipeline.catalog import reader as catalog_mod
 from sora_pipeline.catalog import catalog_fingerprints, read_catalog_day, write_catalog
 from sora_pipeline.fal.models import Duration
 from sora_pipeline.warehouse.tables import read_day_partition
-from tests.pipeline_helpers import DAY, make_project, materialize_day, resources
+from tests.support.fixtures import DAY, make_project, materialize_day, resources
 
 D1, D2 = date(2026, 11, 20), date(2026, 11, 21)
 IMG = "https://img.example.com/a.png"

@@ -41,7 +41,7 @@ from tests.pg_helpers import (
     url_string,
     wait_for_code_server,
 )
-from tests.pipeline_helpers import catalog_rows, make_project
+from tests.support.fixtures import catalog_rows, make_project
 from tests.test_postgres import pg_instance  # noqa: F401 — the PostgreSQL fixture (new_database: conftest.py)
 
 BIN = Path(sys.executable).parent

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.pipeline_helpers import DAY, check_results, make_project, materialize_day, resources, write_images
+from tests.support.fixtures import DAY, make_project, materialize_day, resources, write_images
+from tests.pipeline_helpers import check_results
 from sora_pipeline.catalog import read_catalog_day
 from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.defs.settings import ConfigError, PipelineSettings

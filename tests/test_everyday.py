@@ -12,7 +12,7 @@ import sys
 import time
 
 from sora_pipeline.ledger import Ledger
-from tests.pipeline_helpers import DAY, make_project, materialize_day, resources
+from tests.support.fixtures import DAY, make_project, materialize_day, resources
 from tests.test_first_hour import DEMO, ROOT, TRACEBACK, _env, _run, _tool, project  # noqa: F401 — the fixture
 
 
@@ -97,7 +97,7 @@ def test_demo_names_rows_without_a_day_and_lists_at_most_20_rejections(tmp_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tests.pipeline_helpers import catalog_rows, write_images
+    from tests.support.fixtures import catalog_rows, write_images
 
     root = tmp_path / "data"
     write_images(str(root))

@@ -28,7 +28,7 @@ from sora_pipeline.fal.storage import ANSWER_BYTES, StorageSettings, StorageUplo
 from sora_pipeline.ledger import Ledger
 from sora_pipeline.simulator import storage as sim_storage
 from sora_pipeline.warehouse.tables import read_day_partition
-from tests.pipeline_helpers import DAY, catalog_rows, make_project, materialize_day, resources
+from tests.support.fixtures import DAY, catalog_rows, make_project, materialize_day, resources
 from tests.simulator_helpers import client, png, probe, submit, wait_done
 
 SECRET = "fal-storage-test-key-0123456789"

@@ -20,15 +20,8 @@ from sora_pipeline.fal.inputs import ImageInputError, load_image_input
 from sora_pipeline.ledger import RequestSpec
 from sora_pipeline.warehouse.tables import read_day_partition
 from tests.conftest import png_bytes
-from tests.pipeline_helpers import (
-    DAY,
-    catalog_rows,
-    make_project,
-    materializations,
-    materialize_day,
-    resources,
-    write_catalog,
-)
+from tests.support.fixtures import DAY, catalog_rows, make_project, materialize_day, resources, write_catalog
+from tests.pipeline_helpers import materializations
 
 NOT_ALLOWED = ("is not an allowed image source (allowed: https, data:image URIs, local files under the catalog "
                "folder or SORA_IMAGE_ROOTS, memory://, s3/gs/az with their driver)")

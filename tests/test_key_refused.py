@@ -8,7 +8,7 @@ from collections import Counter
 import dagster as dg
 
 from sora_pipeline.ledger import Ledger
-from tests.pipeline_helpers import DAY, make_project, materialize_day, resources
+from tests.support.fixtures import DAY, make_project, materialize_day, resources
 
 RIGHT, WRONG = "right-key-id:right-secret-0123456789", "wrong-key-id:wrong-secret-9876543210"
 

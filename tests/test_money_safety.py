@@ -211,7 +211,8 @@ def pg_database(new_database):
 def test_ledger_outage_mid_run_fails_the_run_and_the_next_run_resumes(tmp_path, make_simulator, pg_database):
     """The ledger's PostgreSQL goes away (a cut connection) while requests are in flight: the run exits non-zero
     saying so, and once the database is back the next run resumes every paid request: one submit per item."""
-    from tests.pipeline_helpers import catalog_rows, make_project, subprocess_env
+    from tests.support.fixtures import catalog_rows, make_project
+    from tests.pipeline_helpers import subprocess_env
     from tests.tcp_proxy import TcpProxy
 
     sim = make_simulator(run_latency=4.0)
@@ -263,7 +264,7 @@ def test_sqlite_ledger_deleted_mid_run_fails_the_run_and_the_next_run_pays_nothi
     Then, the ledger lost between runs: the next run recovers the day from the warehouse and submits nothing."""
     import threading
 
-    from tests.pipeline_helpers import DAY as PDAY, make_project, materialize_day, resources
+    from tests.support.fixtures import DAY as PDAY, make_project, materialize_day, resources
 
     sim = make_simulator(run_latency=1.5)
     project = make_project(tmp_path)

@@ -19,15 +19,8 @@ import pytest
 from sora_pipeline.generation.failpoints import POINTS
 from sora_pipeline.ledger import Ledger
 from sora_pipeline.warehouse.tables import read_day_partition
-from tests.pipeline_helpers import (
-    DAY,
-    catalog_rows,
-    make_project,
-    materializations,
-    materialize_day,
-    resources,
-    subprocess_env,
-)
+from tests.support.fixtures import DAY, catalog_rows, make_project, materialize_day, resources
+from tests.pipeline_helpers import materializations, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ except ImportError as exc:  # `make install` installs both; with CI set a missin
 import fsspec  # noqa: E402
 
 from sora_pipeline.analytics.query import connect  # noqa: E402
-from sora_pipeline.defs.testing import CATALOG_SCHEMA, IMAGES  # noqa: E402
+from tests.support.fixtures import CATALOG_SCHEMA, IMAGES  # noqa: E402
 from sora_pipeline.defs.warehouse_resource import WarehouseResource, write_lease_name  # noqa: E402
 from sora_pipeline.ledger import Ledger  # noqa: E402
 from sora_pipeline.ledger.leases import LeaseLost  # noqa: E402
@@ -43,9 +43,8 @@ from sora_pipeline.warehouse.storage import Store  # noqa: E402
 from sora_pipeline.warehouse.tables import (  # noqa: E402
     collect_table_garbage, current_files, read_day_partition, read_table, write_day_partition,
 )
-from tests.pipeline_helpers import (  # noqa: E402
-    DAY, catalog_rows, check_results, materialize_day, materialize_summary, resources,
-)
+from tests.support.fixtures import DAY, catalog_rows, materialize_day, resources
+from tests.pipeline_helpers import check_results, materialize_summary
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true"}  # dummies: nothing may reach AWS

@@ -13,17 +13,9 @@ import pytest
 
 from sora_pipeline.media.probe import probe_video
 from sora_pipeline.warehouse.tables import read_day_partition
-from tests.pipeline_helpers import (
-    DAY,
-    catalog_rows,
-    check_results,
-    make_project,
-    materializations,
-    materialize_day,
-    resources,
-    write_catalog,
-    write_images,
-)
+from tests.support.fixtures import (DAY, catalog_rows, make_project, materialize_day, resources, write_catalog,
+                                    write_images)
+from tests.pipeline_helpers import check_results, materializations
 
 EXPECTED_DIMS = {"it0": (1280, 720), "it1": (720, 1280), "it2": (720, 1280), "it3": (1920, 1080)}
 

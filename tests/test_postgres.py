@@ -41,7 +41,7 @@ from tests.pg_helpers import (
     url_string,
     wait_for_code_server,
 )
-from tests.pipeline_helpers import DAY, catalog_rows, make_project, materialize_day, resources
+from tests.support.fixtures import DAY, catalog_rows, make_project, materialize_day, resources
 
 BIN = Path(sys.executable).parent
 #: run config: steps in the run's own process (a subprocess per step costs ~3 s each on a 2-core machine)
@@ -305,8 +305,8 @@ def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulat
 
     from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
     from sora_pipeline.simulator.webhook import sign_headers, signing_key
-    from sora_pipeline.generation.webhook_auth import parse_public_key
-    from sora_pipeline.generation.webhooks import WebhookConfig, WebhookServer
+    from sora_pipeline.webhooks.signatures import parse_public_key
+    from sora_pipeline.webhooks.receiver import WebhookConfig, WebhookServer
 
     sim = make_simulator()  # only for its signing key
     key = signing_key(sim.config)

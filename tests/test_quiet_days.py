@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sora_pipeline.warehouse.tables import read_day_partition
-from tests.pipeline_helpers import DAY, catalog_rows, check_results, make_project, materializations, \
-    materialize_day, resources
+from tests.pipeline_helpers import check_results, materializations
+from tests.support.fixtures import DAY, catalog_rows, make_project, materialize_day, resources
 
 OTHER_DAY = "2026-11-19"
 

@@ -41,7 +41,8 @@ import pytest
 from sora_pipeline.ledger import Decision, Ledger, RequestState, ResubmitPolicy
 from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.warehouse.tables import read_day_partition
-from tests.pipeline_helpers import DAY, catalog_rows, make_project, subprocess_env
+from tests.support.fixtures import DAY, catalog_rows, make_project
+from tests.pipeline_helpers import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = range(6)

@@ -98,7 +98,7 @@ def test_a_ledger_database_that_does_not_answer_fails_the_step_in_one_line(tmp_p
     and the cause, the password hidden; nothing reaches fal."""
     import socket
 
-    from tests.pipeline_helpers import make_project, materialize_day, resources
+    from tests.support.fixtures import make_project, materialize_day, resources
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

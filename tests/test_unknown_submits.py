@@ -13,7 +13,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from sora_pipeline.ledger import Ledger, ResubmitPolicy
-from tests.pipeline_helpers import DAY, REPO, catalog_rows, make_project, materialize_day, resources, \
+from tests.support.fixtures import DAY, catalog_rows, make_project, materialize_day, resources
+from tests.pipeline_helpers import REPO, \
     subprocess_env
 from sora_pipeline.warehouse.tables import read_day_partition
 

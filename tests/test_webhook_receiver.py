@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sora_pipeline.generation.records import GenerationConfig, WorkItem
 from sora_pipeline.generation.runner import GenerationRunner
-from sora_pipeline.generation.webhooks import WebhookConfig, WebhookServer
+from sora_pipeline.webhooks.receiver import WebhookConfig, WebhookServer
 from sora_pipeline.ledger import Ledger, RequestState
 from sora_pipeline.simulator.webhook import sign_headers, signing_key
 from tests.webhook_helpers import (
@@ -99,7 +99,7 @@ def test_receiver_refuses_to_start_without_keys(tmp_path, ledger):
     with pytest.raises(ValueError, match="JWKS"):
         WebhookServer(ledger, WebhookConfig()).start()
     env = receiver_env(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", "0"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.webhooks", "--port", "0"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=60)
@@ -121,7 +121,7 @@ def test_oversized_bodies_are_cut_at_the_cap(tmp_path):
     port = free_port()
     env = receiver_env(tmp_path, SORA_WEBHOOK_JWKS_FILE=str(jwks_file(tmp_path, Ed25519PrivateKey.generate())),
                         SORA_WEBHOOK_MAX_BODY_BYTES=str(1 << 20))
-    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.webhooks", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -149,13 +149,13 @@ def test_oversized_bodies_are_cut_at_the_cap(tmp_path):
         proc.kill()
         proc.communicate(timeout=20)
 def test_receiver_service_entry_point(tmp_path):
-    """`python -m sora_pipeline.generation.webhooks` with keys from a JWKS file: it listens on 127.0.0.1 by
+    """`python -m sora_pipeline.webhooks` with keys from a JWKS file: it listens on 127.0.0.1 by
     default; healthz, a refused unsigned call, SIGTERM."""
 
     key = Ed25519PrivateKey.generate()
     port = free_port()
     env = receiver_env(tmp_path, SORA_WEBHOOK_JWKS_FILE=str(jwks_file(tmp_path, key)))
-    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.generation.webhooks", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "sora_pipeline.webhooks", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -178,7 +178,7 @@ def test_receiver_service_entry_point(tmp_path):
 
 def test_receiver_settings_fail_in_one_line(tmp_path, ledger):
     """Unusable key settings, and the test switch on a non-loopback address, are refused before anything listens."""
-    from sora_pipeline.generation.webhook_auth import WebhookKeyError
+    from sora_pipeline.webhooks.signatures import WebhookKeyError
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"keys": []}')

@@ -1,4 +1,4 @@
-"""Webhook mode end to end over loopback: simulator → receiver (`generation.webhooks`) → ledger → waiter."""
+"""Webhook mode end to end over loopback: simulator → receiver (`webhooks`) → ledger → waiter."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from sora_pipeline.ledger import (
     ResubmitPolicy,
 )
 from sora_pipeline.simulator.webhook import sign_headers
-from sora_pipeline.generation.webhook_auth import (WebhookSignatureError, keys_from_jwks, parse_public_key,
+from sora_pipeline.webhooks.signatures import (WebhookSignatureError, keys_from_jwks, parse_public_key,
                                                    verify_signature)
-from sora_pipeline.generation.webhooks import (WebhookConfig, WebhookEvent, WebhookServer, find_attempt,
-                                               record_webhook, wait_for_webhook)
+from sora_pipeline.webhooks.hints import WebhookEvent, find_attempt, record_webhook, wait_for_webhook
+from sora_pipeline.webhooks.receiver import WebhookConfig, WebhookServer
 
 from tests.webhook_helpers import DAY, EP, IMAGE, client, sim_key_config, spec, until
 
@@ -282,13 +282,8 @@ def test_generation_runner_falls_back_to_polling(make_simulator, ledger, tmp_pat
 
 def test_dagster_materialization_in_webhook_mode(make_simulator, tmp_path):
     from sora_pipeline.warehouse.tables import read_day_partition
-    from tests.pipeline_helpers import DAY as PDAY
-    from tests.pipeline_helpers import (
-        catalog_rows,
-        make_project,
-        materialize_day,
-        resources,
-    )
+    from tests.support.fixtures import DAY as PDAY
+    from tests.support.fixtures import catalog_rows, make_project, materialize_day, resources
 
     sim = make_simulator(run_latency=0.2, webhook_drop_probability=0.0)
     project = make_project(tmp_path, catalog_rows(n=3))

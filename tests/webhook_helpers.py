@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sora_pipeline.fal.client import AsyncFalQueueClient
 from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
-from sora_pipeline.generation.webhook_auth import parse_public_key
-from sora_pipeline.generation.webhooks import WebhookConfig
+from sora_pipeline.webhooks.signatures import parse_public_key
+from sora_pipeline.webhooks.receiver import WebhookConfig
 from sora_pipeline.ledger import RequestSpec
 from sora_pipeline.simulator.webhook import jwks_document
 from tests.conftest import png_bytes

@@ -51,7 +51,7 @@ class FalVideoResource(dg.ConfigurableResource):
     start_timeout: float | None = Field(default=None, description="X-Fal-Request-Timeout (seconds to start)")
     archive_videos: bool = Field(default=True, description="copy videos into <warehouse>/videos/")
     webhook_url: str | None = Field(default=None, description="webhook mode: public URL of the receiver "
-                                    "(`python -m sora_pipeline.generation.webhooks`), sent as ?fal_webhook= on submit")
+                                    "(`python -m sora_pipeline.webhooks`), sent as ?fal_webhook= on submit")
     webhook_wait_seconds: float = Field(default=900.0, gt=0, description="webhook mode: wait this long for the "
                                         "callback before polling fal")
     webhook_ledger_poll_seconds: float = Field(default=2.0, gt=0, description="webhook mode: ledger re-read interval")

@@ -380,7 +380,7 @@ class GenerationRunner:
     async def _wait_for_webhook(self, key: str, attempt: int) -> LedgerEntry | None:
         """Webhook mode: the receiver writes the outcome into the ledger; no status calls to fal. None → no
         usable webhook in time: fall back to polling fal."""
-        from sora_pipeline.generation.webhooks import wait_for_webhook  # webhook mode only: its server stack
+        from sora_pipeline.webhooks.hints import wait_for_webhook  # webhook mode only
 
         entry = await wait_for_webhook(self.ledger, key, attempt, timeout=self.config.webhook_wait,
                                        poll_ledger_every=self.config.webhook_ledger_poll)

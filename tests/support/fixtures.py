@@ -1,4 +1,5 @@
-"""Fixtures shared by the tests and the benchmarks (one place, so both build the same things the same way):
+"""Fixtures shared by the tests, the benchmarks and scripts/ui_check.py (one place, so all build the same things the
+same way):
 small real catalogs and images, resources pointed at a simulator, and one day's materialization."""
 
 from __future__ import annotations
