@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from sora_pipeline.generation.costs import (
-    PRICE_TABLE_ENV, BudgetGuard, PriceTable, PriceTableError, priced_cost, describe, estimate_cost,
+    PRICE_TABLE_ENV, BudgetGuard, PriceTable, PriceTableError, priced_cost, describe, estimate_cost, unit_price,
 )
 from sora_pipeline.fal.models import Resolution
 
@@ -126,3 +126,47 @@ def test_profile_prices_per_second_per_tier_and_per_video():
     per_clip = PriceTable.from_profile(EndpointProfile.model_validate(data))
     assert estimate_cost(per_clip, resolution=None, duration_s=10, byo_openai_key=False) == 0.5
     assert priced_cost(per_clip, seconds_generated=5.04, byo_openai_key=False) == 0.25
+
+
+# ---- per token, audio, 4k (the leading image-to-video endpoints) ---------------------------------------------------
+
+def test_an_audio_switch_changes_the_price_and_defaults_to_fal_s_default():
+    from sora_pipeline.endpoints import get_profile
+
+    kling = PriceTable.from_profile(get_profile("fal-ai/kling-video/v3/pro/image-to-video"))
+    assert estimate_cost(kling, resolution=None, duration_s=5, byo_openai_key=False) == pytest.approx(5 * 0.336)
+    assert estimate_cost(kling, resolution=None, duration_s=5, byo_openai_key=False, audio=False) \
+        == pytest.approx(5 * 0.224)
+    veo = PriceTable.from_profile(get_profile("fal-ai/veo3.1/image-to-video"))
+    assert estimate_cost(veo, resolution="4k", duration_s=8, byo_openai_key=False) == pytest.approx(8 * 0.60)
+    assert estimate_cost(veo, resolution="1080p", duration_s=8, byo_openai_key=False, audio=False) \
+        == pytest.approx(8 * 0.20)
+    # a probed 3840x2160 clip is the 4k tier
+    assert priced_cost(veo, seconds_generated=8, byo_openai_key=False, height=2160, width=3840, audio=True) \
+        == pytest.approx(8 * 0.60)
+    assert unit_price(veo, seconds=8, byo_openai_key=False, height=720, width=1280, audio=False) == 0.20
+
+
+def test_a_per_token_price_follows_height_width_seconds_and_frame_rate():
+    from sora_pipeline.endpoints import get_profile
+
+    seedance = PriceTable.from_profile(get_profile("bytedance/seedance-2.0/image-to-video"))
+    per_token = 0.014 / 1000
+    assert estimate_cost(seedance, resolution="1080p", duration_s=10, byo_openai_key=False, aspect_ratio="1:1") \
+        == pytest.approx(1080 * 1080 * 10 * 24 / 1024 * per_token)
+    # the probed size wins over the requested resolution; generate_audio changes nothing (same price)
+    assert priced_cost(seedance, seconds_generated=6, byo_openai_key=False, height=480, width=640) \
+        == pytest.approx(480 * 640 * 6 * 24 / 1024 * per_token)
+    assert estimate_cost(seedance, resolution="720p", duration_s=5, byo_openai_key=False, audio=False) \
+        == estimate_cost(seedance, resolution="720p", duration_s=5, byo_openai_key=False, audio=True)
+    assert unit_price(seedance, seconds=5, byo_openai_key=False) == pytest.approx(per_token)
+    assert estimate_cost(seedance, resolution="720p", duration_s=5, byo_openai_key=True) == 0.0
+
+
+def test_a_price_per_video_by_duration():
+    from sora_pipeline.endpoints import get_profile
+
+    hailuo = PriceTable.from_profile(get_profile("fal-ai/minimax/hailuo-2.3/standard/image-to-video"))
+    assert estimate_cost(hailuo, resolution=None, duration_s=6, byo_openai_key=False) == 0.28
+    assert estimate_cost(hailuo, resolution=None, duration_s=10, byo_openai_key=False) == 0.56
+    assert priced_cost(hailuo, seconds_generated=10.04, byo_openai_key=False) == 0.56

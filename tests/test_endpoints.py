@@ -71,12 +71,33 @@ def test_a_day_runs_end_to_end_on_every_shipped_profile(endpoint_id, tmp_path, s
     for g in gens:
         asked = next(r for r in rows if r["item_id"] == g["item_id"])
         want = estimate_cost(prices, resolution=asked["resolution"] or profile.default("resolution"),
-                             duration_s=profile.seconds_of(asked["duration"]), byo_openai_key=False)
+                             duration_s=profile.seconds_of(asked["duration"]), byo_openai_key=False,
+                             audio=profile.audio_on(None), aspect_ratio=asked["aspect_ratio"])
         assert g["estimated_cost"] == pytest.approx(want)
     stats = simulator.stats()
     assert stats["submits"] == 2
     again = materialize_day(resources(simulator.base_url, project, endpoint_id=endpoint_id))
     assert again.success and simulator.stats()["submits"] == 2  # reused from the ledger: never paid twice
+
+
+def test_an_audio_switch_in_params_reaches_the_request_and_its_price(tmp_path, simulator):
+    """Kling 3 Pro: `generate_audio: false` in a row's params is sent as such and priced at the silent rate."""
+    kling3 = "fal-ai/kling-video/v3/pro/image-to-video"
+    project = make_project(tmp_path, rows=[])
+    d = dt.date.fromisoformat(DAY)
+    rows = [{"item_id": "loud", "prompt": "a bell", "image_uri": "../images/land.png", "scheduled_date": d,
+             "resolution": None, "aspect_ratio": None, "duration": 8, "params": None},
+            {"item_id": "quiet", "prompt": "a bell", "image_uri": "../images/land.png", "scheduled_date": d,
+             "resolution": None, "aspect_ratio": None, "duration": 8, "params": '{"generate_audio": false}'}]
+    write_rows(project, rows)
+    assert materialize_day(resources(simulator.base_url, project, endpoint_id=kling3)).success
+    gens = {g["item_id"]: g for g in read_day_partition(project["warehouse_uri"], "generations", DAY).to_pylist()}
+    assert gens["loud"]["estimated_cost"] == pytest.approx(8 * 0.336)
+    assert gens["quiet"]["estimated_cost"] == pytest.approx(8 * 0.224)
+    sent = {j.submitted_input.get("generate_audio", "default"): j.submitted_input
+            for j in simulator.app.sim.book.jobs.values()}
+    assert set(sent) == {False, "default"} and sent[False]["duration"] == "8"
+    assert "start_image_url" in sent[False] and "image_url" not in sent[False]
 
 
 def test_a_value_one_endpoint_accepts_and_another_refuses(tmp_path):

@@ -34,7 +34,8 @@ def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) 
             planned.append(Planned(item, None, None, f"image_uri: {image}"))
             continue
         cost = estimate_cost(config.prices, resolution=item.resolution, duration_s=item.duration,
-                             byo_openai_key=byo)
+                             byo_openai_key=byo, audio=get_profile(config.endpoint_id).audio_on(item.params),
+                             aspect_ratio=item.aspect_ratio)
         spec = RequestSpec.create(config.endpoint_id, item_id=item.item_id, day=item.day, prompt=item.prompt,
                                   resolution=item.resolution, aspect_ratio=item.aspect_ratio,
                                   duration=item.duration, image_sha256=image.sha256, used_openai_key=byo,
