@@ -103,8 +103,12 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
 
     runner = GenerationRunner(run_config, fal.async_client, ledger, emit=emit,
                               sync_client_factory=fal.sync_client)
+    from sora_pipeline.generation.registry_check import check_endpoint, rejected_outcomes
+    served = check_endpoint(registry_url(fal, fal_platform), fal.endpoint_id, run_id=context.run_id,
+                            timeout=min(fal_platform.request_timeout, 10.0))  # is fal still serving it?
+    (context.log.info if served.state == "active" else context.log.warning)(served.line)
     try:
-        outcomes = runner.run(items)
+        outcomes = rejected_outcomes(items, served, fal.backend) if served.refused else runner.run(items)
     except (AuthenticationError, LedgerUnavailable) as exc:  # one line for people; a retry cannot help
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     counts = Counter(o.status for o in outcomes)
@@ -119,7 +123,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         "seconds_generated": dg.MetadataValue.float(float(sum(o.seconds_generated or 0 for o in outcomes
                                                               if o.status == "completed"))),
         "status_counts": dict(counts), "decision_counts": dict(decisions),
-        "submitted": decisions.get("submitted", 0),
+        "submitted": decisions.get("submitted", 0), **served.metadata(),
     }
     if config.dry_run:
         # a dry run reports what it would do; it materializes nothing (downstream steps are skipped)
@@ -136,6 +140,11 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         "failed_generations": table_metadata(FAILED_GENERATIONS, failed_uri, len(failed),
                                              extra={"by_status": dict(Counter(r["status"] for r in failed))}),
     })
+
+
+def registry_url(fal: FalVideoResource, fal_platform: FalPlatformResource) -> str:
+    """fal's platform API (its model registry): the simulator's own origin, else SORA_FAL_API_URL."""
+    return f"{fal.base_url}/v1" if fal.backend == "simulator" else fal_platform.api_url
 
 
 def request_history(fal: FalVideoResource, fal_platform: FalPlatformResource):
