@@ -170,6 +170,22 @@ def test_sora_keys_are_the_keys_ledgers_already_hold():
         request_key(SORA_PRO, **args, params={"cfg_scale": 0.8})
 
 
+def test_an_end_frame_enters_the_request_key_only_when_there_is_one():
+    from sora_pipeline.ledger import RequestSpec
+
+    args = dict(item_id="a", prompt="p", resolution=None, aspect_ratio=None, duration=5, image_sha256="1" * 64)
+    wan = "fal-ai/wan/v2.7/image-to-video"
+    plain = request_key(wan, **args)
+    assert request_key(wan, **args, end_image_sha256=None) == plain
+    with_end = request_key(wan, **args, end_image_sha256="2" * 64)
+    assert with_end != plain and with_end != request_key(wan, **args, end_image_sha256="3" * 64)
+    spec = RequestSpec.create(wan, day=DAY, used_openai_key=False, estimated_cost=0.5, end_image_sha256="2" * 64,
+                              **args)
+    assert spec.request_key == with_end and spec.spec_json()["end_image_sha256"] == "2" * 64
+    assert "end_image_sha256" not in RequestSpec.create(wan, day=DAY, used_openai_key=False, estimated_cost=0.5,
+                                                        **args).spec_json()
+
+
 def test_an_unknown_endpoint_fails_at_load_with_the_known_ones(tmp_path):
     with pytest.raises(ConfigError) as err:
         PipelineSettings.from_env({"SORA_ENDPOINT_ID": "fal-ai/nope/image-to-video"})

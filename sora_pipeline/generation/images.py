@@ -77,11 +77,12 @@ class ImageUploads:
         self.uploaded = 0  # uploads this run made
 
     async def prepare(self, p: Planned, client: Any) -> Planned:
-        image = p.image
-        if not isinstance(image, LargeImage):
-            return p
-        url = await self.url_for(image, key=_key_of(client))
-        return replace(p, image=image.uploaded(url))
+        image, end = p.image, p.end_image
+        if isinstance(image, LargeImage):
+            p = replace(p, image=image.uploaded(await self.url_for(image, key=_key_of(client))))
+        if isinstance(end, LargeImage):  # the end frame is uploaded like the first one
+            p = replace(p, end_image=end.uploaded(await self.url_for(end, key=_key_of(client))))
+        return p
 
     async def url_for(self, image: LargeImage, *, key: str | None) -> str:
         """The image's storage URL: remembered in the ledger, else uploaded (once in this process)."""

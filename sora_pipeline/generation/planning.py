@@ -24,7 +24,7 @@ def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) 
         except ImageInputError as exc:
             return str(exc)
 
-    refs = list(dict.fromkeys(i.image_ref for i in items))
+    refs = list(dict.fromkeys([*(i.image_ref for i in items), *(i.end_image_ref for i in items if i.end_image_ref)]))
     with ThreadPoolExecutor(max_workers=8) as pool:
         cache = dict(zip(refs, pool.map(load, refs), strict=True))
     planned = []
@@ -33,14 +33,19 @@ def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) 
         if isinstance(image, str):
             planned.append(Planned(item, None, None, f"image_uri: {image}"))
             continue
+        end = cache[item.end_image_ref] if item.end_image_ref else None
+        if isinstance(end, str):
+            planned.append(Planned(item, None, None, f"end_image_uri: {end}"))
+            continue
         cost = estimate_cost(config.prices, resolution=item.resolution, duration_s=item.duration,
                              byo_openai_key=byo, audio=get_profile(config.endpoint_id).audio_on(item.params),
                              aspect_ratio=item.aspect_ratio)
         spec = RequestSpec.create(config.endpoint_id, item_id=item.item_id, day=item.day, prompt=item.prompt,
                                   resolution=item.resolution, aspect_ratio=item.aspect_ratio,
                                   duration=item.duration, image_sha256=image.sha256, used_openai_key=byo,
-                                  estimated_cost=cost, backend=config.backend, params=item.params)
-        planned.append(Planned(item, spec, image))
+                                  estimated_cost=cost, backend=config.backend, params=item.params,
+                                  end_image_sha256=end.sha256 if end is not None else None)
+        planned.append(Planned(item, spec, image, end_image=end))
     ledger.plan([p.spec for p in planned if p.spec is not None])
     return planned
 
@@ -51,4 +56,5 @@ def payload_for(p: Planned, config: GenerationConfig) -> dict:
     item = p.item
     return get_profile(config.endpoint_id).payload(
         prompt=item.prompt, image_url=p.image.url, resolution=item.resolution, aspect_ratio=item.aspect_ratio,
-        duration=item.duration, params=item.params, secrets={"openai_api_key": config.openai_api_key})
+        duration=item.duration, params=item.params, secrets={"openai_api_key": config.openai_api_key},
+        end_image_url=p.end_image.url if p.end_image is not None else None)

@@ -30,6 +30,7 @@ class WorkItem:
     duration: int | None
     day: str
     params: dict | None = None  # extra endpoint inputs (the catalog's `params`)
+    end_image_ref: str | None = None  # the last frame (the catalog's `end_image_uri`), where the endpoint takes one
 
 
 @dataclass(frozen=True)
@@ -191,3 +192,4 @@ class Planned:
     spec: RequestSpec | None
     image: ImageInput | None
     error: str | None = None
+    end_image: ImageInput | None = None  # the last frame, when the item has one

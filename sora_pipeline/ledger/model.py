@@ -94,7 +94,7 @@ def _plain(value: Any) -> Any:
 
 def normalized_spec(
     endpoint_id: str, *, item_id: str, prompt: str, resolution: Any, aspect_ratio: Any, duration: Any,
-    image_sha256: str, params: dict[str, Any] | None = None,
+    image_sha256: str, params: dict[str, Any] | None = None, end_image_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The normalized fields a request key is computed from (no secrets; validated against the endpoint's profile
     when it has one). `params` (extra endpoint inputs) count only when there are some, so the keys of requests
@@ -129,6 +129,11 @@ def normalized_spec(
     fields = {"endpoint_id": endpoint, "item_id": str(item_id), "prompt": prompt_n, **values, "image_sha256": sha}
     if params:
         fields["params"] = json.loads(json.dumps(params, sort_keys=True))
+    if end_image_sha256 is not None:  # an end frame counts only when there is one: older keys stay as they were
+        end = str(end_image_sha256).strip().lower()
+        if not _SHA256_RE.match(end):
+            raise ValueError("end_image_sha256 must be 64 hex characters")
+        fields["end_image_sha256"] = end
     return fields
 
 
@@ -141,6 +146,7 @@ def check_backend(backend: str) -> str:
 def request_key(
     endpoint_id: str, *, item_id: str, prompt: str, resolution: str, aspect_ratio: str, duration: int,
     image_sha256: str, backend: str = "fal", params: dict[str, Any] | None = None,
+    end_image_sha256: str | None = None,
 ) -> str:
     """sha256 hex of the canonical JSON of the normalized request fields. There is deliberately no key parameter.
 
@@ -148,7 +154,7 @@ def request_key(
     fal's keys leave it out (they are the keys ledgers have always held); the simulator's carry it."""
     fields = normalized_spec(
         endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
-        duration=duration, image_sha256=image_sha256, params=params,
+        duration=duration, image_sha256=image_sha256, params=params, end_image_sha256=end_image_sha256,
     )
     fields["key_version"] = KEY_VERSION
     if check_backend(backend) != "fal":  # fal's keys stay what they always were: no paid result is orphaned
@@ -174,26 +180,29 @@ class RequestSpec:
     estimated_cost: float
     backend: str = "fal"
     params: dict[str, Any] | None = None  # extra endpoint inputs (the catalog's `params`); part of the key
+    end_image_sha256: str | None = None  # the end frame's hash (the catalog's `end_image_uri`); in the key if set
 
     @classmethod
     def create(
         cls, endpoint_id: str, *, item_id: str, day: str, prompt: str, resolution: Any, aspect_ratio: Any,
         duration: Any, image_sha256: str, used_openai_key: bool, estimated_cost: float, backend: str = "fal",
-        params: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None, end_image_sha256: str | None = None,
     ) -> RequestSpec:
         n = normalized_spec(
             endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
-            duration=duration, image_sha256=image_sha256, params=params,
+            duration=duration, image_sha256=image_sha256, params=params, end_image_sha256=end_image_sha256,
         )
         key = request_key(
             endpoint_id, item_id=item_id, prompt=prompt, resolution=resolution, aspect_ratio=aspect_ratio,
             duration=duration, image_sha256=image_sha256, backend=backend, params=params,
+            end_image_sha256=end_image_sha256,
         )
         return cls(
             request_key=key, item_id=n["item_id"], day=str(day), endpoint_id=n["endpoint_id"], prompt=n["prompt"],
             resolution=n["resolution"], aspect_ratio=n["aspect_ratio"], duration=n["duration"],
             image_sha256=n["image_sha256"], used_openai_key=bool(used_openai_key),
             estimated_cost=float(estimated_cost), backend=backend, params=n.get("params"),
+            end_image_sha256=n.get("end_image_sha256"),
         )
 
     def spec_json(self) -> dict[str, Any]:
@@ -201,12 +210,12 @@ class RequestSpec:
         n = normalized_spec(
             self.endpoint_id, item_id=self.item_id, prompt=self.prompt, resolution=self.resolution,
             aspect_ratio=self.aspect_ratio, duration=self.duration, image_sha256=self.image_sha256,
-            params=self.params,
+            params=self.params, end_image_sha256=self.end_image_sha256,
         )
         expected = request_key(
             self.endpoint_id, item_id=self.item_id, prompt=self.prompt, resolution=self.resolution,
             aspect_ratio=self.aspect_ratio, duration=self.duration, image_sha256=self.image_sha256,
-            backend=self.backend, params=self.params,
+            backend=self.backend, params=self.params, end_image_sha256=self.end_image_sha256,
         )
         if expected != self.request_key:
             raise ValueError(f"request_key of item {self.item_id!r} does not match its fields")
