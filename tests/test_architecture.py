@@ -17,7 +17,7 @@ def lint(*args: str) -> subprocess.CompletedProcess:
 def test_import_contracts_are_kept():
     result = lint("--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 kept, 0 broken" in result.stdout, result.stdout
+    assert "3 kept, 0 broken" in result.stdout, result.stdout
 
 
 def test_a_broken_contract_is_reported(tmp_path):

@@ -5,12 +5,15 @@ day reads (`dates`), a day's rejections in bounded form (`rejections`). No Dagst
 from sora_pipeline.catalog.changes import catalog_fingerprints, catalog_signature
 from sora_pipeline.catalog.dates import CatalogDates, UndatedRow, catalog_dates
 from sora_pipeline.catalog.ids import write_catalog
-from sora_pipeline.catalog.reader import CatalogError, CatalogSlice, image_roots_from_env, open_catalog, read_catalog_day
+from sora_pipeline.catalog.reader import (CatalogError, CatalogSlice, image_roots_from_env, open_catalog,
+                                          read_catalog_day)
 from sora_pipeline.catalog.rejections import RejectedRow
-from sora_pipeline.catalog.rows import CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CatalogItem, redact
+from sora_pipeline.catalog.columns import CONTRACT_COLUMNS, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+from sora_pipeline.catalog.masking import mask_value
+from sora_pipeline.catalog.rows import CatalogItem
 
 __all__ = [
     "CONTRACT_COLUMNS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogDates", "CatalogError", "CatalogItem",
     "CatalogSlice", "RejectedRow", "UndatedRow", "catalog_dates", "catalog_fingerprints", "catalog_signature",
-    "image_roots_from_env", "open_catalog", "read_catalog_day", "redact", "write_catalog",
+    "image_roots_from_env", "open_catalog", "read_catalog_day", "mask_value", "write_catalog",
 ]

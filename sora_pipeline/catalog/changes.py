@@ -10,7 +10,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from sora_pipeline.catalog.rows import CONTRACT_COLUMNS
+from sora_pipeline.catalog.columns import CONTRACT_COLUMNS
 from sora_pipeline.catalog.reader import (
     CatalogError,
     _canonical,

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sora_pipeline.catalog.reader import _open, _views
-from sora_pipeline.catalog.rows import _show, redact
+from sora_pipeline.catalog.masking import mask_value, show_value
 
 LIMIT = 20  # rows named in a report (all are counted)
 
@@ -179,13 +179,13 @@ def _may_be_early(fragment: Any, first: date) -> bool:
 def _item(value: Any) -> str | None:
     if value is None:
         return None
-    return redact(value, 80, opaque=False) if isinstance(value, str) else _show(value, opaque=False)
+    return mask_value(value, 80, opaque=False) if isinstance(value, str) else show_value(value, opaque=False)
 
 
 def _name(view: Any, index: list[int], values: list[Any], *, early: bool = False) -> list[UndatedRow]:
     ids = view.fragment.to_table(columns=["item_id"], schema=view.schema).column("item_id").take(index).to_pylist() \
         if "item_id" in view.schema.names else [None] * len(index)
     return [UndatedRow(view.label, i, _item(item),
-                       None if value is None else _show(value.isoformat() if isinstance(value, date) else value),
+                       None if value is None else show_value(value.isoformat() if isinstance(value, date) else value),
                        early)
             for i, item, value in zip(index, ids, values)]

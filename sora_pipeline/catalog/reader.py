@@ -24,8 +24,8 @@ import pyarrow.fs as pafs
 from sora_pipeline.catalog.ids import day_row_groups, duplicated_ids, duplicated_ids_across, fragments_dataset
 from sora_pipeline.endpoints import EndpointProfile
 from sora_pipeline.catalog.rejections import Rejections
-from sora_pipeline.catalog.rows import (CONTRACT_COLUMNS, REQUIRED_COLUMNS, CatalogItem, ImageResolver, check_rows,
-                                        unusable)
+from sora_pipeline.catalog.columns import CONTRACT_COLUMNS, REQUIRED_COLUMNS
+from sora_pipeline.catalog.rows import CatalogItem, ImageResolver, check_rows, unusable
 from sora_pipeline.warehouse.tables import is_local_fs
 
 __all__ = ["CatalogError", "CatalogSlice", "image_roots_from_env", "open_catalog", "read_catalog_day"]

@@ -14,6 +14,8 @@ from typing import Any, overload
 
 import pyarrow as pa
 
+from sora_pipeline.catalog.masking import ONE_LINE, show_value, shown_row
+
 SAMPLE = 20  # reasons shown in a log line or metadata value
 TOP = 10  # distinct reasons counted by name; the rest are counted as "other reasons"
 _WHY_CHARS = 160
@@ -35,12 +37,10 @@ class RejectedRow:
     @property
     def raw(self) -> dict[str, str | None]:
         if not isinstance(self._source, dict):
-            from sora_pipeline.catalog.rows import _raw
-
             table, notes = self._source
             row = table.slice(self.row_index, 1).to_pylist()[0]
             row.update({name: original for name, (_, original) in notes.get(self.row_index, {}).items()})
-            self._source = _raw(row)
+            self._source = shown_row(row)
         return self._source
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,9 +106,7 @@ class Rejections(Sequence[RejectedRow]):
         return ids
 
     def _reasons(self, start: int, stop: int, ids: list[Any]) -> list[str]:
-        from sora_pipeline.catalog.rows import _ONE_LINE, _show
-
-        return [_ONE_LINE.sub(" ", f"row {index} (item_id={_show(v, opaque=False) if v is not None else 'None'}): "
+        return [ONE_LINE.sub(" ", f"row {index} (item_id={show_value(v, opaque=False) if v is not None else 'None'}): "
                                    f"{why}")
                 for index, v, why in zip(self._index[start:stop], ids, self._whys[start:stop])]
 

@@ -18,30 +18,16 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sora_pipeline.catalog.columns import CONTRACT_COLUMNS
+from sora_pipeline.catalog.masking import ONE_LINE, show_value
 from sora_pipeline.catalog.rejections import Rejections
 from sora_pipeline.endpoints import EndpointProfile, get_profile
 from sora_pipeline.endpoints.profile import MAX_PARAMS_JSON
 from sora_pipeline.fal.image_sources import LOCAL_SCHEMES, refusal, scheme_of
 
-REQUIRED_COLUMNS = ("item_id", "prompt", "image_uri", "scheduled_date")
-OPTIONAL_COLUMNS = ("resolution", "aspect_ratio", "duration", "params")
-CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 _URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.S)
 _DATA_RE = re.compile(r"^data:image/[A-Za-z0-9.+\-]+(;[A-Za-z0-9=.\-]+)*;base64,[A-Za-z0-9+/=\s]+$", re.S)
-_SECRET_PATTERNS = [
-    (re.compile(r"(?<=://)[^/@\s]+@"), "***@"),  # user:password@host
-    (re.compile(r"([?&][^=&#\s]*(?:key|token|secret|sig|signature|password|passwd|credential|auth)[^=&#\s]*=)"
-                r"[^&#\s]*", re.I), r"\1***"),
-    (re.compile(r"\b(Key|Bearer|Basic)\s+\S+"), r"\1 ***"),
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "sk-***"),
-    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9a-f]{16,}\b", re.I), "***"),
-    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "***"),
-]
-# a cheap first look: text without any of these cannot match a pattern above
-_MAYBE_SECRET = re.compile(r"://|[?&]|Key|Bearer|Basic|sk-|:[0-9a-fA-F]{16}|AKIA|ASIA")
-# long opaque tokens (letters and digits, 40+ chars): masked everywhere except in item_id, the row's name
-_OPAQUE = re.compile(r"(?<![A-Za-z0-9_])(?=[A-Za-z0-9_]*\d)(?=[A-Za-z0-9_]*[A-Za-z])[A-Za-z0-9_]{40,}")
 
 
 class CatalogItem(NamedTuple):
@@ -58,25 +44,6 @@ class CatalogItem(NamedTuple):
     duration: int | None = 4  # seconds
     row_index: int = 0
     params: Mapping[str, Any] | None = None  # extra endpoint inputs (the `params` column), checked by the profile
-
-
-def redact(text: str, limit: int = 200, *, opaque: bool = True) -> str:
-    """Mask things that look like credentials and shorten long values (data URIs keep only their header)."""
-    if text.startswith("data:") and "," in text:
-        head, payload = text.split(",", 1)
-        return f"{head[:80]},<{len(payload)} chars>"
-    if _MAYBE_SECRET.search(text):
-        for pattern, repl in _SECRET_PATTERNS:
-            text = pattern.sub(repl, text)
-    if opaque:
-        text = _OPAQUE.sub("***", text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _show(value: Any, *, opaque: bool = True) -> str:
-    if isinstance(value, str):
-        return repr(redact(value, 80, opaque=opaque))
-    return redact(repr(value), 80, opaque=opaque)
 
 
 # the usual image reference: https://host/... (anything unusual takes the full path below)
@@ -120,10 +87,10 @@ class _Rules:
             if number is None:
                 if self.profile.allowed("duration") is not None:
                     return None, self.profile.refusal("duration", value)
-                return None, f"{_show(value)} is not a whole number of seconds"
+                return None, f"{show_value(value)} is not a whole number of seconds"
             value = number
         elif not isinstance(value, str):
-            return None, f"{_show(value)} is not a string"
+            return None, f"{show_value(value)} is not a string"
         return self.profile.catalog_value(concept, value)
 
     def params(self, value: Any) -> tuple[dict[str, Any] | None, str | None]:
@@ -189,15 +156,15 @@ class ImageResolver:
             return uri, None
         low = uri.lower()
         if low.startswith("https://"):
-            return (uri, None) if urlsplit(uri).hostname else (None, f"{_show(uri)} has no host")
+            return (uri, None) if urlsplit(uri).hostname else (None, f"{show_value(uri)} has no host")
         if low.startswith("http://"):
-            return None, f"{_show(uri)} uses plain http:// (only https:// URLs are allowed)"
+            return None, f"{show_value(uri)} uses plain http:// (only https:// URLs are allowed)"
         if low.startswith("data:"):
             if _DATA_RE.match(uri):
                 return uri, None
-            return None, f"{_show(uri)} is not a data:image/<type>;base64,<data> URI"
+            return None, f"{show_value(uri)} is not a data:image/<type>;base64,<data> URI"
         if "::" in uri:
-            return None, f"{_show(uri)} is a chained fsspec URL (not allowed)"
+            return None, f"{show_value(uri)} is a chained fsspec URL (not allowed)"
         m = _URI_RE.match(uri)
         if m:
             protocol, rest = m.group(1).lower(), m.group(2)
@@ -211,18 +178,18 @@ class ImageResolver:
         path = uri if uri.startswith("/") else posixpath.normpath(posixpath.join(self.folder, uri))
         ref = self.fs.unstrip_protocol(path)
         why = refusal(scheme_of(ref) or "")
-        return (None, f"{_show(uri)} is a path in the catalog's filesystem: {why}") if why else (ref, None)
+        return (None, f"{show_value(uri)} is a path in the catalog's filesystem: {why}") if why else (ref, None)
 
     def _local(self, uri: str, path: str, *, relative_ok: bool) -> tuple[str | None, str | None]:
         if not os.path.isabs(path):
             if not (relative_ok and self.local):
-                return None, f"{_show(uri)} is a relative file:// URI (give an absolute path)"
+                return None, f"{show_value(uri)} is a relative file:// URI (give an absolute path)"
             path = os.path.join(self.folder, path)
         real = self._realpath(path)
         if not any(_inside(real, root) for root in self.roots):
-            return None, f"{_show(uri)} resolves outside the catalog folder and SORA_IMAGE_ROOTS"
+            return None, f"{show_value(uri)} resolves outside the catalog folder and SORA_IMAGE_ROOTS"
         if not os.path.isfile(real):
-            return None, f"{_show(uri)} does not exist (resolved to {real})"
+            return None, f"{show_value(uri)} does not exist (resolved to {real})"
         return real, None
 
 
@@ -249,18 +216,7 @@ def _inside(path: str, root: str) -> bool:
 
 def unusable(value: Any, arrow_type: Any, file: str, expected: str) -> str:
     """The reason for a value a catalog file holds in a type the contract cannot use (files that disagree)."""
-    return f"{_show(value)} is {arrow_type} in catalog file {_show(file)} (expected {expected})"
-
-
-def _raw(row: dict[str, Any]) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for col in CONTRACT_COLUMNS:
-        value = row.get(col)
-        if col == "params" and value is None:  # optional and rare: only shown when the row has some
-            continue
-        text = value.isoformat() if isinstance(value, date) else str(value)
-        out[col] = None if value is None else redact(text, opaque=col != "item_id")
-    return out
+    return f"{show_value(value)} is {arrow_type} in catalog file {show_value(file)} (expected {expected})"
 
 
 # what a catalog reader could not use of a row (its file's type for a column disagrees with the contract):
@@ -303,8 +259,8 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
             elif not isinstance(item_id, str) or not item_id.strip():
                 problem = ("item_id", "must be a non-empty string")
             elif item_id in dups:
-                problem = ("item_id", f"{_show(item_id, opaque=False)} is shared by {dups[item_id]} rows of the catalog "
-                                      "(must be unique)")
+                problem = ("item_id", f"{show_value(item_id, opaque=False)} is shared by {dups[item_id]} rows of the "
+                                      "catalog (must be unique)")
             if problem is None and "prompt" in note:
                 problem = ("prompt", note["prompt"][0])
             if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
@@ -336,7 +292,6 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
 
 
 _CHUNK = 16_384
-_ONE_LINE = re.compile(r"[\r\n\t]+")
 _WHYS: dict[tuple[str, str], str] = {}
 
 
@@ -346,7 +301,7 @@ def _why(field: str, why: str) -> str:
     if text is None:
         if len(_WHYS) > 4096:
             _WHYS.clear()
-        text = _WHYS[(field, why)] = _ONE_LINE.sub(" ", f"{field}: {why}")
+        text = _WHYS[(field, why)] = ONE_LINE.sub(" ", f"{field}: {why}")
     return text
 
 

@@ -27,7 +27,7 @@ import httpx
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
-from sora_pipeline.fal.errors import FalError, RequestFailedError, WaitTimeoutError
+from sora_pipeline.fal.errors import RequestFailedError, WaitTimeoutError
 from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID, EndpointProfile
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
 from sora_pipeline.fal.error_mapping import RetrySignal
@@ -324,5 +324,4 @@ class AsyncFalQueueClient(_ClientBase):
         return await self.result(handle)
 
 
-__all__ = ["AsyncFalQueueClient", "FalError", "FalQueueClient", "PollPolicy", "QueueHandle", "QueueStatus",
-           "RetryPolicy"]
+__all__ = ["AsyncFalQueueClient", "FalQueueClient", "shared_ssl_context"]

@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop
 
 from sora_pipeline.fal.limits import MAX_JSON_BYTES_ENV, AnswerRefused, byte_cap, read_capped
 from sora_pipeline.fal.policies import RetryPolicy
-from sora_pipeline.fal.storage import is_loopback
+from sora_pipeline.fal.urls import check_service_url
 from sora_pipeline.redact import redact, register_secret
 
 DEFAULT_API_URL = "https://api.fal.ai/v1"
@@ -78,15 +78,10 @@ def check_api_url(base_url: str, *, with_key: bool) -> str:
     """The base URL without a trailing slash: http(s), no credentials/query/fragment; with a key, https or a
     loopback host only. Raises `PlatformError` (nothing was sent)."""
     try:
-        url = httpx.URL(base_url)
-    except Exception:
-        raise PlatformError(f"platform API URL {str(base_url)[:80]!r} is not a URL; set {API_URL_ENV}") from None
-    if url.scheme not in ("http", "https") or not url.host or url.userinfo or url.query or url.fragment:
-        raise PlatformError(f"platform API URL {str(base_url)[:80]!r} must be a plain http(s) URL like "
-                            f"{DEFAULT_API_URL}; set {API_URL_ENV}")
-    if with_key and url.scheme != "https" and not is_loopback(url.host):
-        raise PlatformError(f"platform API URL {str(base_url)[:80]!r} is plain http on a non-loopback host: the "
-                            f"key would travel in clear, nothing was sent; use https (set {API_URL_ENV})")
+        url = check_service_url(base_url, what="platform API URL", example=DEFAULT_API_URL,
+                                fix=f"set {API_URL_ENV}", with_key=with_key)
+    except ValueError as exc:
+        raise PlatformError(str(exc)) from None
     return str(url).rstrip("/")
 
 

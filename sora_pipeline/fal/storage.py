@@ -24,7 +24,6 @@ for a simulator)."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ from sora_pipeline.fal.limits import MiB, byte_cap, content_length, describe_byt
 from sora_pipeline.fal.policies import RetryPolicy
 from sora_pipeline.fal.urls import origin
 from sora_pipeline.redact import register_secret
+from sora_pipeline.wire import is_loopback
 
 DEFAULT_STORAGE_URL = "https://rest.fal.ai"  # fal_client's REST_URL (rest.alpha.fal.ai before 2026-02)
 STORAGE_TYPE = "fal-cdn-v3"
@@ -96,17 +96,6 @@ class UploadedFile:
     content_type: str
     uploaded_at: datetime
     expires_at: datetime
-
-
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_storage_url(url: str, *, setting: str = STORAGE_URL_ENV) -> str:

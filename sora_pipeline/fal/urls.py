@@ -1,5 +1,6 @@
-"""Where fal's queue lives and which request ids are acceptable: the parts of a URL that decide where the key
-goes (`origin`), the configured queue base URL (`check_base_url`), endpoint ids (`split_endpoint`) and request ids
+"""Where fal lives and which request ids are acceptable: the parts of a URL that decide where the key goes
+(`origin`, `origin_url`), the configured queue base URL (`check_base_url`), a service's base URL that a key may be
+sent to (`check_service_url`: https, or plain http on loopback), endpoint ids (`split_endpoint`) and request ids
 (`valid_request_id`: never a path). No I/O."""
 
 from __future__ import annotations
@@ -7,6 +8,10 @@ from __future__ import annotations
 import re
 from typing import Any
 from urllib.parse import urlsplit
+
+import httpx
+
+from sora_pipeline.wire import is_loopback
 
 MAX_REQUEST_ID_LENGTH = 128
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % MAX_REQUEST_ID_LENGTH)
@@ -30,6 +35,17 @@ def origin(url: str) -> tuple[str, str, int] | None:
     return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
 
 
+def origin_url(url: str) -> str | None:
+    """`scheme://host[:port]` of an http(s) URL (the port only when it is not the scheme's default); None if it is
+    not one."""
+    where = origin(url)
+    if where is None:
+        return None
+    scheme, host, port = where
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == (443 if scheme == "https" else 80) else f":{port}")
+
+
 def split_endpoint(endpoint_id: str) -> tuple[str, str, str]:
     """`fal-ai/sora-2/image-to-video/pro` → ("fal-ai", "sora-2", "image-to-video/pro")."""
     parts = endpoint_id.strip("/").split("/")
@@ -44,3 +60,20 @@ def check_base_url(base_url: str) -> str:
         raise ValueError(f"queue base URL {base_url!r} is not an http(s) URL; set SORA_FAL_QUEUE_URL "
                          "(e.g. https://queue.fal.run)")
     return base_url.rstrip("/")
+
+
+def check_service_url(base_url: str, *, what: str, example: str, fix: str, with_key: bool = True) -> httpx.URL:
+    """A service's base URL (fal's platform API, its OpenAPI documents): a plain http(s) URL (no credentials, query
+    or fragment) and, when a key goes with it, https or a loopback host. ValueError in one line otherwise, naming
+    `what` and ending in `fix` (e.g. "set SORA_FAL_API_URL")."""
+    shown = f"{what} {str(base_url)[:80]!r}"
+    try:
+        url = httpx.URL(base_url)
+    except Exception:
+        raise ValueError(f"{shown} is not a URL; {fix}") from None
+    if url.scheme not in ("http", "https") or not url.host or url.userinfo or url.query or url.fragment:
+        raise ValueError(f"{shown} must be a plain http(s) URL like {example}; {fix}")
+    if with_key and url.scheme != "https" and not is_loopback(url.host):
+        raise ValueError(f"{shown} is plain http on a non-loopback host: the key would travel in clear, nothing was "
+                         f"sent; use https ({fix})")
+    return url

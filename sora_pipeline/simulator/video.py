@@ -18,9 +18,12 @@ from pathlib import Path
 import av
 import numpy as np
 
+from sora_pipeline.wire import is_loopback
+
 AUDIO_RATE = 48_000
 AUDIO_FRAME = 1024
 _RESOLUTION_SHORT_SIDE = {"720p": 720, "1080p": 1080}
+
 
 
 def _value(x: object) -> str:
@@ -165,19 +168,6 @@ def cached_clip(cache_dir: str | os.PathLike, image_bytes: bytes | None, width: 
     return target
 
 
-def _is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        import ipaddress
-
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 _uploads: dict[str, str] = {}  # file URL of an upload to a simulator of this process → the file on disk
 _uploads_lock = threading.Lock()
 
@@ -213,7 +203,7 @@ def load_image_bytes(image_url: str, timeout: float = 10.0) -> bytes | None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(image_url)
-    if parts.scheme != "http" or not _is_loopback_host(parts.hostname):
+    if parts.scheme != "http" or not is_loopback(parts.hostname):
         return None
     try:
         import httpx

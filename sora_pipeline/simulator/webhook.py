@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.jobs import Job, JobBook
+from sora_pipeline.wire import signed_message
 
 log = logging.getLogger("sora_pipeline.simulator.webhook")
 _HEX_SEED = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -57,10 +58,6 @@ def jwks_document(key: Ed25519PrivateKey) -> dict[str, Any]:
     raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     return {"keys": [{"kty": "OKP", "crv": "Ed25519", "use": "sig", "kid": raw.hex()[:16],
                       "x": base64.urlsafe_b64encode(raw).decode().rstrip("=")}]}
-
-
-def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
-    return f"{request_id}\n{user_id}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
 
 
 def sign_headers(key: Ed25519PrivateKey, request_id: str, user_id: str, body: bytes,

@@ -8,8 +8,8 @@ make the step ask fal early, but can never mark a running request failed (and re
 The webhook room (no Dagster import):
 - `receiver.create_webhook_app(ledger, config)` — an ASGI app (Starlette) with `POST /fal/webhook`: reads the
   body up to `config.max_body_bytes` (413 at the cap, chunked or not), verifies fal's Ed25519 signature
-  (`signatures`), finds the attempt by `request_id` and records the hint. A request id the ledger does not know (yet — fal can call
-  back before the submitter recorded it) is answered 409 so fal retries it.
+  (`signatures`), finds the attempt by `request_id` and records the hint. A request id the ledger does not know
+  (yet — fal can call back before the submitter recorded it) is answered 409 so fal retries it.
 - `receiver.WebhookServer` — that app with uvicorn in a background thread (tests, demos, a sidecar).
 - `hints` — the ledger side: `record_webhook` writes the hint, `wait_for_webhook(...)` is what the generation
   engine awaits instead of polling fal.

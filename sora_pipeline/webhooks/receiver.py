@@ -5,7 +5,6 @@ app under uvicorn in a thread. Reads the body up to `WebhookConfig.max_body_byte
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ from starlette.routing import Route
 
 from sora_pipeline.ledger import Ledger
 from sora_pipeline.serving import BackgroundServer
+from sora_pipeline.wire import is_loopback
 from sora_pipeline.webhooks.hints import WebhookEvent, record_webhook
 from sora_pipeline.webhooks.signatures import (INSECURE_ENV, INSECURE_FLAG, NO_KEYS_MESSAGE, WebhookKeyError,
                                                WebhookSignatureError, keys_from_env, verify_signature)
@@ -54,15 +54,6 @@ async def read_capped_body(request: Request, limit: int) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------- the ASGI app
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass
 class WebhookConfig:
     """Receiver settings. Without `public_keys` the receiver refuses to start, unless `insecure_test_mode`."""
@@ -81,7 +72,7 @@ class WebhookConfig:
         """Raise `WebhookKeyError` (one line) unless this config may serve on `host`."""
         if not self.public_keys and not self.insecure_test_mode:
             raise WebhookKeyError(NO_KEYS_MESSAGE)
-        if not self.public_keys and not _is_loopback(host):
+        if not self.public_keys and not is_loopback(host):
             raise WebhookKeyError(f"{INSECURE_FLAG} listens on loopback only, not {host}: give fal's keys "
                                   "(SORA_WEBHOOK_JWKS_FILE) to serve other hosts")
 

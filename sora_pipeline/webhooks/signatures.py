@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,8 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from sora_pipeline.wire import signed_message
 
 FAL_JWKS_URL = "https://rest.fal.ai/.well-known/jwks.json"
 KEYS_ENV, JWKS_FILE_ENV = "SORA_WEBHOOK_PUBLIC_KEYS", "SORA_WEBHOOK_JWKS_FILE"
@@ -34,10 +35,6 @@ class WebhookSignatureError(ValueError):
 
 class WebhookKeyError(ValueError):
     """The configured webhook keys are missing or unreadable (one line: what to set)."""
-
-
-def signed_message(request_id: str, user_id: str, timestamp: str, body: bytes) -> bytes:
-    return f"{request_id}\n{user_id}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
 
 
 def _b64(text: str) -> bytes:
