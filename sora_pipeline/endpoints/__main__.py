@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
                         description="Downloads the endpoint's queue OpenAPI document (no auth) and its price "
                                     "(with FAL_KEY from the environment, sent only to --api-url), rewrites the "
                                     "profile (keeping catalog_mapping, video and sources) and prints the diff.")
-    rf.add_argument("endpoint_id", help="e.g. fal-ai/sora-2/image-to-video")
+    rf.add_argument("endpoint_id", help="e.g. fal-ai/sora-2/image-to-video (or --all: every profile, from fal's "
+                                        "model registry and pricing API)")
     rf.add_argument("--openapi-url", default=OPENAPI_BASE, metavar="BASE",
                     help=f"where the OpenAPI documents are (default {OPENAPI_BASE})")
     rf.add_argument("--api-url", default=API_BASE, metavar="BASE",
@@ -81,6 +82,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["refresh"] and "--all" in argv:  # every profile, through fal's platform client (fal's layer)
+        import runpy
+
+        sys.argv = ["sora_pipeline.fal.refresh_profiles", *argv[1:]]
+        try:
+            runpy.run_module("sora_pipeline.fal.refresh_profiles", run_name="__main__")
+        except SystemExit as done:
+            return int(done.code or 0)
+        return 0
     args = parser().parse_args(argv)
     try:
         if args.command == "list":

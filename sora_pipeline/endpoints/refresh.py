@@ -353,6 +353,17 @@ def refresh(endpoint_id: str, *, openapi_base: str = OPENAPI_BASE, api_base: str
             if pricing is None:
                 print(f"note: {price_note}", file=err)
 
+    return apply_refresh(endpoint_id, sections, pricing, price_note, (doc_url, price_url), old=old, source=source,
+                         path=path, mapping=mapping, today=today, dry_run=dry_run,
+                         accept_price_drop=accept_price_drop, out=out, err=err)
+
+
+def apply_refresh(endpoint_id: str, sections: dict[str, Any], pricing: dict[str, Any] | None,
+                  price_note: str | None, urls: tuple[str, str], *, old: dict[str, Any] | None, source: Path,
+                  path: Path, mapping: dict[str, str | None] | None, today: str, dry_run: bool,
+                  accept_price_drop: bool, out: TextIO, err: TextIO) -> int:
+    """Merge what fal answered into the profile, print the diff, check it, and write it unless `dry_run`."""
+    target_dir = path.parent
     if old is None and not mapping:
         guess = guess_mapping(sections["input"])
         props = sections["input"]["properties"]
@@ -367,7 +378,7 @@ def refresh(endpoint_id: str, *, openapi_base: str = OPENAPI_BASE, api_base: str
     if old is None and pricing is None:
         raise RefreshError("a new profile needs a price: set FAL_KEY so that fal's pricing API can be asked",
                            EXIT_PROFILE)
-    new = merge(old, endpoint_id, sections, pricing, price_note, (doc_url, price_url), today, mapping)
+    new = merge(old, endpoint_id, sections, pricing, price_note, urls, today, mapping)
     if new == old:
         print(f"{endpoint_id}: up to date ({source})", file=out)
         return EXIT_OK
