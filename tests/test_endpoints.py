@@ -100,6 +100,45 @@ def test_an_audio_switch_in_params_reaches_the_request_and_its_price(tmp_path, s
     assert "start_image_url" in sent[False] and "image_url" not in sent[False]
 
 
+def test_an_end_frame_is_allowlisted_sent_and_keyed_only_where_the_endpoint_takes_one(tmp_path, simulator):
+    """Wan 2.7 takes an end frame: the catalog's `end_image_uri` is resolved like `image_uri`, sent as
+    `end_image_url`, and makes its own request key; Hailuo 2.3 has none: such a row is rejected in one line; a
+    path outside the catalog folder is refused as for `image_uri`."""
+    wan, hailuo = "fal-ai/wan/v2.7/image-to-video", "fal-ai/minimax/hailuo-2.3/standard/image-to-video"
+    schema = SCHEMA.append(pa.field("end_image_uri", pa.string()))
+    d = dt.date.fromisoformat(DAY)
+
+    def row(item_id, end, duration):
+        return {"item_id": item_id, "prompt": "a door opens", "image_uri": "../images/land.png",
+                "scheduled_date": d, "resolution": None, "aspect_ratio": None, "duration": duration,
+                "params": None, "end_image_uri": end}
+
+    project = make_project(tmp_path / "wan", rows=[])
+    pq.write_table(pa.Table.from_pylist([row("plain", None, 5), row("ends", "../images/port.png", 5),
+                                         row("escape", "/etc/passwd", 5)], schema=schema),
+                   f"{project['catalog_uri']}/part-0.parquet")
+    assert materialize_day(resources(simulator.base_url, project, endpoint_id=wan)).success
+    rejected = read_day_partition(project["warehouse_uri"], "rejected_items", DAY).to_pylist()
+    assert [(r["item_id"], r["field"]) for r in rejected] == [("escape", "end_image_uri")]
+    gens = {g["item_id"]: g for g in read_day_partition(project["warehouse_uri"], "generations", DAY).to_pylist()}
+    assert gens["plain"]["status"] == gens["ends"]["status"] == "completed"
+    sent = {j.submitted_input["prompt"] and ("end_image_url" in j.submitted_input): j.submitted_input
+            for j in simulator.app.sim.book.jobs.values() if j.endpoint == wan}
+    assert sent[True]["end_image_url"].startswith("data:image/png;base64,") and False in sent
+    # the row without an end frame keeps the key it had before end frames existed
+    items = {i.item_id: i for i in read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(wan)).valid}
+    assert items["plain"].end_image_ref is None and items["ends"].end_image_ref.endswith("port.png")
+    assert gens["plain"]["request_key"] != gens["ends"]["request_key"]
+
+    project2 = make_project(tmp_path / "hailuo", rows=[])
+    pq.write_table(pa.Table.from_pylist([row("ends", "../images/port.png", 6)], schema=schema),
+                   f"{project2['catalog_uri']}/part-0.parquet")
+    assert materialize_day(resources(simulator.base_url, project2, endpoint_id=hailuo)).success
+    rejected = read_day_partition(project2["warehouse_uri"], "rejected_items", DAY).to_pylist()
+    assert len(rejected) == 1 and rejected[0]["field"] == "end_image_uri"
+    assert f"{hailuo} takes no end frame" in rejected[0]["reason"] and "\n" not in rejected[0]["reason"]
+
+
 def test_a_value_one_endpoint_accepts_and_another_refuses(tmp_path):
     """duration 4 is Sora's and not Kling's; 10 is Kling's and not Sora's: each endpoint keeps its own rows and
     rejects the others with its allowed values."""

@@ -79,7 +79,7 @@ def _fingerprint_rows(dataset: ds.Dataset, per_day: dict[str, list[str]]) -> Non
             if key is None:
                 continue
             values = [_canonical(row.get(c)) for c in CONTRACT_COLUMNS]
-            if values[-1] is None:  # no params: the fingerprint catalogs had before the column existed
-                values.pop()
+            while len(values) > 7 and values[-1] is None:  # no end frame, no params: the fingerprint catalogs
+                values.pop()  # had before those columns existed
             blob = json.dumps(values, default=str, ensure_ascii=False)
             per_day[key].append(hashlib.sha256(blob.encode()).hexdigest())

@@ -44,6 +44,8 @@ class CatalogItem(NamedTuple):
     duration: int | None = 4  # seconds
     row_index: int = 0
     params: Mapping[str, Any] | None = None  # extra endpoint inputs (the `params` column), checked by the profile
+    end_image_uri: str | None = None  # the last frame as given (the optional `end_image_uri` column)
+    end_image_ref: str | None = None  # resolved like image_ref; only for endpoints with an end-frame input
 
 
 # the usual image reference: https://host/... (anything unusual takes the full path below)
@@ -244,8 +246,9 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
         absent = [None] * part.num_rows
         columns = [part.column(c).to_pylist() if c in part.column_names else absent  # no dict per row
                    for c in CONTRACT_COLUMNS if c != "scheduled_date"]
-        for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration, params) in enumerate(
-                zip(plain[start:start + _CHUNK], *columns), start):
+        rows = zip(plain[start:start + _CHUNK], *columns)
+        for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration, params, end_uri) in \
+                enumerate(rows, start):
             if ok:  # every rule holds, as the vectorised checks showed: only normalize
                 valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day, res_of[resolution],
                                          ar_of[aspect_ratio], dur_of[duration], index))
@@ -282,13 +285,32 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
                     problem = (field, note[field][0])
                 if problem is None and why:
                     problem = (field, why)
+            end_ref = None
+            if problem is None and "end_image_uri" in note:
+                problem = ("end_image_uri", note["end_image_uri"][0])
+            if problem is None and end_uri is not None:
+                end_ref, why = _end_frame(rules.profile, resolver, end_uri)
+                if why:
+                    problem = ("end_image_uri", why)
             if problem is None:
                 valid.append(CatalogItem(item_id, prompt, image_uri, image_ref, day, values["resolution"],
-                                         values["aspect_ratio"], values["duration"], index, values["params"]))
+                                         values["aspect_ratio"], values["duration"], index, values["params"],
+                                         end_uri if end_ref else None, end_ref))
                 continue
             field, why = problem
             rejected.add(index, field, _why(field, why))
     return valid, rejected
+
+
+def _end_frame(profile: EndpointProfile, resolver: ImageResolver, uri: Any) -> tuple[str | None, str | None]:
+    """(the resolved end frame, or why not): the image rules of `image_uri`, on an endpoint that takes one."""
+    if not isinstance(uri, str):
+        return None, "must be a string"
+    if not uri.strip():
+        return None, None  # empty: no end frame
+    if profile.field_for("end_image") is None:
+        return None, f"{profile.endpoint_id} takes no end frame (leave end_image_uri empty)"
+    return resolver.resolve(uri)
 
 
 _CHUNK = 16_384
@@ -342,7 +364,8 @@ def _plainly_valid(table: pa.Table, dups: dict[str, int], rules: _Rules) -> list
         ok = pc.and_kleene(ok, pc.invert(pc.is_in(ids, value_set=pa.array(list(dups), ids.type))))
     strings = (pa.types.is_string, pa.types.is_large_string)
     for name, kinds in (("resolution", strings), ("aspect_ratio", strings),
-                        ("duration", (pa.types.is_integer, pa.types.is_floating)), ("params", ())):
+                        ("duration", (pa.types.is_integer, pa.types.is_floating)), ("params", ()),
+                        ("end_image_uri", ())):  # an end frame: the full rules
         allowed = [v for v in rules.exact[name] if v is not None] if name in rules.exact else []
         ok = pc.and_kleene(ok, optional(name, allowed, kinds))
     return pc.fill_null(ok, False).to_pylist()

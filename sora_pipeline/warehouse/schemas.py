@@ -60,6 +60,8 @@ CATALOG_ITEMS = TableDef("catalog_items", "Valid catalog rows scheduled for the 
     _c("duration", pa.int32(), "seconds (nulls → the endpoint's default)", "duration"),
     _c("scheduled_date", pa.date32(), "the day partition", "scheduled_date"),
     _c("params", pa.string(), "extra endpoint inputs as a JSON object (null: none)", "params"),
+    _c("end_image_uri", pa.string(), "last-frame image as written in the catalog (null: none)", "end_image_uri"),
+    _c("end_image_ref", pa.string(), "resolved last-frame location (null: none)", "end_image_uri"),
 ))
 
 REJECTED_ITEMS = TableDef("rejected_items", "Catalog rows of the day that break a rule, with the reason", (

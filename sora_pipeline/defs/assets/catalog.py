@@ -55,7 +55,8 @@ def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         "image_ref": i.image_ref,
         "resolution": i.resolution, "aspect_ratio": i.aspect_ratio, "duration": i.duration,
         "scheduled_date": i.scheduled_date,
-        "params": json.dumps(i.params, sort_keys=True) if i.params else None} for i in sl.valid]
+        "params": json.dumps(i.params, sort_keys=True) if i.params else None,
+        "end_image_uri": i.end_image_uri, "end_image_ref": i.end_image_ref} for i in sl.valid]
     summary = rejection_summary(sl.rejected)
     context.log.info(f"catalog {warehouse.catalog_uri} for {day}: {sl.rows_scanned} rows scanned, "
                      f"{len(valid)} valid, {len(sl.rejected)} rejected")

@@ -74,7 +74,8 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     items = [WorkItem(item_id=r["item_id"], prompt=r["prompt"], image_ref=r["image_ref"],
                       resolution=r["resolution"], aspect_ratio=r["aspect_ratio"],
                       duration=None if r["duration"] is None else int(r["duration"]), day=day,
-                      params=json.loads(r["params"]) if r.get("params") else None)
+                      params=json.loads(r["params"]) if r.get("params") else None,
+                      end_image_ref=r.get("end_image_ref"))
              for r in arrow_rows(read_upstream(warehouse, "catalog_items", day))]  # missing: fails, naming it
     ledger = warehouse.ledger()
     recover_day(ledger, day, warehouse.read("generations", day), queue_base_url=fal.base_url)  # a lost ledger
