@@ -90,7 +90,8 @@ def test_an_audio_switch_in_params_reaches_the_request_and_its_price(tmp_path, s
             {"item_id": "quiet", "prompt": "a bell", "image_uri": "../images/land.png", "scheduled_date": d,
              "resolution": None, "aspect_ratio": None, "duration": 8, "params": '{"generate_audio": false}'}]
     write_rows(project, rows)
-    assert materialize_day(resources(simulator.base_url, project, endpoint_id=kling3)).success
+    result = materialize_day(resources(simulator.base_url, project, endpoint_id=kling3))
+    assert result.success and check_results(result)["fal_billing_matches_estimate"]  # billed with audio too
     gens = {g["item_id"]: g for g in read_day_partition(project["warehouse_uri"], "generations", DAY).to_pylist()}
     assert gens["loud"]["estimated_cost"] == pytest.approx(8 * 0.336)
     assert gens["quiet"]["estimated_cost"] == pytest.approx(8 * 0.224)

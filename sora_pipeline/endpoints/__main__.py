@@ -26,7 +26,7 @@ def _values(spec: dict[str, Any] | None, unit: str = "") -> str:
     if spec is None:
         return "—"
     if "enum" in spec:
-        return ", ".join(f"{v}{unit}" for v in spec["enum"])
+        return ", ".join(f"{v}" if unit and str(v).endswith(unit.strip()) else f"{v}{unit}" for v in spec["enum"])
     low, high = spec.get("minimum"), spec.get("maximum")
     return f"{low:g}–{high:g}{unit}" if low is not None and high is not None else f"any {spec.get('type', '')}"
 

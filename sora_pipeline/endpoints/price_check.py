@@ -21,8 +21,13 @@ def price_text(pricing: dict[str, Any] | None) -> str:
     """`$0.30/s 720p, $0.50/s 1080p` or `$0.28/video (5)`; the unit the pricing says it bills."""
     pricing = pricing or {}
     per_second, per_video = pricing.get("per_second") or {}, pricing.get("per_video") or {}
+    if pricing.get("unit") == "token" and pricing.get("per_1k_tokens") is not None:
+        return f"{usd(pricing['per_1k_tokens'])}/1k tokens (h×w×s×{pricing.get('token_fps', 24):g}/1024)"
     if per_second and (pricing.get("unit", "second") == "second" or not per_video):
-        return ", ".join(f"{usd(v)}/s" + ("" if t == "*" else f" {t}") for t, v in per_second.items())
+        text = ", ".join(f"{usd(v)}/s" + ("" if t == "*" else f" {t}") for t, v in per_second.items())
+        audio = pricing.get("per_second_audio") or {}
+        return text + (f"; audio on: {', '.join(f'{usd(v)}/s' + ('' if t == '*' else f' {t}') for t, v in audio.items())}"
+                       if audio else "")
     return ", ".join(f"{usd(v)}/video" + ("" if t == "*" else f" ({t})") for t, v in per_video.items()) or "?"
 
 

@@ -47,6 +47,8 @@ class PriceTable(BaseModel):
     heights: dict[str, int] = Field(default_factory=dict)
     #: the tier `auto` costs (its name, for the audio prices)
     auto_tier: str | None = None
+    #: the endpoint's audio switch (an input name; a request's `params` may set it)
+    audio_input: str | None = None
 
     @field_validator("per_second", "per_second_audio")
     @classmethod
@@ -84,7 +86,14 @@ class PriceTable(BaseModel):
                    per_video=per_video if pricing.unit != "token" else {}, per_second_audio=audio,
                    audio_default=audio_default, heights=heights,
                    per_1k_tokens=pricing.per_1k_tokens if pricing.unit == "token" else None,
-                   token_fps=pricing.token_fps, auto_tier=tier or None)
+                   token_fps=pricing.token_fps, auto_tier=tier or None, audio_input=switch)
+
+    def audio_of(self, params: Mapping[str, Any] | None) -> bool | None:
+        """Whether a request with these extra inputs makes sound (None: the endpoint has no audio switch)."""
+        if self.audio_input is None:
+            return None
+        value = (params or {}).get(self.audio_input)
+        return self.audio_default if value is None else bool(value)
 
     def video_price(self, seconds: float | None) -> float | None:
         """The price of one clip of `seconds` when the endpoint bills per video (None: it bills per second)."""

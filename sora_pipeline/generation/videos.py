@@ -33,5 +33,6 @@ async def download_and_probe(http: httpx.AsyncClient, cfg: GenerationConfig, p: 
     probe = artifacts.get("probe") or {}
     artifacts["unit_price_usd"] = unit_price(
         cfg.prices, seconds=probe.get("duration") or out.seconds_generated, byo_openai_key=p.spec.used_openai_key,
-        height=probe.get("height"), width=probe.get("width"), resolution=p.item.resolution)
+        height=probe.get("height"), width=probe.get("width"), resolution=p.item.resolution,
+        audio=cfg.prices.audio_of(p.item.params))
     return artifacts

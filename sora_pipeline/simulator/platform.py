@@ -87,7 +87,10 @@ def job_price(profile: EndpointProfile, payload: dict[str, Any], submitted: dict
         tiers = profile.pricing.per_video or {"*": 0.0}
         key = str(int(seconds)) if float(seconds).is_integer() else ""
         return "video", tiers.get(key, tiers.get("*", max(tiers.values()))), seconds
-    tiers = {k.lower(): v for k, v in (profile.pricing.per_second or {"*": 0.0}).items()}
+    audio = profile.pricing.audio_input  # the audio switch's own prices when it is on (accepted payload: defaults in)
+    table = profile.pricing.per_second_audio if audio and payload.get(audio) and profile.pricing.per_second_audio \
+        else profile.pricing.per_second
+    tiers = {k.lower(): v for k, v in (table or {"*": 0.0}).items()}
     found = profile.field_for("resolution")
     value, _ = profile.catalog_value("resolution", payload.get(found[0]) if found else None)
     tier = str(value or "auto").lower()
