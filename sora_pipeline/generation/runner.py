@@ -364,7 +364,7 @@ class GenerationRunner:
         self._in_flight.pop(key, None)
         seconds = output.video.duration or float(p.item.duration or 0) or None
         size = dict(resolution=p.item.resolution, height=output.video.height, width=output.video.width,
-                    byo_openai_key=p.spec.used_openai_key)
+                    byo_openai_key=p.spec.used_openai_key, audio=self.config.prices.audio_of(p.item.params))
         cost = priced_cost(self.config.prices, seconds_generated=seconds, **size)
         # what fal says it bills (its units on the result; null stays null); the unit's price once the output's
         # size is known for sure (`_fetch_video`, after the probe)
