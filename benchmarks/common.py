@@ -216,8 +216,6 @@ class RSSSampler:
         return [[round(t, 1), round(m, 1)] for t, m in self.samples[::step]]
 
 
-from benchmarks.sim_process import SimProcess, queue_calls  # noqa: E402,F401 — the simulator in its own process
-
 # ---------------------------------------------------------------------------------------------- projects
 # catalogs, images and resources come from the fixtures the tests use too (tests.support.fixtures)
 IMAGE_NAME = "land.png"
@@ -260,13 +258,6 @@ def resources(sim_url: str, project: dict, fal_class: type | None = None, **fal_
         fal = res["fal"]
         res["fal"] = fal_class(**{name: getattr(fal, name) for name in type(fal).model_fields})
     return res
-
-
-def selection() -> list:
-    """What one day's run materializes: the daily assets and the asset checks."""
-    from tests.support.fixtures import DAILY_SELECTION
-
-    return DAILY_SELECTION
 
 
 @dataclass
@@ -350,13 +341,6 @@ def status_counts(rows: list[dict]) -> dict[str, int]:
     for r in rows:
         out[r["status"]] = out.get(r["status"], 0) + 1
     return out
-
-
-def quiet_dagster_console() -> None:
-    """Dagster's default console logger prints every event; keep it (it is part of the real run) but at INFO."""
-    import logging
-
-    logging.getLogger("dagster").setLevel(logging.INFO)
 
 
 def parse_mode(argv: list[str] | None) -> tuple[str, list[str]]:

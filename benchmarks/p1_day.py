@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    DAY, WARMUP_DAY, Result, SimProcess, generations_rows, make_project, materialize_day, parse_mode,
-    queue_calls, resources, rnd, status_counts,
-)
+from benchmarks.common import (DAY, WARMUP_DAY, Result, generations_rows, make_project, materialize_day, parse_mode,
+                               resources, rnd, status_counts)
+from benchmarks.sim_process import SimProcess, queue_calls
 
 NAME = "p1_day"
 N, C, L, POLL = 200, 50, 2.0, 0.1

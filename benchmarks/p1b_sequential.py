@@ -31,9 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import (
-    CACHE, REPO, Result, SimProcess, parse_mode, queue_calls, rnd, same_run_result, write_image,
-)
+from benchmarks.common import CACHE, REPO, Result, parse_mode, rnd, same_run_result, write_image
+from benchmarks.sim_process import SimProcess, queue_calls
 from benchmarks import p1_day
 
 NAME = "p1b_sequential"

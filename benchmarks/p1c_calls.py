@@ -21,7 +21,8 @@ import asyncio
 import dataclasses
 import math
 
-from benchmarks.common import Result, SimProcess, parse_mode, queue_calls, rnd, same_run_result
+from benchmarks.common import Result, parse_mode, rnd, same_run_result
+from benchmarks.sim_process import SimProcess, queue_calls
 from benchmarks import p1_day
 
 NAME = "p1c_calls"

@@ -10,10 +10,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import (
-    DAY, Result, SimProcess, generations_rows, make_project, materialize_day, parse_mode, queue_calls, resources,
-    rnd, status_counts,
-)
+from benchmarks.common import (DAY, Result, generations_rows, make_project, materialize_day, parse_mode, resources,
+                               rnd, status_counts)
+from benchmarks.sim_process import SimProcess, queue_calls
 
 NAME = "p4_rematerialize"
 N, C, L = 1000, 50, 0.05

@@ -10,10 +10,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import (
-    DAY, WARMUP_DAY, Result, RSSSampler, SimProcess, generations_rows, make_project, materialize_day, maxrss_mb,
-    parse_mode, queue_calls, resources, rnd, status_counts,
-)
+from benchmarks.common import (DAY, WARMUP_DAY, Result, RSSSampler, generations_rows, make_project, materialize_day,
+                               maxrss_mb, parse_mode, resources, rnd, status_counts)
+from benchmarks.sim_process import SimProcess, queue_calls
 
 NAME = "p5_memory"
 C, L = 50, 0.0

@@ -53,7 +53,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Result, SimProcess, make_project, parse_mode, rnd
+from benchmarks.common import REPO, Result, make_project, parse_mode, rnd
+from benchmarks.sim_process import SimProcess
 
 NAME = "p6_backfill"
 FIRST_DAY = dt.date(2026, 9, 1)
@@ -184,7 +185,7 @@ def _wait_daemon_ready(instance, daemon: Group, since: float, timeout: float) ->
 def _ledger_window(ledger_url: str) -> dict[str, Any]:
     from sqlalchemy import create_engine, select
 
-    from sora_pipeline.ledger.schema import attempts
+    from sora_pipeline.ledger.database import attempts
 
     engine = create_engine(ledger_url)
     try:

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import DAY, REPO, Result, SimProcess, maxrss_mb, parse_mode, resources, rnd
+from benchmarks.common import DAY, REPO, Result, maxrss_mb, parse_mode, resources, rnd
+from benchmarks.sim_process import SimProcess
 
 NAME = "p9_rejections"
 ROWS = 100_000

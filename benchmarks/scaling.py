@@ -12,10 +12,9 @@ import math
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import (
-    DAY, WARMUP_DAY, Result, SimProcess, generations_rows, make_project, materialize_day, parse_mode, queue_calls,
-    resources, rnd, status_counts,
-)
+from benchmarks.common import (DAY, WARMUP_DAY, Result, generations_rows, make_project, materialize_day, parse_mode,
+                               resources, rnd, status_counts)
+from benchmarks.sim_process import SimProcess, queue_calls
 
 NAME = "scaling"
 C, L, POLL = 50, 0.5, 0.1

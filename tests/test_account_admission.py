@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from sora_pipeline.generation.admission import AccountAdmission
+from sora_pipeline.generation.admission_broker import AccountAdmission
 from sora_pipeline.ledger import Ledger, LedgerUnavailable
 from tests.support.fixtures import catalog_rows, make_project
 from tests.pipeline_helpers import subprocess_env

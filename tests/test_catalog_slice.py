@@ -14,7 +14,7 @@ import pytest
 
 from sora_pipeline.defs.assets.catalog import catalog_slice
 from sora_pipeline.defs.checks import catalog_dates_check, no_rejected_rows
-from sora_pipeline.defs.definitions import defs
+from sora_pipeline.defs.code_location import defs
 from sora_pipeline.warehouse.tables import read_day_partition
 from tests.support.fixtures import DAILY_SELECTION, DAY, catalog_rows, make_project, resources
 from tests.pipeline_helpers import check_results, materializations

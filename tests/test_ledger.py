@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sora_pipeline.ledger import (
     Decision, Ledger, RequestSpec, RequestState, ResubmitPolicy, default_ledger_url, request_key,
 )
-from sora_pipeline.ledger.schema import LATEST_VERSION
+from sora_pipeline.ledger.database import LATEST_VERSION
 
 EP = "fal-ai/sora-2/image-to-video/pro"
 SHA = "ab" * 32
@@ -139,7 +139,7 @@ def test_plan_refuses_mismatched_key(ledger):
 
 # ---------------------------------------------------------------- schema / setup
 def test_schema_versioned_and_idempotent(db_url):
-    with Ledger(db_url) as a, Ledger.from_url(db_url) as b:
+    with Ledger(db_url) as a, Ledger(db_url) as b:
         assert a.schema_version == b.schema_version == LATEST_VERSION
         with a._engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == LATEST_VERSION

@@ -20,7 +20,7 @@ from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
 from sora_pipeline.generation.records import GenerationConfig, WorkItem
 from sora_pipeline.generation.runner import GenerationRunner
 from sora_pipeline.ledger import Ledger, LedgerUnavailable, RequestSpec, RequestState, ResubmitPolicy, request_key
-from sora_pipeline.ledger.schema import LATEST_VERSION
+from sora_pipeline.ledger.database import LATEST_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-11-20"

@@ -304,7 +304,7 @@ def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulat
     import httpx
 
     from sora_pipeline.ledger import RequestSpec, ResubmitPolicy
-    from sora_pipeline.simulator.webhook import sign_headers, signing_key
+    from sora_pipeline.simulator.webhook_delivery import sign_headers, signing_key
     from sora_pipeline.webhooks.signatures import parse_public_key
     from sora_pipeline.webhooks.receiver import WebhookConfig, WebhookServer
 

@@ -17,7 +17,7 @@ from sora_pipeline.generation.records import GenerationConfig, WorkItem
 from sora_pipeline.generation.runner import GenerationRunner
 from sora_pipeline.webhooks.receiver import WebhookConfig, WebhookServer
 from sora_pipeline.ledger import Ledger, RequestState
-from sora_pipeline.simulator.webhook import sign_headers, signing_key
+from sora_pipeline.simulator.webhook_delivery import sign_headers, signing_key
 from tests.webhook_helpers import (
     DAY,
     EP,

@@ -23,7 +23,7 @@ from sora_pipeline.ledger import (
     RequestState,
     ResubmitPolicy,
 )
-from sora_pipeline.simulator.webhook import sign_headers
+from sora_pipeline.simulator.webhook_delivery import sign_headers
 from sora_pipeline.webhooks.signatures import (WebhookSignatureError, keys_from_jwks, parse_public_key,
                                                    verify_signature)
 from sora_pipeline.webhooks.hints import WebhookEvent, find_attempt, record_webhook, wait_for_webhook

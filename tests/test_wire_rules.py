@@ -13,7 +13,7 @@ from sora_pipeline.fal.identity import SIMULATOR_IDENTITY_PATH, BackendProbeErro
 from sora_pipeline.fal.platform import PlatformError, check_api_url
 from sora_pipeline.fal.urls import origin_url
 from sora_pipeline.serving import BackgroundServer
-from sora_pipeline.simulator.webhook import sign_headers
+from sora_pipeline.simulator.webhook_delivery import sign_headers
 from sora_pipeline.webhooks.signatures import verify_signature
 from sora_pipeline.wire import is_loopback, signed_message
 

@@ -18,7 +18,7 @@ from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
 from sora_pipeline.webhooks.signatures import parse_public_key
 from sora_pipeline.webhooks.receiver import WebhookConfig
 from sora_pipeline.ledger import RequestSpec
-from sora_pipeline.simulator.webhook import jwks_document
+from sora_pipeline.simulator.webhook_delivery import jwks_document
 from tests.conftest import png_bytes
 
 EP = "fal-ai/sora-2/image-to-video/pro"

@@ -213,7 +213,3 @@ def retry_io(fn: Callable[[], T], attempts: int = 3) -> T:
                 raise
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def to_arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    return con.sql(sql).to_arrow_table()

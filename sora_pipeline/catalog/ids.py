@@ -1,7 +1,7 @@
 """`item_id` across the whole catalog: the contract wants it unique, so reading one day must know whether any of
 the day's ids appears elsewhere. `duplicated_ids` answers that reading as little as it can: row groups are skipped
 by their min/max statistics (clustered ids) or by their Parquet Bloom filter on item_id; what may hold an id is
-scanned exactly. `write_catalog` writes the layout that makes this cheap."""
+scanned exactly. `writer.write_catalog` writes the layout that makes this cheap."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
@@ -137,27 +136,6 @@ def _range_reader(fragment: ds.ParquetFileFragment) -> Callable[[int, int], Any]
             return f.read_at(length, offset)
 
     return read
-
-
-def write_catalog(table: pa.Table, path: str, *, filesystem: Any = None) -> None:
-    """Write `table` as the README's recommended catalog layout: one Parquet file sorted by `scheduled_date`, one
-    row group per day (the day's slice is read by statistics alone), zstd, and a Bloom filter on `item_id` so
-    that the catalog-wide uniqueness check reads the filters, not the ids. The filter is sized for a
-    false-positive rate of 1e-7 per id (pyarrow rounds it up to a power of two: 64 KiB for 5,500 ids a day), so
-    that a day's ~5,500 ids × 364 other days rarely make a row group a false candidate (at 1e-6: ~8 per day)."""
-    import pyarrow.parquet as pq
-
-    table = table.sort_by([("scheduled_date", "ascending"), ("item_id", "ascending")])
-    days = table.column("scheduled_date").combine_chunks()
-    runs = pc.run_end_encode(days).run_ends.to_pylist() if len(days) else []
-    largest = max((b - a for a, b in zip([0, *runs], runs)), default=1)
-    bloom = {"item_id": {"ndv": max(largest, 1), "fpp": 1e-7}}
-    with pq.ParquetWriter(path, table.schema, filesystem=filesystem, compression="zstd",
-                          bloom_filter_options=bloom) as writer:
-        start = 0
-        for end in runs:
-            writer.write_table(table.slice(start, end - start), row_group_size=end - start)
-            start = end
 
 
 def _prunes(dataset: ds.Dataset, expression: ds.Expression, sample: int = 16) -> bool:

@@ -24,7 +24,7 @@ from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQ
 from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError,
                                       TransientError, WaitTimeoutError)
 from sora_pipeline.fal.protocol import QueueHandle, QueueProtocol, QueueStatus
-from sora_pipeline.generation.admission import AccountAdmission
+from sora_pipeline.generation.admission_broker import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests, interrupted_line
 from sora_pipeline.generation.costs import BudgetGuard, priced_cost
 from sora_pipeline.generation.failpoints import armed, failpoint

@@ -29,8 +29,9 @@ from .model import (
 )
 from .recovery import recover_day
 from .rules import decide, would_submit
-from .schema import LATEST_VERSION as SCHEMA_VERSION
-from .store import UNCONFIRMED_SUBMIT, Ledger
+from .database import LATEST_VERSION as SCHEMA_VERSION
+from .claims import UNCONFIRMED_SUBMIT
+from .store import Ledger
 from .urls import url_problem
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from .schema import ADMISSION_LOCKS, admission, read, serialize_on_postgres, utcnow, write
+from .database import ADMISSION_LOCKS, admission, read, serialize_on_postgres, utcnow, write
 
 _T = admission.c
 

@@ -11,11 +11,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from .model import Decision, LedgerEntry, RequestNotPlanned, RequestState, ResubmitPolicy
-from .ops import LostRace, Op, aware
+from .writes import LostRace, Op, aware
 from .queries import spent_query
 from .rows import CLAIM_CAS, ENTRY_BY_KEY_FOR_UPDATE, INSERT_ATTEMPT, entry_from_row
 from .rules import decide, effective_state, needs_history
-from .schema import BUDGET_LOCKS, attempts, read, requests, serialize_on_postgres, utcnow
+from .database import BUDGET_LOCKS, attempts, read, requests, serialize_on_postgres, utcnow
 
 S = RequestState
 _A = attempts.c

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 
-from .schema import leases, read, serialize_on_postgres, utcnow, write
+from .database import leases, read, serialize_on_postgres, utcnow, write
 
 _T = leases.c
 LEASE_LOCKS = 0x534F_524C_0000_0000  # advisory lock key space of the named leases ("SORL")

@@ -8,9 +8,9 @@ from sqlalchemy import Select, and_, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
 from .model import AttemptRecord, AttemptRef, LedgerEntry, RequestState
-from .ops import Op
+from .writes import Op
 from .rows import ENTRY_BY_KEY, ENTRY_SELECT, attempt_from_row, entry_from_row
-from .schema import attempts, read, requests
+from .database import attempts, read, requests
 
 S = RequestState
 _A = attempts.c

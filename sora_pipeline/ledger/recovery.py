@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from .model import RequestState
-from .schema import attempts, requests, utcnow, write
+from .database import attempts, requests, utcnow, write
 
 __all__ = ["recover_day"]
 log = logging.getLogger("sora_pipeline.ledger")

@@ -9,7 +9,7 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Row
 
 from .model import AttemptRecord, LedgerEntry, RequestState
-from .schema import attempts, requests
+from .database import attempts, requests
 
 S = RequestState
 _A = attempts.c

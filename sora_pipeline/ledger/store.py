@@ -17,18 +17,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .admission import LedgerAdmission
-from .claims import UNCONFIRMED_SUBMIT, LedgerClaims
+from .claims import LedgerClaims
 from .leases import LedgerLeases
 from .model import LedgerConflict, RequestNotPlanned, RequestSpec, RequestState
-from .ops import LedgerWrites
+from .writes import LedgerWrites
 from .queries import LedgerQueries
 from .rescue import RescueJournal
-from .schema import ensure_schema, make_engine, requests, utcnow, write
+from .database import ensure_schema, make_engine, requests, utcnow, write
 from .transitions import LedgerTransitions
 from .uploads import LedgerUploads
 from .urls import unreachable
 
-__all__ = ["UNCONFIRMED_SUBMIT", "Ledger"]
+__all__ = ["Ledger"]
 log = logging.getLogger("sora_pipeline.ledger")
 S = RequestState
 
@@ -59,10 +59,6 @@ class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites, Ledge
         except BaseException:
             self._engine.dispose()
             raise
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Ledger:
-        return cls(url, **kwargs)
 
     @property
     def dialect(self) -> str:

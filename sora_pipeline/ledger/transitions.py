@@ -11,9 +11,9 @@ from sqlalchemy.engine import Connection
 from sora_pipeline.redact import redact, redact_obj
 
 from .model import LedgerConflict, RequestNotPlanned, RequestState
-from .ops import AfterCommit, Op, aware
+from .writes import AfterCommit, Op, aware
 from .rows import ARTIFACTS_FOR_UPDATE, ATTEMPT_FOR_UPDATE, REQUEST_FOR_UPDATE, UPDATE_ATTEMPT, UPDATE_REQUEST_STATE
-from .schema import utcnow
+from .database import utcnow
 
 S = RequestState
 

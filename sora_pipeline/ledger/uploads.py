@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from .ops import aware
-from .schema import read, uploads, utcnow, write
+from .writes import aware
+from .database import read, uploads, utcnow, write
 
 _U = uploads.c
 #: a remembered URL is used while at least this share of its lifetime is left (fal may fetch the image only when

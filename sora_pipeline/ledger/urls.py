@@ -10,7 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import NoSuchModuleError
 
 from .model import LedgerUnreachable
-from .schema import _PG_DRIVERS
+from .database import _PG_DRIVERS
 
 
 def url_problem(url: str) -> str | None:

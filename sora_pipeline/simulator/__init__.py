@@ -1,4 +1,5 @@
-"""An embedded fal queue simulator for `fal-ai/sora-2/image-to-video/pro` that returns real MP4s (no Dagster)."""
+"""An embedded fal queue simulator speaking every endpoint profile (`sora_pipeline.endpoints`), returning real MP4s
+(no Dagster)."""
 
 from sora_pipeline.simulator.app import create_app
 from sora_pipeline.simulator.config import FAULT_KINDS, SimulatorConfig

@@ -34,7 +34,7 @@ from sora_pipeline.simulator.core import auth_error as core_auth_error
 from sora_pipeline.simulator.core import Simulator, SimulatorApp, _base, _clip_failed, _detail, _drop, _Ticker
 from sora_pipeline.simulator.faults import PRE_RECORD_KINDS, fault_response, request_error_response
 from sora_pipeline.simulator.jobs import ClipInfo, Job
-from sora_pipeline.simulator.webhook import WebhookDeliverer
+from sora_pipeline.simulator.webhook_delivery import WebhookDeliverer
 
 _FILE_NAME = re.compile(r"^[0-9a-f]{64}\.mp4$")
 

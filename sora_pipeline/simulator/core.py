@@ -22,7 +22,7 @@ from sora_pipeline.simulator.jobs import ClipInfo, JobBook
 from sora_pipeline.simulator.video import cached_clip, dimensions, image_size, load_image_bytes
 
 if TYPE_CHECKING:
-    from sora_pipeline.simulator.webhook import WebhookDeliverer
+    from sora_pipeline.simulator.webhook_delivery import WebhookDeliverer
 
 _RAW_SEND = "sora_sim.raw_send"
 #: header on every answer of the simulator (and `GET /.well-known/sora-simulator` answers without auth)

@@ -34,7 +34,7 @@ class SimulatorServer(BackgroundServer):
     @property
     def webhook_public_key(self) -> str:
         """Hex Ed25519 public key that verifies this simulator's webhook signatures."""
-        from sora_pipeline.simulator.webhook import public_key_hex, signing_key
+        from sora_pipeline.simulator.webhook_delivery import public_key_hex, signing_key
 
         return public_key_hex(signing_key(self.config))
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from sora_pipeline.defs.definitions import CHECKS, DAILY_ASSETS
+from sora_pipeline.defs.code_location import CHECKS, DAILY_ASSETS
 from sora_pipeline.defs.platform_resource import FalPlatformResource
 from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.defs.warehouse_resource import WarehouseResource

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .model import LedgerConflict
-from .schema import write
+from .database import write
 
 Op = Callable[[Connection], Any]  # one write, run inside a transaction
 BATCHABLE = frozenset({"claim", "mark_submitted", "mark_completed", "mark_failed", "mark_unknown", "mark_refused",

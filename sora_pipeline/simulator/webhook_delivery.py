@@ -32,7 +32,7 @@ from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.jobs import Job, JobBook
 from sora_pipeline.wire import signed_message
 
-log = logging.getLogger("sora_pipeline.simulator.webhook")
+log = logging.getLogger("sora_pipeline.simulator.webhook_delivery")
 _HEX_SEED = re.compile(r"^[0-9a-fA-F]{64}$")
 
 #: (status code, body, headers) of a finished job's result, as `GET …/requests/{id}` would answer it
