@@ -108,3 +108,18 @@ def test_seedance_s_token_price_gives_fal_s_stated_720p_rate():
     assert estimate_cost(prices, resolution="720p", duration_s=5, byo_openai_key=False) == pytest.approx(5 * stated)
     assert estimate_cost(prices, resolution="720p", duration_s=5, byo_openai_key=False, aspect_ratio="9:16") \
         == pytest.approx(5 * stated)
+
+
+def test_the_simulator_takes_fal_s_own_auto_duration_for_seedance(simulator):
+    """A body with Seedance's `duration: "auto"` (fal's default, not a catalog value) is accepted and made at the
+    profile's default length rather than failing the job."""
+    import httpx
+
+    seedance = "bytedance/seedance-2.0/image-to-video"
+    from sora_pipeline.simulator.endpoint_inputs import video_shape
+
+    profile = get_profile(seedance)
+    assert video_shape(profile, {"image_url": "https://example.com/a.png", "duration": "auto"})[3] == 5.0
+    body = {"prompt": "p", "image_url": "https://example.com/a.png", "duration": "auto"}
+    with httpx.Client(timeout=10, headers={"Authorization": "Key k"}) as c:
+        assert c.post(f"{simulator.base_url}/{seedance}", json=body).status_code == 200

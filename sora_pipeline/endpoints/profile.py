@@ -310,6 +310,8 @@ class EndpointProfile(BaseModel):
 
     def seconds_of(self, duration: Any) -> float:
         d = self.default("duration") if duration is None else duration
+        if isinstance(d, str) and not d.strip().isdigit():  # fal's "auto": the model picks; taken as the default
+            d = self.video.default_duration
         return float(d) if d is not None else float(self.video.fixed_duration or 0)
 
     def height_of(self, resolution: Any) -> int:
