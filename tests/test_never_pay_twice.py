@@ -167,25 +167,34 @@ def test_fault_injection_loses_nothing_and_pays_once(tmp_path, make_simulator):
     assert sum(faults_served.values()) >= 10, faults_served
     per_prompt = submits_per_prompt(sim)
     assert max(per_prompt.values()) == 1, "no duplicate submits"
-    # a second run resumes/reuses; unknowns are reported again, never resubmitted
+    # a second run resumes/reuses; an unknown submit the simulator did receive (a dropped answer) is found in fal's
+    # request history and resumed; one it never received (a 500 before recording) stays unknown: none is resubmitted
     unknown = {g["item_id"] for g in generations if g["status"] == "unknown"}
+    at_fal = {i for i in unknown if per_prompt.get(f"prompt {i} {DAY}")}
     assert materialize_day(res).success
     again = {g["item_id"]: g for g in read_day_partition(project["warehouse_uri"], "generations", DAY).to_pylist()}
     assert max(submits_per_prompt(sim).values()) == 1
-    assert all(again[i]["status"] == "unknown" and again[i]["decision"] == "skipped" for i in unknown)
+    assert all(again[i]["status"] == "completed" and again[i]["decision"] == "resumed" for i in at_fal)
+    assert all(again[i]["status"] == "unknown" and again[i]["decision"] == "skipped" for i in unknown - at_fal)
     failed = read_day_partition(project["warehouse_uri"], "failed_generations", DAY).to_pylist()
-    assert {f["item_id"] for f in failed if f["status"] == "unknown"} == unknown
+    assert {f["item_id"] for f in failed if f["status"] == "unknown"} == unknown - at_fal
     assert all(f["request_key"] in f["reason"] for f in failed if f["status"] == "unknown")
 
 
 def test_unknown_submit_is_reported_and_resubmitted_only_on_request(tmp_path, make_simulator):
-    sim = make_simulator(run_latency=0.2, faults={"drop": 1.0}, fault_calls=frozenset({"submit"}))
+    """Without fal's request history to decide (here it answers nothing), an unknown submit stays unknown, reported
+    with its request key, and is resubmitted only with `resubmit_unknown` (tests/test_unknown_submits.py: with the
+    history, it is found and resumed)."""
+    sim = make_simulator(run_latency=0.2, faults={"drop": 1.0}, fault_calls=frozenset({"submit", "platform"}))
     project = make_project(tmp_path, catalog_rows(n=2))
-    res = resources(sim.base_url, project)
+    res = resources(sim.base_url, project, retry_max_attempts=1)
     assert materialize_day(res).success
     assert ledger_states(project) == Counter({"unknown": 2})
     assert sim.stats()["submits"] == 2  # fal (the simulator) did accept them: resubmitting would pay twice
     assert materialize_day(res).success and sim.stats()["submits"] == 2
+    assert ledger_states(project) == Counter({"unknown": 2})
+    failed = read_day_partition(project["warehouse_uri"], "failed_generations", DAY).to_pylist()
+    assert all(f["status"] == "unknown" and f["request_key"] in f["reason"] for f in failed) and len(failed) == 2
     healthy = make_simulator(run_latency=0.2)
     res = resources(healthy.base_url, project)
     assert materialize_day(res, run_config={"resubmit_unknown": True}).success
