@@ -75,9 +75,8 @@ def test_generations_record_billable_units_and_outputs_beyond_the_video(tmp_path
     """fal's units of each result (the simulator answers `x-fal-billable-units` = seconds) × the unit price of the
     output's tier → billed_cost_usd with its source; Sora's thumbnail/spritesheet URLs in their columns."""
     from sora_pipeline.warehouse.tables import read_day_partition
-    from tests.support.fixtures import DAY as PIPELINE_DAY, make_project, materialize_day
-    from tests.pipeline_helpers import materializations, \
-        resources
+    from tests.pipeline_helpers import materializations
+    from tests.support.fixtures import DAY as PIPELINE_DAY, make_project, materialize_day, resources
 
     project = make_project(tmp_path)
     result = materialize_day(resources(simulator.base_url, project))
