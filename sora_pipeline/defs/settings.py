@@ -49,7 +49,7 @@ class PipelineSettings:
     image_roots: tuple[str, ...] = field(default_factory=tuple)
     partitions_start: str = "2026-01-01"
     webhook_url: str | None = None
-    platform_url: str = "https://api.fal.ai/v1"  # fal's platform API (registry, prices, billing, history)
+    platform_url: str = DEFAULT_API_URL  # fal's platform API (registry, prices, billing, history)
     has_admin_key: bool = False  # FAL_ADMIN_KEY: billing events (a secret: only its presence is kept here)
 
     @property

@@ -56,6 +56,9 @@ def resolve_day(ledger: Ledger, day: str, keys: set[str], *, owner: str, policy:
     """At the start of a day's run: submit claims of `keys` whose submitter stopped renewing them become unknown
     (as a claim would mark them), then every unknown one is resolved (`resolve_unknowns`); one line says how."""
     now = datetime.now(UTC)
+    counts = ledger.counts_by_state(day)  # the usual day has nothing to resolve: no read of its entries then
+    if not counts[RequestState.SUBMITTING.value] and not counts[RequestState.UNKNOWN.value]:
+        return []
     entries = [e for e in ledger.entries_for_day(day) if e.request_key in keys]
     stale = [e for e in entries if e.state is RequestState.SUBMITTING
              and not lease_held(e, policy, owner=owner, now=now)]
@@ -65,10 +68,11 @@ def resolve_day(ledger: Ledger, day: str, keys: set[str], *, owner: str, policy:
         return []
     entries = [e for e in ledger.entries_for_day(day) if e.request_key in keys]
     results = resolve_unknowns(ledger, entries, history=history, handle_for=handle_for, now=now, settle=settle)
-    counts = Counter(r.outcome for r in results)
+    outcomes = Counter(r.outcome for r in results)
     if results:
-        emit(f"unknown submits of {day} checked against fal's request history: {counts['found']} found "
-             f"(resumed), {counts['absent']} never reached fal (resubmittable), {counts['undecided']} still unknown")
+        emit(f"unknown submits of {day} checked against fal's request history: {outcomes['found']} found "
+             f"(resumed), {outcomes['absent']} never reached fal (resubmittable), {outcomes['undecided']} still "
+             "unknown")
     return results
 
 
@@ -87,7 +91,7 @@ def resolve_unknowns(ledger: Ledger, entries: Iterable[LedgerEntry], *, history:
     for e in unknown:
         by_endpoint.setdefault(e.endpoint_id, []).append(e)
     for endpoint_id, group in by_endpoint.items():
-        claims = {e.request_key: _claimed(ledger, e) for e in group}
+        claims = {e.request_key: _claimed(e) for e in group}
         if history is None:
             results += [_undecided(ledger, e, "no key for fal's request history; set FAL_KEY") for e in group]
             continue
@@ -117,7 +121,7 @@ def resolve_unknowns(ledger: Ledger, entries: Iterable[LedgerEntry], *, history:
     return results
 
 
-def _claimed(ledger: Ledger, e: LedgerEntry) -> datetime:
+def _claimed(e: LedgerEntry) -> datetime:
     return e.claimed_at or e.created_at or datetime.now(UTC)
 
 

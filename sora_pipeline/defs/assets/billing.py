@@ -62,9 +62,9 @@ def fal_billing(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
         except PlatformError as exc:  # the table still says what is known; the next run asks again
             source_note = f"billing events unavailable ({exc}); billed cost from billable units where reported"
             context.log.warning(f"{day}: {source_note}")
-    foreign = [str(e["request_id"]) for e in events or () if e.get("request_id")]
-    ledger_knows = {k.request_id for k in known} | ledger.known_request_ids(
-        [r for r in foreign if r not in {k.request_id for k in known}])
+    day_ids = {k.request_id for k in known}
+    others = [str(e["request_id"]) for e in events or () if e.get("request_id") and e["request_id"] not in day_ids]
+    ledger_knows = day_ids | ledger.known_request_ids(others)  # ids of other days' requests are known too
     rows = reconcile(known, events, day=day, ledger_knows=ledger_knows, now=now)
     uri = warehouse.write(FAL_BILLING, day, rows)
     found = findings([r for r in rows if r["backend"] in ("fal", None)])

@@ -105,7 +105,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     runner = GenerationRunner(run_config, fal.async_client, ledger, emit=emit,
                               sync_client_factory=fal.sync_client)
     from sora_pipeline.generation.registry_check import check_endpoint, rejected_outcomes
-    served = check_endpoint(registry_url(fal, fal_platform), fal.endpoint_id, run_id=context.run_id,
+    served = check_endpoint(platform_url(fal, fal_platform), fal.endpoint_id, run_id=context.run_id,
                             timeout=min(fal_platform.request_timeout, 10.0))  # is fal still serving it?
     (context.log.info if served.state == "active" else context.log.warning)(served.line)
     try:
@@ -143,18 +143,17 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
     })
 
 
-def registry_url(fal: FalVideoResource, fal_platform: FalPlatformResource) -> str:
-    """fal's platform API (its model registry): the simulator's own origin, else SORA_FAL_API_URL."""
+def platform_url(fal: FalVideoResource, fal_platform: FalPlatformResource) -> str:
+    """fal's platform API (model registry, request history): a simulator answers it on its own origin, fal at
+    SORA_FAL_API_URL."""
     return f"{fal.base_url}/v1" if fal.backend == "simulator" else fal_platform.api_url
 
 
 def request_history(fal: FalVideoResource, fal_platform: FalPlatformResource):
     """`history(endpoint_id, start, end)` over fal's request history with payloads (the platform API of fal, or of
     the simulator the queue is), or None without a key to ask it with."""
-    if fal.backend == "simulator":  # a simulator answers the platform API on its own origin
-        url, key = f"{fal.base_url}/v1", fal.fal_key or SIMULATOR_KEY
-    else:
-        url, key = fal_platform.api_url, fal.fal_key
+    url = platform_url(fal, fal_platform)
+    key = fal.fal_key or (SIMULATOR_KEY if fal.backend == "simulator" else None)
     if not key:
         return None
 
