@@ -17,7 +17,7 @@ from tests.pipeline_helpers import check_results
 from sora_pipeline.catalog import read_catalog_day
 from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.defs.settings import ConfigError, PipelineSettings
-from sora_pipeline.endpoints import UnknownEndpoint, get_profile, known_endpoints
+from sora_pipeline.endpoints import EndpointSet, UnknownEndpoint, get_profile, known_endpoints
 from sora_pipeline.generation.costs import PriceTable, estimate_cost
 from sora_pipeline.ledger import request_key
 from sora_pipeline.warehouse.tables import read_day_partition
@@ -127,7 +127,7 @@ def test_an_end_frame_is_allowlisted_sent_and_keyed_only_where_the_endpoint_take
             for j in simulator.app.sim.book.jobs.values() if j.endpoint == wan}
     assert sent[True]["end_image_url"].startswith("data:image/png;base64,") and False in sent
     # the row without an end frame keeps the key it had before end frames existed
-    items = {i.item_id: i for i in read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(wan)).valid}
+    items = {i.item_id: i for i in read_catalog_day(project["catalog_uri"], DAY, endpoints=EndpointSet.only(get_profile(wan))).valid}
     assert items["plain"].end_image_ref is None and items["ends"].end_image_ref.endswith("port.png")
     assert gens["plain"]["request_key"] != gens["ends"]["request_key"]
 
@@ -148,8 +148,8 @@ def test_a_value_one_endpoint_accepts_and_another_refuses(tmp_path):
     rows = [{"item_id": f"d{n}", "prompt": "waves", "image_uri": "../images/land.png", "scheduled_date": d,
              "resolution": None, "aspect_ratio": None, "duration": n, "params": None} for n in (4, 10)]
     write_rows(project, rows)
-    sora = read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(SORA_PRO))
-    kling = read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(KLING))
+    sora = read_catalog_day(project["catalog_uri"], DAY, endpoints=EndpointSet.only(get_profile(SORA_PRO)))
+    kling = read_catalog_day(project["catalog_uri"], DAY, endpoints=EndpointSet.only(get_profile(KLING)))
     assert [i.item_id for i in sora.valid] == ["d4"] and [i.item_id for i in kling.valid] == ["d10"]
     assert sora.rejected[0].field == "duration" and sora.rejected[0].reason == (
         f"row 1 (item_id='d10'): duration: 10 is not one of 4, 8, 12 (the values {SORA_PRO} accepts)")
@@ -158,12 +158,12 @@ def test_a_value_one_endpoint_accepts_and_another_refuses(tmp_path):
     # Kling has no resolution input: a row asking for one is refused, an empty one is fine
     rows[1]["resolution"] = "1080p"
     write_rows(project, rows)
-    kling = read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(KLING))
+    kling = read_catalog_day(project["catalog_uri"], DAY, endpoints=EndpointSet.only(get_profile(KLING)))
     assert kling.valid == [] and "has no resolution input" in kling.rejected[1].reason
     # Hailuo's resolutions are its own ("768P"); the catalog's case does not matter
     rows = [dict(rows[0], item_id="h", duration=6, resolution="768p")]
     write_rows(project, rows)
-    hailuo = read_catalog_day(project["catalog_uri"], DAY, profile=get_profile(HAILUO))
+    hailuo = read_catalog_day(project["catalog_uri"], DAY, endpoints=EndpointSet.only(get_profile(HAILUO)))
     assert [(i.resolution, i.duration) for i in hailuo.valid] == [("768P", 6)]
 
 
@@ -323,7 +323,7 @@ def test_a_prompt_over_the_endpoint_s_cap_is_rejected_naming_the_row(tmp_path, e
             dict(base, item_id="at-cap", prompt="b" * cap, image_uri="https://example.com/a.png"),
             dict(base, item_id="at-cap-local", prompt="c" * cap)]
     write_rows(project, rows)
-    day = read_catalog_day(project["catalog_uri"], DAY, profile=profile)
+    day = read_catalog_day(project["catalog_uri"], DAY, endpoints=EndpointSet.only(profile))
     assert sorted(i.item_id for i in day.valid) == ["at-cap", "at-cap-local"]
     reasons = {r.item_id: (r.field, r.reason) for r in day.rejected}
     assert reasons["mib"] == ("prompt", f"row 0 (item_id='mib'): prompt: is 1,048,576 characters, over the "

@@ -38,8 +38,8 @@ def make_runner(sim_url: str, ledger: Ledger, owner: str = "run-a", backend: str
     cfg = GenerationConfig(endpoint_id="fal-ai/sora-2/image-to-video/pro", backend=backend,
                            queue_base_url=sim_url, owner=owner, day=DAY, **config)
     return GenerationRunner(
-        cfg, lambda: AsyncFalQueueClient(key=KEY, base_url=sim_url, poll=PollPolicy(interval=0.05), retry=retry),
-        ledger, sync_client_factory=lambda: FalQueueClient(key=KEY, base_url=cancel_url or sim_url, retry=retry))
+        cfg, lambda _profile: AsyncFalQueueClient(key=KEY, base_url=sim_url, poll=PollPolicy(interval=0.05), retry=retry),
+        ledger, sync_client_factory=lambda _profile: FalQueueClient(key=KEY, base_url=cancel_url or sim_url, retry=retry))
 
 
 def submitted_handles(runner: GenerationRunner, ledger: Ledger) -> None:

@@ -67,7 +67,7 @@ def test_forged_webhooks_never_make_an_item_resubmittable(make_simulator, ledger
         cfg = GenerationConfig(endpoint_id=EP, backend="simulator", queue_base_url=sim.base_url, owner=owner,
                                day=DAY, archive_root=str(tmp_path / "videos"), progress_interval=60,
                                total_timeout=0.5, webhook_wait=0.2, webhook_ledger_poll=0.05)
-        return {o.item_id: o for o in GenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger).run(items)}
+        return {o.item_id: o for o in GenerationRunner(cfg, lambda _profile: client(sim.base_url, hooks.url), ledger).run(items)}
 
     with WebhookServer(ledger, insecure_config()) as hooks, WebhookServer(ledger, sim_key_config(sim)) as signed:
         first = run("run-1")

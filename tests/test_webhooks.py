@@ -253,7 +253,7 @@ def test_generation_runner_in_webhook_mode(make_simulator, ledger, tmp_path):
         cfg = GenerationConfig(endpoint_id=EP, backend="simulator", queue_base_url=sim.base_url, owner="run-w",
                                day=DAY, archive_root=str(tmp_path / "videos"), progress_interval=60,
                                webhook_wait=10.0, webhook_ledger_poll=0.05)
-        runner = GenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger)
+        runner = GenerationRunner(cfg, lambda _profile: client(sim.base_url, hooks.url), ledger)
         outcomes = {o.item_id: o for o in runner.run(items)}
     assert [outcomes[f"w{i}"].status for i in range(3)] == ["completed"] * 3
     assert outcomes["w3"].status == "failed" and "simulated_model_error" in outcomes["w3"].error_message
@@ -273,7 +273,7 @@ def test_generation_runner_falls_back_to_polling(make_simulator, ledger, tmp_pat
     with WebhookServer(ledger, sim_key_config(sim)) as hooks:
         cfg = GenerationConfig(endpoint_id=EP, backend="simulator", queue_base_url=sim.base_url, owner="run-p",
                                day=DAY, progress_interval=60, webhook_wait=0.5, webhook_ledger_poll=0.05)
-        runner = GenerationRunner(cfg, lambda: client(sim.base_url, hooks.url), ledger)
+        runner = GenerationRunner(cfg, lambda _profile: client(sim.base_url, hooks.url), ledger)
         (outcome,) = runner.run(items)
     assert outcome.status == "completed"
     assert sim.stats()["calls"]["status"] >= 1 and sim.stats()["webhook_deliveries"]["dropped"] == 1

@@ -52,7 +52,7 @@ def shown_row(row: dict[str, Any]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for col in CONTRACT_COLUMNS:
         value = row.get(col)
-        if col in ("params", "end_image_uri") and value is None:  # optional and rare: shown when set
+        if col in ("params", "end_image_uri", "endpoint_id") and value is None:  # optional and rare: shown when set
             continue
         text = value.isoformat() if isinstance(value, date) else str(value)
         out[col] = None if value is None else mask_value(text, opaque=col != "item_id")

@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from sora_pipeline.catalog.ids import day_row_groups, duplicated_ids, duplicated_ids_across, fragments_dataset
-from sora_pipeline.endpoints import EndpointProfile
+from sora_pipeline.endpoints import EndpointSet
 from sora_pipeline.catalog.rejections import Rejections
 from sora_pipeline.catalog.columns import CONTRACT_COLUMNS, REQUIRED_COLUMNS
 from sora_pipeline.catalog.rows import CatalogItem, ImageResolver, check_rows, unusable
@@ -200,7 +200,7 @@ def _day_filter_for(typ: pa.DataType | None, day: date) -> ds.Expression | None:
 
 
 def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = (),
-                     storage_options: dict | None = None, profile: EndpointProfile | None = None) -> CatalogSlice:
+                     storage_options: dict | None = None, endpoints: EndpointSet | None = None) -> CatalogSlice:
     """The day's rows of the catalog at `uri`, validated: `valid` items and `rejected` rows with reasons.
 
     Only rows with `scheduled_date == day` are read (the filter is pushed into the Parquet scan); uniqueness of
@@ -218,8 +218,9 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     be on the allowlist of `sora_pipeline.fal.image_sources` (https, data:image, memory://, s3/gs/az with their
     driver): `http://`, `ftp://`, chained (`a::b`), wrapper and other fsspec protocols are rejected.
 
-    `profile`: the endpoint whose accepted resolutions, aspect ratios, durations and `params` apply (default:
-    Sora 2 Pro's); a value it does not accept rejects the row with the endpoint's allowed values.
+    `endpoints`: the default endpoint and those a row may name in its `endpoint_id` column (default: Sora 2 Pro
+    alone). Each row is checked against its own endpoint: a value that endpoint does not accept rejects the row
+    with its allowed values; an endpoint outside the set rejects the row, naming the known ones.
     """
     day = date.fromisoformat(day) if isinstance(day, str) else day
     day = day.date() if isinstance(day, datetime) else day
@@ -237,7 +238,7 @@ def read_catalog_day(uri: str, day: date | str, *, image_roots: Sequence[str] = 
     table, dups, notes = read
     pa.default_memory_pool().release_unused()  # the scans' buffers, before the rows become Python values
     resolver = ImageResolver(cat.fs, cat.folder, local=cat.local, is_dir=cat.is_dir, image_roots=image_roots)
-    valid, rejected = check_rows(table, day, dups, resolver, notes, profile)
+    valid, rejected = check_rows(table, day, dups, resolver, notes, endpoints)
     return CatalogSlice(day=day, valid=valid, rejected=rejected, catalog_uri=uri, rows_scanned=table.num_rows)
 
 

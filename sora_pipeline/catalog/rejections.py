@@ -55,16 +55,20 @@ class Rejections(Sequence[RejectedRow]):
     is taken from the day's table when a row or the table is made."""
 
     def __init__(self, day: date, table: pa.Table | None = None, notes: Mapping | None = None,
-                 chunk: int = 16_384) -> None:
+                 chunk: int = 16_384, *, default_endpoint: str | None = None) -> None:
         self.day = day
+        self.default_endpoint = default_endpoint
+        self._endpoints: list[str | None] = []  # the endpoint each rejected row asked for (shared strings)
         self._source = (table, notes or {})
         self._chunk = chunk
         self._index = array("q")
         self._fields: list[str] = []
         self._whys: list[str] = []
 
-    def add(self, index: int, field_: str, why: str) -> None:
-        """Row `index` of the day's table breaks `field_` (`why`: "field: why", one line)."""
+    def add(self, index: int, field_: str, why: str, endpoint_id: str | None = None) -> None:
+        """Row `index` of the day's table breaks `field_` (`why`: "field: why", one line); `endpoint_id`: the
+        endpoint the row asked for (the default when it named none)."""
+        self._endpoints.append(endpoint_id or self.default_endpoint)
         self._index.append(index)
         self._fields.append(field_)
         self._whys.append(why)
@@ -126,7 +130,7 @@ class Rejections(Sequence[RejectedRow]):
         return self._whys
 
     def table(self, schema: pa.Schema) -> pa.Table:
-        """The `rejected_items` rows (item_id, row_index, field, reason, scheduled_date) with `schema`, made a
+        """The `rejected_items` rows (item_id, row_index, field, reason, scheduled_date, endpoint_id) with `schema`, made a
         chunk of rows at a time (no Python string per row for the whole day at once)."""
         batches = []
         for start in range(0, len(self), self._chunk):
@@ -138,6 +142,7 @@ class Rejections(Sequence[RejectedRow]):
                 "field": pa.array(self._fields[start:stop], pa.string()),
                 "reason": pa.array(self._reasons(start, stop, ids), pa.string()),
                 "scheduled_date": pa.array([self.day] * (stop - start), pa.date32()),
+                "endpoint_id": pa.array(self._endpoints[start:stop], pa.string()),
             }, schema=schema))
         return pa.Table.from_batches(batches, schema=schema)
 

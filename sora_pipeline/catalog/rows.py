@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from sora_pipeline.catalog.columns import CONTRACT_COLUMNS
 from sora_pipeline.catalog.masking import ONE_LINE, show_value
 from sora_pipeline.catalog.rejections import Rejections
-from sora_pipeline.endpoints import EndpointProfile, get_profile
+from sora_pipeline.endpoints import EndpointProfile, EndpointSet, get_profile
 from sora_pipeline.endpoints.profile import MAX_PARAMS_JSON
 from sora_pipeline.fal.image_sources import LOCAL_SCHEMES, refusal, scheme_of
 
@@ -46,6 +46,7 @@ class CatalogItem(NamedTuple):
     params: Mapping[str, Any] | None = None  # extra endpoint inputs (the `params` column), checked by the profile
     end_image_uri: str | None = None  # the last frame as given (the optional `end_image_uri` column)
     end_image_ref: str | None = None  # resolved like image_ref; only for endpoints with an end-frame input
+    endpoint_id: str | None = None  # the row's endpoint when it names one other than the default (else None)
 
 
 # the usual image reference: https://host/... (anything unusual takes the full path below)
@@ -57,6 +58,7 @@ class _Rules:
 
     def __init__(self, profile: EndpointProfile) -> None:
         self.profile = profile
+        self.endpoint_id = profile.endpoint_id
         self.exact = {c: {None: profile.default(c), **{v: v for v in (profile.allowed(c) or ())}}
                       for c in ("resolution", "aspect_ratio", "duration")}
         self.free = {c for c in self.exact if profile.field_for(c) is not None and profile.allowed(c) is None}
@@ -227,31 +229,37 @@ Notes = Mapping[int, Mapping[str, tuple[str, Any]]]
 
 
 def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: ImageResolver,
-               notes: Notes | None = None, profile: EndpointProfile | None = None,
+               notes: Notes | None = None, endpoints: EndpointSet | None = None,
                ) -> tuple[list[CatalogItem], Rejections]:
     """The day's rows (`table`, contract columns) split into valid items and rejected rows, in row order.
     `dups`: item_ids that more than one row of the catalog carries, with their counts. `notes`: values the
     reader could not use (see `Notes`), each the row's problem for that field, in the usual field order.
-    `profile`: the endpoint whose accepted values apply (default: `SORA_ENDPOINT_ID`'s default, Sora 2 Pro)."""
+    `endpoints`: the default endpoint and those a row may name in `endpoint_id`; each row is checked against its
+    own endpoint's accepted values (default: Sora 2 Pro alone)."""
     notes = notes or {}
-    rules = rules_for(profile)
-    res_of, ar_of, dur_of = (rules.exact[c] for c in ("resolution", "aspect_ratio", "duration"))
-    plain = _plainly_valid(table, dups, rules)
+    endpoints = endpoints or EndpointSet.only(get_profile())
+    chosen, plain = _rows_endpoints(table, dups, endpoints)
+    # the endpoint an item keeps: None for the default (the caller's SORA_ENDPOINT_ID), else the row's own
+    default_rules = rules_for(endpoints.default)
+    own = [None if r is None or r is default_rules else r.endpoint_id for r in chosen]
     for index in notes:
         plain[index] = False
     valid: list[CatalogItem] = []
-    rejected = Rejections(day, table, notes)
+    rejected = Rejections(day, table, notes, default_endpoint=endpoints.default_id)
     for start in range(0, table.num_rows, _CHUNK):  # Python values for a chunk of rows at a time
         part = table.slice(start, _CHUNK)
         absent = [None] * part.num_rows
         columns = [part.column(c).to_pylist() if c in part.column_names else absent  # no dict per row
                    for c in CONTRACT_COLUMNS if c != "scheduled_date"]
         rows = zip(plain[start:start + _CHUNK], *columns)
-        for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration, params, end_uri) in \
-                enumerate(rows, start):
+        for index, (ok, item_id, prompt, image_uri, resolution, aspect_ratio, duration, params, end_uri,
+                    endpoint_cell) in enumerate(rows, start):
+            rules = chosen[index]
             if ok:  # every rule holds, as the vectorised checks showed: only normalize
-                valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day, res_of[resolution],
-                                         ar_of[aspect_ratio], dur_of[duration], index))
+                exact = rules.exact
+                valid.append(CatalogItem(item_id, prompt, image_uri, image_uri.strip(), day,
+                                         exact["resolution"][resolution], exact["aspect_ratio"][aspect_ratio],
+                                         exact["duration"][duration], index, endpoint_id=own[index]))
                 continue
             note = notes.get(index, {})
             problem: tuple[str, str] | None = None
@@ -264,11 +272,15 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
             elif item_id in dups:
                 problem = ("item_id", f"{show_value(item_id, opaque=False)} is shared by {dups[item_id]} rows of the "
                                       "catalog (must be unique)")
+            if problem is None and "endpoint_id" in note:
+                problem = ("endpoint_id", note["endpoint_id"][0])
+            if problem is None and rules is None:
+                problem = ("endpoint_id", endpoints.pick(endpoint_cell)[1])
             if problem is None and "prompt" in note:
                 problem = ("prompt", note["prompt"][0])
             if problem is None and (not isinstance(prompt, str) or not prompt.strip()):
                 problem = ("prompt", "missing" if prompt is None else "empty after stripping whitespace")
-            if problem is None and (why := rules.profile.text_problem("prompt", prompt)):
+            if problem is None and rules is not None and (why := rules.profile.text_problem("prompt", prompt)):
                 problem = ("prompt", why)  # over the endpoint's cap (its profile)
             image_ref, why = (None, None)
             if problem is None and "image_uri" in note:
@@ -277,6 +289,9 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
                 image_ref, why = resolver.resolve(image_uri)
                 if why:
                     problem = ("image_uri", why)
+            if problem is not None and rules is None:  # no endpoint: its values cannot be checked
+                rejected.add(index, problem[0], _why(*problem), endpoints.given(endpoint_cell))
+                continue
             values: dict[str, Any] = {}
             for field, cell in (("resolution", resolution), ("aspect_ratio", aspect_ratio), ("duration", duration),
                                 ("params", params)):
@@ -295,10 +310,10 @@ def check_rows(table: pa.Table, day: date, dups: dict[str, int], resolver: Image
             if problem is None:
                 valid.append(CatalogItem(item_id, prompt, image_uri, image_ref, day, values["resolution"],
                                          values["aspect_ratio"], values["duration"], index, values["params"],
-                                         end_uri if end_ref else None, end_ref))
+                                         end_uri if end_ref else None, end_ref, own[index]))
                 continue
             field, why = problem
-            rejected.add(index, field, _why(field, why))
+            rejected.add(index, field, _why(field, why), rules.endpoint_id)
     return valid, rejected
 
 
@@ -311,6 +326,29 @@ def _end_frame(profile: EndpointProfile, resolver: ImageResolver, uri: Any) -> t
     if profile.field_for("end_image") is None:
         return None, f"{profile.endpoint_id} takes no end frame (leave end_image_uri empty)"
     return resolver.resolve(uri)
+
+
+def _rows_endpoints(table: pa.Table, dups: dict[str, int], endpoints: EndpointSet,
+                    ) -> tuple[list[_Rules | None], list[bool]]:
+    """Per row: the rules of its endpoint (None: the row names no endpoint of the set) and whether it is plainly
+    valid for them (`_plainly_valid`, one vectorised pass per endpoint the day uses)."""
+    if "endpoint_id" not in table.column_names:
+        rules = rules_for(endpoints.default)
+        return [rules] * table.num_rows, _plainly_valid(table, dups, rules)
+    cells = table.column("endpoint_id").to_pylist()
+    picked = {cell: endpoints.pick(cell)[0] for cell in set(c if isinstance(c, (str, type(None))) else repr(c)
+                                                            for c in cells)}
+    chosen: list[_Rules | None] = []
+    for cell in cells:
+        profile = picked.get(cell) if isinstance(cell, (str, type(None))) else None
+        chosen.append(rules_for(profile) if profile is not None else None)
+    plain = [False] * table.num_rows
+    for rules in {id(r): r for r in chosen if r is not None}.values():
+        ok = _plainly_valid(table, dups, rules)
+        for index, row_rules in enumerate(chosen):
+            if row_rules is rules:
+                plain[index] = ok[index]
+    return chosen, plain
 
 
 _CHUNK = 16_384

@@ -10,7 +10,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
 from sora_pipeline.fal.identity import identify_backend
-from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID, EndpointProfile, get_profile
+from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID, EndpointProfile, EndpointSet, get_profile, profiles
 from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
 from sora_pipeline.fal.urls import check_base_url, split_endpoint
 from sora_pipeline.redact import install_log_redaction, register_secret
@@ -60,6 +60,7 @@ class FalVideoResource(dg.ConfigurableResource):
                                              description="embedded simulator: put width/height/… in results")
 
     _simulator: Any = PrivateAttr(default=None)
+    _endpoints: EndpointSet | None = PrivateAttr(default=None)
     _base_url: str | None = PrivateAttr(default=None)
     _backend: str | None = PrivateAttr(default=None)
 
@@ -80,9 +81,12 @@ class FalVideoResource(dg.ConfigurableResource):
         get_profile(value)  # an unknown endpoint fails at load, listing the known ones
         return value
 
-    def profile(self) -> EndpointProfile:
-        """The endpoint's profile: its inputs, catalog mapping, prices and video shape."""
-        return get_profile(self.endpoint_id)
+    def endpoints(self) -> EndpointSet:
+        """The endpoints this code location may call, resolved once: `endpoint_id`'s profile as the default, and
+        every known profile (shipped, or from SORA_ENDPOINT_PROFILES) for catalog rows naming their own."""
+        if self._endpoints is None:
+            self._endpoints = EndpointSet(get_profile(self.endpoint_id), profiles())
+        return self._endpoints
 
     @field_validator("queue_priority")
     @classmethod
@@ -160,9 +164,12 @@ class FalVideoResource(dg.ConfigurableResource):
             self._base_url = None
 
     # -- clients -------------------------------------------------------------------------------------
-    def client_kwargs(self) -> dict[str, Any]:
+    def client_kwargs(self, profile: EndpointProfile | None = None) -> dict[str, Any]:
+        """A queue client's settings for `profile`'s endpoint (None: the default endpoint)."""
+        profile = profile or self.endpoints().default
         return dict(
-            key=self.fal_key or SIMULATOR_KEY, base_url=self.base_url, endpoint_id=self.endpoint_id,
+            key=self.fal_key or SIMULATOR_KEY, base_url=self.base_url, endpoint_id=profile.endpoint_id,
+            profile=profile,
             retry=RetryPolicy(max_attempts=self.retry_max_attempts, total_timeout=self.retry_total_timeout),
             poll=PollPolicy(interval=self.poll_interval, max_interval=max(self.max_poll_interval,
                                                                            self.poll_interval),
@@ -171,11 +178,11 @@ class FalVideoResource(dg.ConfigurableResource):
             webhook_url=self.webhook_url,
             max_connections=max(2 * self.run_concurrency, 16))
 
-    def async_client(self) -> AsyncFalQueueClient:
-        return AsyncFalQueueClient(**self.client_kwargs())
+    def async_client(self, profile: EndpointProfile | None = None) -> AsyncFalQueueClient:
+        return AsyncFalQueueClient(**self.client_kwargs(profile))
 
-    def sync_client(self) -> FalQueueClient:
-        return FalQueueClient(**self.client_kwargs())
+    def sync_client(self, profile: EndpointProfile | None = None) -> FalQueueClient:
+        return FalQueueClient(**self.client_kwargs(profile))
 
 
 def open_ledger(url: str, *, configured: bool) -> Ledger:

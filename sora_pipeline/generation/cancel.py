@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from sora_pipeline.endpoints import EndpointProfile
 from sora_pipeline.fal.client import FalQueueClient
 from sora_pipeline.fal.protocol import QueueHandle
 from sora_pipeline.ledger import Ledger
@@ -19,19 +20,21 @@ log = logging.getLogger("sora_pipeline.generation")
 CONFIRMED_CANCEL = frozenset({"CANCELLATION_REQUESTED", "NOT_FOUND"})
 
 
-def cancel_requests(pending: dict[str, tuple[int, QueueHandle]], client_factory: Callable[[], FalQueueClient],
+def cancel_requests(pending: dict[str, tuple[int, QueueHandle, EndpointProfile]],
+                    client_factory: Callable[[EndpointProfile], FalQueueClient],
                     ledger: Ledger, *, owner: str, timeout: float) -> Counter:
-    """Ask fal to cancel each `request_key → (attempt, handle)` at once (bounded by `timeout`); record the
+    """Ask fal to cancel each `request_key → (attempt, handle, endpoint)` at once (bounded by `timeout`), each
+    through a client of its endpoint (`client_factory(profile)`); record the
     confirmed ones as cancelled, leave every other one SUBMITTED (resumable). Returns how many were `cancelled`
     (confirmed), `completed` (fal had finished them: the next run fetches the result) and `resumable` (no
     usable answer in time: the next run resumes them)."""
     deadline = time.monotonic() + timeout
 
-    def cancel(key: str, attempt: int, handle: QueueHandle) -> str:
+    def cancel(key: str, attempt: int, handle: QueueHandle, profile: EndpointProfile) -> str:
         if time.monotonic() > deadline:
             return "resumable"
         try:
-            with client_factory() as client:
+            with client_factory(profile) as client:
                 answer = client.cancel(handle)
             if answer not in CONFIRMED_CANCEL:
                 # e.g. ALREADY_COMPLETED: the result exists and is billed; it stays SUBMITTED so the next run
@@ -45,7 +48,7 @@ def cancel_requests(pending: dict[str, tuple[int, QueueHandle]], client_factory:
             return "resumable"
 
     with ThreadPoolExecutor(max_workers=min(16, len(pending))) as pool:
-        futures = [pool.submit(cancel, key, attempt, handle) for key, (attempt, handle) in pending.items()]
+        futures = [pool.submit(cancel, key, *held) for key, held in pending.items()]
     return Counter(f.result() for f in futures)
 
 

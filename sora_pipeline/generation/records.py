@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sora_pipeline.endpoints import EndpointProfile, EndpointSet, get_profile
 from sora_pipeline.generation.costs import PriceTable
 from sora_pipeline.fal.inputs import ImageInput
 from sora_pipeline.fal.models import ImageToVideoOutput
@@ -31,11 +32,14 @@ class WorkItem:
     day: str
     params: dict | None = None  # extra endpoint inputs (the catalog's `params`)
     end_image_ref: str | None = None  # the last frame (the catalog's `end_image_uri`), where the endpoint takes one
+    endpoint_id: str | None = None  # the row's endpoint (the catalog's `endpoint_id`); None: the run's default
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    endpoint_id: str  # its profile (`sora_pipeline.endpoints`) shapes the payload, checks, prices
+    """One day's run: its endpoints (resolved once, by the caller), backend, ledger owner, caps and waits."""
+
+    endpoint_id: str  # the default endpoint: rows that name none use it
     backend: str
     queue_base_url: str
     owner: str  # the Dagster run id (claims are per owner)
@@ -64,6 +68,29 @@ class GenerationConfig:
     #: fal's request history: `history(endpoint_id, start, end)` → items with payloads (None: not available)
     history: Any = field(default=None, repr=False)
     unknown_settle: float = 7200.0  # seconds after which a claim absent from the history was never accepted
+    #: every endpoint a row may use (the default's included); None: only `endpoint_id`'s profile
+    endpoints: EndpointSet | None = field(default=None, repr=False)
+    _price_tables: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        endpoints = self.endpoints or EndpointSet.only(get_profile(self.endpoint_id))
+        if endpoints.default_id != self.endpoint_id:
+            raise ValueError(f"endpoint_id {self.endpoint_id!r} is not the endpoint set's default "
+                             f"{endpoints.default_id!r}")
+        object.__setattr__(self, "endpoints", endpoints)
+        self._price_tables[self.endpoint_id] = self.prices  # (SORA_PRICE_TABLE overrides the default's only)
+
+    def profile_of(self, endpoint_id: str | None) -> EndpointProfile:
+        """The profile of a row's endpoint (None: the default's)."""
+        return self.endpoints[endpoint_id or self.endpoint_id]
+
+    def prices_of(self, endpoint_id: str | None) -> PriceTable:
+        """The prices of a row's endpoint: the run's own for the default, the profile's for the others."""
+        endpoint_id = endpoint_id or self.endpoint_id
+        table = self._price_tables.get(endpoint_id)
+        if table is None:
+            table = self._price_tables[endpoint_id] = PriceTable.from_profile(self.endpoints[endpoint_id])
+        return table
 
 
 @dataclass
@@ -114,7 +141,7 @@ class Outcome:
         i = p.item
         return cls(item_id=i.item_id, request_key=p.spec.request_key if p.spec else None,
                    resolution=i.resolution, aspect_ratio=i.aspect_ratio, requested_duration=i.duration,
-                   endpoint_id=config.endpoint_id, backend=config.backend,
+                   endpoint_id=i.endpoint_id or config.endpoint_id, backend=config.backend,
                    estimated_cost=p.spec.estimated_cost if p.spec else None,
                    used_openai_key=bool(p.spec and p.spec.used_openai_key))
 
@@ -193,3 +220,8 @@ class Planned:
     image: ImageInput | None
     error: str | None = None
     end_image: ImageInput | None = None  # the last frame, when the item has one
+    profile: EndpointProfile | None = None  # the item's endpoint
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.profile.endpoint_id if self.profile is not None else str(self.item.endpoint_id)

@@ -96,3 +96,26 @@ def rejected_outcomes(items: list[WorkItem], status: EndpointStatus, backend: st
                     endpoint_id=status.endpoint_id, backend=backend, status="failed", decision="rejected",
                     error_type=ERROR_TYPE, error_message=status.line, retryable=False, estimated_cost=0.0)
             for i in items]
+
+
+def split_served(items: list[WorkItem], statuses: dict[str, EndpointStatus], default_endpoint: str,
+                 backend: str) -> tuple[list[WorkItem], list[Outcome]]:
+    """The items whose endpoint fal still serves (or could not be asked about), and one rejected outcome per item
+    of an endpoint it no longer lists."""
+    run, rejected = [], []
+    for item in items:
+        status = statuses.get(item.endpoint_id or default_endpoint)
+        if status is not None and status.refused:
+            rejected.extend(rejected_outcomes([item], status, backend))
+        else:
+            run.append(item)
+    return run, rejected
+
+
+def statuses_metadata(statuses: dict[str, EndpointStatus]) -> dict[str, str]:
+    """The day's endpoint statuses for its metadata: one endpoint's as it is; several as `id: state` lines."""
+    if len(statuses) == 1:
+        return next(iter(statuses.values())).metadata()
+    return {"endpoint_status": "; ".join(f"{e}: {s.state}" for e, s in sorted(statuses.items())),
+            "endpoint_status_detail": "\n".join(s.line for _, s in sorted(statuses.items()))}
+

@@ -23,7 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError,
                                       TransientError, WaitTimeoutError)
-from sora_pipeline.fal.protocol import QueueHandle, QueueProtocol, QueueStatus
+from sora_pipeline.endpoints import EndpointProfile
+from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission_broker import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests, interrupted_line
 from sora_pipeline.generation.costs import BudgetGuard, priced_cost
@@ -35,7 +36,7 @@ from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
 from sora_pipeline.generation.pacing import Slot, SubmitsFirst, every
 from sora_pipeline.generation.planning import payload_for, plan_items
 from sora_pipeline.generation.progress import Progress
-from sora_pipeline.generation.unknowns import payload_fingerprint, resolve_day
+from sora_pipeline.generation.unknowns import handles_on, payload_fingerprint, resolve_day
 from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned, WorkItem
 from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, LedgerUnavailable, RequestState, would_submit
 from sora_pipeline.generation.videos import download_and_probe
@@ -46,17 +47,19 @@ SUBMITS_FIRST_MAX_WAIT = 2.0  # seconds a status stream or a download waits for 
 
 
 class GenerationRunner:
-    """Runs one day's items through the ledger and the fal queue. Call `run(items)` (blocking)."""
+    """Runs one day's items through the ledger and the fal queue. Call `run(items)` (blocking). A day may mix
+    endpoints: `client_factory(profile)` makes the queue client of one (one each, opened for the run)."""
 
-    def __init__(self, config: GenerationConfig, client_factory: Callable[[], AsyncFalQueueClient],
+    def __init__(self, config: GenerationConfig, client_factory: Callable[[EndpointProfile], AsyncFalQueueClient],
                  ledger: Ledger, *, emit: Callable[[str], None] | None = None,
-                 sync_client_factory: Callable[[], FalQueueClient] | None = None) -> None:
+                 sync_client_factory: Callable[[EndpointProfile], FalQueueClient] | None = None) -> None:
         self.config = config
         self._client_factory = client_factory
         self._sync_client_factory = sync_client_factory
         self.ledger = ledger
         self._emit = emit or log.info
         self._in_flight: dict[str, tuple[int, QueueHandle]] = {}
+        self._endpoint_of: dict[str, EndpointProfile] = {}  # request key → its endpoint (to cancel it there)
         self._crashing = False
 
         self.progress: Progress | None = None
@@ -112,10 +115,9 @@ class GenerationRunner:
     def resolve_unknowns(self, keys: set[str]) -> list:
         """The day's unknown submits among `keys` looked up in fal's request history (`unknowns.resolve_day`)."""
         cfg = self.config
-        protocol = QueueProtocol(base_url=cfg.queue_base_url, endpoint_id=cfg.endpoint_id, key=None)
         return resolve_day(self.ledger, cfg.day, keys, owner=cfg.owner, policy=cfg.policy, history=cfg.history,
-                           handle_for=protocol.handle_for, settle=timedelta(seconds=cfg.unknown_settle),
-                           emit=self._emit)
+                           handle_for=handles_on(cfg.queue_base_url, cfg.endpoints.profiles),
+                           settle=timedelta(seconds=cfg.unknown_settle), emit=self._emit)
 
     async def _run(self, items: list[WorkItem]) -> list[Outcome]:
         cfg = self.config
@@ -147,8 +149,12 @@ class GenerationRunner:
         admission = (AccountAdmission(self.ledger, self._db, account=cfg.backend, cap=cfg.account_cap,
                                       owner=cfg.owner, lease_s=cfg.admission_lease)
                      if cfg.account_cap else contextlib.nullcontext())
-        async with self._client_factory() as client, downloads as http, admission as self._admission:
-            self._client, self._http = client, http
+        used = {p.endpoint_id: p.profile for p in planned if p.spec}
+        async with contextlib.AsyncExitStack() as stack:  # one queue client per endpoint the day uses
+            self._clients = {eid: await stack.enter_async_context(self._client_factory(profile))
+                             for eid, profile in used.items()}
+            self._http = await stack.enter_async_context(downloads)
+            self._admission = await stack.enter_async_context(admission)
             outcomes = await self._process_all(planned, entries)
         self.progress.maybe_log(force=True)
         return list(outcomes)
@@ -226,7 +232,7 @@ class GenerationRunner:
         while True:
             if would_submit(entry, cfg.policy) or (entry and entry.state == RequestState.SUBMITTING):
                 try:  # a large image gets its storage URL
-                    p = await self._images.prepare(p, self._client)
+                    p = await self._images.prepare(p, self._clients[p.endpoint_id])
                 except Exception:  # the item fails; nothing was sent, so its reservation is given back
                     if reserved:
                         self._budget.release(p.spec.estimated_cost)
@@ -250,7 +256,7 @@ class GenerationRunner:
                 decision, entry = await self._write("claim", key, owner=cfg.owner, policy=cfg.policy)
             if decision != Decision.BUSY or time.monotonic() - started > cfg.policy.submit_lease_seconds:
                 break
-            await asyncio.sleep(self._client.poll.interval)
+            await asyncio.sleep(self._clients[p.endpoint_id].poll.interval)
         out.attempt = entry.attempt
         if decision == Decision.REUSE:
             self.progress.reused += 1
@@ -288,7 +294,7 @@ class GenerationRunner:
         self.progress.set(item.item_id, "submitting")
         out.decision = "submitted"
         try:
-            handle = await self._client.submit(arguments)
+            handle = await self._clients[p.endpoint_id].submit(arguments)
         except AmbiguousSubmitError as exc:
             await self._write("mark_unknown", key, attempt, error_message=str(exc))
             out.fail("unknown", exc.error_type, f"{exc} (request_key {key}; not resubmitted automatically)")
@@ -321,6 +327,8 @@ class GenerationRunner:
                                slot: Slot) -> LedgerEntry | None:
         key, item_id = p.spec.request_key, p.item.item_id
         self._in_flight[key] = (attempt, handle)
+        self._endpoint_of[key] = p.profile
+        client = self._clients[p.endpoint_id]
         seen_logs = 0
 
         def on_status(_h: QueueHandle, status: QueueStatus) -> None:
@@ -335,15 +343,23 @@ class GenerationRunner:
 
         self.progress.set(item_id, "in_queue")
         await self._submits_first.wait()  # a burst of submits (the first wave) goes out before its status streams
-        if self.config.webhook_wait:
-            entry = await self._wait_for_webhook(key, attempt)
+        if self.config.webhook_wait:  # the receiver writes fal's confirmed outcome into the ledger
+            from sora_pipeline.webhooks.hints import completed_by_webhook  # webhook mode only
+
+            try:
+                entry = await completed_by_webhook(self.ledger, key, attempt, timeout=self.config.webhook_wait,
+                                                   poll_ledger_every=self.config.webhook_ledger_poll)
+            except RequestFailedError:
+                self._in_flight.pop(key, None)
+                raise
             if entry is not None:
+                self._in_flight.pop(key, None)
                 return out.fill_completed(entry)
         try:
-            await self._client.wait(handle, timeout=self.config.total_timeout, on_status=on_status)
+            await client.wait(handle, timeout=self.config.total_timeout, on_status=on_status)
             slot.release()  # done at fal: no longer counts against its concurrency
             await self._crash_point("mid_poll")
-            output = await self._client.result(handle)
+            output = await client.result(handle)
         except (WaitTimeoutError, TransientError, RateLimitedError) as exc:
             # the request may still finish (and be billed) at fal: keep it SUBMITTED so the next run resumes
             # polling it instead of paying for it again
@@ -363,9 +379,10 @@ class GenerationRunner:
         completed_at = datetime.now(UTC)
         self._in_flight.pop(key, None)
         seconds = output.video.duration or float(p.item.duration or 0) or None
+        prices = self.config.prices_of(p.endpoint_id)
         size = dict(resolution=p.item.resolution, height=output.video.height, width=output.video.width,
-                    byo_openai_key=p.spec.used_openai_key, audio=self.config.prices.audio_of(p.item.params))
-        cost = priced_cost(self.config.prices, seconds_generated=seconds, **size)
+                    byo_openai_key=p.spec.used_openai_key, audio=prices.audio_of(p.item.params))
+        cost = priced_cost(prices, seconds_generated=seconds, **size)
         # what fal says it bills (its units on the result; null stays null); the unit's price once the output's
         # size is known for sure (`_fetch_video`, after the probe)
         billing = {"billed_units": output.billable_units}
@@ -376,23 +393,6 @@ class GenerationRunner:
             self._write("set_artifacts", key, attempt, billing),
             self._write("get", key))  # queued in this order, so in one batch the read sees the writes
         return out.fill_completed(entry)
-
-    async def _wait_for_webhook(self, key: str, attempt: int) -> LedgerEntry | None:
-        """Webhook mode: the receiver writes the outcome into the ledger; no status calls to fal. None → no
-        usable webhook in time: fall back to polling fal."""
-        from sora_pipeline.webhooks.hints import wait_for_webhook  # webhook mode only
-
-        entry = await wait_for_webhook(self.ledger, key, attempt, timeout=self.config.webhook_wait,
-                                       poll_ledger_every=self.config.webhook_ledger_poll)
-        if entry is None or entry.state not in (RequestState.COMPLETED, RequestState.FAILED,
-                                                RequestState.CANCELLED):
-            return None
-        self._in_flight.pop(key, None)
-        if entry.state != RequestState.COMPLETED:
-            raise RequestFailedError(entry.error_message or f"request {entry.state.value} (webhook)",
-                                     request_id=entry.request_id, retryable=bool(entry.retryable),
-                                     fal_error_type=entry.error_type)
-        return entry
 
     async def _fetch_video(self, p: Planned, out: Outcome, entry: LedgerEntry) -> None:
         """Download (or reuse the archived copy), hash and probe; record the artifacts in the ledger."""
@@ -421,7 +421,8 @@ class GenerationRunner:
     def cancel_in_flight(self) -> int:
         """Best effort, bounded: cancel every request this run is waiting on (see `cancel.cancel_requests`), and
         say in one line what became of them."""
-        pending = dict(self._in_flight)
+        default = self.config.endpoints.default
+        pending = {key: (*held, self._endpoint_of.get(key, default)) for key, held in self._in_flight.items()}
         if not pending or self._sync_client_factory is None:
             return 0
         self._emit(interrupted_line(cancel_requests(pending, self._sync_client_factory, self.ledger,

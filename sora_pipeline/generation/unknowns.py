@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sora_pipeline.endpoints import EndpointProfile
+from sora_pipeline.fal.protocol import QueueHandle, QueueProtocol
 from sora_pipeline.ledger import Ledger, LedgerEntry, RequestState, ResubmitPolicy
 from sora_pipeline.ledger.claims import UNCONFIRMED_SUBMIT
 from sora_pipeline.ledger.rules import lease_held
@@ -50,8 +52,18 @@ class Resolution:
     reason: str = ""
 
 
+def handles_on(queue_base_url: str, profiles: Mapping[str, EndpointProfile]) -> Callable[[str, str], QueueHandle]:
+    """`handle_for(endpoint_id, request_id)`: a found request's queue URLs on the configured origin."""
+    def handle_for(endpoint_id: str, request_id: str) -> QueueHandle:
+        protocol = QueueProtocol(base_url=queue_base_url, endpoint_id=endpoint_id, key=None,
+                                 profile=profiles.get(endpoint_id))
+        return protocol.handle_for(request_id)
+
+    return handle_for
+
+
 def resolve_day(ledger: Ledger, day: str, keys: set[str], *, owner: str, policy: ResubmitPolicy,
-                history: Callable[..., Any] | None, handle_for: Callable[[str], Any], settle: timedelta,
+                history: Callable[..., Any] | None, handle_for: Callable[[str, str], Any], settle: timedelta,
                 emit: Callable[[str], None]) -> list[Resolution]:
     """At the start of a day's run: submit claims of `keys` whose submitter stopped renewing them become unknown
     (as a claim would mark them), then every unknown one is resolved (`resolve_unknowns`); one line says how."""
@@ -77,11 +89,11 @@ def resolve_day(ledger: Ledger, day: str, keys: set[str], *, owner: str, policy:
 
 
 def resolve_unknowns(ledger: Ledger, entries: Iterable[LedgerEntry], *, history: Callable[..., Any] | None,
-                     handle_for: Callable[[str], Any], now: datetime | None = None,
+                     handle_for: Callable[[str, str], Any], now: datetime | None = None,
                      settle: timedelta = DEFAULT_SETTLE) -> list[Resolution]:
     """Resolve every UNKNOWN entry among `entries` (see the module doc). `history(endpoint_id, start, end)`
-    yields fal's request-history items with payloads (None: no way to ask); `handle_for(request_id)` gives the
-    queue URLs of a found request. Returns one `Resolution` per unknown entry."""
+    yields fal's request-history items with payloads (None: no way to ask); `handle_for(endpoint_id, request_id)`
+    gives the queue URLs of a found request. Returns one `Resolution` per unknown entry."""
     now = now or datetime.now(UTC)
     unknown = [e for e in entries if e.state is RequestState.UNKNOWN and e.attempt > 0]
     if not unknown:
@@ -130,7 +142,7 @@ def _window(start: datetime, end: datetime) -> str:
 
 
 def _found(ledger: Ledger, e: LedgerEntry, request_id: str, handle_for, start, now) -> Resolution:
-    handle = handle_for(request_id)
+    handle = handle_for(e.endpoint_id, request_id)
     ledger.mark_submitted(e.request_key, e.attempt, request_id=request_id, status_url=handle.status_url,
                           response_url=handle.response_url, cancel_url=handle.cancel_url)
     return Resolution(e.request_key, e.item_id, "found", request_id,

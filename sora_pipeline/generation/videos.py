@@ -31,8 +31,9 @@ async def download_and_probe(http: httpx.AsyncClient, cfg: GenerationConfig, p: 
                        retryable=isinstance(exc, DownloadError)) from None
     artifacts["started_at"] = out.started_at.isoformat() if out.started_at else None
     probe = artifacts.get("probe") or {}
+    prices = cfg.prices_of(p.endpoint_id)
     artifacts["unit_price_usd"] = unit_price(
-        cfg.prices, seconds=probe.get("duration") or out.seconds_generated, byo_openai_key=p.spec.used_openai_key,
+        prices, seconds=probe.get("duration") or out.seconds_generated, byo_openai_key=p.spec.used_openai_key,
         height=probe.get("height"), width=probe.get("width"), resolution=p.item.resolution,
-        audio=cfg.prices.audio_of(p.item.params))
+        audio=prices.audio_of(p.item.params))
     return artifacts

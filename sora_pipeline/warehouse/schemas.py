@@ -62,6 +62,8 @@ CATALOG_ITEMS = TableDef("catalog_items", "Valid catalog rows scheduled for the 
     _c("params", pa.string(), "extra endpoint inputs as a JSON object (null: none)", "params"),
     _c("end_image_uri", pa.string(), "last-frame image as written in the catalog (null: none)", "end_image_uri"),
     _c("end_image_ref", pa.string(), "resolved last-frame location (null: none)", "end_image_uri"),
+    _c("endpoint_id", pa.string(), "the row's fal endpoint (the catalog's endpoint_id, else SORA_ENDPOINT_ID)",
+       "endpoint_id"),
 ))
 
 REJECTED_ITEMS = TableDef("rejected_items", "Catalog rows of the day that break a rule, with the reason", (
@@ -70,6 +72,8 @@ REJECTED_ITEMS = TableDef("rejected_items", "Catalog rows of the day that break 
     _c("field", pa.string(), "the offending column"),
     _c("reason", pa.string(), "one-line reason naming the row and the field"),
     _c("scheduled_date", pa.date32(), "the day partition", "scheduled_date"),
+    _c("endpoint_id", pa.string(), "the endpoint the row asked for (else SORA_ENDPOINT_ID); may be unknown",
+       "endpoint_id"),
 ))
 
 GENERATIONS = TableDef("generations", "One row per valid catalog item of the day: what happened to its request", (
@@ -110,7 +114,7 @@ GENERATIONS = TableDef("generations", "One row per valid catalog item of the day
     _c("spritesheet_url", pa.string(), "the endpoint's spritesheet image (Sora; null when it answers none)"),
     _c("seed", pa.int64(), "the seed the model used, when the endpoint answers one"),
     _c("outputs_json", pa.string(), "the endpoint's other scalar outputs, as JSON (null when none)"),
-    _c("endpoint_id", pa.string(), "fal endpoint"),
+    _c("endpoint_id", pa.string(), "fal endpoint", "endpoint_id"),
     _c("backend", pa.string(), "fal or simulator"),
 ))
 
@@ -130,7 +134,7 @@ VIDEO_METADATA = TableDef("video_metadata", "One row per successfully generated 
     *_REQUEST,
     _c("submitted_at", TS, "when fal accepted the request"),
     _c("completed_at", TS, "when the request completed"),
-    _c("endpoint_id", pa.string(), "fal endpoint"),
+    _c("endpoint_id", pa.string(), "fal endpoint", "endpoint_id"),
     _c("backend", pa.string(), "fal or simulator"),
     _c("archive_uri", pa.string(), "archived copy of the video (null if archiving is off)"),
     _c("sha256", pa.string(), "sha256 of the video file"),
@@ -148,14 +152,14 @@ FAILED_GENERATIONS = TableDef("failed_generations", "Items of the day that did n
     _c("retryable", pa.bool_(), "whether a later run may resubmit"),
     *_REQUEST,
     _c("submitted_at", TS, "when fal accepted the request (if it did)"),
-    _c("endpoint_id", pa.string(), "fal endpoint"),
+    _c("endpoint_id", pa.string(), "fal endpoint", "endpoint_id"),
     _c("backend", pa.string(), "fal or simulator"),
 ))
 
 FAL_BILLING = TableDef("fal_billing", "What fal billed for the day's requests, beside what was estimated", (
     _c("request_id", pa.string(), "fal request id"),
     _c("item_id", pa.string(), "catalog key (null for spend the ledger never submitted)"),
-    _c("endpoint_id", pa.string(), "fal endpoint"),
+    _c("endpoint_id", pa.string(), "fal endpoint", "endpoint_id"),
     _c("backend", pa.string(), "fal or simulator (null for spend the ledger never submitted)"),
     _c("estimated_cost_usd", pa.float64(), "what the pipeline estimated before submitting"),
     _c("billed_units", pa.float64(), "units fal billed (billing event, else the result's billable units)"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sora_pipeline.fal.errors import RequestFailedError
 from sora_pipeline.ledger import AttemptRef, Ledger, LedgerConflict, LedgerEntry, RequestState
 
 TERMINAL_STATES = frozenset({RequestState.COMPLETED, RequestState.FAILED, RequestState.CANCELLED})
@@ -95,3 +96,19 @@ async def wait_for_webhook(ledger: Ledger, request_key: str, attempt: int, *, ti
         if remaining <= 0:
             return None
         await asyncio.sleep(min(interval, remaining))
+
+
+async def completed_by_webhook(ledger: Ledger, request_key: str, attempt: int, *, timeout: float,
+                               poll_ledger_every: float = 1.0) -> LedgerEntry | None:
+    """Webhook mode, for a run waiting on a request: the completed entry once the receiver's confirmed outcome is in
+    the ledger; None when no usable outcome came in time (the caller polls fal); a failed or cancelled outcome
+    raises `RequestFailedError` as fal's own answer would."""
+    entry = await wait_for_webhook(ledger, request_key, attempt, timeout=timeout, poll_ledger_every=poll_ledger_every)
+    if entry is None or entry.state not in TERMINAL_STATES:
+        return None
+    if entry.state != RequestState.COMPLETED:
+        raise RequestFailedError(entry.error_message or f"request {entry.state.value} (webhook)",
+                                 request_id=entry.request_id, retryable=bool(entry.retryable),
+                                 fal_error_type=entry.error_type)
+    return entry
+

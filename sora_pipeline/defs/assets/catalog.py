@@ -47,7 +47,7 @@ def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         raise dg.Failure(description=problem, allow_retries=False)
     try:
         sl = read_catalog_day(warehouse.catalog_uri, date.fromisoformat(day), image_roots=warehouse.image_roots,
-                              storage_options=warehouse.storage_options or None, profile=fal.profile())
+                              storage_options=warehouse.storage_options or None, endpoints=fal.endpoints())
     except CatalogError as exc:  # the whole catalog is unusable (not a row): one line saying what to set
         raise dg.Failure(description=catalog_problem(exc), allow_retries=False) from None
     valid = [{
@@ -56,7 +56,8 @@ def catalog_slice(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         "resolution": i.resolution, "aspect_ratio": i.aspect_ratio, "duration": i.duration,
         "scheduled_date": i.scheduled_date,
         "params": json.dumps(i.params, sort_keys=True) if i.params else None,
-        "end_image_uri": i.end_image_uri, "end_image_ref": i.end_image_ref} for i in sl.valid]
+        "end_image_uri": i.end_image_uri, "end_image_ref": i.end_image_ref, "endpoint_id": i.endpoint_id or fal.endpoint_id}
+        for i in sl.valid]
     summary = rejection_summary(sl.rejected)
     context.log.info(f"catalog {warehouse.catalog_uri} for {day}: {sl.rows_scanned} rows scanned, "
                      f"{len(valid)} valid, {len(sl.rejected)} rejected")

@@ -75,13 +75,15 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                       resolution=r["resolution"], aspect_ratio=r["aspect_ratio"],
                       duration=None if r["duration"] is None else int(r["duration"]), day=day,
                       params=json.loads(r["params"]) if r.get("params") else None,
-                      end_image_ref=r.get("end_image_ref"))
+                      end_image_ref=r.get("end_image_ref"), endpoint_id=r.get("endpoint_id") or fal.endpoint_id)
              for r in arrow_rows(read_upstream(warehouse, "catalog_items", day))]  # missing: fails, naming it
     ledger = warehouse.ledger()
     recover_day(ledger, day, warehouse.read("generations", day), queue_base_url=fal.base_url)  # a lost ledger
-    context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}")
+    used = Counter(i.endpoint_id for i in items)
+    context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}"
+                     + (f"; rows by endpoint: {dict(used)}" if len(used) > 1 else ""))
     run_config = GenerationConfig(
-        endpoint_id=fal.endpoint_id, backend=fal.backend, queue_base_url=fal.base_url, owner=context.run_id,
+        endpoint_id=fal.endpoint_id, endpoints=fal.endpoints(), backend=fal.backend, queue_base_url=fal.base_url, owner=context.run_id,
         day=day, max_concurrency=fal.run_concurrency, account_cap=fal.account_cap, submit_concurrency=fal.submit_concurrency, total_timeout=fal.total_timeout,
         archive_root=warehouse.videos_uri(day) if fal.archive_videos else None,
         storage_options=dict(warehouse.storage_options),
@@ -89,7 +91,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                               regenerate=config.regenerate,
                               # a live submitter renews its claims (heartbeat): one not renewed is a dead run's
                               submit_lease_seconds=4 * config.submit_heartbeat_seconds),
-        prices=PriceTable.from_env(profile=fal.profile()), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
+        prices=PriceTable.from_env(profile=fal.endpoints().default), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
         dry_run=config.dry_run, openai_api_key=fal.openai_api_key,
         progress_interval=config.progress_interval_seconds,
         webhook_wait=fal.webhook_wait_seconds if fal.webhook_url else None,
@@ -102,14 +104,20 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         context.log.info(line)
         progress_log.info(line)
 
-    runner = GenerationRunner(run_config, fal.async_client, ledger, emit=emit,
-                              sync_client_factory=fal.sync_client)
-    from sora_pipeline.generation.registry_check import check_endpoint, rejected_outcomes
-    served = check_endpoint(platform_url(fal, fal_platform), fal.endpoint_id, run_id=context.run_id,
-                            timeout=min(fal_platform.request_timeout, 10.0))  # is fal still serving it?
-    (context.log.info if served.state == "active" else context.log.warning)(served.line)
+    runner = GenerationRunner(run_config, fal.async_client, ledger, emit=emit, sync_client_factory=fal.sync_client)
+    from sora_pipeline.generation.registry_check import check_endpoint, split_served, statuses_metadata
+    statuses = {}  # is fal still serving each endpoint the day uses? (the default's asked even on a quiet day)
+    for endpoint_id in dict.fromkeys([fal.endpoint_id, *(i.endpoint_id for i in items)]):
+        statuses[endpoint_id] = served = check_endpoint(platform_url(fal, fal_platform), endpoint_id,
+                                                        run_id=context.run_id,
+                                                        timeout=min(fal_platform.request_timeout, 10.0))
+        (context.log.info if served.state == "active" else context.log.warning)(served.line)
+    to_run, refused = split_served(items, statuses, fal.endpoint_id, fal.backend)
     try:
-        outcomes = rejected_outcomes(items, served, fal.backend) if served.refused else runner.run(items)
+        ran = {o.item_id: o for o in runner.run(to_run)} if to_run or not refused else {}
+        refused_by_id = {o.item_id: o for o in refused}
+        outcomes = [ran.get(i.item_id) or refused_by_id[i.item_id] for i in items
+                    if i.item_id in ran or i.item_id in refused_by_id]
     except (AuthenticationError, LedgerUnavailable) as exc:  # one line for people; a retry cannot help
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     counts = Counter(o.status for o in outcomes)
@@ -124,7 +132,8 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         "seconds_generated": dg.MetadataValue.float(float(sum(o.seconds_generated or 0 for o in outcomes
                                                               if o.status == "completed"))),
         "status_counts": dict(counts), "decision_counts": dict(decisions),
-        "submitted": decisions.get("submitted", 0), **served.metadata(),
+        "submitted": decisions.get("submitted", 0), **statuses_metadata(statuses),
+        "endpoints": dict(Counter(o.endpoint_id for o in outcomes)),
     }
     if config.dry_run:
         # a dry run reports what it would do; it materializes nothing (downstream steps are skipped)
