@@ -14,6 +14,7 @@ from sora_pipeline.catalog import rows as catalog_rows
 from sora_pipeline.fal import image_sources
 from sora_pipeline.catalog.rows import CatalogItem, ImageResolver, check_rows
 from sora_pipeline.fal.models import AspectRatio, Duration, Resolution
+from sora_pipeline.endpoints import get_profile
 
 DAY = date(2026, 5, 1)
 IDS = ["a1", "b2", " c3 ", "", "   ", "\u3000", "\x1c", None, "dup-1", "ü", "x" * 45]
@@ -63,7 +64,7 @@ def test_the_fast_path_changes_nothing(monkeypatch, durations, duration_type):
     t = table(durations, duration_type)
     dups = {"dup-1": 2, "a1": 3}
     fast = check_rows(t, DAY, dups, resolver())
-    assert sum(catalog_rows._plainly_valid(t, dups, catalog_rows.rules_for(None))) >= 20  # the usual rows do take it
+    assert sum(catalog_rows._plainly_valid(t, dups, catalog_rows.rules_for(get_profile()))) >= 20  # the usual rows do take it
     monkeypatch.setattr(catalog_rows, "_plainly_valid", lambda table, dups, rules: [False] * table.num_rows)
     full = check_rows(t, DAY, dups, resolver())
     assert fast[0] == full[0]

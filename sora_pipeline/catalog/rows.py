@@ -116,8 +116,8 @@ class _Rules:
 _RULES: dict[int, _Rules] = {}
 
 
-def rules_for(profile: EndpointProfile | None) -> _Rules:
-    profile = profile or get_profile()
+def rules_for(profile: EndpointProfile) -> _Rules:
+    """The accepted values of `profile`'s endpoint (prepared once per profile)."""
     rules = _RULES.get(id(profile))
     if rules is None or rules.profile is not profile:
         rules = _RULES[id(profile)] = _Rules(profile)

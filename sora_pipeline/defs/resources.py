@@ -85,7 +85,8 @@ class FalVideoResource(dg.ConfigurableResource):
         """The endpoints this code location may call, resolved once: `endpoint_id`'s profile as the default, and
         every known profile (shipped, or from SORA_ENDPOINT_PROFILES) for catalog rows naming their own."""
         if self._endpoints is None:
-            self._endpoints = EndpointSet(get_profile(self.endpoint_id), profiles())
+            known = profiles()
+            self._endpoints = EndpointSet(known[self.endpoint_id], known)
         return self._endpoints
 
     @field_validator("queue_priority")

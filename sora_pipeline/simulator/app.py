@@ -27,7 +27,6 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from sora_pipeline.simulator import hostile, openapi_docs, platform, storage
-from sora_pipeline.endpoints import get_profile
 from sora_pipeline.simulator import endpoint_inputs
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.core import auth_error as core_auth_error
@@ -161,7 +160,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         if not isinstance(data, dict):
             return refused("submit", _detail(422, [{"loc": ["body"], "msg": "Input should be a JSON object",
                                                     "type": "json_invalid"}]))
-        profile = get_profile(endpoint)
+        profile = book.profiles[endpoint]
         errors = endpoint_inputs.problems(profile, data)
         if errors:
             return refused("submit", _detail(422, errors))
@@ -281,7 +280,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
             video.update(file_name=clip.name, file_size=clip.file_size, width=clip.width, height=clip.height,
                          fps=clip.fps, num_frames=clip.num_frames, duration=clip.duration)
         body: dict[str, Any] = {"video": video}
-        id_field = get_profile(job.endpoint).output.id_field  # Sora's `video_id`; the other models return none
+        id_field = book.profiles[job.endpoint].output.id_field  # Sora's `video_id`; the other models return none
         digest = hashlib.sha256(job.id.encode()).hexdigest()
         if id_field:  # Sora also answers a thumbnail and a spritesheet (image files on fal's CDN)
             body[id_field] = "video_" + digest[:24]

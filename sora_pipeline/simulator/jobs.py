@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from sora_pipeline.endpoints import EndpointProfile, get_profile
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.faults import JobFaults
 
@@ -112,6 +113,8 @@ class JobBook:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
+        #: the profile of each endpoint it serves, resolved once (its input schema, output, prices, video shape)
+        self.profiles: dict[str, EndpointProfile] = {e: get_profile(e) for e in config.endpoint_ids}
         self.lock = threading.RLock()
         self.reset()
 

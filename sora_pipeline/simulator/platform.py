@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sora_pipeline.endpoints import EndpointProfile, get_profile
+from sora_pipeline.endpoints import EndpointProfile
 from sora_pipeline.simulator import endpoint_inputs
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.core import _clip_failed
@@ -145,8 +145,8 @@ def billing_events(book: JobBook, config: SimulatorConfig, now: float) -> list[t
         ts = book.started_wall + i / 1000
         if ts + lag <= now and config.endpoint_ids:
             endpoint = config.endpoint_ids[i % len(config.endpoint_ids)]
-            price = min([*get_profile(endpoint).pricing.per_second.values(),
-                         *get_profile(endpoint).pricing.per_video.values()] or [0.0])
+            pricing = book.profiles[endpoint].pricing
+            price = min([*pricing.per_second.values(), *pricing.per_video.values()] or [0.0])
             out.append((ts, _event(rid, endpoint, ts, 4.0, price, config)))
     return out
 
