@@ -7,6 +7,8 @@ the simulator (which checks each payload against its endpoint's schema), through
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +27,7 @@ WAN = "fal-ai/wan/v2.7/image-to-video"  # takes an end frame
 KLING3 = "fal-ai/kling-video/v3/pro/image-to-video"  # durations as strings ("5")
 VEO = "fal-ai/veo3.1/image-to-video"  # durations as strings with units ("8s")
 HAILUO = "fal-ai/minimax/hailuo-2.3/standard/image-to-video"  # priced per video
+FIXTURES = Path(__file__).parent / "fixtures" / "endpoints"
 SCHEMA = pa.schema([("item_id", pa.string()), ("prompt", pa.string()), ("image_uri", pa.string()),
                     ("scheduled_date", pa.date32()), ("duration", pa.int64()), ("end_image_uri", pa.string()),
                     ("endpoint_id", pa.string())])
@@ -97,8 +100,33 @@ def test_a_day_mixing_five_endpoints_runs_each_row_on_its_own(tmp_path, make_sim
         SORA_PRO, item_id="sora-a", prompt="a harbour at dawn, sora-a", resolution="auto", aspect_ratio="auto",
         duration=4, image_sha256=image.sha256, backend="simulator")
 
+    # and against fal's own documents (hand transcriptions, not our profiles): only the page's inputs, in its enums
+    checked = 0
+    for item_id, job in jobs.items():
+        fixture = FIXTURES / f"{job.endpoint.replace('/', '__')}.json"
+        if fixture.exists():
+            assert fal_document_problems(json.loads(fixture.read_text()), job.submitted_input) == [], item_id
+            checked += 1
+    assert checked == 4  # Wan, Kling 3, Veo 3.1, Hailuo 2.3 (Sora's page is not transcribed)
+
     again = materialize_day(res)
     assert again.success and sim.stats()["submits"] == 6  # every endpoint's rows reused: never paid twice
+
+
+def fal_document_problems(document: dict, body: dict) -> list[str]:
+    """What in a submitted body fal's page (its transcription) does not allow: an input the page does not list
+    (unless the profile names it unconfirmed), a value outside the page's enum, text over its maxLength."""
+    profile = get_profile(document["endpoint_id"])
+    fields, unconfirmed = document["input"]["fields"], " ".join(profile.unconfirmed)
+    problems = [f"{name}: not an input on fal's page" for name in body
+                if name not in fields and name not in unconfirmed]
+    for name, value in body.items():
+        spec = fields.get(name, {})
+        if "enum" in spec and value not in spec["enum"]:
+            problems.append(f"{name}: {value!r} not in {spec['enum']}")
+        if "maxLength" in spec and isinstance(value, str) and len(value) > spec["maxLength"]:
+            problems.append(f"{name}: over {spec['maxLength']} characters")
+    return problems
 
 
 def test_a_retired_endpoint_s_rows_are_rejected_before_spend_while_the_others_run(tmp_path, make_simulator):
