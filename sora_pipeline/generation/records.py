@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sora_pipeline.generation.costs import PriceTable
+from sora_pipeline.fal.caps import TransferCaps
 from sora_pipeline.fal.inputs import ImageInput
 from sora_pipeline.fal.models import ImageToVideoOutput
 from sora_pipeline.ledger import LedgerEntry, RequestSpec, ResubmitPolicy, would_submit
@@ -64,6 +65,7 @@ class GenerationConfig:
     #: fal's request history: `history(endpoint_id, start, end)` → items with payloads (None: not available)
     history: Any = field(default=None, repr=False)
     unknown_settle: float = 7200.0  # seconds after which a claim absent from the history was never accepted
+    caps: TransferCaps = field(default_factory=TransferCaps)  # the video cap and fal storage uploads (settings)
 
 
 @dataclass
