@@ -16,7 +16,8 @@ from collections import Counter
 
 import dagster as dg
 
-#: variables that would send the demo to fal (and bill): the demo drops them from its own environment
+#: variables that would send the demo to fal (and bill): the demo drops them from its own environment, before the
+#: settings (`load_settings`, the one reader of the environment) read it
 SPENDING_VARIABLES = ("FAL_KEY", "SORA_FAL_QUEUE_URL", "FAL_ADMIN_KEY", "SORA_FAL_API_URL")
 PROGRESS_LOGGER = "sora_pipeline.progress"  # the generations step's progress lines (printed by the demo)
 SUMMARY_KEY = "generation_summary"
@@ -120,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     from sora_pipeline.catalog import CatalogError, catalog_fingerprints
     from sora_pipeline.defs.assets.catalog import catalog_problem
     from sora_pipeline.defs.partitions import partition_problem, partition_range
-    from sora_pipeline.defs.settings import ConfigError, PipelineSettings
+    from sora_pipeline.defs.settings import ConfigError, load_settings
 
     try:
-        settings = PipelineSettings.from_env()
+        settings = load_settings()  # the code location's: read once, above
         settings.check_catalog()
         days = sorted(catalog_fingerprints(settings.catalog_uri))
     except ConfigError as exc:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ({len(later)} later catalog day(s) {', '.join(later[:3])}{' …' if len(later) > 3 else ''} "
               f"skipped: not a partition before they begin, UTC)")
     print("  (the embedded fal simulator generates synthetic videos; nothing is billed)")
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    instance = dg.DagsterInstance.get() if settings.dagster_home else dg.DagsterInstance.ephemeral()
     run_config = {**QUIET, "ops": {"generations": {"config": {"progress_interval_seconds": args.progress_every}}}}
     # the code location's own jobs (named runs in the UI), with the demo's resources
     demo_defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[daily_generation_job, summary_job],

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sora_pipeline.defs.settings import ConfigError, PipelineSettings
+from sora_pipeline.defs.settings import ConfigError, PipelineSettings, TransferCapsConfig
 from sora_pipeline.fal.policies import RetryPolicy
 from sora_pipeline.fal.storage import ANSWER_BYTES, StorageSettings, StorageUploader, StorageUploadError
 from sora_pipeline.ledger import Ledger
@@ -317,10 +317,17 @@ def job_urls(sim) -> dict[str, str]:
     return {job.payload["prompt"]: job.payload["image_url"] for job in sim.app.sim.book.jobs.values()}
 
 
+def upload_caps(**env: str) -> TransferCapsConfig:
+    """The resource's `caps` as the code location builds them from these settings (SORA_UPLOAD_THRESHOLD_BYTES
+    64 KiB: the big image is uploaded)."""
+    return TransferCapsConfig.of(PipelineSettings.from_env({"SORA_UPLOAD_THRESHOLD_BYTES": str(64 * 1024),
+                                                            **env}).caps)
+
+
 @pytest.fixture
-def big_day(tmp_path, monkeypatch):
-    """A day of four items: it0 and it2 share a large local image, it1 and it3 have small ones."""
-    monkeypatch.setenv("SORA_UPLOAD_THRESHOLD_BYTES", str(64 * 1024))
+def big_day(tmp_path):
+    """A day of four items: it0 and it2 share a large local image, it1 and it3 have small ones (with
+    `upload_caps()`)."""
     rows = catalog_rows(n=4)
     for i in (0, 2):
         rows[i]["image_uri"] = "../images/big.png"
@@ -335,7 +342,7 @@ def generations(project) -> dict[str, dict]:
 
 def test_a_large_image_is_uploaded_once_and_the_video_starts_from_it(big_day, simulator):
     project, sha = big_day
-    res = resources(simulator.base_url, project)
+    res = resources(simulator.base_url, project, caps=upload_caps())
     assert materialize_day(res, run_config={"dry_run": True}).success
     assert uploads(simulator) == 0  # a dry run uploads nothing
 
@@ -367,12 +374,11 @@ def test_a_large_image_is_uploaded_once_and_the_video_starts_from_it(big_day, si
     assert fresh and fresh != next(iter(big)) and job_urls(simulator)[f"prompt it0 {DAY}"] == fresh
 
 
-def test_a_failed_upload_fails_only_its_items(big_day, simulator, servers, monkeypatch):
+def test_a_failed_upload_fails_only_its_items(big_day, simulator, servers):
     project, _ = big_day
     storage = servers(lambda h: (403, {"Content-Type": "application/json"}, json.dumps(
         {"detail": f"key rejected: {h.headers.get('Authorization')}"}).encode()))
-    monkeypatch.setenv("SORA_FAL_STORAGE_URL", storage.url)
-    res = resources(simulator.base_url, project)
+    res = resources(simulator.base_url, project, caps=upload_caps(SORA_FAL_STORAGE_URL=storage.url))
     assert materialize_day(res).success  # the day runs
     rows = generations(project)
     assert {i: r["status"] for i, r in rows.items()} == {"it0": "failed", "it1": "completed", "it2": "failed",
@@ -385,19 +391,20 @@ def test_a_failed_upload_fails_only_its_items(big_day, simulator, servers, monke
     # one initiate for the shared image (two if the second item came after the first had already failed)
     assert simulator.stats()["submits"] == 2 and len(storage.seen) in (1, 2)
 
-    monkeypatch.delenv("SORA_FAL_STORAGE_URL")  # storage works again: nothing was claimed, the next run submits
+    res = resources(simulator.base_url, project, caps=upload_caps())  # storage works again: nothing was claimed,
+    # the next run submits
     assert materialize_day(res).success
     assert {r["status"] for r in generations(project).values()} == {"completed"}
     assert simulator.stats()["submits"] == 4 and uploads(simulator) == 1
 
 
-def test_a_failed_upload_gives_its_budget_reservation_back(big_day, simulator, servers, monkeypatch):
+def test_a_failed_upload_gives_its_budget_reservation_back(big_day, simulator, servers):
     """One request at a time, a run budget of exactly it1 + it3 ($2 + $2): it0's upload fails after it reserved
     $1.20, which must come back, or it3 would be skipped by a budget nothing was spent from."""
     project, _ = big_day
     storage = servers(lambda h: (403, {"Content-Type": "application/json"}, b'{"detail": "no"}'))
-    monkeypatch.setenv("SORA_FAL_STORAGE_URL", storage.url)
-    res = resources(simulator.base_url, project, max_concurrency=1)
+    res = resources(simulator.base_url, project, max_concurrency=1,
+                    caps=upload_caps(SORA_FAL_STORAGE_URL=storage.url))
     assert materialize_day(res, run_config={"run_budget_usd": 4.0}).success
     rows = generations(project)
     assert {i: r["status"] for i, r in rows.items()} == {"it0": "failed", "it1": "completed", "it2": "skipped",

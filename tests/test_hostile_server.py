@@ -16,6 +16,8 @@ from collections import namedtuple
 import httpx
 import pytest
 
+from sora_pipeline.defs.resources import FalVideoResource
+from sora_pipeline.defs.settings import PipelineSettings, TransferCapsConfig
 from sora_pipeline.media import download
 from sora_pipeline.media.download import DownloadRefused, DownloadTooLarge, InsufficientDiskSpace, download_video, fetch_video
 from sora_pipeline.fal import (
@@ -171,17 +173,17 @@ def _finished_video_url(sim, uri: str) -> str:
 
 
 @pytest.mark.parametrize("declare_length", [False, True])
-def test_endless_video_stops_at_the_cap_and_leaves_no_file(make_simulator, png_data_uri, tmp_path, monkeypatch,
-                                                           declare_length):
+def test_endless_video_stops_at_the_cap_and_leaves_no_file(make_simulator, png_data_uri, tmp_path, declare_length):
     sim = make_simulator(faults={"endless_video": 1.0}, hostile_bytes=HOSTILE,
                          hostile_declare_length=declare_length)
     url = _finished_video_url(sim, png_data_uri)
-    monkeypatch.setenv("SORA_MAX_VIDEO_BYTES", str(5 * MB))
+    cap = PipelineSettings.from_env({"SORA_MAX_VIDEO_BYTES": str(5 * MB)}).caps.max_video_bytes  # passed down
     incoming = tmp_path / "archive" / ".incoming"
 
     async def main():
         async with httpx.AsyncClient() as http:
-            await fetch_video(http, url, queue_base_url=sim.base_url, archive_stem=str(tmp_path / "archive" / "v"))
+            await fetch_video(http, url, queue_base_url=sim.base_url, archive_stem=str(tmp_path / "archive" / "v"),
+                              max_bytes=cap)
 
     with pytest.raises(DownloadTooLarge, match="SORA_MAX_VIDEO_BYTES") as err:
         asyncio.run(main())
@@ -223,12 +225,12 @@ def test_huge_result_json_is_not_accepted_as_completed(make_simulator, png_data_
     assert stats["hostile_bytes_sent"] < BOUND and peak < 24 * MB
 
 
-def test_huge_result_json_with_content_length_refused_up_front(make_simulator, png_data_uri, monkeypatch):
-    monkeypatch.setenv("SORA_MAX_JSON_BYTES", str(2 * MB))
+def test_huge_result_json_with_content_length_refused_up_front(make_simulator, png_data_uri):
+    cap = PipelineSettings.from_env({"SORA_MAX_JSON_BYTES": str(2 * MB)}).caps.max_json_bytes  # passed down
     sim = make_simulator(faults={"huge_json": 1.0}, hostile_bytes=HOSTILE, hostile_declare_length=True)
 
     async def main():
-        async with AsyncFalQueueClient(key=SECRET, base_url=sim.base_url, **FAST) as client:
+        async with AsyncFalQueueClient(key=SECRET, base_url=sim.base_url, max_json_bytes=cap, **FAST) as client:
             return await client.subscribe(args(png_data_uri))
 
     with pytest.raises(RequestFailedError, match="Content-Length") as err:
@@ -274,18 +276,23 @@ def test_status_stream_line_without_newline_falls_back_to_polling(make_simulator
 
 
 def test_byte_caps_from_env_and_bad_values(monkeypatch):
+    """The environment is read by the settings; the caps reach the clients through the resource's `caps`."""
+    def client_from_env() -> FalQueueClient:
+        caps = TransferCapsConfig.of(PipelineSettings.from_env().caps)
+        return FalVideoResource(fal_key=SECRET, queue_url="https://queue.fal.run", caps=caps).sync_client()
+
     monkeypatch.setenv("SORA_MAX_JSON_BYTES", "12345")
     monkeypatch.setenv("SORA_MAX_STREAM_EVENT_BYTES", "2048")
-    with FalQueueClient(key=SECRET) as client:
+    with client_from_env() as client:
         assert client.protocol.max_json_bytes == 12345 and client.protocol.max_stream_event_bytes == 2048
     with FalQueueClient(key=SECRET, max_json_bytes=99) as client:
         assert client.protocol.max_json_bytes == 99
     monkeypatch.setenv("SORA_MAX_JSON_BYTES", "lots")
     with pytest.raises(ValueError, match="SORA_MAX_JSON_BYTES"):
-        FalQueueClient(key=SECRET)
+        client_from_env()
     monkeypatch.delenv("SORA_MAX_JSON_BYTES")
     monkeypatch.delenv("SORA_MAX_STREAM_EVENT_BYTES")
-    with FalQueueClient(key=SECRET) as client:
+    with client_from_env() as client:
         assert (client.protocol.max_json_bytes, client.protocol.max_stream_event_bytes) == (8 * MB, 1 * MB)
     assert download.max_video_bytes() == 2 << 30
 

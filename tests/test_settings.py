@@ -111,3 +111,22 @@ def test_a_ledger_database_that_does_not_answer_fails_the_step_in_one_line(tmp_p
     assert "\n" not in failure and failure.startswith("the request ledger does not answer: SORA_LEDGER_URL=")
     assert f"127.0.0.1:{port}" in failure and "refused" in failure.lower() and "pw-secret" not in failure
     assert simulator.stats()["submits"] == 0
+
+
+# ---------------------------------------------------------------- issue 22.3: settings read once, passed down
+def test_settings_are_read_once_and_reach_the_resources():
+    from sora_pipeline.definitions import build_resources
+    from sora_pipeline.defs.partitions import PARTITIONS_START, daily_partitions
+    from sora_pipeline.defs.settings import load_settings
+
+    assert load_settings() is load_settings()  # one read per process
+    assert PARTITIONS_START == load_settings().partitions_start == daily_partitions.get_first_partition_key()
+    s = PipelineSettings.from_env({"SORA_MAX_VIDEO_BYTES": "1_000", "SORA_MAX_JSON_BYTES": "2000",
+                                   "SORA_UPLOAD_THRESHOLD_BYTES": "30", "SORA_FAL_STORAGE_URL": "https://s.example",
+                                   "SORA_FAILPOINT": "mid_poll", "SORA_PARTITIONS_START": "2026-02-03"})
+    res = build_resources(s)
+    caps = res["fal"].caps.caps()
+    assert (caps.max_video_bytes, caps.max_json_bytes, caps.uploads.threshold_bytes, caps.uploads.storage_url) == \
+        (1000, 2000, 30, "https://s.example")
+    assert res["fal_platform"].max_json_bytes == 2000
+    assert (s.failpoint, s.partitions_start) == ("mid_poll", "2026-02-03")

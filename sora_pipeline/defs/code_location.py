@@ -1,7 +1,7 @@
 """The code location: `defs` wires assets, checks, resources, the schedule and the sensor.
 
-Settings come from the environment (docs/reference.md lists them); secrets are passed as `EnvVar`s so only their names
-are stored in Dagster's config."""
+Settings come from the environment, read once (`settings.load_settings`; docs/reference.md lists them), and go
+down as resource fields; secrets are passed as `EnvVar`s so only their names are stored in Dagster's config."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from sora_pipeline.defs.settings import ConfigError, PipelineSettings  # noqa: E402
+from sora_pipeline.defs.settings import ConfigError, PipelineSettings, TransferCapsConfig, load_settings  # noqa: E402
+from sora_pipeline.generation.failpoints import arm  # noqa: E402
 
 _PARTITION_KEY = re.compile(r"partition key `([^`]*)`")
 
@@ -59,14 +60,13 @@ def _install_cli_error_hook() -> None:
     sys.excepthook = hook
 
 
-def _plain_logs_into_pipes() -> None:
+def _plain_logs_into_pipes(no_color: bool) -> None:
     """Dagster's command-line processes (`dg check defs`, `dagster definitions validate`) log through coloredlogs
-    whether or not anyone is looking: into a pipe or a file (or with NO_COLOR set) the same lines go without ANSI
-    colour codes."""
+    whether or not anyone is looking: into a pipe or a file (or with NO_COLOR set: `no_color`) the same lines go
+    without ANSI colour codes."""
     import logging
-    import os
 
-    if sys.stderr.isatty() and not os.environ.get("NO_COLOR"):
+    if sys.stderr.isatty() and not no_color:
         return
     for handler in logging.getLogger("dagster").handlers:
         formatter = handler.formatter
@@ -77,7 +77,7 @@ def _plain_logs_into_pipes() -> None:
 
 def _load_settings() -> tuple[PipelineSettings | None, ConfigError | None]:
     try:
-        settings = PipelineSettings.from_env()
+        settings = load_settings()
         settings.check_catalog()
         return settings, None
     except ConfigError as exc:
@@ -85,10 +85,11 @@ def _load_settings() -> tuple[PipelineSettings | None, ConfigError | None]:
 
 
 _install_cli_error_hook()
-_plain_logs_into_pipes()
 SETTINGS, _error = _load_settings()
 if _error is not None:  # the code location does not load (a traceback of two frames: this one and the entry point)
     raise _error.with_traceback(None) from None  # a setting is wrong: the message names it and what to set
+_plain_logs_into_pipes(SETTINGS.plain_logs)
+arm(SETTINGS.failpoint)  # crash tests: SORA_FAILPOINT, in every process that loads the code location
 
 from sora_pipeline.defs.assets.analytics import generation_daily_stats, generation_summary  # noqa: E402
 from sora_pipeline.defs.assets.billing import fal_billing, fal_billing_matches_estimate  # noqa: E402
@@ -106,9 +107,9 @@ from sora_pipeline.defs.warehouse_resource import WarehouseResource  # noqa: E40
 
 
 def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -> dict:
-    """The code location's resources from `settings` (read from the environment when None); `fal_overrides` are
+    """The code location's resources from `settings` (this process's, `SETTINGS`, when None); `fal_overrides` are
     more `FalVideoResource` fields (the demo sets the embedded simulator's latency)."""
-    settings = settings or PipelineSettings.from_env()
+    settings = settings or SETTINGS
     return {
         "fal": FalVideoResource(
             endpoint_id=settings.endpoint_id, queue_url=settings.queue_url,
@@ -116,12 +117,13 @@ def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -
             openai_api_key=dg.EnvVar("SORA_OPENAI_API_KEY") if settings.has_openai_key else None,
             max_concurrency=settings.max_concurrency, account_concurrency=settings.fal_concurrency,
             inflight_cap=settings.inflight_cap, poll_interval=settings.poll_interval,
-            webhook_url=settings.webhook_url, **fal_overrides),
+            webhook_url=settings.webhook_url, caps=TransferCapsConfig.of(settings.caps), **fal_overrides),
         "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
                                        ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
         "fal_platform": FalPlatformResource(
             api_url=settings.platform_url, key=dg.EnvVar("FAL_KEY") if settings.has_fal_key else None,
-            admin_key=dg.EnvVar("FAL_ADMIN_KEY") if settings.has_admin_key else None),
+            admin_key=dg.EnvVar("FAL_ADMIN_KEY") if settings.has_admin_key else None,
+            max_json_bytes=settings.caps.max_json_bytes),
     }
 
 

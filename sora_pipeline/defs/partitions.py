@@ -1,4 +1,6 @@
-"""The daily partitions every table is split by (UTC days, keys YYYY-MM-DD, start from SORA_PARTITIONS_START)."""
+"""The daily partitions every table is split by (UTC days, keys YYYY-MM-DD, start from SORA_PARTITIONS_START: the
+process's settings, `load_settings().partitions_start`, read when this module is imported — the assets need the
+definition at import time)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,9 @@ from datetime import date
 
 import dagster as dg
 
-from sora_pipeline.defs.settings import partitions_start_from_env
+from sora_pipeline.defs.settings import load_settings
 
-PARTITIONS_START = partitions_start_from_env()
+PARTITIONS_START = load_settings().partitions_start
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC", end_offset=1)
 

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from sora_pipeline.redact import install_log_redaction, register_secret
 
+from sora_pipeline.fal.limits import DEFAULT_MAX_JSON_BYTES
 from sora_pipeline.fal.platform import DEFAULT_API_URL
 
 
@@ -19,6 +20,8 @@ class FalPlatformResource(dg.ConfigurableResource):
     key: str | None = Field(default=None, description="ordinary fal key (FAL_KEY): request history, prices")
     admin_key: str | None = Field(default=None, description="fal admin key (FAL_ADMIN_KEY): billing events")
     request_timeout: float = Field(default=30.0, gt=0, description="per HTTP call (seconds)")
+    max_json_bytes: int = Field(default=DEFAULT_MAX_JSON_BYTES, ge=1, description="cap on one JSON answer "
+                                "(SORA_MAX_JSON_BYTES)")
 
     def __repr__(self) -> str:  # never show keys
         return (f"FalPlatformResource(api_url={self.api_url!r}, key={'set' if self.key else 'unset'}, "
@@ -35,4 +38,5 @@ class FalPlatformResource(dg.ConfigurableResource):
         """A `sora_pipeline.fal.platform.PlatformClient` with the admin key (`admin`) or the ordinary one."""
         from sora_pipeline.fal.platform import PlatformClient
 
-        return PlatformClient(self.api_url, self.admin_key if admin else self.key, timeout=self.request_timeout)
+        return PlatformClient(self.api_url, self.admin_key if admin else self.key, timeout=self.request_timeout,
+                              max_json_bytes=self.max_json_bytes)

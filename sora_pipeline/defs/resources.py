@@ -14,7 +14,7 @@ from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID, EndpointProfile, Endpoi
 from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
 from sora_pipeline.fal.urls import check_base_url, split_endpoint
 from sora_pipeline.redact import install_log_redaction, register_secret
-from sora_pipeline.defs.settings import DEFAULT_POLL_INTERVAL
+from sora_pipeline.defs.settings import DEFAULT_POLL_INTERVAL, TransferCapsConfig
 
 from sora_pipeline.ledger import Ledger, LedgerUnreachable
 
@@ -58,6 +58,7 @@ class FalVideoResource(dg.ConfigurableResource):
     simulator_run_latency: float = Field(default=1.0, ge=0, description="embedded simulator: seconds per job")
     simulator_include_metadata: bool = Field(default=True,
                                              description="embedded simulator: put width/height/… in results")
+    caps: TransferCapsConfig = Field(default_factory=TransferCapsConfig, description="byte caps, fal storage uploads")
 
     _simulator: Any = PrivateAttr(default=None)
     _endpoints: EndpointSet | None = PrivateAttr(default=None)
@@ -177,7 +178,8 @@ class FalVideoResource(dg.ConfigurableResource):
                             backoff_after=self.poll_backoff_after),
             timeout=self.request_timeout, priority=self.queue_priority, start_timeout=self.start_timeout,
             webhook_url=self.webhook_url,
-            max_connections=max(2 * self.run_concurrency, 16))
+            max_connections=max(2 * self.run_concurrency, 16),
+            max_json_bytes=self.caps.max_json_bytes, max_stream_event_bytes=self.caps.max_stream_event_bytes)
 
     def async_client(self, profile: EndpointProfile | None = None) -> AsyncFalQueueClient:
         return AsyncFalQueueClient(**self.client_kwargs(profile))

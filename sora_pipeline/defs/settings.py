@@ -1,29 +1,38 @@
 """Pipeline settings read from the environment (docs/reference.md lists them), validated once, with errors that say
-what to set. Secrets are not read here: the Dagster layer passes them as `EnvVar`s so only names are stored."""
+what to set. This module is the pipeline's one reader of the environment: `load_settings()` reads it once per
+process (the code location, the daily partitions and the demo share that one object) and the values go down as
+resource fields and arguments. Secrets are not read here: the Dagster layer passes them as `EnvVar`s so only
+names are stored."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from urllib.parse import urlsplit
 
+import dagster as dg
+from pydantic import Field
 from sqlalchemy.engine import make_url
 
 from sora_pipeline.endpoints import BadProfile, UnknownEndpoint, get_profile
 from sora_pipeline.ledger import url_problem
 from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID
-from sora_pipeline.media.download import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV
+from sora_pipeline.fal.caps import TransferCaps
 from sora_pipeline.fal.limits import (
     DEFAULT_MAX_JSON_BYTES,
     DEFAULT_MAX_STREAM_EVENT_BYTES,
+    DEFAULT_MAX_VIDEO_BYTES,
     MAX_JSON_BYTES_ENV,
     MAX_STREAM_EVENT_BYTES_ENV,
-    byte_cap,
+    MAX_VIDEO_BYTES_ENV,
+    parse_byte_cap,
 )
 from sora_pipeline.fal.platform import DEFAULT_API_URL, PlatformError, check_api_url
-from sora_pipeline.fal.storage import StorageSettings
+from sora_pipeline.fal.storage import DEFAULT_LIFETIME_S, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_THRESHOLD_BYTES, \
+    StorageSettings
 from sora_pipeline.fal.urls import split_endpoint
 
 DEFAULT_POLL_INTERVAL = 1.0  # seconds; backs off for long generations, never below this
@@ -47,10 +56,14 @@ class PipelineSettings:
     inflight_cap: int | None = None  # None: 2 × C
     poll_interval: float = DEFAULT_POLL_INTERVAL
     image_roots: tuple[str, ...] = field(default_factory=tuple)
-    partitions_start: str = "2026-01-01"
+    partitions_start: str = "2026-01-01"  # the first daily partition (`defs.partitions`)
     webhook_url: str | None = None
     platform_url: str = DEFAULT_API_URL  # fal's platform API (registry, prices, billing, history)
     has_admin_key: bool = False  # FAL_ADMIN_KEY: billing events (a secret: only its presence is kept here)
+    caps: TransferCaps = field(default_factory=TransferCaps)  # byte caps and fal storage uploads
+    failpoint: str | None = None  # SORA_FAILPOINT: a crash point armed for tests (`generation.failpoints`)
+    plain_logs: bool = False  # NO_COLOR set: Dagster's command-line logs without colour codes
+    dagster_home: str | None = None  # DAGSTER_HOME (the demo keeps its runs there when set)
 
     @property
     def backend(self) -> str:
@@ -95,19 +108,19 @@ class PipelineSettings:
             get_profile(endpoint_id, env=dict(env) if env is not None else None)
         except (UnknownEndpoint, BadProfile) as exc:
             raise ConfigError(f"SORA_ENDPOINT_ID: {exc}") from None
-        start = partitions_start_from_env(env)
+        start = _partitions_start(get("SORA_PARTITIONS_START"))
         webhook_url = get("SORA_WEBHOOK_URL")
         if webhook_url is not None and urlsplit(webhook_url).scheme not in ("http", "https"):
             raise ConfigError(f"SORA_WEBHOOK_URL={webhook_url!r} must be the http(s) URL fal can reach the "
                               "webhook receiver at, or unset (poll fal)")
-        for name, default in ((MAX_VIDEO_BYTES_ENV, DEFAULT_MAX_VIDEO_BYTES), (MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES),
-                              (MAX_STREAM_EVENT_BYTES_ENV, DEFAULT_MAX_STREAM_EVENT_BYTES)):
-            try:
-                byte_cap(None, name, default, env)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        try:  # fal storage uploads of large images (sora_pipeline/fal/storage.py)
-            StorageSettings.from_env(env)
+        try:
+            caps = TransferCaps(
+                max_json_bytes=parse_byte_cap(get(MAX_JSON_BYTES_ENV), MAX_JSON_BYTES_ENV, DEFAULT_MAX_JSON_BYTES),
+                max_stream_event_bytes=parse_byte_cap(get(MAX_STREAM_EVENT_BYTES_ENV), MAX_STREAM_EVENT_BYTES_ENV,
+                                                      DEFAULT_MAX_STREAM_EVENT_BYTES),
+                max_video_bytes=parse_byte_cap(get(MAX_VIDEO_BYTES_ENV), MAX_VIDEO_BYTES_ENV,
+                                               DEFAULT_MAX_VIDEO_BYTES),
+                uploads=StorageSettings.from_env(env))  # fal storage uploads of large images (fal/storage.py)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         ledger_url = get("SORA_LEDGER_URL")
@@ -137,7 +150,44 @@ class PipelineSettings:
             webhook_url=webhook_url,
             platform_url=platform_url,
             has_admin_key=has_admin_key,
+            caps=caps,
+            failpoint=get("SORA_FAILPOINT"),
+            plain_logs=bool(env.get("NO_COLOR")),
+            dagster_home=env.get("DAGSTER_HOME") or None,
         )
+
+
+@functools.cache
+def load_settings() -> PipelineSettings:
+    """This process's settings: the environment, read and checked once (a `ConfigError` is raised again on the
+    next call, nothing is kept). The code location, the daily partitions and the demo share it."""
+    return PipelineSettings.from_env()
+
+
+class TransferCapsConfig(dg.Config):
+    """`TransferCaps` as a resource's config (`FalVideoResource.caps`): shown with the run's resources."""
+
+    max_json_bytes: int = Field(default=DEFAULT_MAX_JSON_BYTES, ge=1, description="SORA_MAX_JSON_BYTES")
+    max_stream_event_bytes: int = Field(default=DEFAULT_MAX_STREAM_EVENT_BYTES, ge=1,
+                                        description="SORA_MAX_STREAM_EVENT_BYTES")
+    max_video_bytes: int = Field(default=DEFAULT_MAX_VIDEO_BYTES, ge=1, description="SORA_MAX_VIDEO_BYTES")
+    upload_threshold_bytes: int = Field(default=DEFAULT_THRESHOLD_BYTES, ge=1,
+                                        description="SORA_UPLOAD_THRESHOLD_BYTES")
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1, description="SORA_MAX_UPLOAD_BYTES")
+    upload_lifetime_s: int = Field(default=DEFAULT_LIFETIME_S, ge=1, description="SORA_UPLOAD_LIFETIME_S")
+    storage_url: str | None = Field(default=None, description="SORA_FAL_STORAGE_URL")
+
+    @classmethod
+    def of(cls, caps: TransferCaps) -> TransferCapsConfig:
+        u = caps.uploads
+        return cls(max_json_bytes=caps.max_json_bytes, max_stream_event_bytes=caps.max_stream_event_bytes,
+                   max_video_bytes=caps.max_video_bytes, upload_threshold_bytes=u.threshold_bytes,
+                   max_upload_bytes=u.max_upload_bytes, upload_lifetime_s=u.lifetime_s, storage_url=u.storage_url)
+
+    def caps(self) -> TransferCaps:
+        return TransferCaps(self.max_json_bytes, self.max_stream_event_bytes, self.max_video_bytes,
+                            StorageSettings(self.upload_threshold_bytes, self.max_upload_bytes,
+                                            self.upload_lifetime_s, self.storage_url))
 
 
 def shown_url(url: str) -> str:
@@ -159,10 +209,9 @@ def check_ledger_url(url: str) -> None:
 DEFAULT_PARTITIONS_START = "2026-01-01"
 
 
-def partitions_start_from_env(env: Mapping[str, str] | None = None) -> str:
+def _partitions_start(value: str | None) -> str:
     """`SORA_PARTITIONS_START` (YYYY-MM-DD), checked; the first daily partition."""
-    env = os.environ if env is None else env
-    start = (env.get("SORA_PARTITIONS_START") or "").strip() or DEFAULT_PARTITIONS_START
+    start = value or DEFAULT_PARTITIONS_START
     try:
         date.fromisoformat(start)
     except ValueError:

@@ -3,7 +3,7 @@
 Both share `QueueProtocol` (what to send, how to read answers, where the caps are) and one retry policy
 (tenacity); they differ only in how bytes move. Pass `transport=` (an httpx transport) to test pinpoint faults.
 
-Safety settings (constructor keywords; None reads the env var, else the default applies):
+Safety settings (constructor keywords, None: the default; the pipeline passes its settings' values):
 `max_json_bytes` (env `SORA_MAX_JSON_BYTES`, default 8 MiB) caps every submit/status/result/cancel answer: it is
 read as a stream and abandoned past the cap (an oversized result is a non-retryable `RequestFailedError`, never a
 completed request; an oversized status a `TransientError`; an oversized submit an `AmbiguousSubmitError`).
@@ -17,7 +17,6 @@ import asyncio
 import functools
 import json
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -40,14 +39,11 @@ DEFAULT_QUEUE_URL = "https://queue.fal.run"
 IDLE_CONNECTIONS = 4  # kept-alive connections per pool: httpcore checks every idle one on every request
 
 
+@functools.cache
 def shared_ssl_context() -> ssl.SSLContext:
     """The verified TLS context every client of this process shares (httpx would load the CA bundle again for
-    each client, ~50 ms apiece); like httpx it honours SSL_CERT_FILE / SSL_CERT_DIR."""
-    return _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-
-
-@functools.cache
-def _ssl_context(_cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
+    each client, ~50 ms apiece), made once: httpx's `trust_env` honours SSL_CERT_FILE / SSL_CERT_DIR as the
+    process started with them (OpenSSL's own variables: this module does not read them)."""
     return httpx.create_ssl_context(trust_env=True)
 
 

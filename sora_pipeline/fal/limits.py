@@ -1,16 +1,16 @@
 """How many bytes may come in, and the readers that stop there. Every JSON answer is capped at
-`max_json_bytes` (env `SORA_MAX_JSON_BYTES`, default 8 MiB; `BodyReader`, over the cap: `too_large`), every
-status-stream line at `max_stream_event_bytes` (env `SORA_MAX_STREAM_EVENT_BYTES`, default 1 MiB;
-`LineSplitter`); error and redirect answers are only cut. `byte_cap` and `describe_bytes` serve the video
-download cap too. The queue clients feed these the chunks they read; `read_capped` (one sync request: no redirect
+`max_json_bytes` (setting `SORA_MAX_JSON_BYTES`, default 8 MiB; `BodyReader`, over the cap: `too_large`), every
+status-stream line at `max_stream_event_bytes` (setting `SORA_MAX_STREAM_EVENT_BYTES`, default 1 MiB;
+`LineSplitter`); error and redirect answers are only cut. `byte_cap`, `parse_byte_cap` and `describe_bytes` serve
+the video download cap (`SORA_MAX_VIDEO_BYTES`) and the upload settings too. Nothing here reads the environment:
+the pipeline's settings (`sora_pipeline.defs.settings`) parse the variables with `parse_byte_cap` and pass the
+caps down. The queue clients feed these the chunks they read; `read_capped` (one sync request: no redirect
 followed, the answer read up to a cap, strict JSON) is the shared reader of the other fal APIs."""
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,25 +24,33 @@ MAX_JSON_BYTES_ENV = "SORA_MAX_JSON_BYTES"
 DEFAULT_MAX_JSON_BYTES = 8 * MiB  # submit / status / result / cancel answers
 MAX_STREAM_EVENT_BYTES_ENV = "SORA_MAX_STREAM_EVENT_BYTES"
 DEFAULT_MAX_STREAM_EVENT_BYTES = 1 * MiB  # one line of the status stream
+MAX_VIDEO_BYTES_ENV = "SORA_MAX_VIDEO_BYTES"
+DEFAULT_MAX_VIDEO_BYTES = 2 << 30  # 2 GiB: a 12 s 1080p clip is tens of MB
 ERROR_BODY_BYTES = 64 * 1024  # error and redirect answers are read this far (they only feed a message), then cut
 
 
-def byte_cap(value: int | None, env_var: str, default: int, env: Mapping[str, str] | None = None) -> int:
-    """A byte cap: `value` if given, else the integer in `env_var` (bytes; `_` allowed), else `default`."""
+def byte_cap(value: int | None, env_var: str, default: int) -> int:
+    """A byte cap: `value` if given (at least 1), else `default`; `env_var` names the setting in the error."""
     if value is None:
-        raw = (os.environ if env is None else env).get(env_var, "").strip()
-        if not raw:
-            return default
-        try:
-            value = int(raw.replace("_", ""))
-        except ValueError:
-            raise ValueError(f"{env_var}={raw!r} is not a whole number of bytes (default {default})") from None
-        if value < 1:
-            raise ValueError(f"{env_var}={raw!r} must be at least 1 byte (default {default})")
-        return value
+        return default
     if int(value) < 1:
         raise ValueError(f"a byte cap must be at least 1 (got {value}; the default is {default}, env {env_var})")
     return int(value)
+
+
+def parse_byte_cap(raw: str | None, env_var: str, default: int) -> int:
+    """The value of setting `env_var` (`raw`, its text: bytes, `_` allowed; empty or None: `default`);
+    ValueError naming the variable when it is not a whole number ≥ 1."""
+    raw = (raw or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise ValueError(f"{env_var}={raw!r} is not a whole number of bytes (default {default})") from None
+    if value < 1:
+        raise ValueError(f"{env_var}={raw!r} must be at least 1 byte (default {default})")
+    return value
 
 
 def describe_bytes(n: int) -> str:

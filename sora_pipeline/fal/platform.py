@@ -2,8 +2,8 @@
 the model registry and prices. Pure httpx; no Dagster.
 
 Rules: the key (`Authorization: Key …`) goes only over https or to a loopback host (else the client refuses to be
-made, before any request); redirects are never followed; every answer is read up to `max_json_bytes` (env
-`SORA_MAX_JSON_BYTES`, default 8 MiB; `limits.read_capped`); network errors, 5xx and 429 are retried
+made, before any request); redirects are never followed; every answer is read up to `max_json_bytes` (default
+8 MiB, the pipeline passes its `SORA_MAX_JSON_BYTES`; `limits.read_capped`); network errors, 5xx and 429 are retried
 (`RetryPolicy`, tenacity), then `PlatformUnavailable`; 401/403 are `PlatformAuthError`; anything else is
 `PlatformError`. Messages are one line and redacted (the key is registered as a secret). Each listing follows
 `next_cursor`/`has_more` through every page (the cursor is opaque) and `calls` counts requests per path. Fields

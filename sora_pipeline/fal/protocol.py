@@ -82,9 +82,9 @@ class OutgoingRequest:
 class QueueProtocol:
     """Builds requests for one endpoint and maps answers to results or typed errors.
 
-    `max_json_bytes` caps every JSON answer (env `SORA_MAX_JSON_BYTES`, default 8 MiB) and
-    `max_stream_event_bytes` every status-stream line (env `SORA_MAX_STREAM_EVENT_BYTES`, default 1 MiB); None
-    reads the env var, else the default applies."""
+    `max_json_bytes` caps every JSON answer (setting `SORA_MAX_JSON_BYTES`, default 8 MiB) and
+    `max_stream_event_bytes` every status-stream line (setting `SORA_MAX_STREAM_EVENT_BYTES`, default 1 MiB);
+    None: the default."""
 
     def __init__(self, *, base_url: str, endpoint_id: str, key: str | SecretStr | None,
                  priority: str | None = None, start_timeout: float | None = None, no_retry: bool = False,

@@ -15,7 +15,8 @@ https, or plain http on a loopback host when the storage origin itself is plain 
 every message passes through the redactor (`FalError` redacts, and the key is registered); the bytes are capped at
 `max_upload_bytes` before anything is sent.
 
-Settings (`StorageSettings.from_env`, validated when the code location loads): `SORA_UPLOAD_THRESHOLD_BYTES`
+Settings (`StorageSettings.from_env`, given the environment by the pipeline's settings, which pass them down;
+validated when the code location loads): `SORA_UPLOAD_THRESHOLD_BYTES`
 (default 8 MiB: larger images are uploaded, smaller ones stay data URIs), `SORA_MAX_UPLOAD_BYTES` (default 50 MiB),
 `SORA_UPLOAD_LIFETIME_S` (default 7 days: sent as the file's lifecycle, and the ledger re-uploads before it ends),
 `SORA_FAL_STORAGE_URL` (default: `https://rest.fal.ai`, fal_client's REST_URL, for fal; the queue's own address
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,7 +36,7 @@ import httpx
 from pydantic import SecretStr
 
 from sora_pipeline.fal.errors import FalError
-from sora_pipeline.fal.limits import MiB, byte_cap, content_length, describe_bytes
+from sora_pipeline.fal.limits import MiB, content_length, describe_bytes, parse_byte_cap
 from sora_pipeline.fal.policies import RetryPolicy
 from sora_pipeline.fal.urls import origin
 from sora_pipeline.redact import register_secret
@@ -68,15 +68,15 @@ class StorageSettings:
     storage_url: str | None = None  # None: fal's storage for fal, the queue's own origin for a simulator
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> StorageSettings:
-        """The four settings from the environment; ValueError naming the variable when one is wrong."""
-        env = os.environ if env is None else env
-        threshold = byte_cap(None, THRESHOLD_ENV, DEFAULT_THRESHOLD_BYTES, env)
-        max_upload = byte_cap(None, MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_BYTES, env)
+    def from_env(cls, env: Mapping[str, str]) -> StorageSettings:
+        """The four settings from `env` (the environment, as `PipelineSettings.from_env` reads it); ValueError
+        naming the variable when one is wrong."""
+        threshold = parse_byte_cap(env.get(THRESHOLD_ENV), THRESHOLD_ENV, DEFAULT_THRESHOLD_BYTES)
+        max_upload = parse_byte_cap(env.get(MAX_UPLOAD_ENV), MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_BYTES)
         if threshold > max_upload:
             raise ValueError(f"{THRESHOLD_ENV}={threshold} is above {MAX_UPLOAD_ENV}={max_upload}: images between "
                              "the two could be sent nowhere; set the threshold at most the upload cap")
-        lifetime = byte_cap(None, LIFETIME_ENV, DEFAULT_LIFETIME_S, env)  # a whole number ≥ 1 (seconds)
+        lifetime = parse_byte_cap(env.get(LIFETIME_ENV), LIFETIME_ENV, DEFAULT_LIFETIME_S)  # whole seconds ≥ 1
         url = (env.get(STORAGE_URL_ENV) or "").strip() or None
         if url is not None:
             check_storage_url(url, setting=STORAGE_URL_ENV)

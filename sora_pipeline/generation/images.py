@@ -53,10 +53,9 @@ class LargeImage(ImageInput):
 
 
 def load_image(ref: str, *, storage_options: dict | None = None,
-               settings: StorageSettings | None = None) -> ImageInput:
+               settings: StorageSettings = StorageSettings()) -> ImageInput:
     """What planning keeps for `ref`: an `ImageInput` (https URL, or a data URI up to the threshold) or a
     `LargeImage` (above it, up to the upload cap). Raises `ImageInputError` like `load_image_input`."""
-    settings = settings or StorageSettings.from_env()
     image = load_image_input(ref, max_bytes=settings.max_upload_bytes, storage_options=storage_options)
     if image.size is None or image.size <= settings.threshold_bytes:
         return image
@@ -70,7 +69,7 @@ class ImageUploads:
 
     def __init__(self, ledger: Ledger, db: Callable[..., Awaitable[Any]], config: GenerationConfig,
                  settings: StorageSettings | None = None) -> None:
-        self.settings = settings or StorageSettings.from_env()
+        self.settings = settings or config.caps.uploads  # the settings' SORA_UPLOAD_* / SORA_FAL_STORAGE_URL
         self.origin = self.settings.origin_for(backend=config.backend, queue_base_url=config.queue_base_url)
         self._ledger, self._db = ledger, db
         self._slots = asyncio.Semaphore(UPLOADS_AT_ONCE)

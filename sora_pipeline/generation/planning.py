@@ -18,7 +18,8 @@ def plan_items(items: list[WorkItem], config: GenerationConfig, ledger: Ledger) 
 
     def load(ref: str) -> ImageInput | str:
         try:
-            return load_image(ref, storage_options=config.storage_options)  # large ones: fal storage later
+            return load_image(ref, storage_options=config.storage_options,  # large ones: fal storage later
+                              settings=config.caps.uploads)
         except ImageInputError as exc:
             return str(exc)
 

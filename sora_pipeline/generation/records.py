@@ -9,6 +9,7 @@ from typing import Any
 
 from sora_pipeline.endpoints import EndpointProfile, EndpointSet, get_profile
 from sora_pipeline.generation.costs import PriceTable
+from sora_pipeline.fal.caps import TransferCaps
 from sora_pipeline.fal.inputs import ImageInput
 from sora_pipeline.fal.models import ImageToVideoOutput
 from sora_pipeline.ledger import LedgerEntry, RequestSpec, ResubmitPolicy, would_submit
@@ -70,6 +71,7 @@ class GenerationConfig:
     unknown_settle: float = 7200.0  # seconds after which a claim absent from the history was never accepted
     #: every endpoint a row may use (the default's included); None: only `endpoint_id`'s profile
     endpoints: EndpointSet | None = field(default=None, repr=False)
+    caps: TransferCaps = field(default_factory=TransferCaps)  # the video cap and fal storage uploads (settings)
     _price_tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -23,7 +23,8 @@ async def download_and_probe(http: httpx.AsyncClient, cfg: GenerationConfig, p: 
     target = f"{cfg.archive_root.rstrip('/')}/{p.item.item_id}" if cfg.archive_root else None
     try:
         artifacts = await fetch_video(http, out.video_url, queue_base_url=cfg.queue_base_url, archive_stem=target,
-                                      storage_options=cfg.storage_options, before_probe=before_probe)
+                                      storage_options=cfg.storage_options, before_probe=before_probe,
+                                      max_bytes=cfg.caps.max_video_bytes)
     except MediaProbeError as exc:
         raise FalError(f"the video of {p.item.item_id} is not a readable MP4: {exc}") from None
     except (DownloadError, DownloadRefused) as exc:

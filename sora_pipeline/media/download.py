@@ -23,11 +23,9 @@ from urllib.parse import urlsplit
 import fsspec
 import httpx
 
-from sora_pipeline.fal.limits import byte_cap, describe_bytes
+from sora_pipeline.fal.limits import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV, byte_cap, describe_bytes
 from sora_pipeline.fal.urls import origin
 
-MAX_VIDEO_BYTES_ENV = "SORA_MAX_VIDEO_BYTES"
-DEFAULT_MAX_VIDEO_BYTES = 2 << 30  # 2 GiB: a 12 s 1080p clip is tens of MB
 DEFAULT_MIN_FREE_BYTES = 256 << 20  # free space the temp directory must keep (at least) to start a download
 
 
@@ -58,7 +56,7 @@ class InsufficientDiskSpace(DownloadError):
 
 
 def max_video_bytes(value: int | None = None) -> int:
-    """The video cap: `value` if given, else SORA_MAX_VIDEO_BYTES, else 2 GiB."""
+    """The video cap: `value` if given (the setting SORA_MAX_VIDEO_BYTES, passed down), else 2 GiB."""
     return byte_cap(value, MAX_VIDEO_BYTES_ENV, DEFAULT_MAX_VIDEO_BYTES)
 
 
@@ -87,7 +85,7 @@ async def download_video(http: httpx.AsyncClient, url: str, *, queue_base_url: s
                          min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> DownloadedFile:
     """Stream `url` to a temp file, hashing as it goes; never holds the whole video in memory.
 
-    `max_bytes`: the longest video accepted (None: env SORA_MAX_VIDEO_BYTES, default 2 GiB). `min_free_bytes`:
+    `max_bytes`: the longest video accepted (None: 2 GiB; the pipeline passes SORA_MAX_VIDEO_BYTES). `min_free_bytes`:
     the free space the temp directory must have (or the Content-Length, if larger) before anything is written."""
     check_video_url(url, queue_base_url)
     cap = max_video_bytes(max_bytes)

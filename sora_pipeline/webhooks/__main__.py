@@ -1,4 +1,6 @@
-"""`python -m sora_pipeline.webhooks`: the webhook receiver as a service (see the package docstring)."""
+"""`python -m sora_pipeline.webhooks`: the webhook receiver as a service (see the package docstring). A process of
+its own (no code location): this entry module reads its environment (`SORA_LEDGER_URL`, `SORA_WEBHOOK_*`) and
+passes it down."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         sys.exit("webhook receiver: set SORA_LEDGER_URL (or --ledger-url) to the shared ledger, "
                  "e.g. postgresql+psycopg2://…")
     try:
-        config = WebhookConfig.from_env(insecure_test_mode=args.insecure_test_mode)
+        config = WebhookConfig.from_env(os.environ, insecure_test_mode=args.insecure_test_mode)
         config.check(args.host)
     except WebhookKeyError as exc:
         sys.exit(f"webhook receiver: {exc}")

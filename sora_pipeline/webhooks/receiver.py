@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -77,9 +76,10 @@ class WebhookConfig:
                                   "(SORA_WEBHOOK_JWKS_FILE) to serve other hosts")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, insecure_test_mode: bool = False) -> WebhookConfig:
-        """Settings from `SORA_WEBHOOK_*`; `WebhookKeyError` (one line) for a value that cannot be used."""
-        env = dict(os.environ if env is None else env)
+    def from_env(cls, env: Mapping[str, str], *, insecure_test_mode: bool = False) -> WebhookConfig:
+        """Settings from `SORA_WEBHOOK_*` in `env` (the service's environment, given by `python -m
+        sora_pipeline.webhooks`); `WebhookKeyError` (one line) for a value that cannot be used."""
+        env = dict(env)
         require = env.get("SORA_WEBHOOK_REQUIRE_SIGNATURE", "").strip().lower()
         if require and require not in _TRUE:
             raise WebhookKeyError(f"SORA_WEBHOOK_REQUIRE_SIGNATURE={require} is no longer read (signatures are "

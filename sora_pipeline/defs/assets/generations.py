@@ -97,7 +97,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         webhook_wait=fal.webhook_wait_seconds if fal.webhook_url else None,
         webhook_ledger_poll=fal.webhook_ledger_poll_seconds,
         submit_heartbeat=config.submit_heartbeat_seconds, unknown_settle=config.unknown_settle_seconds,
-        history=request_history(fal, fal_platform))
+        history=request_history(fal, fal_platform), caps=fal.caps.caps())
     progress_log = logging.getLogger("sora_pipeline.progress")  # the demo prints these lines
 
     def emit(line: str) -> None:
@@ -169,7 +169,8 @@ def request_history(fal: FalVideoResource, fal_platform: FalPlatformResource):
     def history(endpoint_id: str, start, end):
         from sora_pipeline.fal.platform import PlatformClient
 
-        with PlatformClient(url, key, timeout=fal_platform.request_timeout) as client:
+        with PlatformClient(url, key, timeout=fal_platform.request_timeout,
+                            max_json_bytes=fal_platform.max_json_bytes) as client:
             # small pages: each item carries its input, whose image may be a data URI of megabytes
             yield from client.requests_by_endpoint(endpoint_id, start=start, end=end, expand_payloads=True, limit=20)
 
