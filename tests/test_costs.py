@@ -46,13 +46,11 @@ def test_priced_cost_by_output_size():
     assert priced_cost(p, seconds_generated=12, byo_openai_key=True, height=1080) == 0.0
 
 
-def test_from_env(monkeypatch):
-    monkeypatch.delenv(PRICE_TABLE_ENV, raising=False)
-    assert PriceTable.from_env() == PriceTable()
-    monkeypatch.setenv(PRICE_TABLE_ENV, '{"720p": 0.25, "1080p": 0.6}')
-    assert PriceTable.from_env().per_second == {"720p": 0.25, "1080p": 0.6}
-    assert PriceTable.from_env({PRICE_TABLE_ENV: '{"1080p": 0.7, "auto": 0.65}'}).rate("auto") == 0.65
-    full = PriceTable.from_env({PRICE_TABLE_ENV: '{"per_second": {"720p": 1}, "currency": "EUR"}'})
+def test_with_override():
+    assert PriceTable.with_override(None) == PriceTable() == PriceTable.with_override("  ")
+    assert PriceTable.with_override('{"720p": 0.25, "1080p": 0.6}').per_second == {"720p": 0.25, "1080p": 0.6}
+    assert PriceTable.with_override('{"1080p": 0.7, "auto": 0.65}').rate("auto") == 0.65
+    full = PriceTable.with_override('{"per_second": {"720p": 1}, "currency": "EUR"}')
     assert full.currency == "EUR" and full.rate("720p") == 1 and full.rate("1080p") == 0.5
 
 
@@ -65,9 +63,9 @@ def test_from_env(monkeypatch):
     ('{"per_second": 3}', "per_second must be a JSON object"),
     ('{"720p": 0.3, "colour": "red"}', "must look like"),
 ])
-def test_from_env_errors_are_clear(raw, needle):
+def test_override_errors_are_clear(raw, needle):
     with pytest.raises(PriceTableError, match=PRICE_TABLE_ENV) as exc:
-        PriceTable.from_env({PRICE_TABLE_ENV: raw})
+        PriceTable.with_override(raw)
     assert needle in str(exc.value)
     assert isinstance(exc.value, ValueError)
 

@@ -20,6 +20,7 @@ from sora_pipeline.defs.settings import ConfigError, PipelineSettings
     ({"SORA_POLL_INTERVAL": "-1"}, "SORA_POLL_INTERVAL"),
     ({"SORA_ENDPOINT_ID": "sora"}, "SORA_ENDPOINT_ID"),
     ({"SORA_PARTITIONS_START": "yesterday"}, "SORA_PARTITIONS_START"),
+    ({"SORA_PRICE_TABLE": '{"720p": "cheap"}'}, "SORA_PRICE_TABLE"),  # at load, not when a day runs
 ])
 def test_bad_settings_name_the_variable(env, names):
     with pytest.raises(ConfigError) as err:
@@ -130,3 +131,13 @@ def test_settings_are_read_once_and_reach_the_resources():
         (1000, 2000, 30, "https://s.example")
     assert res["fal_platform"].max_json_bytes == 2000
     assert (s.failpoint, s.partitions_start) == ("mid_poll", "2026-02-03")
+
+
+def test_the_price_table_reaches_the_generations_step_s_prices():
+    from sora_pipeline.defs.code_location import build_resources
+
+    settings = PipelineSettings.from_env({"SORA_PRICE_TABLE": '{"720p": 0.25, "1080p": 0.6}'})
+    prices = build_resources(settings)["fal"].prices()
+    assert prices.per_second == {"720p": 0.25, "1080p": 0.6}
+    assert build_resources(PipelineSettings.from_env({}))["fal"].prices().per_second == {"720p": 0.3, "1080p": 0.5}
+

@@ -117,7 +117,8 @@ def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -
             openai_api_key=dg.EnvVar("SORA_OPENAI_API_KEY") if settings.has_openai_key else None,
             max_concurrency=settings.max_concurrency, account_concurrency=settings.fal_concurrency,
             inflight_cap=settings.inflight_cap, poll_interval=settings.poll_interval,
-            webhook_url=settings.webhook_url, caps=TransferCapsConfig.of(settings.caps), **fal_overrides),
+            webhook_url=settings.webhook_url, caps=TransferCapsConfig.of(settings.caps),
+            price_table=settings.price_table, **fal_overrides),
         "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
                                        ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
         "fal_platform": FalPlatformResource(

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr, field_validator
 
+from sora_pipeline.generation.costs import PriceTable
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
 from sora_pipeline.fal.identity import identify_backend
 from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID, EndpointProfile, EndpointSet, get_profile, profiles
@@ -30,6 +31,8 @@ class FalVideoResource(dg.ConfigurableResource):
     queue_url: str | None = Field(default=None, description="queue base URL (https://queue.fal.run for fal)")
     fal_key: str | None = Field(default=None, description="fal API key; pass EnvVar('FAL_KEY')")
     openai_api_key: str | None = Field(default=None, description="optional OpenAI key sent as `api_key`")
+    price_table: str | None = Field(default=None, description="JSON prices overriding the default endpoint's "
+                                    "per-second prices (SORA_PRICE_TABLE), e.g. {\"720p\": 0.3}")
     account_concurrency: int | None = Field(default=None, ge=1, description="the fal account's concurrency C "
                                             "(requests it runs at once), shared by every run, process and worker "
                                             "of the ledger; unset: 8")
@@ -82,6 +85,10 @@ class FalVideoResource(dg.ConfigurableResource):
         get_profile(value)  # an unknown endpoint fails at load, listing the known ones
         return value
 
+    def prices(self) -> PriceTable:
+        """The default endpoint's prices: its profile's, overridden by `price_table` (SORA_PRICE_TABLE)."""
+        return PriceTable.with_override(self.price_table, self.endpoints().default)
+
     def endpoints(self) -> EndpointSet:
         """The endpoints this code location may call, resolved once: `endpoint_id`'s profile as the default, and
         every known profile (shipped, or from SORA_ENDPOINT_PROFILES) for catalog rows naming their own."""
@@ -89,6 +96,12 @@ class FalVideoResource(dg.ConfigurableResource):
             known = profiles()
             self._endpoints = EndpointSet(known[self.endpoint_id], known)
         return self._endpoints
+
+    @field_validator("price_table")
+    @classmethod
+    def _check_prices(cls, value: str | None) -> str | None:
+        PriceTable.with_override(value)  # a bad table fails at load, saying what is wrong
+        return value or None
 
     @field_validator("queue_priority")
     @classmethod

@@ -17,6 +17,7 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy.engine import make_url
 
+from sora_pipeline.generation.costs import PRICE_TABLE_ENV, PriceTable, PriceTableError
 from sora_pipeline.endpoints import BadProfile, UnknownEndpoint, get_profile
 from sora_pipeline.ledger import url_problem
 from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID
@@ -60,6 +61,7 @@ class PipelineSettings:
     webhook_url: str | None = None
     platform_url: str = DEFAULT_API_URL  # fal's platform API (registry, prices, billing, history)
     has_admin_key: bool = False  # FAL_ADMIN_KEY: billing events (a secret: only its presence is kept here)
+    price_table: str | None = None  # SORA_PRICE_TABLE: JSON prices overriding the default endpoint's (checked)
     caps: TransferCaps = field(default_factory=TransferCaps)  # byte caps and fal storage uploads
     failpoint: str | None = None  # SORA_FAILPOINT: a crash point armed for tests (`generation.failpoints`)
     plain_logs: bool = False  # NO_COLOR set: Dagster's command-line logs without colour codes
@@ -105,9 +107,14 @@ class PipelineSettings:
             raise ConfigError(f"SORA_ENDPOINT_ID={endpoint_id!r} must look like owner/alias/path, "
                               f"e.g. {DEFAULT_ENDPOINT_ID}") from None
         try:
-            get_profile(endpoint_id, env=dict(env) if env is not None else None)
+            profile = get_profile(endpoint_id, env=dict(env) if env is not None else None)
         except (UnknownEndpoint, BadProfile) as exc:
             raise ConfigError(f"SORA_ENDPOINT_ID: {exc}") from None
+        price_table = get(PRICE_TABLE_ENV)
+        try:
+            PriceTable.with_override(price_table, profile)
+        except PriceTableError as exc:
+            raise ConfigError(f"{exc}; unset it to use {endpoint_id}'s prices") from None
         start = _partitions_start(get("SORA_PARTITIONS_START"))
         webhook_url = get("SORA_WEBHOOK_URL")
         if webhook_url is not None and urlsplit(webhook_url).scheme not in ("http", "https"):
@@ -146,6 +153,7 @@ class PipelineSettings:
             inflight_cap=_number(get, "SORA_FAL_INFLIGHT_CAP", int, None, minimum=1),
             poll_interval=_number(get, "SORA_POLL_INTERVAL", float, DEFAULT_POLL_INTERVAL, minimum=0.01),
             image_roots=roots,
+            price_table=price_table,
             partitions_start=start,
             webhook_url=webhook_url,
             platform_url=platform_url,

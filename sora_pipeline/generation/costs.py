@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -104,12 +103,11 @@ class PriceTable(BaseModel):
         return self.per_video.get(ANY_TIER, max(self.per_video.values()))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, profile: Any = None) -> PriceTable:
-        """The endpoint's prices (its profile's; Sora 2 Pro's without one) overridden by `SORA_PRICE_TABLE`: a JSON
-        object of per-second prices, e.g. `{"720p": 0.3, "1080p": 0.5, "auto": 0.5}`, or a full
-        `{"per_second": {...}, "auto": ..., "currency": ...}`."""
+    def with_override(cls, raw: str | None, profile: Any = None) -> PriceTable:
+        """The endpoint's prices (its profile's; Sora 2 Pro's without one) overridden by `raw`, the value of
+        `SORA_PRICE_TABLE` (read by the settings): a JSON object of per-second prices, e.g.
+        `{"720p": 0.3, "1080p": 0.5, "auto": 0.5}`, or a full `{"per_second": {...}, "auto": ..., "currency": ...}`."""
         base = cls.from_profile(profile) if profile is not None else cls()
-        raw = (os.environ if env is None else env).get(PRICE_TABLE_ENV)
         if raw is None or not raw.strip():
             return base
         try:

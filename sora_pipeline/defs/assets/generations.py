@@ -66,7 +66,6 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                 warehouse: WarehouseResource, fal_platform: FalPlatformResource):
     from sora_pipeline.generation.records import GenerationConfig, WorkItem
     from sora_pipeline.generation.runner import GenerationRunner
-    from sora_pipeline.generation.costs import PriceTable
     from sora_pipeline.generation.failpoints import failpoint
     from sora_pipeline.fal.errors import AuthenticationError
 
@@ -91,7 +90,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                               regenerate=config.regenerate,
                               # a live submitter renews its claims (heartbeat): one not renewed is a dead run's
                               submit_lease_seconds=4 * config.submit_heartbeat_seconds),
-        prices=PriceTable.from_env(profile=fal.endpoints().default), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
+        prices=fal.prices(), run_budget=config.run_budget_usd, day_budget=config.day_budget_usd,
         dry_run=config.dry_run, openai_api_key=fal.openai_api_key,
         progress_interval=config.progress_interval_seconds,
         webhook_wait=fal.webhook_wait_seconds if fal.webhook_url else None,
