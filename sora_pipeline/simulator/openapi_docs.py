@@ -20,8 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sora_pipeline.endpoints.openapi import openapi_document, price_answer
-from sora_pipeline.endpoints.refresh import read_profiles
-from sora_pipeline.endpoints.registry import profile_dirs
+from sora_pipeline.endpoints.registry import profile_dirs, read_profiles
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.core import _detail
 from sora_pipeline.simulator.platform import Gate, auth_error, fal_error
