@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop
 
 from sora_pipeline.fal.limits import MAX_JSON_BYTES_ENV, AnswerRefused, byte_cap, read_capped
 from sora_pipeline.fal.policies import RetryPolicy
-from sora_pipeline.fal.urls import check_service_url
+from sora_pipeline.fal.urls import check_service_url, origin_url
 from sora_pipeline.redact import redact, register_secret
 
 DEFAULT_API_URL = "https://api.fal.ai/v1"
@@ -302,10 +302,10 @@ class PlatformClient:
         if 300 <= code < 400:
             target = answer.headers.get("location", "")
             try:
-                to = httpx.URL(self.base_url).join(target)
-                to_text = f" to {to.scheme}://{to.host}{f':{to.port}' if to.port else ''}"
+                to = origin_url(str(httpx.URL(self.base_url).join(target)))
             except Exception:
-                to_text = ""
+                to = None
+            to_text = f" to {to}" if to else ""
             return PlatformError(f"{where}: HTTP {code}, a redirect{to_text}; redirects are not followed, so the "
                                  f"key only goes to {self.base_url} (set {API_URL_ENV} to the API's own address)",
                                  status_code=code)
