@@ -1,4 +1,4 @@
-"""Endpoint profiles and `python -m sora_pipeline.endpoints refresh`: every shipped profile is consistent; the
+"""Endpoint profiles and `python -m sora_pipeline.endpoint_tools refresh`: every shipped profile is consistent; the
 OpenAPI conversion round-trips; the command, run as a subprocess over real HTTP on loopback against the
 simulator's schema and price routes, finds nothing to change in a shipped profile, shows and writes a changed
 document, and meets a hostile server (oversized, redirecting, echoing the key, $ref cycles, bad JSON) with a
@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from sora_pipeline.endpoint_tools.profile_edit import dump_profile, profile_problems
 from sora_pipeline.endpoints.openapi import (OpenAPIError, openapi_document, price_answer, price_entry,
                                              pricing_from_price, profile_sections_from_openapi)
-from sora_pipeline.endpoints.refresh import PROFILES_DIR, dump_profile, file_name, profile_problems, read_profiles
+from sora_pipeline.endpoints.registry import PROFILES_DIR, file_name, read_profiles
 from sora_pipeline.serving import BackgroundServer
 from sora_pipeline.simulator import SimulatorConfig
 from sora_pipeline.simulator.openapi_docs import routes
@@ -51,7 +52,7 @@ def run_cli(*args: str, key: str | None = KEY, timeout: float = 60) -> subproces
     env["PYTHONPATH"] = str(REPO)
     if key:
         env["FAL_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "sora_pipeline.endpoints", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "sora_pipeline.endpoint_tools", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from sora_pipeline.endpoints import known_endpoints
-from sora_pipeline.endpoints.refresh import PROFILES_DIR, file_name
+from sora_pipeline.endpoints.registry import PROFILES_DIR, file_name
 
 KEY = "sim-key-4b9e21"
 KLING = "fal-ai/kling-video/v2.1/standard/image-to-video"
@@ -18,7 +18,7 @@ KLING = "fal-ai/kling-video/v2.1/standard/image-to-video"
 
 def run_all(url: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))} | {"FAL_KEY": KEY}
-    return subprocess.run([sys.executable, "-m", "sora_pipeline.endpoints", "refresh", "--all", "--api-url", url,
+    return subprocess.run([sys.executable, "-m", "sora_pipeline.endpoint_tools", "refresh", "--all", "--api-url", url,
                            *args], env=env | (env_extra or {}), capture_output=True, text=True, timeout=120)
 
 

@@ -1,4 +1,4 @@
-"""`python -m sora_pipeline.endpoints refresh` against a hostile pricing server on loopback: a key echoed in the
+"""`python -m sora_pipeline.endpoint_tools refresh` against a hostile pricing server on loopback: a key echoed in the
 price unit (whole, or cut to fal's 40 characters) is masked wherever it is printed; a zero price, a drop over half
 or a switch to a tiny per-video price is refused in one line (exit 5) and leaves the profile, and so the budget's
 estimates, unchanged unless `--accept-price-drop`."""
@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sora_pipeline.endpoint_tools.profile_edit import dump_profile
 from sora_pipeline.endpoints.openapi import openapi_document
-from sora_pipeline.endpoints.refresh import dump_profile, file_name
+from sora_pipeline.endpoints.registry import file_name
 from tests.test_endpoint_refresh import KEY, MAPPING, SHIPPED, SORA2, AppServer, refresh
 
 # ---- hostile price answers: echoed keys, zeroed and collapsed prices ------------------------------------------

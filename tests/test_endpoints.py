@@ -275,7 +275,7 @@ def test_refresh_against_the_simulator_changes_nothing_for_every_shipped_profile
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SORA_", "FAL_"))} | {"FAL_KEY": "sim-key-7f3a91"}
     for endpoint in known_endpoints():
-        done = subprocess.run([sys.executable, "-m", "sora_pipeline.endpoints", "refresh", endpoint, "--dry-run",
+        done = subprocess.run([sys.executable, "-m", "sora_pipeline.endpoint_tools", "refresh", endpoint, "--dry-run",
                                "--openapi-url", simulator.base_url, "--api-url", simulator.base_url,
                                "--profiles-dir", str(tmp_path)], env=env, capture_output=True, text=True,
                               timeout=120)

@@ -1,7 +1,8 @@
 """fal endpoints as data: one profile per endpoint (input schema, catalog mapping, output, price, video shape).
 
-`get_profile(endpoint_id)` returns the `EndpointProfile` of a known endpoint; `python -m sora_pipeline.endpoints`
-lists the profiles and refreshes one from fal's OpenAPI document and price (docs/endpoints.md)."""
+`get_profile(endpoint_id)` returns the `EndpointProfile` of a known endpoint (`registry`); `openapi` converts fal's
+OpenAPI documents and prices to profile sections and back; `price_check` holds the price rules. The tool that lists
+and refreshes the profiles is `python -m sora_pipeline.endpoint_tools` (docs/endpoints.md)."""
 
 from .endpoint_set import EndpointSet
 from .profile import EndpointProfile, FieldSpec

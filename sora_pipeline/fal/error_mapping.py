@@ -18,7 +18,7 @@ from sora_pipeline.fal.errors import (
     ResultGoneError,
     TransientError,
 )
-from sora_pipeline.fal.urls import origin
+from sora_pipeline.fal.urls import origin_url
 
 Phase = Literal["submit", "status", "result", "cancel"]
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -84,8 +84,8 @@ def error_for(response: httpx.Response, phase: Phase, request_id: str | None = N
 def redirect_error(response: httpx.Response, phase: Phase, request_id: str | None, *, base_url: str) -> Exception:
     """A 3xx answer: never followed, so the key only goes to `base_url`."""
     code = response.status_code
-    target = origin(response.headers.get("location", ""))
-    where = f"a redirect to {target[0]}://{target[1]}:{target[2]}"[:160] if target else "a redirect"
+    target = origin_url(response.headers.get("location", ""))
+    where = f"a redirect to {target}"[:160] if target else "a redirect"
     text = (f"the queue answered HTTP {code} ({where}) on {phase}; redirects are never followed, so the key "
             f"only goes to {base_url}: set SORA_FAL_QUEUE_URL to the queue's own address")
     if phase == "submit":

@@ -157,7 +157,13 @@ def content_length(response: httpx.Response) -> int | None:
 # ---- one capped request (platform API, schema and price documents) --------------------------------------------
 
 class AnswerRefused(Exception):
-    """A 2xx answer over its byte cap (declared or streamed) or slower than its time cap: it was not used."""
+    """A 2xx answer over its byte cap (declared or streamed) or slower than its time cap: it was not used. The
+    message says which; `cap` (bytes), `declared` (its Content-Length, when that was over) and `seconds` (the time
+    cap, when that was passed) let a caller word it its own way."""
+
+    def __init__(self, message: str, *, cap: int, declared: int | None = None, seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.cap, self.declared, self.seconds = cap, declared, seconds
 
 
 @dataclass(frozen=True)
@@ -198,17 +204,18 @@ def read_capped(client: httpx.Client, method: str, url: str, *, max_bytes: int,
         declared = content_length(response)
         if ok and declared is not None and declared > cap:
             raise AnswerRefused(f"the answer declares Content-Length {declared:,}, over the "
-                                f"{describe_bytes(cap)} cap; it was not read")
+                                f"{describe_bytes(cap)} cap; it was not read", cap=cap, declared=declared)
         for chunk in response.iter_bytes():
             if size + len(chunk) > cap:
                 if ok:
                     raise AnswerRefused(f"the answer is larger than the {describe_bytes(cap)} cap; reading "
-                                        "stopped there")
+                                        "stopped there", cap=cap)
                 chunks.append(chunk[:cap - size])
                 cut = True
                 break
             chunks.append(chunk)
             size += len(chunk)
             if max_seconds is not None and time.monotonic() - started > max_seconds:
-                raise AnswerRefused(f"the answer took over {max_seconds:g} s; reading stopped")
+                raise AnswerRefused(f"the answer took over {max_seconds:g} s; reading stopped", cap=cap,
+                                    seconds=max_seconds)
         return CappedAnswer(response.status_code, response.headers, b"".join(chunks), cut)

@@ -4,11 +4,11 @@ the model registry and prices. Pure httpx; no Dagster.
 Rules: the key (`Authorization: Key …`) goes only over https or to a loopback host (else the client refuses to be
 made, before any request); redirects are never followed; every answer is read up to `max_json_bytes` (default
 8 MiB, the pipeline passes its `SORA_MAX_JSON_BYTES`; `limits.read_capped`); network errors, 5xx and 429 are retried
-(`RetryPolicy`, tenacity), then `PlatformUnavailable`; 401/403 are `PlatformAuthError`; anything else is
-`PlatformError`. Messages are one line and redacted (the key is registered as a secret). Each listing follows
-`next_cursor`/`has_more` through every page (the cursor is opaque) and `calls` counts requests per path. Fields
-may be missing or null in older answers: the documented ones are always present in what is returned (None when
-fal sent none), numbers are floats or None."""
+(`RetryPolicy`, tenacity), then `PlatformUnavailable`; 401/403 are `PlatformAuthError`; a 2xx answer not in the
+documented shape is `PlatformAnswerError`; anything else is `PlatformError`. Messages are one line and redacted
+(the key is registered as a secret). Each listing follows `next_cursor`/`has_more` through every page (the cursor
+is opaque) and `calls` counts requests per path. Fields may be missing or null in older answers: the documented
+ones are always present in what is returned (None when fal sent none), numbers are floats or None."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop
 
 from sora_pipeline.fal.limits import MAX_JSON_BYTES_ENV, AnswerRefused, byte_cap, read_capped
 from sora_pipeline.fal.policies import RetryPolicy
-from sora_pipeline.fal.urls import check_service_url
+from sora_pipeline.fal.urls import check_service_url, origin_url
 from sora_pipeline.redact import redact, register_secret
 
 DEFAULT_API_URL = "https://api.fal.ai/v1"
@@ -48,6 +48,10 @@ class PlatformError(Exception):
         message = " ".join(str(redact(message)).split())
         super().__init__(message)
         self.status_code, self.error_type = status_code, redact(error_type)
+
+
+class PlatformAnswerError(PlatformError):
+    """A 2xx answer that is not what the API documents: not a JSON object, no list of items, a broken cursor."""
 
 
 class PlatformAuthError(PlatformError):
@@ -237,16 +241,16 @@ class PlatformClient:
             page = self._get(path, query + ([("cursor", cursor)] if cursor else []))
             items = page.get(field)
             if not isinstance(items, list):
-                raise PlatformError(f"fal platform {path}: the answer has no {field!r} list")
+                raise PlatformAnswerError(f"fal platform {path}: the answer has no {field!r} list")
             yield from (i for i in items if isinstance(i, dict))
             more, cursor = page.get("has_more"), page.get("next_cursor")
             if not isinstance(cursor, str) or not cursor or more is False:
                 if more is True:
-                    raise PlatformError(f"fal platform {path}: has_more without a next_cursor; the listing is "
+                    raise PlatformAnswerError(f"fal platform {path}: has_more without a next_cursor; the listing is "
                                         "incomplete")
                 return
             if cursor in seen:
-                raise PlatformError(f"fal platform {path}: next_cursor repeats an earlier page; stopped")
+                raise PlatformAnswerError(f"fal platform {path}: next_cursor repeats an earlier page; stopped")
             seen.add(cursor)
 
     def _get(self, path: str, query: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -285,9 +289,11 @@ class PlatformClient:
             try:
                 body = answer.json()
             except ValueError:
-                raise PlatformError(f"{where}: HTTP {code} but the answer is not JSON", status_code=code) from None
+                raise PlatformAnswerError(f"{where}: HTTP {code} but the answer is not JSON",
+                                          status_code=code) from None
             if not isinstance(body, dict):
-                raise PlatformError(f"{where}: HTTP {code} but the answer is not a JSON object", status_code=code)
+                raise PlatformAnswerError(f"{where}: HTTP {code} but the answer is not a JSON object",
+                                          status_code=code)
             return body
         raise self._error(answer, path)
 
@@ -296,10 +302,10 @@ class PlatformClient:
         if 300 <= code < 400:
             target = answer.headers.get("location", "")
             try:
-                to = httpx.URL(self.base_url).join(target)
-                to_text = f" to {to.scheme}://{to.host}{f':{to.port}' if to.port else ''}"
+                to = origin_url(str(httpx.URL(self.base_url).join(target)))
             except Exception:
-                to_text = ""
+                to = None
+            to_text = f" to {to}" if to else ""
             return PlatformError(f"{where}: HTTP {code}, a redirect{to_text}; redirects are not followed, so the "
                                  f"key only goes to {self.base_url} (set {API_URL_ENV} to the API's own address)",
                                  status_code=code)

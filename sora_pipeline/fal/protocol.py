@@ -35,7 +35,8 @@ from sora_pipeline.fal.limits import (
 )
 from sora_pipeline.endpoints import EndpointProfile, UnknownEndpoint, get_profile
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput, validation_messages
-from sora_pipeline.fal.urls import MAX_REQUEST_ID_LENGTH, check_base_url, origin, split_endpoint, valid_request_id
+from sora_pipeline.fal.urls import (MAX_REQUEST_ID_LENGTH, check_base_url, origin, origin_url, split_endpoint,
+                                    valid_request_id)
 from sora_pipeline.redact import register_secret
 
 __all__ = ["OutgoingRequest", "QueueHandle", "QueueProtocol", "QueueStatus"]
@@ -179,8 +180,7 @@ class QueueProtocol:
         if len(self._warned) >= _WARNED_LIMIT:
             self._warned.clear()
         self._warned.add(request_id)
-        where = origin(given)
-        shown = f"{where[0]}://{where[1]}:{where[2]}" if where else "a malformed URL"
+        shown = origin_url(given) or "a malformed URL"
         log.warning("fal request %s: the queue answered URLs on %s (or with an unexpected path), not on the "
                     "configured queue %s; using %s/%s/%s/requests/%s/... instead (the key only goes to the "
                     "configured origin)", request_id, shown[:120], self.base_url, self.base_url, self.owner,

@@ -38,7 +38,7 @@ from pydantic import SecretStr
 from sora_pipeline.fal.errors import FalError
 from sora_pipeline.fal.limits import MiB, content_length, describe_bytes, parse_byte_cap
 from sora_pipeline.fal.policies import RetryPolicy
-from sora_pipeline.fal.urls import origin
+from sora_pipeline.fal.urls import origin, origin_url
 from sora_pipeline.redact import register_secret
 from sora_pipeline.wire import is_loopback
 
@@ -110,8 +110,7 @@ def check_storage_url(url: str, *, setting: str = STORAGE_URL_ENV) -> str:
 
 
 def _where(url: str) -> str:
-    o = origin(url)
-    return f"{o[0]}://{o[1]}:{o[2]}"[:160] if o else "an unusable URL"
+    return (origin_url(url) or "an unusable URL")[:160]
 
 
 class _Retry(Exception):
@@ -225,7 +224,7 @@ class StorageUploader:
         code = response.status_code
         if 300 <= code < 400:
             target = response.headers.get("location", "")
-            to = f" to {_where(target)}" if origin(target) else ""
+            to = f" to {_where(target)}" if origin_url(target) else ""
             return StorageUploadError(f"fal storage answered HTTP {code} (a redirect{to}) on the {what} at "
                                       f"{_where(url)}; redirects are never followed", retryable=False)
         detail = _detail(text)

@@ -1,7 +1,7 @@
 """Where fal lives and which request ids are acceptable: the parts of a URL that decide where the key goes
 (`origin`, `origin_url`), the configured queue base URL (`check_base_url`), a service's base URL that a key may be
-sent to (`check_service_url`: https, or plain http on loopback), endpoint ids (`split_endpoint`) and request ids
-(`valid_request_id`: never a path). No I/O."""
+sent to (`check_service_url`: https, or plain http on loopback), endpoint ids (`check_endpoint_id`, the one rule;
+`split_endpoint`) and request ids (`valid_request_id`: never a path). No I/O."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from sora_pipeline.wire import is_loopback
 
 MAX_REQUEST_ID_LENGTH = 128
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % MAX_REQUEST_ID_LENGTH)
+MAX_ENDPOINT_ID_LENGTH = 200
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)+")
 
 
 def valid_request_id(value: Any) -> bool:
@@ -46,11 +48,20 @@ def origin_url(url: str) -> str | None:
     return f"{scheme}://{host}" + ("" if port == (443 if scheme == "https" else 80) else f":{port}")
 
 
+def check_endpoint_id(endpoint_id: str) -> str:
+    """A fal endpoint id without surrounding blanks and slashes: `owner/alias[/path]`, each part letters, digits,
+    `.`, `_`, `-` (not starting with a punctuation mark: never `..`), at most 200 characters in all (it goes into
+    URL paths and query strings as it is). ValueError in one line otherwise."""
+    cleaned = endpoint_id.strip().strip("/") if isinstance(endpoint_id, str) else ""
+    if len(cleaned) > MAX_ENDPOINT_ID_LENGTH or not _ENDPOINT_ID.fullmatch(cleaned):
+        raise ValueError(f"endpoint id {str(endpoint_id)[:80]!r} must look like 'owner/alias[/path]' "
+                         "(like fal-ai/sora-2/image-to-video)")
+    return cleaned
+
+
 def split_endpoint(endpoint_id: str) -> tuple[str, str, str]:
-    """`fal-ai/sora-2/image-to-video/pro` → ("fal-ai", "sora-2", "image-to-video/pro")."""
-    parts = endpoint_id.strip("/").split("/")
-    if len(parts) < 2 or not all(parts):
-        raise ValueError(f"endpoint id {endpoint_id!r} must look like 'owner/alias[/path]'")
+    """`fal-ai/sora-2/image-to-video/pro` → ("fal-ai", "sora-2", "image-to-video/pro") (`check_endpoint_id`)."""
+    parts = check_endpoint_id(endpoint_id).split("/")
     return parts[0], parts[1], "/".join(parts[2:])
 
 
@@ -62,10 +73,12 @@ def check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
-def check_service_url(base_url: str, *, what: str, example: str, fix: str, with_key: bool = True) -> httpx.URL:
+def check_service_url(base_url: str, *, what: str, example: str, fix: str, with_key: bool = True,
+                      carries: str = "the key") -> httpx.URL:
     """A service's base URL (fal's platform API, its OpenAPI documents): a plain http(s) URL (no credentials, query
-    or fragment) and, when a key goes with it, https or a loopback host. ValueError in one line otherwise, naming
-    `what` and ending in `fix` (e.g. "set SORA_FAL_API_URL")."""
+    or fragment) and, when a key (or anything else that must not travel in clear: `carries`) goes with it, https
+    or a loopback host. ValueError in one line otherwise, naming `what` and ending in `fix` (e.g. "set
+    SORA_FAL_API_URL")."""
     shown = f"{what} {str(base_url)[:80]!r}"
     try:
         url = httpx.URL(base_url)
@@ -74,6 +87,6 @@ def check_service_url(base_url: str, *, what: str, example: str, fix: str, with_
     if url.scheme not in ("http", "https") or not url.host or url.userinfo or url.query or url.fragment:
         raise ValueError(f"{shown} must be a plain http(s) URL like {example}; {fix}")
     if with_key and url.scheme != "https" and not is_loopback(url.host):
-        raise ValueError(f"{shown} is plain http on a non-loopback host: the key would travel in clear, nothing was "
+        raise ValueError(f"{shown} is plain http on a non-loopback host: {carries} would travel in clear, nothing was "
                          f"sent; use https ({fix})")
     return url

@@ -24,7 +24,7 @@ import fsspec
 import httpx
 
 from sora_pipeline.fal.limits import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV, byte_cap, describe_bytes
-from sora_pipeline.fal.urls import origin
+from sora_pipeline.fal.urls import origin_url
 
 DEFAULT_MIN_FREE_BYTES = 256 << 20  # free space the temp directory must keep (at least) to start a download
 
@@ -110,8 +110,8 @@ async def download_video(http: httpx.AsyncClient, url: str, *, queue_base_url: s
 
 
 def _shown(url: str) -> str:
-    where = origin(url)
-    return f"{where[0]}://{where[1]}:{where[2]}/…" if where else "the video URL"
+    where = origin_url(url)
+    return f"{where}/…" if where else "the video URL"
 
 
 def _too_large(url: str, cap: int, declared: int | None = None) -> str:
@@ -123,8 +123,8 @@ def _too_large(url: str, cap: int, declared: int | None = None) -> str:
 def _check_answer(response: httpx.Response, url: str, cap: int, tmp_dir: str, min_free_bytes: int) -> None:
     """Before a byte is written: no redirect, a success, a Content-Length within the cap, enough free disk."""
     if 300 <= response.status_code < 400:
-        target = origin(response.headers.get("location", ""))
-        where = f" to {target[0]}://{target[1]}:{target[2]}" if target else ""
+        target = origin_url(response.headers.get("location", ""))
+        where = f" to {target}" if target else ""
         raise DownloadRefused(f"the video at {_shown(url)} answered HTTP {response.status_code} (a redirect"
                               f"{where}); redirects are never followed")
     response.raise_for_status()

@@ -2,7 +2,7 @@
 
 - `GET /api/openapi/queue/openapi.json?endpoint_id=<id>` (no auth, like fal): the endpoint's queue OpenAPI
   document in fal's shape (`sora_pipeline.endpoints.openapi.openapi_document`), so that
-  `python -m sora_pipeline.endpoints refresh <id> --openapi-url <simulator>` finds nothing to change;
+  `python -m sora_pipeline.endpoint_tools refresh <id> --openapi-url <simulator>` finds nothing to change;
 - `GET /v1/models/pricing?endpoint_id=<id>[,<id>…]` (a key, as the other `/v1/models…` routes: `platform.py`):
   `{"prices": [{"endpoint_id", "unit_price", "unit", "currency"}], "next_cursor": null, "has_more": false}`;
   errors in fal's platform shape `{"error": {"type", "message"}}`.
@@ -20,8 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sora_pipeline.endpoints.openapi import openapi_document, price_answer
-from sora_pipeline.endpoints.refresh import read_profiles
-from sora_pipeline.endpoints.registry import profile_dirs
+from sora_pipeline.endpoints.registry import profile_dirs, read_profiles
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.core import _detail
 from sora_pipeline.simulator.platform import Gate, auth_error, fal_error

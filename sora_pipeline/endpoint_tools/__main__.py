@@ -1,7 +1,8 @@
-"""`python -m sora_pipeline.endpoints list` prints the shipped endpoint profiles (what each maps, its durations,
-resolutions and price); `python -m sora_pipeline.endpoints refresh ENDPOINT_ID` refreshes one from fal's OpenAPI
-document and pricing API (`refresh.py`; docs/endpoints.md). Errors are one line, `error: …`, with the exit code
-of `refresh.py` (1 download, 2 usage, 3 bad document, 4 the profile needs a person, 5 a price drop refused)."""
+"""`python -m sora_pipeline.endpoint_tools list` prints the shipped endpoint profiles (what each maps, its
+durations, resolutions and price); `python -m sora_pipeline.endpoint_tools refresh ENDPOINT_ID` refreshes one from
+fal's OpenAPI document and pricing API, `refresh --all` every profile from fal's platform API (`refresh.py`;
+docs/endpoints.md). Errors are one line, `error: …`, with the exit codes of `errors.py` (1 download, 2 usage,
+3 bad document, 4 the profile needs a person, 5 a price drop refused). FAL_KEY is read from the environment here."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sora_pipeline.endpoint_tools.errors import EXIT_USAGE, RefreshError
+from sora_pipeline.endpoint_tools.fetch import API_BASE, OPENAPI_BASE
+from sora_pipeline.endpoint_tools.profile_edit import parse_mapping
+from sora_pipeline.endpoint_tools.refresh import refresh, refresh_all
 from sora_pipeline.endpoints.price_check import ACCEPT_FLAG, price_text
-from sora_pipeline.endpoints.refresh import (API_BASE, CONCEPTS, EXIT_USAGE, OPENAPI_BASE, PROFILES_DIR,
-                                             RefreshError, parse_mapping, read_profiles, refresh)
+from sora_pipeline.endpoints.profile import CONCEPTS
+from sora_pipeline.endpoints.registry import PROFILES_DIR, read_profiles
 from sora_pipeline.redact import redact
 
 
@@ -49,7 +54,7 @@ def table(profiles: dict[str, dict[str, Any]]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m sora_pipeline.endpoints",
+    top = argparse.ArgumentParser(prog="python -m sora_pipeline.endpoint_tools",
                                   description="fal endpoint profiles: list them, refresh one from fal.")
     sub = top.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="the table of endpoint profiles")
@@ -58,9 +63,11 @@ def parser() -> argparse.ArgumentParser:
                         description="Downloads the endpoint's queue OpenAPI document (no auth) and its price "
                                     "(with FAL_KEY from the environment, sent only to --api-url), rewrites the "
                                     "profile (keeping catalog_mapping, video and sources) and prints the diff.")
-    rf.add_argument("endpoint_id", help="e.g. fal-ai/sora-2/image-to-video (or --all: every profile, from fal's "
-                                        "model registry and pricing API)")
-    rf.add_argument("--openapi-url", default=OPENAPI_BASE, metavar="BASE",
+    rf.add_argument("endpoint_id", nargs="?", help="e.g. fal-ai/sora-2/image-to-video (or --all)")
+    rf.add_argument("--all", action="store_true",
+                    help="every profile (the shipped ones and --profiles-dir's), from fal's model registry and "
+                         "pricing API (not with ENDPOINT_ID, --openapi-url or --mapping)")
+    rf.add_argument("--openapi-url", metavar="BASE",
                     help=f"where the OpenAPI documents are (default {OPENAPI_BASE})")
     rf.add_argument("--api-url", default=API_BASE, metavar="BASE",
                     help=f"fal's platform API, the only origin FAL_KEY is sent to (default {API_BASE})")
@@ -82,17 +89,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["refresh"] and "--all" in argv:  # every profile, through fal's platform client (fal's layer)
-        import runpy
-
-        sys.argv = ["sora_pipeline.fal.refresh_profiles", *argv[1:]]
-        try:
-            runpy.run_module("sora_pipeline.fal.refresh_profiles", run_name="__main__")
-        except SystemExit as done:
-            return int(done.code or 0)
-        return 0
-    args = parser().parse_args(argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    fal_key = os.environ.get("FAL_KEY") or None
     try:
         if args.command == "list":
             folder = Path(args.profiles_dir) if args.profiles_dir else PROFILES_DIR
@@ -100,9 +98,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise RefreshError(f"{folder} is not a folder", EXIT_USAGE)
             print(redact(table(read_profiles(folder))))
             return 0
-        return refresh(args.endpoint_id, openapi_base=args.openapi_url, api_base=args.api_url,
+        if args.all:
+            if args.endpoint_id or args.openapi_url or args.mapping:
+                raise RefreshError("refresh --all takes no ENDPOINT_ID, --openapi-url or --mapping", EXIT_USAGE)
+            return refresh_all(api_base=args.api_url, profiles_dir=args.profiles_dir, dry_run=args.dry_run,
+                               fal_key=fal_key, price=not args.no_price, timeout=args.timeout,
+                               accept_price_drop=args.accept_price_drop)
+        if not args.endpoint_id:
+            raise RefreshError("refresh needs an ENDPOINT_ID (or --all)", EXIT_USAGE)
+        return refresh(args.endpoint_id, openapi_base=args.openapi_url or OPENAPI_BASE, api_base=args.api_url,
                        profiles_dir=args.profiles_dir, dry_run=args.dry_run, mapping=parse_mapping(args.mapping),
-                       fal_key=os.environ.get("FAL_KEY") or None, price=not args.no_price, timeout=args.timeout,
+                       fal_key=fal_key, price=not args.no_price, timeout=args.timeout,
                        accept_price_drop=args.accept_price_drop)
     except RefreshError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,81 +1,22 @@
-"""Refresh one endpoint profile from fal: its queue OpenAPI document (no auth) and its price (`FAL_KEY`, sent only
-to the configured API origin, over https unless that origin is loopback). Every answer is capped (4 MiB), no
-redirect is followed, everything printed or written passes through the redactor. The profile keeps its
-catalog_mapping, video and sources (plus a dated entry for what changed); the unified diff is printed, and the file
-written unless `dry_run`. A zero price or a drop over half is refused unless `accept_price_drop` (`price_check.py`).
-`python -m sora_pipeline.endpoints refresh …` (see `__main__.py` and docs/endpoints.md) is the command line."""
+"""A profile as `refresh` edits it (plain dicts, in the files' format): the catalog mapping from `--mapping` or
+guessed from the inputs, the merge of what fal answered into the old profile (keeping catalog_mapping, video and
+sources, plus a dated entry for what changed), the file layout (`dump_profile`), the checks before writing
+(`profile_problems`, `price_check.price_refusal`) and the write itself (`apply_refresh`: diff, checks, file)."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import ipaddress
 import json
-import re
-import sys
-import time
 from difflib import unified_diff
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
-
+from sora_pipeline.endpoint_tools.errors import EXIT_DOCUMENT, EXIT_OK, EXIT_PRICE, EXIT_PROFILE, EXIT_USAGE, RefreshError
 from sora_pipeline.endpoints.price_check import price_refusal, price_text
 from sora_pipeline.endpoints.profile import CONCEPTS
-from sora_pipeline.endpoints.registry import PROFILES_DIR, file_name
-from sora_pipeline.endpoints.openapi import (OpenAPIError, price_entry, pricing_from_price,
-                                             profile_sections_from_openapi)
-from sora_pipeline.redact import contains_secret, redact, register_secret
+from sora_pipeline.redact import contains_secret
 
-OPENAPI_BASE = "https://fal.ai"
-API_BASE = "https://api.fal.ai"
-MAX_BYTES = 4 * 1024 * 1024
-MAX_SECONDS = 60.0  # per download, however slowly the bytes come
-EXIT_OK, EXIT_FETCH, EXIT_USAGE, EXIT_DOCUMENT, EXIT_PROFILE, EXIT_PRICE = 0, 1, 2, 3, 4, 5
 _TOP_ORDER = ("endpoint_id", "title", "sources", "input", "secret_inputs", "catalog_mapping", "output", "pricing",
               "video")
-
-
-class RefreshError(Exception):
-    """One line for a person, and the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FETCH) -> None:
-        super().__init__(redact(message))
-        self.code = code
-
-
-class Redacted:
-    """A text stream that passes every write through the redactor (what refresh prints came from servers)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        return self.stream.write(redact(text))
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-# ---- profile files -------------------------------------------------------------------------------------------
-
-def check_endpoint_id(endpoint_id: str) -> str:
-    endpoint_id = endpoint_id.strip().strip("/")
-    if len(endpoint_id) > 200 or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)+",
-                                                   endpoint_id):
-        raise RefreshError(f"{endpoint_id[:80]!r} is not a fal endpoint id (like fal-ai/sora-2/image-to-video)",
-                           EXIT_USAGE)
-    return endpoint_id
-
-
-def read_profiles(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """Every `*.json` profile of a folder (the shipped ones by default) by endpoint id, as plain dicts."""
-    found: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(folder or PROFILES_DIR).glob("*.json")):
-        if path.stat().st_size <= MAX_BYTES:
-            profile = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(profile, dict) and isinstance(profile.get("endpoint_id"), str):
-                found[profile["endpoint_id"]] = profile
-    return found
 
 
 def dump_profile(profile: dict[str, Any]) -> str:
@@ -134,85 +75,6 @@ def profile_problems(profile: dict[str, Any]) -> tuple[list[str], list[str]]:
         if extra := sorted(tiers - {str(r) for r in res}):
             warnings.append(f"pricing.per_second has tiers the endpoint does not offer: {', '.join(extra)}")
     return problems, warnings
-
-
-# ---- downloads -----------------------------------------------------------------------------------------------
-
-def _loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_base(base: str, what: str) -> httpx.URL:
-    """A base URL that may be called: https, or http on loopback; no credentials, query or fragment in it."""
-    try:
-        url = httpx.URL(base)
-    except Exception:
-        raise RefreshError(f"{what} {base[:80]!r} is not a URL", EXIT_USAGE) from None
-    if url.scheme not in ("http", "https") or not url.host or url.userinfo or url.query or url.fragment:
-        raise RefreshError(f"{what} {base[:80]!r} must be a plain http(s) origin, like https://api.fal.ai",
-                           EXIT_USAGE)
-    if url.scheme != "https" and not _loopback(url.host):
-        raise RefreshError(f"{what} {base[:80]!r} is not https (plain http only on loopback); nothing was sent",
-                           EXIT_USAGE)
-    return url
-
-
-def _origin(url: httpx.URL | str) -> str:
-    url = httpx.URL(str(url))
-    port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}"
-
-
-def fetch_json(client: httpx.Client, url: str, what: str, headers: dict[str, str] | None = None,
-               max_bytes: int = MAX_BYTES) -> Any:
-    """GET a JSON answer: at most `max_bytes`, no redirect, a clear one-line `RefreshError` otherwise."""
-    started, body = time.monotonic(), bytearray()
-    try:
-        with client.stream("GET", url, headers={"Accept": "application/json", "Accept-Encoding": "identity",
-                                                **(headers or {})}) as resp:
-            code = resp.status_code
-            if 300 <= code < 400:
-                try:
-                    where = _origin(httpx.URL(url).join(resp.headers["location"]))
-                except Exception:  # no Location, or not a URL
-                    where = "nowhere usable"
-                raise RefreshError(f"{what}: {_origin(url)} answered HTTP {code}, a redirect to {where}; "
-                                   f"redirects are not followed")
-            declared = resp.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise RefreshError(f"{what}: the answer declares {int(declared):,} bytes, over the "
-                                   f"{max_bytes:,}-byte cap")
-            for chunk in resp.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise RefreshError(f"{what}: the answer is over the {max_bytes:,}-byte cap; stopped reading")
-                if time.monotonic() - started > MAX_SECONDS:
-                    raise RefreshError(f"{what}: the answer took over {MAX_SECONDS:.0f} s; stopped reading")
-    except httpx.HTTPError as exc:
-        raise RefreshError(f"{what}: could not get {_origin(url)} ({type(exc).__name__}: {exc})") from None
-    text = bytes(body).decode("utf-8", "replace")
-    if code == 404:
-        raise RefreshError(f"{what}: {_origin(url)} answered HTTP 404 (unknown endpoint?): {_snippet(text)}")
-    if code >= 400:
-        raise RefreshError(f"{what}: {_origin(url)} answered HTTP {code}: {_snippet(text)}")
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(text, parse_constant=no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise RefreshError(f"{what}: the answer is not JSON ({str(exc)[:80]})", EXIT_DOCUMENT) from None
-
-
-def _snippet(text: str) -> str:
-    text = " ".join(text.split())
-    return (text[:200] + "…" if len(text) > 200 else text) or "(empty answer)"
 
 
 # ---- merging -------------------------------------------------------------------------------------------------
@@ -304,58 +166,6 @@ def merge(old: dict[str, Any] | None, endpoint_id: str, sections: dict[str, Any]
         new["sources"].append({"what": "video (guessed by refresh)", "url": urls[0], "retrieved": today,
                                "note": "heights, fps and latency are guesses: check them against a real video"})
     return {k: new[k] for k in [*_TOP_ORDER, *new] if k in new}
-
-
-# ---- the command ---------------------------------------------------------------------------------------------
-
-def refresh(endpoint_id: str, *, openapi_base: str = OPENAPI_BASE, api_base: str = API_BASE,
-            profiles_dir: str | Path | None = None, dry_run: bool = False,
-            mapping: dict[str, str | None] | None = None, fal_key: str | None = None, price: bool = True,
-            timeout: float = 30.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-            today: str | None = None, accept_price_drop: bool = False) -> int:
-    """Refresh (or create) one profile; prints the diff to `out`; returns the exit code (raises `RefreshError`)."""
-    register_secret(fal_key)
-    out, err = Redacted(out), Redacted(err)  # type: ignore[assignment]
-    endpoint_id = check_endpoint_id(endpoint_id)
-    doc_base, api = check_base(openapi_base, "--openapi-url"), check_base(api_base, "--api-url")
-    doc_url = f"{str(doc_base).rstrip('/')}/api/openapi/queue/openapi.json?endpoint_id={endpoint_id}"
-    price_url = f"{str(api).rstrip('/')}/v1/models/pricing?endpoint_id={endpoint_id}"
-    target_dir = Path(profiles_dir or PROFILES_DIR)
-    path = target_dir / file_name(endpoint_id)
-    source = path if path.is_file() else PROFILES_DIR / file_name(endpoint_id)
-    try:
-        old = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else None
-    except (OSError, ValueError) as exc:
-        raise RefreshError(f"{source}: not a readable JSON profile ({str(exc)[:100]})", EXIT_USAGE) from None
-    today = today or _dt.date.today().isoformat()
-
-    with httpx.Client(follow_redirects=False, trust_env=False, timeout=timeout) as client:
-        doc = fetch_json(client, doc_url, "OpenAPI document")  # never with the key
-        try:
-            sections = profile_sections_from_openapi(doc, endpoint_id)
-        except OpenAPIError as exc:
-            raise RefreshError(f"OpenAPI document of {endpoint_id}: {exc}", EXIT_DOCUMENT) from None
-        pricing, price_note = None, None
-        if not price:
-            pass
-        elif not fal_key:
-            print("note: FAL_KEY is not set: the price was not refreshed", file=err)
-        else:
-            if _origin(price_url) != _origin(api):  # the key goes to the configured API origin, nowhere else
-                raise RefreshError("the pricing URL left the configured API origin; nothing was sent", EXIT_USAGE)
-            answer = fetch_json(client, price_url, "price", headers={"Authorization": f"Key {fal_key}"})
-            try:
-                pricing, price_note = pricing_from_price(price_entry(answer, endpoint_id),
-                                                         (old or {}).get("pricing"))
-            except OpenAPIError as exc:
-                raise RefreshError(f"price of {endpoint_id}: {exc}", EXIT_DOCUMENT) from None
-            price_note = redact(price_note)  # the unit is the server's text: it goes into sources and stderr
-            if pricing is None:
-                print(f"note: {price_note}", file=err)
-
-    return apply_refresh(endpoint_id, sections, pricing, price_note, (doc_url, price_url), old=old, source=source,
-                         path=path, mapping=mapping, today=today, dry_run=dry_run,
-                         accept_price_drop=accept_price_drop, out=out, err=err)
 
 
 def apply_refresh(endpoint_id: str, sections: dict[str, Any], pricing: dict[str, Any] | None,
