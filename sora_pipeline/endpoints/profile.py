@@ -304,10 +304,7 @@ class EndpointProfile(BaseModel):
                 problems.append((name, why if name not in self.secret_inputs else "invalid", kind))
         return problems
 
-    # ---- money and media -------------------------------------------------------------------------------------
-    def price_tiers(self) -> dict[str, float]:
-        return dict(self.pricing.per_second)
-
+    # ---- media -----------------------------------------------------------------------------------------------
     def seconds_of(self, duration: Any) -> float:
         d = self.default("duration") if duration is None else duration
         if isinstance(d, str) and not d.strip().isdigit():  # fal's "auto": the model picks; taken as the default
