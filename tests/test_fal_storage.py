@@ -24,9 +24,9 @@ from PIL import Image
 
 from sora_pipeline.defs.settings import ConfigError, PipelineSettings, TransferCapsConfig
 from sora_pipeline.fal.policies import RetryPolicy
-from sora_pipeline.fal.storage import ANSWER_BYTES, StorageSettings, StorageUploader, StorageUploadError
+from sora_pipeline.fal.storage_uploads import ANSWER_BYTES, StorageSettings, StorageUploader, StorageUploadError
 from sora_pipeline.ledger import Ledger
-from sora_pipeline.simulator import storage as sim_storage
+from sora_pipeline.simulator import storage_server as sim_storage
 from sora_pipeline.warehouse.tables import read_day_partition
 from tests.support.fixtures import DAY, catalog_rows, make_project, materialize_day, resources
 from tests.simulator_helpers import client, png, probe, submit, wait_done

@@ -32,7 +32,7 @@ from sora_pipeline.fal.limits import (
     parse_byte_cap,
 )
 from sora_pipeline.fal.platform import DEFAULT_API_URL, PlatformError, check_api_url
-from sora_pipeline.fal.storage import DEFAULT_LIFETIME_S, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_THRESHOLD_BYTES, \
+from sora_pipeline.fal.storage_uploads import DEFAULT_LIFETIME_S, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_THRESHOLD_BYTES, \
     StorageSettings
 from sora_pipeline.fal.urls import split_endpoint
 
@@ -127,7 +127,7 @@ class PipelineSettings:
                                                       DEFAULT_MAX_STREAM_EVENT_BYTES),
                 max_video_bytes=parse_byte_cap(get(MAX_VIDEO_BYTES_ENV), MAX_VIDEO_BYTES_ENV,
                                                DEFAULT_MAX_VIDEO_BYTES),
-                uploads=StorageSettings.from_env(env))  # fal storage uploads of large images (fal/storage.py)
+                uploads=StorageSettings.from_env(env))  # fal storage uploads of large images (fal/storage_uploads.py)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         ledger_url = get("SORA_LEDGER_URL")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sora_pipeline.fal.limits import DEFAULT_MAX_JSON_BYTES, DEFAULT_MAX_STREAM_EVENT_BYTES, DEFAULT_MAX_VIDEO_BYTES
-from sora_pipeline.fal.storage import StorageSettings
+from sora_pipeline.fal.storage_uploads import StorageSettings
 
 
 @dataclass(frozen=True)

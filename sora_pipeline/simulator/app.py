@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sora_pipeline.simulator import hostile, openapi_docs, platform, storage
+from sora_pipeline.simulator import hostile, openapi_docs, platform, storage_server
 from sora_pipeline.simulator import endpoint_inputs
 from sora_pipeline.simulator.config import SimulatorConfig
 from sora_pipeline.simulator.core import auth_error as core_auth_error
@@ -364,7 +364,7 @@ def create_app(config: SimulatorConfig | None = None) -> SimulatorApp:
         Route("/_simulator/stats", stats, methods=["GET"]),
         Route("/_simulator/reset", reset, methods=["POST"]),
         Route("/_simulator/files/{name}", files, methods=["GET"]),
-        *storage.ROUTES,  # fal storage uploads (simulator/storage.py)
+        *storage_server.ROUTES,  # fal storage uploads (simulator/storage_server.py)
         *openapi_docs.routes(config, gate=platform_gate),  # each endpoint's OpenAPI document and price
         *platform.routes(config, book=book, result_of=finished_result, gate=platform_gate,  # fal's platform API
                          profiles=openapi_docs.known_profiles, openapi_of=openapi_docs.queue_document),

@@ -173,7 +173,7 @@ _uploads_lock = threading.Lock()
 
 
 def register_upload(file_url: str, path: str) -> None:
-    """Remember where the file served at `file_url` (`simulator/storage.py`) lies, so a job starts from it."""
+    """Remember where the file served at `file_url` (`simulator/storage_server.py`) lies, so a job starts from it."""
     with _uploads_lock:
         _uploads[file_url] = path
 
