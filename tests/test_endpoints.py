@@ -288,7 +288,8 @@ def test_an_openai_key_is_free_only_where_the_endpoint_takes_it(tmp_path):
     """SORA_OPENAI_API_KEY makes Sora 2 Pro requests free at fal (its `api_key` input); Sora 2 standard has no such
     input, so the same key must not price its requests at $0 (budgets would let everything through)."""
     from sora_pipeline.generation.planning import plan_items
-    from sora_pipeline.generation.records import GenerationConfig, WorkItem
+    from sora_pipeline.generation.config import GenerationConfig
+    from sora_pipeline.generation.records import WorkItem
     from sora_pipeline.ledger import Ledger
 
     project = make_project(tmp_path, rows=[])

@@ -17,7 +17,8 @@ from sqlalchemy.exc import OperationalError
 
 from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
 from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
-from sora_pipeline.generation.records import GenerationConfig, WorkItem
+from sora_pipeline.generation.config import GenerationConfig
+from sora_pipeline.generation.records import WorkItem
 from sora_pipeline.generation.runner import GenerationRunner
 from sora_pipeline.ledger import Ledger, LedgerUnavailable, RequestSpec, RequestState, ResubmitPolicy, request_key
 from sora_pipeline.ledger.database import LATEST_VERSION

@@ -13,7 +13,8 @@ import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sora_pipeline.generation.records import GenerationConfig, WorkItem
+from sora_pipeline.generation.config import GenerationConfig
+from sora_pipeline.generation.records import WorkItem
 from sora_pipeline.generation.runner import GenerationRunner
 from sora_pipeline.webhooks.receiver import WebhookConfig, WebhookServer
 from sora_pipeline.ledger import Ledger, RequestState

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sora_pipeline.fal.models import ImageToVideoInput
-from sora_pipeline.generation.records import GenerationConfig, WorkItem
+from sora_pipeline.generation.config import GenerationConfig
+from sora_pipeline.generation.records import WorkItem
 from sora_pipeline.generation.runner import GenerationRunner
 from sora_pipeline.ledger import (
     Decision,

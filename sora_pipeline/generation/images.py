@@ -23,7 +23,8 @@ from sora_pipeline.fal.client import shared_ssl_context
 from sora_pipeline.fal.inputs import ImageInput, ImageInputError, decode_data_uri, load_image_input
 from sora_pipeline.fal.limits import describe_bytes
 from sora_pipeline.fal.storage_uploads import StorageSettings, StorageUploader, StorageUploadError
-from sora_pipeline.generation.records import GenerationConfig, Planned
+from sora_pipeline.generation.config import GenerationConfig
+from sora_pipeline.generation.records import Planned
 from sora_pipeline.ledger import Ledger
 
 log = logging.getLogger("sora_pipeline.generation")

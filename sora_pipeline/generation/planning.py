@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sora_pipeline.fal.inputs import ImageInput, ImageInputError
 from sora_pipeline.generation.costs import estimate_cost
 from sora_pipeline.generation.images import load_image
-from sora_pipeline.generation.records import GenerationConfig, Planned, WorkItem
+from sora_pipeline.generation.config import GenerationConfig
+from sora_pipeline.generation.records import Planned, WorkItem
 from sora_pipeline.ledger import Ledger, RequestSpec
 
 

@@ -1,6 +1,5 @@
-"""One day's generations without Dagster: plan in the ledger, then per item claim → submit or resume → poll →
-result → download/archive/probe, with bounded concurrency, a cost guard, live progress, and cancellation of
-in-flight requests when the run is interrupted.
+"""One day's generations without Dagster: plan in the ledger, then per item claim → submit or resume → poll → result
+→ download/archive/probe, with bounded concurrency, a cost guard, progress, and cancels when interrupted.
 
 The ledger sits between "decide to submit" and "submit": the intent is written before the HTTP call and the
 request id right after it returns, so no crash can make us pay twice or lose a result we paid for."""
@@ -21,25 +20,26 @@ import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
-from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError,
-                                      TransientError, WaitTimeoutError)
 from sora_pipeline.endpoints import EndpointProfile
+from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError,
+                                      RequestFailedError, TransientError, WaitTimeoutError)
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission_broker import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests, interrupted_line
+from sora_pipeline.generation.config import GenerationConfig
 from sora_pipeline.generation.costs import BudgetGuard, priced_cost
 from sora_pipeline.generation.failpoints import armed, failpoint
 from sora_pipeline.generation.group_commit import GroupCommit
-from sora_pipeline.generation.stops import key_stopped_the_run, ledger_stopped_the_run
 from sora_pipeline.generation.images import ImageUploads
 from sora_pipeline.generation.interrupts import sigterm_raises_interrupt
 from sora_pipeline.generation.pacing import Slot, SubmitsFirst, every
 from sora_pipeline.generation.planning import payload_for, plan_items
 from sora_pipeline.generation.progress import Progress
+from sora_pipeline.generation.stops import key_stopped_the_run, ledger_stopped_the_run
 from sora_pipeline.generation.unknowns import handles_on, payload_fingerprint, resolve_day
-from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned, WorkItem
-from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, LedgerUnavailable, RequestState, would_submit
+from sora_pipeline.generation.records import Outcome, Planned, WorkItem
 from sora_pipeline.generation.videos import download_and_probe
+from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, LedgerUnavailable, RequestState, would_submit
 from sora_pipeline.redact import install_log_redaction, register_secret
 
 log = logging.getLogger("sora_pipeline.generation")

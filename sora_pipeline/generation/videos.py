@@ -10,7 +10,8 @@ import httpx
 
 from sora_pipeline.fal.errors import FalError
 from sora_pipeline.generation.costs import unit_price
-from sora_pipeline.generation.records import GenerationConfig, Outcome, Planned
+from sora_pipeline.generation.config import GenerationConfig
+from sora_pipeline.generation.records import Outcome, Planned
 from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
 from sora_pipeline.media.probe import MediaProbeError
 

@@ -64,7 +64,8 @@ class GenerationRunConfig(dg.Config):
 )
 def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, fal: FalVideoResource,
                 warehouse: WarehouseResource, fal_platform: FalPlatformResource):
-    from sora_pipeline.generation.records import GenerationConfig, WorkItem
+    from sora_pipeline.generation.config import GenerationConfig
+    from sora_pipeline.generation.records import WorkItem
     from sora_pipeline.generation.runner import GenerationRunner
     from sora_pipeline.generation.failpoints import failpoint
     from sora_pipeline.fal.errors import AuthenticationError
