@@ -249,7 +249,7 @@ def print_videos(rows: list[dict]) -> None:
 
 
 def print_days(rows: list[dict]) -> None:
-    from sora_pipeline.analytics.stats import fmt
+    from sora_pipeline.analytics.report import fmt
 
     header = ("day", "planned", "done", "failed", "rejected", "p50 latency", "p95 latency", "seconds", "est. cost",
               "billed (fal)", "resolutions")

@@ -14,7 +14,6 @@ items; an `all` or total row's percentiles are over every completed item it cove
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -174,7 +173,8 @@ def stats_sql(*, by_day: bool = True, total: bool = False, day: str | None = Non
         keys.append("SELECT true, CAST(NULL AS DATE), 'all', 'all' WHERE (SELECT count(*) FROM ep_span) <> 1")
     done = "status = 'completed'"
     # the grouping columns of every aggregate: `ep` is the endpoint, `all` over every endpoint (null: no endpoint)
-    by = "grouping(date) = 1 AS is_total, date, CASE WHEN grouping(endpoint_id) = 1 THEN 'all' ELSE endpoint_id END AS ep"
+    by = ("grouping(date) = 1 AS is_total, date, "
+          "CASE WHEN grouping(endpoint_id) = 1 THEN 'all' ELSE endpoint_id END AS ep")
     src = {name: (f"SELECT *, CAST(NULL AS VARCHAR) AS endpoint_id FROM {name}" if name in without_endpoint
                   else f"SELECT * FROM {name}") + " WHERE date IN (SELECT date FROM days)"
            for name in ("generations", "video_metadata", "rejected_items", "fal_billing")}
@@ -381,40 +381,3 @@ def summary_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
         rows.append({"scope": "all" if r["is_total"] else "day", **{c.name: r.get(c.name) for c in SUMMARY.columns
                                                                      if c.name != "scope"}})
     return rows
-
-
-# ---------------------------------------------------------------------------------------------- presentation
-def fmt(name: str, value) -> str:
-    """A metric value for people: money with $, seconds with s, rates as %, sizes in MB."""
-    if value is None:
-        return "–"
-    if name.endswith("_usd"):
-        return f"${value:,.2f}"
-    if name.endswith("_s"):
-        return f"{value:,.1f} s"
-    if name == "success_rate":
-        return f"{value:.0%}"
-    if name == "seconds_generated":
-        return f"{value:,.0f} s"
-    if "file_size" in name:
-        return f"{value / 1e6:,.2f} MB"
-    if name.endswith(("_mix", "_by_type", "_by_reason", "_by_field")):
-        data = json.loads(value) if isinstance(value, str) else value
-        return ", ".join(f"{k}: {v}" for k, v in data.items()) or "–"
-    if isinstance(value, float):
-        return f"{value:,.3f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def headline_markdown(row: dict, names: tuple[str, ...] = HEADLINE + ("failed_by_type", "rejected_by_field",
-                                                                       "resolution_mix")) -> str:
-    """A two-column Markdown table of one stats row."""
-    return "| metric | value |\n|---|---|\n" + "\n".join(f"| {n} | {fmt(n, row.get(n))} |" for n in names)
-
-
-def days_markdown(rows: list[dict]) -> str:
-    """One line per day (summary rows with scope `day`)."""
-    cols = ("planned", "completed", "failed", "rejected", "latency_p50_s", "latency_p95_s", "seconds_generated",
-            "estimated_cost_usd", "billed_cost_usd")
-    head = "| day | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
-    return head + "\n".join(f"| {r['day']} | " + " | ".join(fmt(c, r.get(c)) for c in cols) + " |" for r in rows)
