@@ -36,12 +36,12 @@ def headline_markdown(row: dict, names: tuple[str, ...] = HEADLINE + ("failed_by
     return "| metric | value |\n|---|---|\n" + "\n".join(f"| {n} | {fmt(n, row.get(n))} |" for n in names)
 
 
-def days_markdown(rows: list[dict]) -> str:
-    """One line per day (summary rows with scope `day`)."""
+def days_markdown(rows: list[dict], key: str = "day") -> str:
+    """One line per row, named by its `key` column: the days' total rows, or one day's endpoint rows."""
     cols = ("planned", "completed", "failed", "rejected", "latency_p50_s", "latency_p95_s", "seconds_generated",
             "estimated_cost_usd", "billed_cost_usd")
-    head = "| day | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
-    return head + "\n".join(f"| {r['day']} | " + " | ".join(fmt(c, r.get(c)) for c in cols) + " |" for r in rows)
+    head = f"| {key} | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+    return head + "\n".join(f"| {r[key]} | " + " | ".join(fmt(c, r.get(c)) for c in cols) + " |" for r in rows)
 
 
 ENDPOINT_COLUMNS = (("videos", "videos"), ("success", "success_rate"), ("failed", "failed"),
