@@ -91,8 +91,9 @@ def _numbers(row: dict, names) -> dict:
                 "day's `all` row): items planned, submitted, reused, completed, failed (by error type), unknown, "
                 "skipped (by reason), pending, rejected (by field); success rate; submit→completion latency "
                 "p50/p95/max and queue vs. run time; seconds generated; estimated cost beside what fal billed (fal "
-                "only, never the simulator's); resolution/aspect/duration/fps/size mix; file sizes; where the media metadata came from (API, probe, both). Headline table and "
-                "chart in the materialization; chart also at `<warehouse>/generation_daily_stats/_reports/`.",
+                "only, never the simulator's); resolution/aspect/duration/fps/size mix; file sizes; where the media "
+                "metadata came from (API, probe, both). Headline table (the day's total) and chart in the "
+                "materialization; chart also at `<warehouse>/generation_daily_stats/_reports/`.",
 )
 def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
