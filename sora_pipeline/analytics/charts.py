@@ -183,7 +183,8 @@ def _endpoint_panels(axes, rows: list[dict]) -> None:
             ax.barh([i + (j - 0.5) * 0.4 for i in y], [r.get(key) or 0 for r in rows], height=0.4, color=color,
                     label=label)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlim(0, max(max((r.get(key) or 0) for r in rows) for key, _, _ in pairs) * 1.35 or 1)
+        ax.legend(fontsize=7, loc="best")
     for ax in (a, b, c):
         ax.set_yticks(y)
         ax.set_yticklabels(labels, fontsize=8)

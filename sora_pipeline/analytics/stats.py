@@ -106,7 +106,8 @@ ENDPOINT_COLUMN = Column(
     "used several has one row per endpoint plus an `all` row (the total, percentiles over every item); one that "
     "used none has a single `all` row. To add figures up across rows, filter `endpoint_id != 'all'`; rows without "
     "an endpoint (rejected rows written before rejected_items had the column, fal spend on an endpoint the day "
-    "did not use) count only in the total (null: a row written before this column existed)")
+    "did not use) count only in the total: the `all` row, or the single row (null: a row written before this "
+    "column existed)")
 STATS_LINEAGE: dict[str, tuple[tuple[str, str], ...]] = {
     ENDPOINT_COLUMN.name: (("generations", "endpoint_id"), ("rejected_items", "endpoint_id")),
     **{c.name: deps for c, deps in _METRICS}}
