@@ -371,7 +371,7 @@ def totals(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row.get("scope"), row["day"]), []).append(row)
-    return [next((r for r in group if r["endpoint_id"] == ALL_ENDPOINTS), group[0]) for group in groups.values()]
+    return [next((r for r in group if r.get("endpoint_id") == ALL_ENDPOINTS), group[0]) for group in groups.values()]
 
 
 def summary_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
