@@ -202,6 +202,7 @@ def print_report(settings, ledger_url: str) -> None:
     from sqlalchemy.engine import make_url
 
     from sora_pipeline.analytics.query import connect, views
+    from sora_pipeline.analytics.stats import totals
 
     con = connect(settings.warehouse_uri, empty_missing=True)
     have = set(views(con))
@@ -226,7 +227,7 @@ def print_report(settings, ledger_url: str) -> None:
     if SUMMARY_KEY in have:
         rel = con.sql("SELECT * FROM generation_summary ORDER BY scope DESC, day")
         rows = [dict(zip(rel.columns, r)) for r in rel.fetchall()]
-        print_days(rows)
+        print_days(totals(rows))  # each day's and the total's whole figures (not one line per endpoint)
     base = settings.warehouse_uri.rstrip("/")
     ledger = make_url(ledger_url).render_as_string(hide_password=True)
     print(f"\nFiles\n  tables  {base}/<table>/date=YYYY-MM-DD/*.parquet\n"
@@ -250,7 +251,7 @@ def print_videos(rows: list[dict]) -> None:
 
 
 def print_days(rows: list[dict]) -> None:
-    from sora_pipeline.analytics.stats import fmt
+    from sora_pipeline.analytics.report import fmt
 
     header = ("day", "planned", "done", "failed", "rejected", "p50 latency", "p95 latency", "seconds", "est. cost",
               "billed (fal)", "resolutions")

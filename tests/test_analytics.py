@@ -17,7 +17,8 @@ import pytest
 
 from sora_pipeline.analytics.query import connect, views
 from sora_pipeline.simulator import SimulatorConfig, SimulatorServer
-from sora_pipeline.analytics.stats import DAILY_STATS, SUMMARY, daily_stats_row, headline_markdown
+from sora_pipeline.analytics.report import headline_markdown
+from sora_pipeline.analytics.stats import DAILY_STATS, SUMMARY, daily_stats_row
 from sora_pipeline.warehouse.tables import read_day_partition, read_table
 from tests.support.fixtures import catalog_rows, make_project, materialize_day, resources, write_catalog, write_images
 from tests.pipeline_helpers import materializations, materialize_summary

@@ -105,10 +105,15 @@ def _hbars(draw, box: tuple[int, int, int, int], title: str, bars: list[tuple[st
         draw.text((end + 4, middle), fmt.format(value), fill="#343a40", font=font, anchor="lm")
 
 
-def summary_chart(day_rows: Sequence[dict], total: dict | None) -> bytes:
-    """All days: daily volume by outcome, p50/p95 latency per day, and the overall resolution mix."""
+def summary_chart(day_rows: Sequence[dict], total: dict | None, endpoints: Sequence[dict] = ()) -> bytes:
+    """All days: daily volume by outcome, p50/p95 latency per day, and the overall resolution mix (`day_rows`:
+    each day's total row). With more than one endpoint (`endpoints`: rows of the `endpoint_comparison` view) a
+    second row of panels compares them: videos and success rate, cost per video-second, latency p50/p95."""
     plt = _plt()
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(12, 3.2), gridspec_kw={"width_ratios": [2.2, 2.2, 1]})
+    several = len(endpoints) > 1
+    fig, axes = plt.subplots(2 if several else 1, 3, figsize=(12, 6.6 if several else 3.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 2.2, 1] if not several else [1.6, 1.6, 1.6]})
+    a, b, c = axes[0]
     days = [str(r["day"]) for r in day_rows]
     x = list(range(len(days)))
     bottom = [0] * len(days)
@@ -144,8 +149,46 @@ def summary_chart(day_rows: Sequence[dict], total: dict | None) -> bytes:
         for ax in (a, b):
             ax.text(0.5, 0.5, "no days yet", ha="center", va="center", transform=ax.transAxes, color="#868e96")
     _bar_mix(c, _mix((total or {}).get("resolution_mix")), "resolution mix (all days)")
+    if several:
+        _endpoint_panels(axes[1], list(endpoints))
     fig.tight_layout()
     return _png(fig)
+
+
+def _short(endpoint_id) -> str:
+    """An endpoint's label on an axis: without `fal-ai/` and the usual `/image-to-video` tail, at most 28 chars."""
+    name = str(endpoint_id).removeprefix("fal-ai/").removesuffix("/image-to-video")
+    return name if len(name) <= 28 else name[:13] + "…" + name[-14:]
+
+
+def _endpoint_panels(axes, rows: list[dict]) -> None:
+    """Three horizontal-bar panels, one bar (or pair) per endpoint: videos with the success rate written beside,
+    estimated and billed USD per video-second, latency p50 and p95."""
+    a, b, c = axes
+    labels = [_short(r["endpoint_id"]) for r in rows]
+    y = list(range(len(rows)))
+    a.barh(y, [r.get("videos") or 0 for r in rows], color=COLORS["completed"])
+    for i, r in enumerate(rows):
+        rate = r.get("success_rate")
+        a.text(r.get("videos") or 0, i, f" {rate:.0%}" if rate is not None else " –", va="center", fontsize=8)
+    a.set_title("videos per endpoint (success rate)", fontsize=10)
+    a.xaxis.get_major_locator().set_params(integer=True)
+    a.set_xlim(0, max((r.get("videos") or 0) for r in rows) * 1.3 or 1)
+    for ax, title, pairs in (
+            (b, "USD per video-second", (("estimated_usd_per_video_second", "estimated", "#adb5bd"),
+                                         ("billed_usd_per_video_second", "billed by fal", "#1c7ed6"))),
+            (c, "latency submit → completion (s)", (("latency_p50_s", "p50", "#adb5bd"),
+                                                    ("latency_p95_s", "p95", "#495057")))):
+        for j, (key, label, color) in enumerate(pairs):
+            ax.barh([i + (j - 0.5) * 0.4 for i in y], [r.get(key) or 0 for r in rows], height=0.4, color=color,
+                    label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(0, max(max((r.get(key) or 0) for r in rows) for key, _, _ in pairs) * 1.35 or 1)
+        ax.legend(fontsize=7, loc="best")
+    for ax in (a, b, c):
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
 
 
 def data_uri(png: bytes) -> str:

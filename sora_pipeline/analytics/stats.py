@@ -1,18 +1,19 @@
 """Statistics of the pipeline's work, one SQL (DuckDB) for a single day and for the rollup over all days.
 
-`generation_daily_stats` (one row per day) and `generation_summary` (one row per day plus a total row) share
-their metric columns and the query that computes them (`stats_sql`), so a day's figures and the rollup never
-disagree. The query reads four relations with a `date` column: `generations`, `video_metadata`,
-`rejected_items` and `fal_billing` — views over the hive-partitioned Parquet tables (`sora_pipeline.analytics.query.connect`) or, for one
-day, the day's Arrow tables registered under those names (`daily_stats_row`). No Dagster import here.
+`generation_daily_stats` (rows per day) and `generation_summary` (rows per day plus total rows) share their
+metric columns and the query that computes them (`stats_sql`), so a day's figures and the rollup never disagree.
+The query reads four relations with a `date` column: `generations`, `video_metadata`, `rejected_items` and
+`fal_billing` — views over the hive-partitioned Parquet tables (`sora_pipeline.analytics.query.connect`) or, for
+one day, the day's Arrow tables registered under those names (`daily_stats_rows`). No Dagster import here.
 
-Percentiles are `quantile_cont` (linear interpolation, like numpy's default) over the completed items; the total
-row's percentiles are over every completed item of every day, not an average of daily percentiles.
+Every row is for one endpoint or for `all` (`ENDPOINT_COLUMN`): a day that used a single endpoint keeps a single
+row (that endpoint's); a day that used several has one row per endpoint plus the day's `all` row; a quiet day has
+an `all` row. Percentiles are `quantile_cont` (linear interpolation, like numpy's default) over the completed
+items; an `all` or total row's percentiles are over every completed item it covers, not an average of others.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -97,17 +98,33 @@ _METRICS: tuple[tuple[Column, tuple[tuple[str, str], ...]], ...] = tuple(
     ))
 
 METRIC_COLUMNS: tuple[Column, ...] = tuple(c for c, _ in _METRICS)
-METRIC_LINEAGE: dict[str, tuple[tuple[str, str], ...]] = {c.name: deps for c, deps in _METRICS}
+ALL_ENDPOINTS = "all"
+ENDPOINT_COLUMN = Column(
+    "endpoint_id", pa.string(),
+    "the fal endpoint these figures are for, or `all`. A day (or, in generation_summary, all days) that used one "
+    "endpoint (in generations or rejected_items) has a single row, that endpoint's, holding everything; one that "
+    "used several has one row per endpoint plus an `all` row (the total, percentiles over every item); one that "
+    "used none has a single `all` row. To add figures up across rows, filter `endpoint_id != 'all'`; rows without "
+    "an endpoint (rejected rows written before rejected_items had the column, fal spend on an endpoint the day "
+    "did not use) count only in the total: the `all` row, or the single row (null: a row written before this "
+    "column existed)")
+STATS_LINEAGE: dict[str, tuple[tuple[str, str], ...]] = {
+    ENDPOINT_COLUMN.name: (("generations", "endpoint_id"), ("rejected_items", "endpoint_id")),
+    **{c.name: deps for c, deps in _METRICS}}
 
-DAILY_STATS = TableDef("generation_daily_stats", "One row per day summarizing the pipeline's work", (
+DAILY_STATS = TableDef("generation_daily_stats", "One row per day and endpoint summarizing the pipeline's work "
+                       "(plus the day's `all` row when it used several endpoints)", (
     Column("day", pa.date32(), "the day partition"),
+    ENDPOINT_COLUMN,
     *METRIC_COLUMNS,
 ))
 
-SUMMARY = TableDef("generation_summary", "The pipeline's work over all days: one row per day and a total row", (
+SUMMARY = TableDef("generation_summary", "The pipeline's work over all days: rows per day and a total, each per "
+                   "endpoint (plus an `all` row when several endpoints were used)", (
     Column("scope", pa.string(), "`day` (one day) or `all` (every day; `day` is null)"),
-    Column("day", pa.date32(), "the day (null on the total row)"),
-    Column("days", pa.int64(), "days with any generation or rejected row"),
+    Column("day", pa.date32(), "the day (null on the total rows)"),
+    ENDPOINT_COLUMN,
+    Column("days", pa.int64(), "days with any generation or rejected row (of this endpoint, on its total row)"),
     Column("first_day", pa.date32(), "earliest such day"),
     Column("last_day", pa.date32(), "latest such day"),
     *METRIC_COLUMNS,
@@ -124,14 +141,19 @@ def _counts(expr: str, where: str) -> str:
     return f"to_json(histogram(CAST({expr} AS VARCHAR)) FILTER (WHERE {where}))"
 
 
-def stats_sql(*, by_day: bool = True, total: bool = False, day: str | None = None) -> str:
-    """The metrics query over `generations`, `video_metadata`, `rejected_items` (each with a `date` column).
+def stats_sql(*, by_day: bool = True, total: bool = False, day: str | None = None,
+              without_endpoint: frozenset[str] = frozenset()) -> str:
+    """The metrics query over `generations`, `video_metadata`, `rejected_items`, `fal_billing` (each with a `date`
+    column; those named in `without_endpoint` have no `endpoint_id` column: their rows count for no endpoint).
 
-    Rows: one per day present in any of them (`by_day`; or exactly `day` when given, even if it has no rows)
-    and one total row (`total`). Columns: `is_total`, `day`, `days`, `first_day`, `last_day`, then the
-    metric columns in `METRIC_COLUMNS` order.
+    Rows (`by_day`): for each day present in any of them (or exactly `day` when given, even if it has no rows),
+    one row per endpoint the day used (`generations` and `rejected_items`), plus an `all` row for the whole day
+    when it used several or none; a day that used one endpoint has only that endpoint's row, holding the whole
+    day. With `total`, the same over every day (`is_total`). Columns: `is_total`, `day`, `endpoint_id`, `days`,
+    `first_day`, `last_day`, then the metric columns in `METRIC_COLUMNS` order; ordered by day, then endpoint
+    with `all` last.
     """
-    sets = ", ".join((["(date)"] if by_day else []) + (["()"] if total else []))
+    sets = ", ".join((["(date, endpoint_id)", "(date)"] if by_day else []) + (["(endpoint_id)", "()"] if total else []))
     if not sets:
         raise ValueError("by_day or total must be set")
     if day is not None:
@@ -141,21 +163,40 @@ def stats_sql(*, by_day: bool = True, total: bool = False, day: str | None = Non
         days_cte = ("SELECT date FROM generations UNION SELECT date FROM video_metadata "
                     "UNION SELECT date FROM rejected_items")
     keys = []
-    if by_day:
-        keys.append("SELECT false AS is_total, date FROM days")
+    if by_day:  # a day's endpoints; a day with one endpoint reads the day's figures (`src` 'all') under its name
+        keys.append("SELECT false AS is_total, date, endpoint_id, CASE WHEN count(*) OVER (PARTITION BY date) = 1 "
+                    "THEN 'all' ELSE endpoint_id END AS src FROM eps")
+        keys.append("SELECT false, d.date, 'all', 'all' FROM days d LEFT JOIN (SELECT date, count(*) AS n FROM eps "
+                    "GROUP BY date) c ON c.date = d.date WHERE coalesce(c.n, 0) <> 1")
     if total:
-        keys.append("SELECT true AS is_total, CAST(NULL AS DATE) AS date")
+        keys.append("SELECT true, CAST(NULL AS DATE), endpoint_id, CASE WHEN (SELECT count(*) FROM ep_span) = 1 "
+                    "THEN 'all' ELSE endpoint_id END FROM ep_span")
+        keys.append("SELECT true, CAST(NULL AS DATE), 'all', 'all' WHERE (SELECT count(*) FROM ep_span) <> 1")
     done = "status = 'completed'"
+    # the grouping columns of every aggregate: `ep` is the endpoint, `all` over every endpoint (null: no endpoint)
+    by = ("grouping(date) = 1 AS is_total, date, "
+          "CASE WHEN grouping(endpoint_id) = 1 THEN 'all' ELSE endpoint_id END AS ep")
+    src = {name: (f"SELECT *, CAST(NULL AS VARCHAR) AS endpoint_id FROM {name}" if name in without_endpoint
+                  else f"SELECT * FROM {name}") + " WHERE date IN (SELECT date FROM days)"
+           for name in ("generations", "video_metadata", "rejected_items", "fal_billing")}
+    on = "{t}.is_total = k.is_total AND {t}.date IS NOT DISTINCT FROM k.date AND {t}.ep = k.src"
     return f"""
 WITH days AS ({days_cte}),
-keys AS ({" UNION ALL ".join(keys)}),
 g0 AS (
   SELECT *, epoch(completed_at - submitted_at) AS _lat, epoch(started_at - submitted_at) AS _queue,
          epoch(completed_at - started_at) AS _run
-  FROM generations WHERE date IN (SELECT date FROM days)
+  FROM ({src["generations"]})
 ),
+r0 AS ({src["rejected_items"]}),
+eps AS (
+  SELECT date, endpoint_id FROM g0 WHERE endpoint_id IS NOT NULL
+  UNION SELECT date, endpoint_id FROM r0 WHERE endpoint_id IS NOT NULL
+),
+ep_span AS (SELECT endpoint_id, count(*) AS days, min(date) AS first_day, max(date) AS last_day FROM eps
+            GROUP BY endpoint_id),
+keys AS ({" UNION ALL ".join(keys)}),
 g AS (
-  SELECT grouping(date) = 1 AS is_total, date,
+  SELECT {by},
     count(*) AS planned,
     count(*) FILTER (WHERE decision = 'submitted') AS submitted,
     count(*) FILTER (WHERE decision = 'reused') AS reused,
@@ -182,23 +223,25 @@ g AS (
     count(*) FILTER (WHERE backend = 'fal' AND request_id IS NOT NULL AND billed_cost_usd IS NULL) AS g_unbilled
   FROM g0 GROUP BY GROUPING SETS ({sets})
 ),
-b0 AS (SELECT * FROM fal_billing WHERE date IN (SELECT date FROM days)),
+b0 AS ({src["fal_billing"]}),
+reconciled AS (SELECT DISTINCT date FROM b0),
 b AS (
   -- fal's own billing records win over the result's billable units on every day reconciled (`fal_billing`)
-  SELECT grouping(date) = 1 AS is_total, date,
+  SELECT {by},
     sum(billed_cost_usd) FILTER (WHERE known_to_ledger AND backend = 'fal') AS billed_usd,
     count(*) FILTER (WHERE known_to_ledger AND backend = 'fal' AND billed_cost_usd IS NULL) AS unbilled,
     sum(billed_cost_usd) FILTER (WHERE NOT known_to_ledger) AS unknown_usd
   FROM b0 GROUP BY GROUPING SETS ({sets})
 ),
 g_unreconciled AS (
-  -- the total row: days without fal_billing rows count their generations' billable units
-  SELECT sum(billed_cost_usd) FILTER (WHERE backend = 'fal') AS billed_usd,
+  -- the total rows: days without fal_billing rows count their generations' billable units
+  SELECT CASE WHEN grouping(endpoint_id) = 1 THEN 'all' ELSE endpoint_id END AS ep,
+    sum(billed_cost_usd) FILTER (WHERE backend = 'fal') AS billed_usd,
     count(*) FILTER (WHERE backend = 'fal' AND request_id IS NOT NULL AND billed_cost_usd IS NULL) AS unbilled
-  FROM g0 WHERE date NOT IN (SELECT date FROM b0)
+  FROM g0 WHERE date NOT IN (SELECT date FROM reconciled) GROUP BY GROUPING SETS ((endpoint_id), ())
 ),
 v AS (
-  SELECT grouping(date) = 1 AS is_total, date,
+  SELECT {by},
     count(*) AS videos,
     {_counts("resolution", "resolution IS NOT NULL")} AS resolution_mix,
     {_counts("aspect_ratio", "aspect_ratio IS NOT NULL")} AS aspect_ratio_mix,
@@ -209,18 +252,18 @@ v AS (
     count(*) FILTER (WHERE metadata_source = 'api') AS metadata_from_api,
     count(*) FILTER (WHERE metadata_source = 'probe') AS metadata_from_probe,
     count(*) FILTER (WHERE metadata_source = 'api+probe') AS metadata_from_both
-  FROM video_metadata WHERE date IN (SELECT date FROM days) GROUP BY GROUPING SETS ({sets})
+  FROM ({src["video_metadata"]}) GROUP BY GROUPING SETS ({sets})
 ),
 r AS (
-  SELECT grouping(date) = 1 AS is_total, date, count(*) AS rejected,
+  SELECT {by}, count(*) AS rejected,
     {_counts("coalesce(field, '?')", "true")} AS rejected_by_field
-  FROM rejected_items WHERE date IN (SELECT date FROM days) GROUP BY GROUPING SETS ({sets})
+  FROM r0 GROUP BY GROUPING SETS ({sets})
 ),
 span AS (SELECT count(DISTINCT date) AS days, min(date) AS first_day, max(date) AS last_day FROM days)
-SELECT k.is_total, k.date AS day,
-  CASE WHEN k.is_total THEN span.days ELSE 1 END AS days,
-  CASE WHEN k.is_total THEN span.first_day ELSE k.date END AS first_day,
-  CASE WHEN k.is_total THEN span.last_day ELSE k.date END AS last_day,
+SELECT k.is_total, k.date AS day, k.endpoint_id,
+  CASE WHEN NOT k.is_total THEN 1 WHEN k.src = 'all' THEN span.days ELSE es.days END AS days,
+  CASE WHEN NOT k.is_total THEN k.date WHEN k.src = 'all' THEN span.first_day ELSE es.first_day END AS first_day,
+  CASE WHEN NOT k.is_total THEN k.date WHEN k.src = 'all' THEN span.last_day ELSE es.last_day END AS last_day,
   CAST(coalesce(g.planned, 0) AS BIGINT) AS planned,
   CAST(coalesce(g.submitted, 0) AS BIGINT) AS submitted,
   CAST(coalesce(g.reused, 0) AS BIGINT) AS reused,
@@ -246,9 +289,9 @@ SELECT k.is_total, k.date AS day,
   round(CASE WHEN k.is_total THEN
           CASE WHEN b.billed_usd IS NULL AND gu.billed_usd IS NULL THEN NULL
                ELSE coalesce(b.billed_usd, 0) + coalesce(gu.billed_usd, 0) END
-        WHEN b.is_total IS NOT NULL THEN b.billed_usd ELSE g.g_billed_usd END, 4) AS billed_cost_usd,
+        WHEN rec.date IS NOT NULL THEN b.billed_usd ELSE g.g_billed_usd END, 4) AS billed_cost_usd,
   CAST(CASE WHEN k.is_total THEN coalesce(b.unbilled, 0) + coalesce(gu.unbilled, 0)
-            WHEN b.is_total IS NOT NULL THEN b.unbilled ELSE coalesce(g.g_unbilled, 0) END AS BIGINT)
+            WHEN rec.date IS NOT NULL THEN coalesce(b.unbilled, 0) ELSE coalesce(g.g_unbilled, 0) END AS BIGINT)
     AS unbilled_requests,
   round(coalesce(b.unknown_usd, 0), 4) AS unknown_spend_usd,
   CAST(coalesce(v.videos, 0) AS BIGINT) AS videos,
@@ -264,19 +307,23 @@ SELECT k.is_total, k.date AS day,
   CAST(coalesce(v.metadata_from_probe, 0) AS BIGINT) AS metadata_from_probe,
   CAST(coalesce(v.metadata_from_both, 0) AS BIGINT) AS metadata_from_both
 FROM keys k CROSS JOIN span
-LEFT JOIN g ON g.is_total = k.is_total AND g.date IS NOT DISTINCT FROM k.date
-LEFT JOIN v ON v.is_total = k.is_total AND v.date IS NOT DISTINCT FROM k.date
-LEFT JOIN r ON r.is_total = k.is_total AND r.date IS NOT DISTINCT FROM k.date
-LEFT JOIN b ON b.is_total = k.is_total AND b.date IS NOT DISTINCT FROM k.date
-CROSS JOIN g_unreconciled gu
-ORDER BY k.is_total, k.date
+LEFT JOIN ep_span es ON k.is_total AND es.endpoint_id = k.src
+LEFT JOIN g ON {on.format(t="g")}
+LEFT JOIN v ON {on.format(t="v")}
+LEFT JOIN r ON {on.format(t="r")}
+LEFT JOIN b ON {on.format(t="b")}
+LEFT JOIN reconciled rec ON NOT k.is_total AND rec.date = k.date
+LEFT JOIN g_unreconciled gu ON k.is_total AND gu.ep = k.src
+ORDER BY k.is_total, k.date, k.endpoint_id = 'all', k.endpoint_id
 """
 
 
 def compute_stats(con: duckdb.DuckDBPyConnection, *, by_day: bool = True, total: bool = False,
                   day: str | None = None) -> list[dict]:
-    """Run `stats_sql` on a connection that has the three source relations; rows as dicts."""
-    rel = con.sql(stats_sql(by_day=by_day, total=total, day=day))
+    """Run `stats_sql` on a connection that has the four source relations; rows as dicts."""
+    without = frozenset(name for name in SOURCE_TABLES  # e.g. rejected_items of a day written before the column
+                        if "endpoint_id" not in {c.lower() for c in con.sql(f"SELECT * FROM {name} LIMIT 0").columns})
+    rel = con.sql(stats_sql(by_day=by_day, total=total, day=day, without_endpoint=without))
     names = rel.columns
     return [dict(zip(names, row)) for row in rel.fetchall()]
 
@@ -293,9 +340,10 @@ def with_date(data: pa.Table | None, table: TableDef, day: str) -> pa.Table:
                               pa.array([date.fromisoformat(day)] * len(data), pa.date32()))
 
 
-def daily_stats_row(day: str | date, generations: pa.Table | None, videos: pa.Table | None,
-                    rejected: pa.Table | None, billing: pa.Table | None = None) -> dict:
-    """The `generation_daily_stats` row of one day from that day's tables (None = the day was not written)."""
+def daily_stats_rows(day: str | date, generations: pa.Table | None, videos: pa.Table | None,
+                     rejected: pa.Table | None, billing: pa.Table | None = None) -> list[dict]:
+    """The `generation_daily_stats` rows of one day from that day's tables (None = the day was not written): one
+    per endpoint, plus the day's `all` row when it used several or none (see `ENDPOINT_COLUMN`)."""
     import duckdb  # here: the table definitions above are read by every load of the code location
 
     day = day.isoformat() if isinstance(day, date) else str(day)
@@ -304,53 +352,33 @@ def daily_stats_row(day: str | date, generations: pa.Table | None, videos: pa.Ta
         for name, data in (("generations", generations), ("video_metadata", videos), ("rejected_items", rejected),
                            ("fal_billing", billing)):
             con.register(name, with_date(data, SOURCE_TABLES[name], day))
-        (row,) = compute_stats(con, by_day=True, day=day)
+        rows = compute_stats(con, by_day=True, day=day)
     finally:
         con.close()
-    return {"day": row["day"], **{c.name: row[c.name] for c in METRIC_COLUMNS}}
+    return [{c.name: row[c.name] for c in DAILY_STATS.columns} for row in rows]
+
+
+def daily_stats_row(day: str | date, generations: pa.Table | None, videos: pa.Table | None,
+                    rejected: pa.Table | None, billing: pa.Table | None = None) -> dict:
+    """The whole day's `generation_daily_stats` row (its `all` row, or its single endpoint's row)."""
+    (row,) = totals(daily_stats_rows(day, generations, videos, rejected, billing))
+    return row
+
+
+def totals(rows: list[dict]) -> list[dict]:
+    """The total row of each day (and of each scope, for summary rows), in order: its `all` row, or its only row
+    when it used a single endpoint."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row.get("scope"), row["day"]), []).append(row)
+    return [next((r for r in group if r.get("endpoint_id") == ALL_ENDPOINTS), group[0]) for group in groups.values()]
 
 
 def summary_rows(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """The `generation_summary` rows (every day, then the total) from views over all days."""
+    """The `generation_summary` rows (every day's, then the total's; each per endpoint as `ENDPOINT_COLUMN`
+    says) from views over all days."""
     rows = []
     for r in compute_stats(con, by_day=True, total=True):
         rows.append({"scope": "all" if r["is_total"] else "day", **{c.name: r.get(c.name) for c in SUMMARY.columns
                                                                      if c.name != "scope"}})
     return rows
-
-
-# ---------------------------------------------------------------------------------------------- presentation
-def fmt(name: str, value) -> str:
-    """A metric value for people: money with $, seconds with s, rates as %, sizes in MB."""
-    if value is None:
-        return "–"
-    if name.endswith("_usd"):
-        return f"${value:,.2f}"
-    if name.endswith("_s"):
-        return f"{value:,.1f} s"
-    if name == "success_rate":
-        return f"{value:.0%}"
-    if name == "seconds_generated":
-        return f"{value:,.0f} s"
-    if "file_size" in name:
-        return f"{value / 1e6:,.2f} MB"
-    if name.endswith(("_mix", "_by_type", "_by_reason", "_by_field")):
-        data = json.loads(value) if isinstance(value, str) else value
-        return ", ".join(f"{k}: {v}" for k, v in data.items()) or "–"
-    if isinstance(value, float):
-        return f"{value:,.3f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def headline_markdown(row: dict, names: tuple[str, ...] = HEADLINE + ("failed_by_type", "rejected_by_field",
-                                                                       "resolution_mix")) -> str:
-    """A two-column Markdown table of one stats row."""
-    return "| metric | value |\n|---|---|\n" + "\n".join(f"| {n} | {fmt(n, row.get(n))} |" for n in names)
-
-
-def days_markdown(rows: list[dict]) -> str:
-    """One line per day (summary rows with scope `day`)."""
-    cols = ("planned", "completed", "failed", "rejected", "latency_p50_s", "latency_p95_s", "seconds_generated",
-            "estimated_cost_usd", "billed_cost_usd")
-    head = "| day | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
-    return head + "\n".join(f"| {r['day']} | " + " | ".join(fmt(c, r.get(c)) for c in cols) + " |" for r in rows)
