@@ -86,9 +86,9 @@ def _load_settings() -> tuple[PipelineSettings | None, ConfigError | None]:
 
 _install_cli_error_hook()
 SETTINGS, _error = _load_settings()
+_plain_logs_into_pipes(SETTINGS.plain_logs if SETTINGS is not None else False)  # also for the error below
 if _error is not None:  # the code location does not load (a traceback of two frames: this one and the entry point)
     raise _error.with_traceback(None) from None  # a setting is wrong: the message names it and what to set
-_plain_logs_into_pipes(SETTINGS.plain_logs)
 arm(SETTINGS.failpoint)  # crash tests: SORA_FAILPOINT, in every process that loads the code location
 
 from sora_pipeline.defs.assets.analytics import generation_daily_stats, generation_summary  # noqa: E402
