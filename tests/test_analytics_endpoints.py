@@ -230,6 +230,10 @@ def test_the_summary_has_rows_per_endpoint_and_compares_them(warehouse):
     con = connect(wh)
     compared = endpoint_comparison_for(con, MIX, ONE)
     assert [r["endpoint_id"] for r in compared] == [KLING, HAILUO, SORA]
+    # billed $/video-second over the requests fal billed: Sora's unreconciled day does not dilute it (5.6 / 16 s)
+    by = {r["endpoint_id"]: r for r in compared}
+    assert by[SORA]["billed_usd_per_video_second"] == pytest.approx(0.35)
+    assert by[HAILUO]["billed_usd_per_video_second"] == pytest.approx(0.045)
     assert con.execute("SELECT sum(planned) FROM generation_daily_stats WHERE endpoint_id != 'all'").fetchone() == \
         (11,)
     png = Path(md["chart"].value).read_bytes()

@@ -67,15 +67,18 @@ per_endpoint AS (
     sum(estimated_cost) FILTER (WHERE request_id IS NOT NULL) AS estimated_cost_usd
   FROM g GROUP BY endpoint_id
 ),
-billed AS (SELECT endpoint_id, sum(billed_cost_usd) AS billed_cost_usd, count(*) FILTER (WHERE billed_cost_usd
-           IS NULL) AS unbilled FROM b GROUP BY endpoint_id),
+billed AS (  -- per video-second over the requests fal billed (days not reconciled yet do not dilute it)
+  SELECT b.endpoint_id, sum(b.billed_cost_usd) AS billed_cost_usd,
+    count(*) FILTER (WHERE b.billed_cost_usd IS NULL) AS unbilled,
+    sum(g.seconds_generated) FILTER (WHERE b.billed_cost_usd IS NOT NULL AND g.status = 'completed') AS billed_seconds
+  FROM b LEFT JOIN g ON g.request_id = b.request_id GROUP BY b.endpoint_id),
 probed AS (
   SELECT endpoint_id, to_json(histogram(width || 'x' || height)) AS sizes, to_json(histogram(fps)) AS fps_mix
   FROM v GROUP BY endpoint_id
 )
 SELECT p.*, bl.billed_cost_usd, bl.unbilled AS unbilled_requests,
   round(p.estimated_cost_usd / nullif(p.seconds_generated, 0), 4) AS estimated_usd_per_video_second,
-  round(bl.billed_cost_usd / nullif(p.seconds_generated, 0), 4) AS billed_usd_per_video_second,
+  round(bl.billed_cost_usd / nullif(bl.billed_seconds, 0), 4) AS billed_usd_per_video_second,
   pr.sizes AS probed_sizes, pr.fps_mix AS probed_fps
 FROM per_endpoint p LEFT JOIN billed bl USING (endpoint_id) LEFT JOIN probed pr USING (endpoint_id)
 ORDER BY p.endpoint_id
