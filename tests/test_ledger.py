@@ -13,10 +13,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from sora_pipeline.ledger import (
-    Decision, Ledger, RequestSpec, RequestState, ResubmitPolicy, default_ledger_url, request_key,
-)
+from sora_pipeline.coordination import default_ledger_url
 from sora_pipeline.coordination.schema import LATEST_VERSION
+from sora_pipeline.ledger import Decision, Ledger, RequestSpec, RequestState, ResubmitPolicy, request_key
 
 EP = "fal-ai/sora-2/image-to-video/pro"
 SHA = "ab" * 32
