@@ -129,7 +129,7 @@ def test_ledger_failure_fails_the_run_and_the_paid_ids_are_resumed(tmp_path, mak
     sim = make_simulator(run_latency=0.3)
     items = work_items(png_data_uri, 3)
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    with _LedgerDiesAtSubmit(url) as broken:
+    with _LedgerDiesAtSubmit.open(url) as broken:
         with pytest.raises(LedgerUnavailable) as failure:
             make_runner(sim.base_url, broken).run(items)
     message = str(failure.value)

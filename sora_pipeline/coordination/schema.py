@@ -192,7 +192,6 @@ def migrations(simulator_key: SimulatorKey | None) -> list[Callable[[Connection]
 LATEST_VERSION = len(migrations(None))
 
 
-
 def ensure_schema(engine: Engine, simulator_key: SimulatorKey | None = None) -> int:
     """Create/upgrade the schema under a lock, applying pending migrations in one transaction; returns the version."""
     steps = migrations(simulator_key)

@@ -42,8 +42,8 @@ class WarehouseResource(dg.ConfigurableResource):
     ledger_url: str | None = Field(default=None, description="SQLAlchemy URL of the ledger (SORA_LEDGER_URL)")
     image_roots: list[str] = Field(default_factory=list, description="extra local image folders")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
-    dagster_home: str | None = Field(default=None, description="DAGSTER_HOME: the default ledger's folder when the "
-                                     "warehouse is not local, and a PostgreSQL ledger's rescue journal's")
+    dagster_home: str | None = Field(default=None, description="DAGSTER_HOME: the ledger's folder when the "
+                                     "warehouse is not local; a PostgreSQL ledger's rescue journal")
 
     _resolved_ledger_url: str | None = PrivateAttr(default=None)
 
