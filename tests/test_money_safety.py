@@ -255,9 +255,9 @@ def _forget_ledger(project: dict) -> None:
     """What a new process does: open the ledger afresh (this process keeps one engine per URL)."""
     import sora_pipeline.defs.warehouse_resource as wr
 
-    ledger = wr._LEDGERS.pop(project["ledger_url"], None)
-    if ledger is not None:
-        ledger.close()
+    opened = wr._OPENED.pop(project["ledger_url"], None)
+    if opened is not None:
+        opened.database.close()
 
 
 def test_sqlite_ledger_deleted_mid_run_fails_the_run_and_the_next_run_pays_nothing(tmp_path, make_simulator):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -20,9 +21,17 @@ from sora_pipeline.defs.resources import open_ledger
 from sora_pipeline.ledger import Ledger
 from sora_pipeline.warehouse.schemas import TableDef
 
-_DATABASES: dict[str, Database] = {}  # one engine per URL and process
-_LEDGERS: dict[tuple[str, str | None], Ledger] = {}  # the ledger on it (per rescue folder)
-_LEASES: dict[str, Leases] = {}  # the named leases in it
+
+@dataclass(frozen=True)
+class _Opened:
+    """What this process opened at one ledger URL: one database (one engine, one pool) and what is built on it."""
+
+    database: Database
+    ledger: Ledger
+    leases: Leases
+
+
+_OPENED: dict[str, _Opened] = {}  # per URL and process
 WRITE_LEASE_S = 60.0  # a crashed writer's lease on its day runs out after this; held ones are renewed every 20 s
 WRITE_WAIT_S = 900.0  # how long a writer waits for the day's lease before failing
 
@@ -52,25 +61,23 @@ class WarehouseResource(dg.ConfigurableResource):
             self._resolved_ledger_url = self.ledger_url or default_ledger_url(self.warehouse_uri, self.dagster_home)
         return self._resolved_ledger_url
 
+    def _opened(self) -> _Opened:
+        url = self.resolved_ledger_url()
+        if url not in _OPENED:  # a database that does not answer: one line naming SORA_LEDGER_URL (dg.Failure)
+            database = open_ledger(url, configured=bool(self.ledger_url))
+            _OPENED[url] = _Opened(database, Ledger(database, rescue_dir=self.dagster_home), Leases(database))
+        return _OPENED[url]
+
     def database(self) -> Database:
         """The ledger's database, opened once per URL and process."""
-        url = self.resolved_ledger_url()
-        if url not in _DATABASES:  # a database that does not answer: one line naming SORA_LEDGER_URL (dg.Failure)
-            _DATABASES[url] = open_ledger(url, configured=bool(self.ledger_url))
-        return _DATABASES[url]
+        return self._opened().database
 
     def ledger(self) -> Ledger:
-        key = (self.resolved_ledger_url(), self.dagster_home)
-        if key not in _LEDGERS:
-            _LEDGERS[key] = Ledger(self.database(), rescue_dir=self.dagster_home)
-        return _LEDGERS[key]
+        return self._opened().ledger
 
     def leases(self) -> Leases:
         """The named leases in the ledger's database (the day's write lease of each table)."""
-        url = self.resolved_ledger_url()
-        if url not in _LEASES:
-            _LEASES[url] = Leases(self.database())
-        return _LEASES[url]
+        return self._opened().leases
 
     def table_uri(self, table: str) -> str:
         return tables.table_uri(self.warehouse_uri, table)
