@@ -21,8 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.endpoints import EndpointProfile
-from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError,
-                                      RequestFailedError, TransientError, WaitTimeoutError)
+from sora_pipeline.fal.errors import AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError, TransientError, WaitTimeoutError
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission_broker import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests, interrupted_line
