@@ -68,10 +68,6 @@ class WarehouseResource(dg.ConfigurableResource):
             _OPENED[url] = _Opened(database, Ledger(database, rescue_dir=self.dagster_home), Leases(database))
         return _OPENED[url]
 
-    def database(self) -> Database:
-        """The ledger's database, opened once per URL and process."""
-        return self._opened().database
-
     def ledger(self) -> Ledger:
         return self._opened().ledger
 
