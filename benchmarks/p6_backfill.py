@@ -185,7 +185,7 @@ def _wait_daemon_ready(instance, daemon: Group, since: float, timeout: float) ->
 def _ledger_window(ledger_url: str) -> dict[str, Any]:
     from sqlalchemy import create_engine, select
 
-    from sora_pipeline.ledger.database import attempts
+    from sora_pipeline.coordination.schema import attempts
 
     engine = create_engine(ledger_url)
     try:

@@ -95,7 +95,7 @@ async def download_cost(base: str, duration: int = 12, resolution: str = "1080p"
 
 
 def ledger_cost(url: str, n: int = 300) -> dict:
-    with Ledger(url) as lg:
+    with Ledger.open(url) as lg:
         specs = [RequestSpec.create(EP, item_id=f"m{i}", day="2026-11-20", prompt=f"p {i} {uuid.uuid4()}",
                                     resolution="720p", aspect_ratio="16:9", duration=4,
                                     image_sha256=hashlib.sha256(str(i).encode()).hexdigest(),
@@ -127,7 +127,7 @@ def ledger_cost(url: str, n: int = 300) -> dict:
 def webhook_throughput(url: str, specs: list[RequestSpec]) -> dict:
     from sora_pipeline.webhooks.receiver import WebhookConfig, WebhookServer
 
-    with Ledger(url) as lg, WebhookServer(lg, WebhookConfig(insecure_test_mode=True)) as hooks:  # unsigned: a test
+    with Ledger.open(url) as lg, WebhookServer(lg, WebhookConfig(insecure_test_mode=True)) as hooks:  # unsigned: a test
         bodies = [json.dumps({"request_id": f"rid-{s.request_key[:16]}", "status": "OK", "error": None,
                               "payload": {"video": {"url": "https://x/y.mp4", "duration": 4.0},
                                           "video_id": "v"}}).encode() for s in specs]

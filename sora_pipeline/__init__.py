@@ -3,7 +3,7 @@
 Rooms by layer, top to bottom; each imports only rooms below it, rooms side by side never import each other
 (pyproject's import-linter contracts; docs/architecture.md):
 `demo` → `definitions` → `defs` (Dagster) → `generation` → `webhooks` → `catalog` | `ledger` | `media` |
-`endpoint_tools` → `fal` | `simulator` → `analytics` | `endpoints` → leaves: `warehouse` | `billing` | `redact` |
-`serving` | `wire`."""
+`endpoint_tools` → `coordination` (the shared database) → `fal` | `simulator` → `analytics` | `endpoints` → leaves:
+`warehouse` | `billing` | `redact` | `serving` | `wire`."""
 
 __version__ = "0.1.0"

@@ -20,7 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from sora_pipeline.generation.admission_broker import AccountAdmission
-from sora_pipeline.ledger import Ledger, LedgerUnavailable
+from sora_pipeline.coordination import Admission, Database, LedgerUnavailable
+from sora_pipeline.ledger import Ledger
 from tests.support.fixtures import catalog_rows, make_project
 from tests.pipeline_helpers import subprocess_env
 
@@ -30,19 +31,20 @@ REPO = Path(__file__).resolve().parents[1]
 # and writes down when it held it
 WORKER = textwrap.dedent("""
     import json, sys, time
-    from sora_pipeline.ledger import Ledger
+    from sora_pipeline.coordination import Admission, Database
     url, holder, cap, n, hold, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \\
         float(sys.argv[5]), sys.argv[6]
     spans = []
-    with Ledger(url) as ledger:
+    with Database(url) as database:
+        places = Admission(database)
         for _ in range(n):
-            (ticket,) = ledger.request_places("fal", holder, 1, lease_s=30)
-            while ticket not in ledger.grant("fal", holder, cap):
+            (ticket,) = places.request_places("fal", holder, 1, lease_s=30)
+            while ticket not in places.grant("fal", holder, cap):
                 time.sleep(0.005)
             start = time.time()
             time.sleep(hold)
             end = time.time()
-            ledger.release_places(holder, [ticket])
+            places.release_places(holder, [ticket])
             spans.append([start, end])
     json.dump(spans, open(out, "w"))
 """)
@@ -59,7 +61,7 @@ def max_overlap(spans: list[list[float]]) -> int:
 
 def test_the_cap_holds_across_processes(ledger_url, tmp_path):
     cap, workers, n = 3, 4, 6
-    Ledger(ledger_url).close()  # schema first, so the workers do not race to create it
+    Database(ledger_url).close()  # schema first, so the workers do not race to create it
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, ledger_url, f"w{i}", str(cap), str(n), "0.05",
                                str(tmp_path / f"w{i}.json")], cwd=REPO, stderr=subprocess.PIPE, text=True)
              for i in range(workers)]
@@ -69,52 +71,56 @@ def test_the_cap_holds_across_processes(ledger_url, tmp_path):
     assert len(spans) == workers * n
     assert max_overlap(spans) <= cap, "more places held at once than the account's cap"
     assert max_overlap(spans) == cap, "the workers should have filled the account"
-    with Ledger(ledger_url) as ledger:
-        assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}
+    with Database(ledger_url) as database:
+        places = Admission(database)
+        assert places.admission_counts("fal") == {"holding": 0, "waiting": 0}
 
 
 def test_a_killed_process_gives_its_places_back_after_its_lease(ledger_url, tmp_path):
     """A process takes every place and is killed -9: nobody gets one while its lease runs, everybody after."""
     holder_script = textwrap.dedent("""
         import sys, time
-        from sora_pipeline.ledger import Ledger
-        with Ledger(sys.argv[1]) as ledger:
-            tickets = ledger.request_places("fal", "doomed", 2, lease_s=3)
-            assert ledger.grant("fal", "doomed", 2) == tickets
+        from sora_pipeline.coordination import Admission, Database
+        with Database(sys.argv[1]) as database:
+            places = Admission(database)
+            tickets = places.request_places("fal", "doomed", 2, lease_s=3)
+            assert places.grant("fal", "doomed", 2) == tickets
             print("holding", flush=True)
             time.sleep(600)
     """)
-    Ledger(ledger_url).close()
+    Database(ledger_url).close()
     proc = subprocess.Popen([sys.executable, "-c", holder_script, ledger_url], cwd=REPO, stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
     assert proc.stdout.readline().strip() == "holding"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
     killed_at = time.monotonic()
-    with Ledger(ledger_url) as ledger:
-        (ticket,) = ledger.request_places("fal", "survivor", 1, lease_s=30)
-        assert ledger.grant("fal", "survivor", 2) == [], "the dead process's places are still leased"
-        while not ledger.grant("fal", "survivor", 2):
+    with Database(ledger_url) as database:
+        places = Admission(database)
+        (ticket,) = places.request_places("fal", "survivor", 1, lease_s=30)
+        assert places.grant("fal", "survivor", 2) == [], "the dead process's places are still leased"
+        while not places.grant("fal", "survivor", 2):
             assert time.monotonic() - killed_at < 30, "the places never came back"
             time.sleep(0.1)
         waited = time.monotonic() - killed_at
         assert 1.0 < waited < 15, waited
-        assert ledger.admission_counts("fal")["holding"] == 1  # the dead rows are gone, ours is held
-        ledger.release_places("survivor", [ticket])
+        assert places.admission_counts("fal")["holding"] == 1  # the dead rows are gone, ours is held
+        places.release_places("survivor", [ticket])
 
 
 def test_grants_go_oldest_first_across_holders(tmp_path):
     """No day or process is starved: a holder that asks again and again does not overtake an older ticket."""
-    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
-        first = ledger.request_places("fal", "a", 2, lease_s=30)
-        assert ledger.grant("fal", "a", 2) == first  # the account is full
-        older = ledger.request_places("fal", "b", 1, lease_s=30)
-        newer = ledger.request_places("fal", "a", 1, lease_s=30)
-        ledger.release_places("a", [first[0]])
-        assert ledger.grant("fal", "a", 2) == [], "b's older ticket goes first"
-        assert ledger.grant("fal", "b", 2) == older
-        ledger.release_places("a", [first[1]])
-        assert ledger.grant("fal", "a", 2) == newer
+    with Database(f"sqlite:///{tmp_path / 'l.sqlite'}") as database:
+        places = Admission(database)
+        first = places.request_places("fal", "a", 2, lease_s=30)
+        assert places.grant("fal", "a", 2) == first  # the account is full
+        older = places.request_places("fal", "b", 1, lease_s=30)
+        newer = places.request_places("fal", "a", 1, lease_s=30)
+        places.release_places("a", [first[0]])
+        assert places.grant("fal", "a", 2) == [], "b's older ticket goes first"
+        assert places.grant("fal", "b", 2) == older
+        places.release_places("a", [first[1]])
+        assert places.grant("fal", "a", 2) == newer
 
 
 # ---------------------------------------------------------------- whole runs in parallel
@@ -149,10 +155,10 @@ def test_parallel_days_share_the_accounts_cap(tmp_path, make_simulator):
     # the cap the pipeline owes (the simulator itself never limits requests in flight, only running ones)
     assert stats["max_in_flight_seen"] <= 3, stats["max_in_flight_seen"]
     assert stats["submits"] == 15 and set(Counter(stats["submits_by_prompt"]).values()) == {1}
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         for day in DAYS:
             assert Counter(e.state.value for e in ledger.entries_for_day(day)) == Counter({"completed": 5})
-        assert ledger.admission_counts("simulator") == {"holding": 0, "waiting": 0}
+        assert Admission(ledger.database).admission_counts("simulator") == {"holding": 0, "waiting": 0}
         spans = [(min(e.submitted_at for e in ledger.entries_for_day(d)),
                   max(e.completed_at for e in ledger.entries_for_day(d))) for d in DAYS]
     # the processes started together (a barrier) and their days' requests really were at fal at the same time:
@@ -167,7 +173,7 @@ def test_a_day_budget_holds_across_runs_in_parallel(tmp_path, make_simulator):
     env = subprocess_env(project, sim)
     runs = _run_days(env, [DAYS[0], DAYS[0]], {"day_budget_usd": 6.0})  # $1.20 an item: 5 fit
     assert all(r.returncode == 0 for r in runs), _failures(runs)
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         assert ledger.spent(DAYS[0], backend="simulator") <= 6.0 + 1e-9
         states = Counter(e.state.value for e in ledger.entries_for_day(DAYS[0]))
     assert sim.stats()["submits"] == 5 and states["completed"] == 5
@@ -192,7 +198,7 @@ def test_many_parallel_runs_on_one_sqlite_ledger_under_cpu_load(tmp_path, make_s
 
 
 # ---------------------------------------------------------------- the broker batches its writes
-def _write_transactions(ledger: Ledger) -> list[int]:
+def _write_transactions(places: Admission) -> list[int]:
     """Counts the ledger's write transactions (BEGIN IMMEDIATE on SQLite) from now on."""
     seen: list[int] = []
 
@@ -200,7 +206,7 @@ def _write_transactions(ledger: Ledger) -> list[int]:
         if conn.get_execution_options().get("ledger_write"):
             seen.append(1)
 
-    event.listen(ledger._engine, "begin", on_begin)
+    event.listen(places.database.engine, "begin", on_begin)
     return seen
 
 
@@ -224,21 +230,22 @@ def test_the_broker_batches_releases_tickets_and_grants(tmp_path):
     for it would stall the test); leaving gives every row back."""
     n, cap = 200, 10
 
-    async def main(ledger: Ledger) -> tuple[int, int]:
+    async def main(places: Admission) -> tuple[int, int]:
         in_use = [0, 0]
-        async with AccountAdmission(ledger, asyncio.to_thread, account="fal", cap=cap, owner="t",
+        async with AccountAdmission(places, asyncio.to_thread, account="fal", cap=cap, owner="t",
                                     poll_s=600) as admission:
             await _through(admission, n, in_use)
             assert admission.granted == n
         return in_use[1], admission.turns
 
-    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
-        writes = _write_transactions(ledger)
-        peak, turns = asyncio.run(main(ledger))
+    with Database(f"sqlite:///{tmp_path / 'l.sqlite'}") as database:
+        places = Admission(database)
+        writes = _write_transactions(places)
+        peak, turns = asyncio.run(main(places))
         assert peak <= cap, "more places in use than the cap"
         assert len(writes) <= turns + 1  # the broker's turns and the final give-back: nothing per item
         assert turns <= n // 4, f"{turns} ledger transactions for {n} items"
-        assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}
+        assert places.admission_counts("fal") == {"holding": 0, "waiting": 0}
 
 
 def test_two_brokers_share_the_cap(tmp_path):
@@ -247,50 +254,53 @@ def test_two_brokers_share_the_cap(tmp_path):
 
     async def main(url: str) -> int:
         in_use = [0, 0]
-        with Ledger(url) as a_ledger, Ledger(url) as b_ledger:
-            async with AccountAdmission(a_ledger, asyncio.to_thread, account="fal", cap=cap, owner="a",
+        with Database(url) as a_db, Database(url) as b_db:
+            async with AccountAdmission(Admission(a_db), asyncio.to_thread, account="fal", cap=cap, owner="a",
                                         poll_s=0.01) as a, \
-                    AccountAdmission(b_ledger, asyncio.to_thread, account="fal", cap=cap, owner="b",
+                    AccountAdmission(Admission(b_db), asyncio.to_thread, account="fal", cap=cap, owner="b",
                                      poll_s=0.01) as b:
                 await asyncio.gather(_through(a, 30, in_use), _through(b, 30, in_use))
                 assert a.granted == b.granted == 30
         return in_use[1]
 
     url = f"sqlite:///{tmp_path / 'l.sqlite'}"
-    Ledger(url).close()
+    Database(url).close()
     assert asyncio.run(main(url)) <= cap
-    with Ledger(url) as ledger:
-        assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}
+    with Database(url) as database:
+        places = Admission(database)
+        assert places.admission_counts("fal") == {"holding": 0, "waiting": 0}
 
 
 def test_leaving_gives_every_row_back_and_answers_the_waiters(tmp_path):
     """Leaving with a place held and an item still waiting: the waiter learns it (no hang), no row is left."""
-    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+    with Database(f"sqlite:///{tmp_path / 'l.sqlite'}") as database:
+        places = Admission(database)
         async def main() -> None:
-            async with AccountAdmission(ledger, asyncio.to_thread, account="fal", cap=1, owner="t",
+            async with AccountAdmission(places, asyncio.to_thread, account="fal", cap=1, owner="t",
                                         poll_s=600) as admission:
                 await admission.acquire()
                 waiter = asyncio.create_task(admission.acquire())
-                while (await asyncio.to_thread(ledger.admission_counts, "fal"))["waiting"] < 1:
+                while (await asyncio.to_thread(places.admission_counts, "fal"))["waiting"] < 1:
                     await asyncio.sleep(0.01)
             with pytest.raises(RuntimeError, match="closed"):
                 await waiter
 
         asyncio.run(main())
-        assert ledger.admission_counts("fal") == {"holding": 0, "waiting": 0}
+        assert places.admission_counts("fal") == {"holding": 0, "waiting": 0}
 
 
 def test_a_ledger_failure_reaches_the_waiters(tmp_path):
     """The ledger fails during a turn (pinpoint fault): the waiting items get LedgerUnavailable, as any write's
     failure stops the run, instead of waiting forever."""
-    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+    with Database(f"sqlite:///{tmp_path / 'l.sqlite'}") as database:
+        places = Admission(database)
         async def failing_db(fn, *args, **kwargs):
-            if fn == ledger.exchange:
+            if fn == places.exchange:
                 raise OperationalError("BEGIN IMMEDIATE", {}, Exception("disk I/O error"))
             return await asyncio.to_thread(fn, *args, **kwargs)
 
         async def main() -> None:
-            async with AccountAdmission(ledger, failing_db, account="fal", cap=2, owner="t") as admission:
+            async with AccountAdmission(places, failing_db, account="fal", cap=2, owner="t") as admission:
                 with pytest.raises(LedgerUnavailable, match="disk I/O error"):
                     await admission.acquire()
 

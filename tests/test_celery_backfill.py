@@ -262,7 +262,7 @@ def test_celery_backfill_holds_the_account_cap_across_two_workers(celery_urls, t
         # never pay twice: every item submitted exactly once
         prompts = {r["prompt"] for r in rows}
         assert stats["submits_by_prompt"] == {p: 1 for p in prompts}, stats["submits_by_prompt"]
-        with Ledger(ledger_url) as ledger:  # ... decided through the one PostgreSQL ledger every worker shares
+        with Ledger.open(ledger_url) as ledger:  # ... decided through the one PostgreSQL ledger every worker shares
             for d in DAYS:
                 entries = ledger.entries_for_day(d)
                 assert len(entries) == ITEMS_PER_DAY, (d, entries)

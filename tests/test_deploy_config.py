@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from sora_pipeline.ledger.database import make_engine
+from sora_pipeline.coordination.engine import make_engine
 from tests.pg_helpers import DEPLOY, storage_file
 
 sys.path.insert(0, str(DEPLOY))

@@ -296,7 +296,7 @@ def test_an_openai_key_is_free_only_where_the_endpoint_takes_it(tmp_path):
     write_images(str(tmp_path / "data"))
     item = WorkItem(item_id="k", prompt="a key", image_ref=str(tmp_path / "data/images/land.png"),
                     resolution="720p", aspect_ratio="16:9", duration=4, day=DAY)
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         for endpoint, free in ((SORA_PRO, True), ("fal-ai/sora-2/image-to-video", False)):
             cfg = GenerationConfig(endpoint_id=endpoint, backend="simulator", queue_base_url="http://127.0.0.1:1",
                                    owner="t", day=DAY, openai_api_key="sk-test-not-real",

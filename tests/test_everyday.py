@@ -68,7 +68,7 @@ def _ledger(project) -> Ledger:
     from sora_pipeline.defs.warehouse_resource import WarehouseResource
 
     url = WarehouseResource(catalog_uri=project["catalog"], warehouse_uri=project["warehouse"]).resolved_ledger_url()
-    return Ledger(url)
+    return Ledger.open(url)
 
 
 def test_archived_videos_are_readable_like_the_tables(tmp_path, simulator):

@@ -25,7 +25,7 @@ from PIL import Image
 from sora_pipeline.defs.settings import ConfigError, PipelineSettings, TransferCapsConfig
 from sora_pipeline.fal.policies import RetryPolicy
 from sora_pipeline.fal.storage_uploads import ANSWER_BYTES, StorageSettings, StorageUploader, StorageUploadError
-from sora_pipeline.ledger import Ledger
+from sora_pipeline.coordination import Database, UploadCache
 from sora_pipeline.simulator import storage_server as sim_storage
 from sora_pipeline.warehouse.tables import read_day_partition
 from tests.support.fixtures import DAY, catalog_rows, make_project, materialize_day, resources
@@ -233,21 +233,22 @@ def test_a_transient_error_is_retried_and_a_too_large_image_never_leaves(servers
 # ---------------------------------------------------------------- the ledger's upload cache
 
 def test_the_ledger_remembers_an_upload_until_near_the_end_of_its_lifetime(tmp_path):
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    database = Database(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    cache = UploadCache(database)
     t0 = datetime(2026, 11, 20, tzinfo=UTC)
     sha, origin = "ab" * 32, "https://rest.fal.ai"
-    assert ledger.cached_upload(sha, origin, now=t0) is None
-    ledger.remember_upload(sha, origin, file_url="https://v3.fal.media/files/a.png", size=10,
-                           content_type="image/png", uploaded_at=t0, expires_at=t0 + timedelta(days=8))
-    assert ledger.cached_upload(sha, origin, now=t0 + timedelta(days=5)) == "https://v3.fal.media/files/a.png"
-    assert ledger.cached_upload(sha, origin, now=t0 + timedelta(days=6, seconds=1)) is None  # < 1/4 left
-    assert ledger.cached_upload(sha, origin, now=t0 + timedelta(days=7), margin=timedelta(0)) is not None
-    assert ledger.cached_upload(sha, "http://127.0.0.1:1", now=t0) is None  # per storage origin
-    ledger.remember_upload(sha, origin, file_url="https://v3.fal.media/files/b.png", size=10,
-                           content_type="image/png", uploaded_at=t0 + timedelta(days=7),
-                           expires_at=t0 + timedelta(days=15))  # re-uploaded: replaces the row
-    assert ledger.cached_upload(sha, origin, now=t0 + timedelta(days=7)) == "https://v3.fal.media/files/b.png"
-    ledger.close()
+    assert cache.cached_upload(sha, origin, now=t0) is None
+    cache.remember_upload(sha, origin, file_url="https://v3.fal.media/files/a.png", size=10,
+                          content_type="image/png", uploaded_at=t0, expires_at=t0 + timedelta(days=8))
+    assert cache.cached_upload(sha, origin, now=t0 + timedelta(days=5)) == "https://v3.fal.media/files/a.png"
+    assert cache.cached_upload(sha, origin, now=t0 + timedelta(days=6, seconds=1)) is None  # < 1/4 left
+    assert cache.cached_upload(sha, origin, now=t0 + timedelta(days=7), margin=timedelta(0)) is not None
+    assert cache.cached_upload(sha, "http://127.0.0.1:1", now=t0) is None  # per storage origin
+    cache.remember_upload(sha, origin, file_url="https://v3.fal.media/files/b.png", size=10,
+                          content_type="image/png", uploaded_at=t0 + timedelta(days=7),
+                          expires_at=t0 + timedelta(days=15))  # re-uploaded: replaces the row
+    assert cache.cached_upload(sha, origin, now=t0 + timedelta(days=7)) == "https://v3.fal.media/files/b.png"
+    database.close()
 
 
 def test_storage_settings_are_checked_at_load():
@@ -355,22 +356,22 @@ def test_a_large_image_is_uploaded_once_and_the_video_starts_from_it(big_day, si
     assert len(big) == 1 and next(iter(big)).startswith(f"{simulator.base_url}/_simulator/uploads/")
     assert all(urls[f"prompt {i} {DAY}"].startswith("data:image/png;base64,") for i in ("it1", "it3"))
     assert np.allclose(first_frame_mean(rows["it0"]["archive_uri"]), GREEN, atol=6)
-    with Ledger(project["ledger_url"]) as ledger:  # remembered per content hash and origin
-        assert ledger.cached_upload(sha, simulator.base_url) == next(iter(big))
+    with Database(project["ledger_url"]) as database:  # remembered per content hash and origin
+        assert UploadCache(database).cached_upload(sha, simulator.base_url) == next(iter(big))
 
     assert materialize_day(res).success  # a re-run reuses the videos: nothing submitted, nothing uploaded
     assert simulator.stats()["submits"] == 4 and uploads(simulator) == 1
     assert materialize_day(res, run_config={"regenerate": True}).success  # submitted again: the URL is reused
     assert simulator.stats()["submits"] == 8 and uploads(simulator) == 1
 
-    with Ledger(project["ledger_url"]) as ledger:  # the lifetime has (nearly) passed
+    with Database(project["ledger_url"]) as database:  # the lifetime has (nearly) passed
         past = datetime.now(UTC) - timedelta(days=7)
-        ledger.remember_upload(sha, simulator.base_url, file_url=next(iter(big)), size=1, content_type="image/png",
-                               uploaded_at=past, expires_at=past + timedelta(days=7, hours=1))
+        UploadCache(database).remember_upload(sha, simulator.base_url, file_url=next(iter(big)), size=1,
+                                              content_type="image/png", uploaded_at=past, expires_at=past + timedelta(days=7, hours=1))
     assert materialize_day(res, run_config={"regenerate": True}).success
     assert simulator.stats()["submits"] == 12 and uploads(simulator) == 2  # uploaded again
-    with Ledger(project["ledger_url"]) as ledger:
-        fresh = ledger.cached_upload(sha, simulator.base_url)
+    with Database(project["ledger_url"]) as database:
+        fresh = UploadCache(database).cached_upload(sha, simulator.base_url)
     assert fresh and fresh != next(iter(big)) and job_urls(simulator)[f"prompt it0 {DAY}"] == fresh
 
 

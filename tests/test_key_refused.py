@@ -14,7 +14,7 @@ RIGHT, WRONG = "right-key-id:right-secret-0123456789", "wrong-key-id:wrong-secre
 
 
 def states(project: dict) -> Counter:
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         return Counter(e.state.value for e in ledger.entries_for_day(DAY))
 
 
@@ -39,5 +39,5 @@ def test_a_refused_key_stops_the_run_and_leaves_the_items_resubmittable(tmp_path
     result = materialize_day(resources(sim.base_url, project, fal_key=RIGHT), run_config=once)
     assert result.success
     assert states(project) == Counter({"completed": 4}) and sim.stats()["submits"] == 4
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         assert ledger.spent(DAY) == sum(e.estimated_cost for e in ledger.entries_for_day(DAY))

@@ -1,4 +1,4 @@
-"""Named leases in the ledger (what a day's table writers take turns with): the rules, and a held lease that
+"""Named leases in the ledger's database (what a day's table writers take turns with): the rules, and a held lease that
 survives a short outage of the ledger's database. On SQLite and PostgreSQL (`ledger_url`)."""
 
 from __future__ import annotations
@@ -9,34 +9,35 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from sora_pipeline.ledger import Ledger
-from sora_pipeline.ledger.leases import LeaseTimeout
+from sora_pipeline.coordination import Database, Leases, LeaseTimeout
 
 
 def test_named_lease_rules(ledger_url):
-    with Ledger(ledger_url) as ledger:
+    with Database(ledger_url) as database:
+        leases = Leases(database)
         t0 = datetime.now(timezone.utc)
-        assert ledger.acquire_lease("day", "a", lease_s=10, now=t0)
-        assert not ledger.acquire_lease("day", "b", lease_s=10, now=t0)  # held
-        assert ledger.acquire_lease("day", "a", lease_s=10, now=t0)  # the holder again: renewed
-        assert ledger.renew_lease("day", "a", lease_s=10, now=t0) and not ledger.renew_lease("day", "b", lease_s=10)
+        assert leases.acquire_lease("day", "a", lease_s=10, now=t0)
+        assert not leases.acquire_lease("day", "b", lease_s=10, now=t0)  # held
+        assert leases.acquire_lease("day", "a", lease_s=10, now=t0)  # the holder again: renewed
+        assert leases.renew_lease("day", "a", lease_s=10, now=t0) and not leases.renew_lease("day", "b", lease_s=10)
         later = t0 + timedelta(seconds=11)
-        assert ledger.acquire_lease("day", "b", lease_s=10, now=later)  # a's lease ran out: taken over
-        assert ledger.lease_info("day").holder == "b"
-        assert not ledger.release_lease("day", "a") and ledger.release_lease("day", "b")
-        assert ledger.lease_info("day") is None
-        with ledger.hold_lease("day", lease_s=30) as held:
+        assert leases.acquire_lease("day", "b", lease_s=10, now=later)  # a's lease ran out: taken over
+        assert leases.lease_info("day").holder == "b"
+        assert not leases.release_lease("day", "a") and leases.release_lease("day", "b")
+        assert leases.lease_info("day") is None
+        with leases.hold_lease("day", lease_s=30) as held:
             with pytest.raises(LeaseTimeout, match=held.holder):
-                with ledger.hold_lease("day", lease_s=30, wait_s=0.2):
+                with leases.hold_lease("day", lease_s=30, wait_s=0.2):
                     pass
-        assert ledger.lease_info("day") is None
+        assert leases.lease_info("day") is None
 
 
 def test_a_held_lease_survives_a_short_database_outage(ledger_url):
     """Renewals that fail while the database is away are retried soon, not a third of the lease later: a lease
     whose first three renewals failed is still held once the database answers again (it was lost before)."""
-    with Ledger(ledger_url) as ledger:
-        real_renew, calls = ledger.renew_lease, []
+    with Database(ledger_url) as database:
+        leases = Leases(database)
+        real_renew, calls = leases.renew_lease, []
 
         def renew_after_an_outage(name, holder, **kw):  # the real renewal, after three failed ones
             calls.append(time.monotonic())
@@ -44,11 +45,11 @@ def test_a_held_lease_survives_a_short_database_outage(ledger_url):
                 raise OperationalError("UPDATE named_leases", {}, ConnectionError("database away"))
             return real_renew(name, holder, **kw)
 
-        ledger.renew_lease = renew_after_an_outage
-        with ledger.hold_lease("day", lease_s=6) as held:
+        leases.renew_lease = renew_after_an_outage
+        with leases.hold_lease("day", lease_s=6) as held:
             deadline = time.monotonic() + 120
             while len(calls) < 4 and held.lost is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             held.ensure_held()
-            assert len(calls) >= 4 and ledger.lease_info("day").holder == held.holder
-        assert ledger.lease_info("day") is None
+            assert len(calls) >= 4 and leases.lease_info("day").holder == held.holder
+        assert leases.lease_info("day") is None

@@ -13,10 +13,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from sora_pipeline.ledger import (
-    Decision, Ledger, RequestSpec, RequestState, ResubmitPolicy, default_ledger_url, request_key,
-)
-from sora_pipeline.ledger.database import LATEST_VERSION
+from sora_pipeline.coordination import default_ledger_url
+from sora_pipeline.coordination.schema import LATEST_VERSION
+from sora_pipeline.ledger import Decision, Ledger, RequestSpec, RequestState, ResubmitPolicy, request_key
 
 EP = "fal-ai/sora-2/image-to-video/pro"
 SHA = "ab" * 32
@@ -41,7 +40,7 @@ def pg_url(pg_admin):
 
 
 def _fresh_pg(pg_url: str) -> str:
-    with Ledger(pg_url) as lg, lg._engine.begin() as conn:
+    with Ledger.open(pg_url) as lg, lg._engine.begin() as conn:
         conn.execute(text("DELETE FROM attempts"))
         conn.execute(text("DELETE FROM requests"))
     return pg_url
@@ -56,7 +55,7 @@ def db_url(request, tmp_path):
 
 @pytest.fixture
 def ledger(db_url):
-    with Ledger(db_url) as lg:
+    with Ledger.open(db_url) as lg:
         yield lg
 
 
@@ -118,7 +117,7 @@ def test_request_key_never_takes_a_secret(tmp_path):
     s = spec(0, used_openai_key=True)
     assert s.spec_json()["used_openai_key"] is True and "api_key" not in s.spec_json()
     assert s.request_key == spec(0, used_openai_key=False).request_key  # same video either way
-    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as lg:
+    with Ledger.open(f"sqlite:///{tmp_path / 'l.sqlite'}") as lg:
         lg.plan([s])
         assert "sk-" not in repr(lg.get(s.request_key))
 
@@ -139,21 +138,21 @@ def test_plan_refuses_mismatched_key(ledger):
 
 # ---------------------------------------------------------------- schema / setup
 def test_schema_versioned_and_idempotent(db_url):
-    with Ledger(db_url) as a, Ledger(db_url) as b:
+    with Ledger.open(db_url) as a, Ledger.open(db_url) as b:
         assert a.schema_version == b.schema_version == LATEST_VERSION
         with a._engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == LATEST_VERSION
 
 
 def test_sqlite_uses_wal(tmp_path):
-    with Ledger(f"sqlite:///{tmp_path / 'w.sqlite'}") as lg, lg._engine.connect() as conn:
+    with Ledger.open(f"sqlite:///{tmp_path / 'w.sqlite'}") as lg, lg._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar().lower() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
 
 
 def test_repr_hides_password(pg_url):
     url = make_url(pg_url).set(password="hunter2").render_as_string(hide_password=False)
-    with Ledger(url) as lg:
+    with Ledger.open(url) as lg:
         assert "hunter2" not in repr(lg) and "***" in repr(lg)
 
 
@@ -176,17 +175,17 @@ def test_default_ledger_url(tmp_path):
 # ---------------------------------------------------------------- a SQLite file deleted or replaced underneath
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_sqlite_ledger_whose_file_goes_away_refuses_every_transaction(tmp_path, how):
-    from sora_pipeline.ledger import LedgerFileGone
+    from sora_pipeline.coordination import LedgerFileGone
 
     path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(f"sqlite:///{path}")
+    ledger = Ledger.open(f"sqlite:///{path}")
     one = RequestSpec.create(EP, item_id="g0", day=DAY, prompt="p", resolution="720p", aspect_ratio="16:9",
                              duration=4, image_sha256=SHA, used_openai_key=False, estimated_cost=1.0)
     ledger.plan([one])
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
     if how == "replaced":
-        Ledger(f"sqlite:///{path}").close()  # an empty ledger in its place
+        Ledger.open(f"sqlite:///{path}").close()  # an empty ledger in its place
     with pytest.raises(LedgerFileGone, match=f"ledger file {path} was {how}") as err:
         ledger.claim(one.request_key, owner="o", policy=POLICY)
     (saved,) = tmp_path.glob("ledger.sqlite.saved-*")
@@ -194,14 +193,14 @@ def test_a_sqlite_ledger_whose_file_goes_away_refuses_every_transaction(tmp_path
     with pytest.raises(LedgerFileGone):  # and it stays refused
         ledger.entries_for_day(DAY)
     ledger.close()
-    with Ledger(f"sqlite:///{saved}") as copy:  # the copy holds what the lost file held
+    with Ledger.open(f"sqlite:///{saved}") as copy:  # the copy holds what the lost file held
         assert [e.item_id for e in copy.entries_for_day(DAY)] == ["g0"]
 
 
 def test_recover_day_puts_back_what_the_warehouse_records_and_leaves_known_requests(tmp_path):
     from sora_pipeline.ledger import recover_day
 
-    ledger = Ledger(f"sqlite:///{tmp_path / 'new.sqlite'}")
+    ledger = Ledger.open(f"sqlite:///{tmp_path / 'new.sqlite'}")
     base = dict(endpoint_id=EP, backend="simulator", resolution="720p", aspect_ratio="16:9", requested_duration=4,
                 estimated_cost=1.2, used_openai_key=False)
     rows = [

@@ -19,7 +19,7 @@ def _claim_all(url: str, keys: list[str], owner: str, barrier=None) -> list[str]
     order = keys[:]
     rng.shuffle(order)
     won = []
-    with Ledger(url) as lg:
+    with Ledger.open(url) as lg:
         if barrier is not None:
             barrier.wait(timeout=120)
         for k in order:
@@ -40,7 +40,7 @@ def _process_worker(url, keys, owner, barrier, queue) -> None:
 
 def _plan_keys(url: str) -> list[str]:
     specs = [spec(f"c{i}") for i in range(N_KEYS)]
-    with Ledger(url) as lg:
+    with Ledger.open(url) as lg:
         lg.plan(specs)
     return [s.request_key for s in specs]
 
@@ -49,7 +49,7 @@ def test_threads_claim_each_key_once(db_url):
     keys = _plan_keys(db_url)
     barrier = threading.Barrier(8)
     results: dict[str, list[str]] = {}
-    with Ledger(db_url) as lg:
+    with Ledger.open(db_url) as lg:
         def run(owner: str) -> None:
             barrier.wait(timeout=60)
             won = []
@@ -86,5 +86,5 @@ def test_processes_claim_each_key_once(db_url):
     assert not errors
     wins = Counter(k for won in results.values() for k in won)
     assert set(wins) == set(keys) and set(wins.values()) == {1}
-    with Ledger(db_url) as lg:
+    with Ledger.open(db_url) as lg:
         assert all(len(lg.history(k)) == 1 for k in keys)

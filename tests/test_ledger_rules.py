@@ -126,7 +126,7 @@ def _build(lg: Ledger, name: str, steps: list[str], n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lg(tmp_path_factory):
-    with Ledger(f"sqlite:///{tmp_path_factory.mktemp('rules') / 'ledger.sqlite'}") as ledger:
+    with Ledger.open(f"sqlite:///{tmp_path_factory.mktemp('rules') / 'ledger.sqlite'}") as ledger:
         yield ledger
 
 

@@ -20,8 +20,9 @@ from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
 from sora_pipeline.generation.config import GenerationConfig
 from sora_pipeline.generation.records import WorkItem
 from sora_pipeline.generation.runner import GenerationRunner
-from sora_pipeline.ledger import Ledger, LedgerUnavailable, RequestSpec, RequestState, ResubmitPolicy, request_key
-from sora_pipeline.ledger.database import LATEST_VERSION
+from sora_pipeline.coordination import LedgerUnavailable
+from sora_pipeline.coordination.schema import LATEST_VERSION
+from sora_pipeline.ledger import Ledger, RequestSpec, RequestState, ResubmitPolicy, request_key
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-11-20"
@@ -64,7 +65,7 @@ def _submit_and_stop(sim, ledger: Ledger, items) -> None:
 def test_cancel_answered_already_completed_is_fetched_not_paid_again(tmp_path, make_simulator, png_data_uri):
     sim = make_simulator(run_latency=0.3)
     items = work_items(png_data_uri)
-    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as ledger:
+    with Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as ledger:
         _submit_and_stop(sim, ledger, items)
         time.sleep(0.8)  # the jobs finish at "fal": a cancel now answers ALREADY_COMPLETED (billed)
         runner = make_runner(sim.base_url, ledger)
@@ -83,7 +84,7 @@ def test_cancel_answered_already_completed_is_fetched_not_paid_again(tmp_path, m
 def test_cancel_without_an_answer_stays_resumable(tmp_path, make_simulator, png_data_uri):
     sim = make_simulator(run_latency=0.3)
     items = work_items(png_data_uri, 2)
-    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as ledger:
+    with Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as ledger:
         _submit_and_stop(sim, ledger, items)
         import socket
 
@@ -106,7 +107,7 @@ def test_cancel_without_an_answer_stays_resumable(tmp_path, make_simulator, png_
 def test_confirmed_cancel_is_recorded_cancelled(tmp_path, make_simulator, png_data_uri):
     sim = make_simulator(run_latency=30.0)
     items = work_items(png_data_uri, 2)
-    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as ledger:
+    with Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as ledger:
         _submit_and_stop(sim, ledger, items)
         runner = make_runner(sim.base_url, ledger)
         submitted_handles(runner, ledger)
@@ -128,7 +129,7 @@ def test_ledger_failure_fails_the_run_and_the_paid_ids_are_resumed(tmp_path, mak
     sim = make_simulator(run_latency=0.3)
     items = work_items(png_data_uri, 3)
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    with _LedgerDiesAtSubmit(url) as broken:
+    with _LedgerDiesAtSubmit.open(url) as broken:
         with pytest.raises(LedgerUnavailable) as failure:
             make_runner(sim.base_url, broken).run(items)
     message = str(failure.value)
@@ -139,7 +140,7 @@ def test_ledger_failure_fails_the_run_and_the_paid_ids_are_resumed(tmp_path, mak
     assert journal.exists() and len(journal.read_text().splitlines()) == paid
     for request_id in (line.split('"request_id": "')[1].split('"')[0] for line in journal.read_text().splitlines()):
         assert request_id in message  # a human can find them too
-    with Ledger(url) as ledger:
+    with Ledger.open(url) as ledger:
         outcomes = make_runner(sim.base_url, ledger, owner="run-b").run(items)
         assert not journal.exists()
         assert all(o.status == "completed" for o in outcomes), [(o.status, o.error_message) for o in outcomes]
@@ -164,7 +165,7 @@ def _spec(backend: str, item: str) -> RequestSpec:
 
 
 def test_budgets_count_only_real_spend(tmp_path):
-    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+    with Ledger.open(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
         specs = [_spec("simulator", "a"), _spec("fal", "b")]
         ledger.plan(specs)
         for spec in specs:
@@ -181,7 +182,7 @@ def test_old_ledgers_migrate_simulator_rows_to_their_own_keys(tmp_path):
     answered by fal (https) keep their keys, so nothing fal already delivered is paid for again."""
     path = tmp_path / "old.sqlite"
     old_sim, old_fal = _spec("fal", "from-sim"), _spec("fal", "from-fal")  # schema 1 had no backend in keys
-    with Ledger(f"sqlite:///{path}") as ledger:
+    with Ledger.open(f"sqlite:///{path}") as ledger:
         ledger.plan([old_sim, old_fal])
         for spec, base in ((old_sim, "http://127.0.0.1:5000"), (old_fal, "https://queue.fal.run")):
             ledger.claim(spec.request_key, owner="r", policy=ResubmitPolicy())
@@ -193,7 +194,7 @@ def test_old_ledgers_migrate_simulator_rows_to_their_own_keys(tmp_path):
     with sqlite3.connect(path) as db:  # back to schema 1
         db.execute("ALTER TABLE requests DROP COLUMN backend")
         db.execute("DELETE FROM schema_version WHERE version >= 2")
-    with Ledger(f"sqlite:///{path}") as ledger:
+    with Ledger.open(f"sqlite:///{path}") as ledger:
         assert ledger.schema_version == LATEST_VERSION
         by_item = {e.item_id: e for e in ledger.entries_for_day(DAY)}
         assert by_item["from-fal"].request_key == old_fal.request_key and by_item["from-fal"].backend == "fal"
@@ -238,7 +239,7 @@ def test_ledger_outage_mid_run_fails_the_run_and_the_next_run_resumes(tmp_path, 
                                capture_output=True, text=True, timeout=240)
         assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-4000:]
         assert sim.stats()["submits"] == 6 and set(Counter(sim.stats()["submits_by_prompt"]).values()) == {1}
-        with Ledger(project["ledger_url"]) as ledger:
+        with Ledger.open(project["ledger_url"]) as ledger:
             assert Counter(e.state.value for e in ledger.entries_for_day(DAY)) == Counter({"completed": 6})
     finally:
         proxy.close()
@@ -254,9 +255,9 @@ def _forget_ledger(project: dict) -> None:
     """What a new process does: open the ledger afresh (this process keeps one engine per URL)."""
     import sora_pipeline.defs.warehouse_resource as wr
 
-    ledger = wr._LEDGERS.pop(project["ledger_url"], None)
-    if ledger is not None:
-        ledger.close()
+    opened = wr._OPENED.pop(project["ledger_url"], None)
+    if opened is not None:
+        opened.database.close()
 
 
 def test_sqlite_ledger_deleted_mid_run_fails_the_run_and_the_next_run_pays_nothing(tmp_path, make_simulator):
@@ -296,5 +297,5 @@ def test_sqlite_ledger_deleted_mid_run_fails_the_run_and_the_next_run_pays_nothi
     _forget_ledger(project)
     third = materialize_day(resources(sim.base_url, project))
     assert third.success and sim.stats()["submits"] == 4  # nothing submitted again
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         assert [e.state for e in ledger.entries_for_day(PDAY)] == [RequestState.COMPLETED] * 4

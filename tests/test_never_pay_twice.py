@@ -31,7 +31,7 @@ def run_day(env: dict, run_config: dict | None = None, timeout: float = 240) -> 
 
 
 def ledger_states(project: dict) -> Counter:
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         return Counter(e.state.value for e in ledger.entries_for_day(DAY))
 
 
@@ -78,7 +78,7 @@ def test_sigterm_cancels_in_flight_requests_and_the_ledger_says_so(tmp_path, mak
     fresh = make_simulator(run_latency=0.2)
     assert run_day(subprocess_env(project, fresh)).returncode == 0
     assert ledger_states(project) == Counter({"completed": 4}) and fresh.stats()["submits"] == 4
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         for entry in ledger.entries_for_day(DAY):
             assert [a.state.value for a in ledger.history(entry.request_key)] == ["cancelled", "completed"]
 
@@ -220,7 +220,7 @@ def test_regenerate_forces_new_generations_and_keeps_history(tmp_path, simulator
     assert simulator.stats()["submits"] == 4
     second = read_day_partition(project["warehouse_uri"], "video_metadata", DAY).to_pylist()
     assert {r["request_id"] for r in first}.isdisjoint({r["request_id"] for r in second})
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         for entry in ledger.entries_for_day(DAY):
             assert [a.state.value for a in ledger.history(entry.request_key)] == ["completed", "completed"]
 

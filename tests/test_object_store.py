@@ -34,7 +34,7 @@ from sora_pipeline.analytics.query import connect  # noqa: E402
 from tests.support.fixtures import CATALOG_SCHEMA, IMAGES  # noqa: E402
 from sora_pipeline.defs.warehouse_resource import WarehouseResource, write_lease_name  # noqa: E402
 from sora_pipeline.ledger import Ledger  # noqa: E402
-from sora_pipeline.ledger.leases import LeaseLost  # noqa: E402
+from sora_pipeline.coordination import LeaseLost  # noqa: E402
 from sora_pipeline.media.probe import probe_video  # noqa: E402
 from sora_pipeline.warehouse import tables  # noqa: E402
 from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, MIRROR, ORPHAN_AGE_S  # noqa: E402
@@ -217,19 +217,19 @@ def test_readers_see_another_process_write_despite_fsspecs_listing_cache(s3):
 def test_a_second_writer_waits_for_the_first(tmp_path, s3, ledger_url):
     _fs, root, options = s3
     wh = WarehouseResource(warehouse_uri=f"{root}/warehouse", ledger_url=ledger_url, storage_options=options)
-    ledger = wh.ledger()
+    leases = wh.leases()
     name = write_lease_name(wh.table_uri("video_metadata"), DAY)
     attempts = []
-    real_acquire = ledger.acquire_lease
+    real_acquire = leases.acquire_lease
 
     def counting_acquire(lease_name, holder, **kw):  # the real call, counted
         ok = real_acquire(lease_name, holder, **kw)
         attempts.append((holder, ok))
         return ok
 
-    ledger.acquire_lease = counting_acquire
+    leases.acquire_lease = counting_acquire
     try:
-        with ledger.hold_lease(name, lease_s=30) as first:
+        with leases.hold_lease(name, lease_s=30) as first:
             second = threading.Thread(target=wh.write, args=(VERSIONED, DAY, _versioned(2)))
             second.start()
             deadline = time.monotonic() + 120
@@ -244,9 +244,9 @@ def test_a_second_writer_waits_for_the_first(tmp_path, s3, ledger_url):
         second.join(timeout=300)
         assert not second.is_alive()
     finally:
-        del ledger.acquire_lease
+        del leases.acquire_lease
     assert _whole(read_day_partition(wh.warehouse_uri, "video_metadata", DAY, options).to_pylist()) == "v2"
-    assert ledger.lease_info(name) is None  # released
+    assert leases.lease_info(name) is None  # released
 
 
 def test_concurrent_writers_never_overlap(s3, ledger_url, monkeypatch):
@@ -320,22 +320,22 @@ def test_a_writer_finds_its_new_version_despite_a_listing_another_writer_cached(
 def test_a_crashed_holders_lease_runs_out_and_a_lost_lease_blocks_the_swap(s3, ledger_url):
     _fs, root, options = s3
     wh = WarehouseResource(warehouse_uri=f"{root}/warehouse", ledger_url=ledger_url, storage_options=options)
-    ledger = wh.ledger()
+    leases = wh.leases()
     name = write_lease_name(wh.table_uri("video_metadata"), DAY)
-    assert ledger.acquire_lease(name, "crashed-worker", lease_s=1.0)  # never renewed nor released
+    assert leases.acquire_lease(name, "crashed-worker", lease_s=1.0)  # never renewed nor released
     wh.write(VERSIONED, DAY, _versioned(5))  # waits for the lease to run out, then takes it over
     assert _whole(read_day_partition(wh.warehouse_uri, "video_metadata", DAY, options).to_pylist()) == "v5"
-    assert ledger.lease_info(name) is None
+    assert leases.lease_info(name) is None
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_holder = f"{os.uname().nodename}:{int(dead.stdout)}:00000000"  # a process of this host, gone
-    assert ledger.acquire_lease(name, dead_holder, lease_s=3600)
-    with ledger.hold_lease(name, wait_s=60) as taken:  # taken over at once, not in an hour
-        assert ledger.lease_info(name).holder == taken.holder
+    assert leases.acquire_lease(name, dead_holder, lease_s=3600)
+    with leases.hold_lease(name, wait_s=60) as taken:  # taken over at once, not in an hour
+        assert leases.lease_info(name).holder == taken.holder
 
-    with ledger.hold_lease(name, lease_s=0.6) as held:  # renewed every 0.2 s ...
+    with leases.hold_lease(name, lease_s=0.6) as held:  # renewed every 0.2 s ...
         later = datetime.now(timezone.utc) + timedelta(seconds=5)
-        assert ledger.acquire_lease(name, "intruder", lease_s=60, now=later)  # ... but taken over
+        assert leases.acquire_lease(name, "intruder", lease_s=60, now=later)  # ... but taken over
         deadline = time.monotonic() + 120
         while held.lost is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -343,7 +343,7 @@ def test_a_crashed_holders_lease_runs_out_and_a_lost_lease_blocks_the_swap(s3, l
             write_day_partition(wh.warehouse_uri, "video_metadata", DAY, _versioned(6), options,
                                 lock=contextlib.nullcontext(held))
     assert _whole(read_day_partition(wh.warehouse_uri, "video_metadata", DAY, options).to_pylist()) == "v5"
-    assert ledger.lease_info(name).holder == "intruder"  # a lost lease is not released by its old holder
+    assert leases.lease_info(name).holder == "intruder"  # a lost lease is not released by its old holder
 
 
 # ---------------------------------------------------------------- (d) garbage collection on S3

@@ -79,12 +79,12 @@ def test_ledger_on_each_postgresql_url_form(new_database, scheme, driver):
     spec = RequestSpec.create("fal-ai/sora-2/image-to-video/pro", item_id="u0", day=DAY, prompt="p", resolution="720p",
                               aspect_ratio="16:9", duration=4, image_sha256="ab" * 32, used_openai_key=False,
                               estimated_cost=1.0)
-    with Ledger(url) as ledger:
+    with Ledger.open(url) as ledger:
         assert ledger._engine.dialect.driver == driver
         ledger.plan([spec])
         decision, entry = ledger.claim(spec.request_key, owner="o", policy=ResubmitPolicy())
         assert decision.name == "SUBMIT" and entry.attempt == 1
-    with Ledger(url) as again:  # a second process on the same database: the schema is there, the claim too
+    with Ledger.open(url) as again:  # a second process on the same database: the schema is there, the claim too
         assert again.counts_by_state(DAY)[RequestState.SUBMITTING.value] == 1
 
 
@@ -164,7 +164,7 @@ def test_daemon_two_runs_of_one_day_on_documented_storage(tmp_path, new_database
         instance.dispose()
     stats = sim.stats()
     assert stats["submits"] == 4 and set(stats["submits_by_prompt"].values()) == {1}, stats["submits_by_prompt"]
-    with Ledger(url_string(ledger_db)) as ledger:
+    with Ledger.open(url_string(ledger_db)) as ledger:
         assert ledger.dialect == "postgresql" and ledger._engine.dialect.driver == "psycopg2"
         entries = ledger.entries_for_day(DAY)
         assert len(entries) == 4 and all(e.state == RequestState.COMPLETED and e.attempt == 1 for e in entries)
@@ -200,7 +200,7 @@ def test_sample_day_on_postgres_instance_and_ledger(tmp_path, pg_instance, new_d
     assert latest is not None and latest.dagster_event.partition == DAY
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.SUCCESS
     # ... and so does the request ledger
-    with Ledger(url_string(ledger_db)) as ledger:
+    with Ledger.open(url_string(ledger_db)) as ledger:
         assert ledger.dialect == "postgresql"
         assert ledger.counts_by_state(DAY)[RequestState.COMPLETED.value] == 4
         assert all(len(ledger.history(e.request_key)) == 1 for e in ledger.entries_for_day(DAY))
@@ -234,7 +234,7 @@ def test_two_processes_same_day_submit_each_item_once(tmp_path, pg_instance, new
     prompts = {r["prompt"] for r in catalog_rows()}
     assert stats["submits_by_prompt"] == {p: 1 for p in prompts}, stats["submits_by_prompt"]
     assert stats["submits"] == 4
-    with Ledger(url_string(ledger_db)) as ledger:
+    with Ledger.open(url_string(ledger_db)) as ledger:
         entries = ledger.entries_for_day(DAY)
         assert len(entries) == 4 and all(e.state == RequestState.COMPLETED and e.attempt == 1 for e in entries)
     a, b = (read_day_partition(str(tmp_path / f"wh-{n}"), "video_metadata", DAY).to_pylist() for n in "ab")
@@ -312,7 +312,7 @@ def test_webhook_replicas_on_a_shared_postgres_ledger(new_database, make_simulat
     key = signing_key(sim.config)
     config = WebhookConfig(public_keys=[parse_public_key(sim.webhook_public_key)])
     url = url_string(new_database("ledger"))
-    with Ledger(url) as ledger, Ledger(url) as l1, Ledger(url) as l2, \
+    with Ledger.open(url) as ledger, Ledger.open(url) as l1, Ledger.open(url) as l2, \
             WebhookServer(l1, config) as r1, WebhookServer(l2, config) as r2:
         specs = [RequestSpec.create("fal-ai/sora-2/image-to-video/pro", item_id=f"w{i}", day=DAY, prompt=f"p{i}",
                                     resolution="720p", aspect_ratio="16:9", duration=4,

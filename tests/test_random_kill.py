@@ -193,7 +193,7 @@ def expire_dead_claims(ledger_url: str) -> list[str]:
     owner is dead: expire its lease through the ledger's own rule (→ UNKNOWN, SKIP_UNKNOWN, nothing submitted)."""
     caught = []
     dead_owner_policy = ResubmitPolicy(submit_lease_seconds=1e-9)
-    with Ledger(ledger_url) as ledger:
+    with Ledger.open(ledger_url) as ledger:
         for entry in ledger.entries_for_day(DAY):
             if entry.state == RequestState.SUBMITTING:
                 assert entry.request_id is None, entry
@@ -255,7 +255,7 @@ def test_random_kill_9_then_rerun_never_pays_twice(tmp_path, make_simulator, see
     check(set(per_prompt) <= set(prompt_of.values()), f"submits for prompts not in the catalog: {per_prompt}")
     check(max(per_prompt.values(), default=0) <= 1, f"PAID TWICE: {per_prompt.most_common(5)}")
 
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         entries = {e.item_id: e for e in ledger.entries_for_day(DAY)}
         histories = {item: ledger.history(e.request_key) for item, e in entries.items()}
     check(sorted(entries) == sorted(prompt_of), f"ledger items {sorted(entries)}")

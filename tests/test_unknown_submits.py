@@ -22,12 +22,12 @@ QUICK = {"submit_heartbeat_seconds": 0.5, "unknown_settle_seconds": 60.0}  # a d
 
 
 def states(project: dict) -> Counter:
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         return Counter(e.state.value for e in ledger.entries_for_day(DAY))
 
 
 def history(project: dict) -> list:
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         (entry,) = ledger.entries_for_day(DAY)
         return ledger.history(entry.request_key)
 
@@ -81,7 +81,7 @@ def test_a_claim_fal_never_received_becomes_resubmittable_once_the_history_prove
     project = make_project(tmp_path, catalog_rows(n=2))
     assert materialize_day(resources(simulator.base_url, project), run_config={"dry_run": True}).success
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         for e in ledger.entries_for_day(DAY):  # claimed by a run that is gone, with what it meant to send
             ledger.claim(e.request_key, owner="dead-run", policy=ResubmitPolicy(), now=an_hour_ago,
                          payload_sha256="0" * 64)
@@ -89,7 +89,7 @@ def test_a_claim_fal_never_received_becomes_resubmittable_once_the_history_prove
     result = materialize_day(resources(simulator.base_url, project), run_config=QUICK)
     assert result.success
     assert simulator.stats()["submits"] == 2 and states(project) == Counter({"completed": 2})
-    with Ledger(project["ledger_url"]) as ledger:
+    with Ledger.open(project["ledger_url"]) as ledger:
         for e in ledger.entries_for_day(DAY):
             first, second = ledger.history(e.request_key)
             assert first.state.value == "failed" and first.error_type == "not_at_fal"

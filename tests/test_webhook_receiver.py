@@ -36,7 +36,7 @@ from tests.webhook_helpers import (
 
 @pytest.fixture
 def ledger(tmp_path):
-    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as lg:
+    with Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as lg:
         yield lg
 
 

@@ -36,7 +36,7 @@ from tests.webhook_helpers import DAY, EP, IMAGE, client, sim_key_config, spec, 
 # ---------------------------------------------------------------- helpers
 @pytest.fixture
 def ledger(tmp_path):
-    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as lg:
+    with Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as lg:
         yield lg
 
 
@@ -288,7 +288,7 @@ def test_dagster_materialization_in_webhook_mode(make_simulator, tmp_path):
 
     sim = make_simulator(run_latency=0.2, webhook_drop_probability=0.0)
     project = make_project(tmp_path, catalog_rows(n=3))
-    with Ledger(project["ledger_url"]) as shared, WebhookServer(shared, sim_key_config(sim)) as hooks:
+    with Ledger.open(project["ledger_url"]) as shared, WebhookServer(shared, sim_key_config(sim)) as hooks:
         res = resources(sim.base_url, project, webhook_url=hooks.url, webhook_ledger_poll_seconds=0.05)
         assert materialize_day(res).success
     assert sim.stats()["calls"]["status"] == 3 and sim.stats()["submits"] == 3  # one confirmation each

@@ -120,7 +120,8 @@ def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -
             webhook_url=settings.webhook_url, caps=TransferCapsConfig.of(settings.caps),
             price_table=settings.price_table, **fal_overrides),
         "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
-                                       ledger_url=settings.ledger_url, image_roots=list(settings.image_roots)),
+                                       ledger_url=settings.ledger_url, image_roots=list(settings.image_roots),
+                                       dagster_home=settings.dagster_home),
         "fal_platform": FalPlatformResource(
             api_url=settings.platform_url, key=dg.EnvVar("FAL_KEY") if settings.has_fal_key else None,
             admin_key=dg.EnvVar("FAL_ADMIN_KEY") if settings.has_admin_key else None,

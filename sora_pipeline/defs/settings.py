@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from sora_pipeline.generation.costs import PRICE_TABLE_ENV, PriceTable, PriceTableError
 from sora_pipeline.endpoints import BadProfile, UnknownEndpoint, get_profile
-from sora_pipeline.ledger import url_problem
+from sora_pipeline.coordination import url_problem
 from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID
 from sora_pipeline.fal.caps import TransferCaps
 from sora_pipeline.fal.limits import (

@@ -1,7 +1,7 @@
-"""This process's broker for the fal account's places in flight (the rules live in `ledger/admission.py`).
+"""This process's broker for the fal account's places in flight (the rules live in `coordination/admission.py`).
 
 `acquire()` waits for a place and returns its id; `release_nowait(id)` (or `await release(id)`) gives it back. The
-broker batches its writes: each turn is one ledger transaction (`Ledger.exchange`) that gives back every place
+broker batches its writes: each turn is one ledger transaction (`Admission.exchange`) that gives back every place
 released since the last turn, files a ticket for every item that started waiting, and takes the grants. A turn
 starts at once when something was released or is newly waiting here (while a turn's transaction runs, more
 releases and waiters pile up for the next one), else every `poll_s` while tickets wait. A released place counts as
@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.generation.group_commit import ledger_unavailable
-from sora_pipeline.ledger import Ledger
+from sora_pipeline.coordination import Admission
 
 log = logging.getLogger("sora_pipeline.generation")
 DbCall = Callable[..., Awaitable[Any]]
@@ -28,11 +28,11 @@ CLOSE_WAIT_S = 10.0  # leaving waits this long at most for a turn in the ledger 
 
 
 class AccountAdmission:
-    def __init__(self, ledger: Ledger, db: DbCall, *, account: str, cap: int, owner: str,
+    def __init__(self, admission: Admission, db: DbCall, *, account: str, cap: int, owner: str,
                  lease_s: float = 60.0, poll_s: float = 0.2) -> None:
         if cap < 1:
             raise ValueError("the account's in-flight cap must be ≥ 1")
-        self.ledger, self._db, self.account, self.cap = ledger, db, account, cap
+        self.admission, self._db, self.account, self.cap = admission, db, account, cap
         self.holder = f"{owner}:{uuid.uuid4().hex[:12]}"
         self.lease_s, self.poll_s = lease_s, poll_s
         self._waiting: list[asyncio.Future] = []  # not yet ticketed
@@ -72,7 +72,7 @@ class AccountAdmission:
         self._tickets.clear()
         self._released.clear()
         with contextlib.suppress(Exception):  # a dead process's rows expire anyway
-            await self._db(self.ledger.release_places, self.holder, None)  # every row of this broker
+            await self._db(self.admission.release_places, self.holder, None)  # every row of this broker
         if cancelled:
             raise asyncio.CancelledError
 
@@ -110,7 +110,7 @@ class AccountAdmission:
             for t in gone:
                 del self._tickets[t]
             try:
-                ids, granted = await self._db(self.ledger.exchange, self.account, self.holder, self.cap,
+                ids, granted = await self._db(self.admission.exchange, self.account, self.holder, self.cap,
                                               release=[*released, *gone], request=len(new), lease_s=self.lease_s)
             except asyncio.CancelledError:
                 raise  # `__aexit__` gives every row back
@@ -134,7 +134,7 @@ class AccountAdmission:
                         await self._wake.wait()
 
     def _fail(self, waiters: list[asyncio.Future], exc: Exception) -> None:
-        error = ledger_unavailable(self.ledger, exc) if isinstance(exc, SQLAlchemyError) else exc
+        error = ledger_unavailable(self.admission.database, exc) if isinstance(exc, SQLAlchemyError) else exc
         for future in waiters:
             if not future.done():
                 future.set_exception(error)
@@ -143,6 +143,6 @@ class AccountAdmission:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                await self._db(self.ledger.renew, self.holder, lease_s=self.lease_s)
+                await self._db(self.admission.renew, self.holder, lease_s=self.lease_s)
             except Exception as exc:  # the next renewal tries again; the lease outlives two misses
                 log.warning("could not renew the account's places: %s", exc)

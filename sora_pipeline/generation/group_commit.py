@@ -11,12 +11,13 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from sora_pipeline.ledger import Ledger, LedgerUnavailable, RequestNotPlanned
+from sora_pipeline.coordination import Database, LedgerUnavailable
+from sora_pipeline.ledger import Ledger, RequestNotPlanned
 
 MAX_BATCH = 256  # writes per transaction: bounds how long one commit keeps the ledger locked
 
 
-def ledger_unavailable(ledger: Ledger, exc: BaseException) -> LedgerUnavailable:
+def ledger_unavailable(ledger: Ledger | Database, exc: BaseException) -> LedgerUnavailable:
     detail = str(exc).splitlines()[0][:300] if str(exc) else ""
     return LedgerUnavailable(f"the request ledger {ledger!r} failed ({type(exc).__name__}: {detail})")
 

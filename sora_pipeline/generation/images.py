@@ -5,7 +5,7 @@ the same request key (SHA-256 of the bytes) whether the image is uploaded or not
 `SORA_MAX_UPLOAD_BYTES`; an image above `SORA_UPLOAD_THRESHOLD_BYTES` becomes a `LargeImage` whose URL is filled
 in only when its item is about to be submitted (`ImageUploads.prepare`): dry runs and reused videos upload
 nothing. The upload happens once per content hash and storage origin: the ledger remembers the file URL until
-near the end of its lifetime (`LedgerUploads.cached_upload`), and concurrent items of one image in this process
+near the end of its lifetime (`UploadCache.cached_upload`), and concurrent items of one image in this process
 share one upload. A failed upload fails its item only (`StorageUploadError`); nothing was claimed or sent for it.
 """
 
@@ -25,7 +25,7 @@ from sora_pipeline.fal.limits import describe_bytes
 from sora_pipeline.fal.storage_uploads import StorageSettings, StorageUploader, StorageUploadError
 from sora_pipeline.generation.config import GenerationConfig
 from sora_pipeline.generation.records import Planned
-from sora_pipeline.ledger import Ledger
+from sora_pipeline.coordination import UploadCache
 
 log = logging.getLogger("sora_pipeline.generation")
 UPLOADS_AT_ONCE = 2  # uploads of one run in flight at most (each holds its image in memory)
@@ -68,11 +68,11 @@ class ImageUploads:
     """One run's uploads: `prepare(planned, client)` gives a `LargeImage` its fal storage URL (from the ledger, or
     uploaded now) and leaves every other image as it is. `db` runs a blocking ledger call off the event loop."""
 
-    def __init__(self, ledger: Ledger, db: Callable[..., Awaitable[Any]], config: GenerationConfig,
+    def __init__(self, cache: UploadCache, db: Callable[..., Awaitable[Any]], config: GenerationConfig,
                  settings: StorageSettings | None = None) -> None:
         self.settings = settings or config.caps.uploads  # the settings' SORA_UPLOAD_* / SORA_FAL_STORAGE_URL
         self.origin = self.settings.origin_for(backend=config.backend, queue_base_url=config.queue_base_url)
-        self._ledger, self._db = ledger, db
+        self._cache, self._db = cache, db
         self._slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
         self.uploaded = 0  # uploads this run made
 
@@ -86,7 +86,7 @@ class ImageUploads:
 
     async def url_for(self, image: LargeImage, *, key: str | None) -> str:
         """The image's storage URL: remembered in the ledger, else uploaded (once in this process)."""
-        cached = await self._db(self._ledger.cached_upload, image.sha256, self.origin)
+        cached = await self._db(self._cache.cached_upload, image.sha256, self.origin)
         if cached:
             return cached
         slot = (image.sha256, self.origin)
@@ -102,7 +102,7 @@ class ImageUploads:
             return await asyncio.wrap_future(pending)
         try:
             # another upload of this image may have finished between the first look and now
-            url = await self._db(self._ledger.cached_upload, image.sha256, self.origin) or \
+            url = await self._db(self._cache.cached_upload, image.sha256, self.origin) or \
                 await self._upload(image, key)
             pending.set_result(url)
             return url
@@ -128,7 +128,7 @@ class ImageUploads:
                 raise StorageUploadError(f"the image ({size}, above the {threshold} data-URI threshold) could not "
                                          f"be uploaded to fal storage: {exc}", retryable=exc.retryable) from None
             del data
-        await self._db(self._ledger.remember_upload, image.sha256, self.origin, file_url=done.file_url,
+        await self._db(self._cache.remember_upload, image.sha256, self.origin, file_url=done.file_url,
                        size=done.size, content_type=done.content_type, uploaded_at=done.uploaded_at,
                        expires_at=done.expires_at)
         self.uploaded += 1

@@ -21,8 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.endpoints import EndpointProfile
-from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError,
-                                      RequestFailedError, TransientError, WaitTimeoutError)
+from sora_pipeline.fal.errors import AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError, TransientError, WaitTimeoutError
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission_broker import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests, interrupted_line
@@ -39,7 +38,8 @@ from sora_pipeline.generation.stops import key_stopped_the_run, ledger_stopped_t
 from sora_pipeline.generation.unknowns import handles_on, payload_fingerprint, resolve_day
 from sora_pipeline.generation.records import Outcome, Planned, WorkItem
 from sora_pipeline.generation.videos import download_and_probe
-from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, LedgerUnavailable, RequestState, would_submit
+from sora_pipeline.coordination import Admission, LedgerUnavailable, UploadCache
+from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, RequestState, would_submit
 from sora_pipeline.redact import install_log_redaction, register_secret
 
 log = logging.getLogger("sora_pipeline.generation")
@@ -142,11 +142,11 @@ class GenerationRunner:
         self._submits_first = SubmitsFirst(SUBMITS_FIRST_MAX_WAIT)
         self._submitting = asyncio.Semaphore(cfg.submit_concurrency)
         self._downloads = asyncio.Semaphore(cfg.download_concurrency)
-        self._images = ImageUploads(self.ledger, self._db, cfg)  # large images: fal storage, uploaded once
+        self._images = ImageUploads(UploadCache(self.ledger.database), self._db, cfg)  # large images: fal storage, uploaded once
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
         downloads = httpx.AsyncClient(timeout=httpx.Timeout(120.0), verify=shared_ssl_context(),
                                       limits=httpx.Limits(max_keepalive_connections=IDLE_CONNECTIONS))
-        admission = (AccountAdmission(self.ledger, self._db, account=cfg.backend, cap=cfg.account_cap,
+        admission = (AccountAdmission(Admission(self.ledger.database), self._db, account=cfg.backend, cap=cfg.account_cap,
                                       owner=cfg.owner, lease_s=cfg.admission_lease)
                      if cfg.account_cap else contextlib.nullcontext())
         used = {p.endpoint_id: p.profile for p in planned if p.spec}

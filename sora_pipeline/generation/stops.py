@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from sora_pipeline.fal.errors import AuthenticationError
 from sora_pipeline.generation.group_commit import ledger_unavailable
-from sora_pipeline.ledger import Ledger, LedgerUnavailable
+from sora_pipeline.coordination import LedgerUnavailable
+from sora_pipeline.ledger import Ledger
 
 
 def ledger_stopped_the_run(ledger: Ledger, exc: BaseException, in_flight: int, rescued: list[str]) -> LedgerUnavailable:

@@ -17,26 +17,23 @@ Claim rules (`claim(key, owner=..., policy=...)`), stated once as the pure funct
   SKIP_FAILED. The cap `max_attempts` counts attempts since the latest completed attempt (all attempts if none).
   With `day_budget`, a SUBMIT that would take the day's spend over it is SKIP_BUDGET (counted in the claim).
 
-Modules: model (value types), rules (the claim rules), store (`Ledger`, composed of claims, transitions, queries,
-ops and admission — the fal account's leased places in flight), rows and schema (tables and statements), rescue
-(the local journal of unrecorded request ids).
+Modules: model (value types), rules (the claim rules), store (`Ledger`, composed of claims, transitions, queries
+and writes), rows (statements), rescue (the local journal of unrecorded request ids), recovery (a day rebuilt from
+the warehouse). The ledger is built on the shared database (`sora_pipeline.coordination`: engine, tables and
+migrations, and beside the ledger the account's admission, the named leases and the upload cache).
 """
 
 from .model import (
-    AttemptRecord, AttemptRef, Decision, LedgerConflict, LedgerEntry, LedgerError, LedgerFileGone, LedgerUnavailable,
-    LedgerUnreachable, RequestNotPlanned, RequestSpec, RequestState, ResubmitPolicy, default_ledger_url,
-    normalized_spec, request_key,
+    AttemptRecord, AttemptRef, Decision, LedgerConflict, LedgerEntry, RequestNotPlanned, RequestSpec, RequestState,
+    ResubmitPolicy, normalized_spec, request_key, simulator_key,
 )
 from .recovery import recover_day
 from .rules import decide, would_submit
-from .database import LATEST_VERSION as SCHEMA_VERSION
 from .claims import UNCONFIRMED_SUBMIT
 from .store import Ledger
-from .urls import url_problem
 
 __all__ = [
-    "SCHEMA_VERSION", "UNCONFIRMED_SUBMIT", "AttemptRecord", "AttemptRef", "Decision", "Ledger", "LedgerConflict",
-    "LedgerEntry", "LedgerError", "LedgerFileGone", "LedgerUnavailable", "LedgerUnreachable", "RequestNotPlanned",
-    "RequestSpec", "RequestState", "ResubmitPolicy", "decide", "default_ledger_url", "normalized_spec",
-    "recover_day", "request_key", "url_problem", "would_submit",
+    "UNCONFIRMED_SUBMIT", "AttemptRecord", "AttemptRef", "Decision", "Ledger", "LedgerConflict", "LedgerEntry",
+    "RequestNotPlanned", "RequestSpec", "RequestState", "ResubmitPolicy", "decide", "normalized_spec",
+    "recover_day", "request_key", "simulator_key", "would_submit",
 ]

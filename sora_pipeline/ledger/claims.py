@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
+from sora_pipeline.coordination.engine import BUDGET_LOCKS, read, serialize_on_postgres
+from sora_pipeline.coordination.schema import attempts, aware, requests, utcnow
+
 from .model import Decision, LedgerEntry, RequestNotPlanned, RequestState, ResubmitPolicy
-from .writes import LostRace, Op, aware
+from .writes import LostRace, Op
 from .queries import spent_query
 from .rows import CLAIM_CAS, ENTRY_BY_KEY_FOR_UPDATE, INSERT_ATTEMPT, entry_from_row
 from .rules import decide, effective_state, needs_history
-from .database import BUDGET_LOCKS, attempts, read, requests, serialize_on_postgres, utcnow
 
 S = RequestState
 _A = attempts.c

@@ -8,12 +8,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from sqlalchemy.engine import URL
-
+from sora_pipeline.coordination.errors import LedgerError
 from sora_pipeline.endpoints import UnknownEndpoint, get_profile
 
 KEY_VERSION = 1
@@ -41,28 +38,6 @@ class Decision(str, Enum):
     SKIP_FAILED = "skip_failed"  # not retryable, or the attempt cap is reached
     BUSY = "busy"  # another live owner is submitting: wait and claim again
     SKIP_BUDGET = "skip_budget"  # a submit would cross the day's budget (counted in the claim's transaction)
-
-
-class LedgerError(RuntimeError):
-    """Base class of ledger errors."""
-
-
-class LedgerUnavailable(LedgerError):
-    """The ledger's database failed (unreachable, locked for too long, its tables gone). A run must stop: without
-    the ledger it can neither record what it pays for nor know what was paid."""
-
-
-class LedgerUnreachable(LedgerUnavailable):
-    """The ledger's database did not answer when the ledger was opened (nothing was done yet)."""
-
-    def __init__(self, url: str, host: str, cause: str) -> None:
-        super().__init__(f"the ledger database {url} does not answer (host {host}: {cause})")
-        self.url, self.host, self.cause = url, host, cause
-
-
-class LedgerFileGone(LedgerUnavailable):
-    """A SQLite ledger's file was deleted or replaced while this process used it: what is written from now on
-    would land in a file nobody reads, and the next run would find an empty ledger and pay again."""
 
 
 class LedgerConflict(LedgerError):
@@ -135,6 +110,13 @@ def normalized_spec(
             raise ValueError("end_image_sha256 must be 64 hex characters")
         fields["end_image_sha256"] = end
     return fields
+
+
+def simulator_key(spec: dict[str, Any]) -> str:
+    """The key of a request answered by a simulator, from its stored spec (schema 2 re-keyed the simulator rows of
+    older ledgers with it: `sora_pipeline.coordination.schema`)."""
+    fields = {k: spec[k] for k in ("item_id", "prompt", "resolution", "aspect_ratio", "duration", "image_sha256")}
+    return request_key(spec["endpoint_id"], **fields, backend="simulator")
 
 
 def check_backend(backend: str) -> str:
@@ -314,22 +296,3 @@ class LedgerEntry:
     @property
     def backend(self) -> str:
         return self.spec.get("backend") or "fal"
-
-
-def default_ledger_url(warehouse_uri: str, dagster_home: str | None) -> str:
-    """Where the ledger lives by default; creates the parent directory.
-
-    A local warehouse (plain path or file:// URI) gets `<warehouse>/_ledger/ledger.sqlite`; otherwise
-    `<dagster_home>/sora_ledger.sqlite`; otherwise `./sora_ledger.sqlite`. `dagster_home` is taken as given
-    (pass `os.environ.get("DAGSTER_HOME")`).
-    """
-    parts = urlsplit(warehouse_uri) if warehouse_uri else None
-    if parts is not None and (parts.scheme == "file" or parts.scheme == "" or len(parts.scheme) == 1):
-        local = unquote(parts.path) if parts.scheme == "file" else warehouse_uri
-        path = Path(local).expanduser().resolve() / "_ledger" / "ledger.sqlite"
-    elif dagster_home:
-        path = Path(dagster_home).expanduser().resolve() / "sora_ledger.sqlite"
-    else:
-        path = Path.cwd() / "sora_ledger.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)

@@ -7,10 +7,12 @@ from datetime import date, datetime, timedelta, timezone
 from sqlalchemy import Select, and_, func, not_, select
 from sqlalchemy.engine import Connection, Engine
 
+from sora_pipeline.coordination.engine import read
+from sora_pipeline.coordination.schema import attempts, requests
+
 from .model import AttemptRecord, AttemptRef, LedgerEntry, RequestState
 from .writes import Op
 from .rows import ENTRY_BY_KEY, ENTRY_SELECT, attempt_from_row, entry_from_row
-from .database import attempts, read, requests
 
 S = RequestState
 _A = attempts.c

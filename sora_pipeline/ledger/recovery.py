@@ -18,8 +18,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from sora_pipeline.coordination.engine import write
+from sora_pipeline.coordination.schema import attempts, requests, utcnow
+
 from .model import RequestState
-from .database import attempts, requests, utcnow, write
 
 __all__ = ["recover_day"]
 log = logging.getLogger("sora_pipeline.ledger")

@@ -2,8 +2,8 @@
 
 A submit that fal accepted is paid for. If `mark_submitted` then fails (the database went away), the request id
 is appended here (one fsynced JSON line) so the next run records it before it claims anything and resumes the
-request instead of paying for it again. A local file next to the SQLite ledger (or under `$DAGSTER_HOME`);
-the failing run also names the ids in its error message."""
+request instead of paying for it again. A local file next to the SQLite ledger (else in the folder the ledger is
+given: the settings' `DAGSTER_HOME`); the failing run also names the ids in its error message."""
 
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Row
 
+from sora_pipeline.coordination.schema import attempts, requests
+
 from .model import AttemptRecord, LedgerEntry, RequestState
-from .database import attempts, requests
 
 S = RequestState
 _A = attempts.c

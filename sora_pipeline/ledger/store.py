@@ -1,8 +1,9 @@
 """`Ledger`: the durable record between "decide to submit" and "submit", safe across threads, processes and runs.
 
 The class composes its sides: claims (claims.py, rules in rules.py), transitions of one attempt (transitions.py),
-reads (queries.py) and the running of writes, alone or grouped (ops.py); here are setup, planning and the rescue
-journal for request ids the database could not take."""
+reads (queries.py) and the running of writes, alone or grouped (writes.py); here are setup, planning and the rescue
+journal for request ids the database could not take. It is built on the shared database
+(`sora_pipeline.coordination.Database`), which `Ledger.open` opens."""
 
 from __future__ import annotations
 
@@ -14,58 +15,59 @@ from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
-from .admission import LedgerAdmission
+from sora_pipeline.coordination import Database
+from sora_pipeline.coordination.engine import write
+from sora_pipeline.coordination.schema import requests, utcnow
+
 from .claims import LedgerClaims
-from .leases import LedgerLeases
-from .model import LedgerConflict, RequestNotPlanned, RequestSpec, RequestState
+from .model import LedgerConflict, RequestNotPlanned, RequestSpec, RequestState, simulator_key
 from .writes import LedgerWrites
 from .queries import LedgerQueries
 from .rescue import RescueJournal
-from .database import ensure_schema, make_engine, requests, utcnow, write
 from .transitions import LedgerTransitions
-from .uploads import LedgerUploads
-from .urls import unreachable
 
 __all__ = ["Ledger"]
 log = logging.getLogger("sora_pipeline.ledger")
 S = RequestState
 
 
-def _default_rescue_path(engine: Engine) -> str:
-    """Next to a SQLite ledger file; else under $DAGSTER_HOME (or the working directory)."""
+def _default_rescue_path(engine: Engine, rescue_dir: str | None) -> str:
+    """Next to a SQLite ledger file; else in `rescue_dir` (the settings' DAGSTER_HOME), or the working directory."""
     if engine.dialect.name == "sqlite" and engine.url.database:
         return f"{engine.url.database}.rescued.jsonl"
-    return os.path.join(os.environ.get("DAGSTER_HOME") or os.getcwd(), "sora_ledger_rescued.jsonl")
+    return os.path.join(rescue_dir or os.getcwd(), "sora_ledger_rescued.jsonl")
 
 
-class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites, LedgerAdmission, LedgerLeases,
-             LedgerUploads):
-    """Durable per-request state on SQLite (file) or PostgreSQL. Every method uses its own pooled connection."""
+class Ledger(LedgerClaims, LedgerTransitions, LedgerQueries, LedgerWrites):
+    """Durable per-request state on SQLite (file) or PostgreSQL. Every method uses its own pooled connection.
 
-    def __init__(self, url: str, *, engine_kwargs: dict[str, Any] | None = None,
-                 rescue_path: str | None = None) -> None:
-        self._engine = make_engine(url, engine_kwargs)
-        self.rescue_journal = RescueJournal(rescue_path or _default_rescue_path(self._engine))
-        if self._engine.dialect.name not in ("sqlite", "postgresql"):
-            self._engine.dispose()
-            raise ValueError(f"unsupported ledger database: {self._engine.dialect.name}")
-        try:
-            self.schema_version = ensure_schema(self._engine)
-        except DBAPIError as exc:  # the database does not answer (or refuses us): one line, before anything runs
-            self._engine.dispose()
-            raise unreachable(url, exc) from None
-        except BaseException:
-            self._engine.dispose()
-            raise
+    `rescue_path`: the rescue journal's file; by default next to a SQLite file, else in `rescue_dir` (or the
+    working directory). `close()` closes the database."""
+
+    def __init__(self, database: Database, *, rescue_path: str | None = None, rescue_dir: str | None = None) -> None:
+        self.database = database
+        self._engine = database.engine
+        self.rescue_journal = RescueJournal(rescue_path or _default_rescue_path(self._engine, rescue_dir))
+
+    @classmethod
+    def open(cls, url: str, *, engine_kwargs: dict[str, Any] | None = None, rescue_path: str | None = None,
+             rescue_dir: str | None = None) -> Ledger:
+        """Open the database at `url` (created or migrated; schema 2 re-keys with the ledger's `simulator_key`)
+        and the ledger on it."""
+        database = Database(url, engine_kwargs=engine_kwargs, simulator_key=simulator_key)
+        return cls(database, rescue_path=rescue_path, rescue_dir=rescue_dir)
+
+    @property
+    def schema_version(self) -> int:
+        return self.database.schema_version
 
     @property
     def dialect(self) -> str:
         return self._engine.dialect.name
 
     def close(self) -> None:
-        self._engine.dispose()
+        self.database.close()
 
     def __enter__(self) -> Ledger:
         return self

@@ -8,12 +8,12 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from sora_pipeline.coordination.schema import aware, utcnow
 from sora_pipeline.redact import redact, redact_obj
 
 from .model import LedgerConflict, RequestNotPlanned, RequestState
-from .writes import AfterCommit, Op, aware
+from .writes import AfterCommit, Op
 from .rows import ARTIFACTS_FOR_UPDATE, ATTEMPT_FOR_UPDATE, REQUEST_FOR_UPDATE, UPDATE_ATTEMPT, UPDATE_REQUEST_STATE
-from .database import utcnow
 
 S = RequestState
 

@@ -5,14 +5,14 @@ transaction (`run_batch`: group commit, one fsync for many writes)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from sora_pipeline.coordination.engine import write
+
 from .model import LedgerConflict
-from .database import write
 
 Op = Callable[[Connection], Any]  # one write, run inside a transaction
 BATCHABLE = frozenset({"claim", "mark_submitted", "mark_completed", "mark_failed", "mark_unknown", "mark_refused",
@@ -28,12 +28,6 @@ class AfterCommit:
 
     def __init__(self, error: Exception) -> None:
         self.error = error
-
-
-def aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware")
-    return value
 
 
 class LedgerWrites:

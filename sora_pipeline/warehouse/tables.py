@@ -12,8 +12,8 @@ each day's `data.parquet`: one whole version, the new one from a moment after th
 deleted `gc_grace_s` after the swap (manifest.py). A day without a manifest is the old layout (every `*.parquet`
 of the folder) and is read as before; its next write gives it a manifest and removes the old files.
 
-Writers of one day must take turns: pass `lock` (the Dagster resource passes a lease held in the request ledger,
-`ledger/leases.py`, so writers on any machine sharing the ledger are serialized); without one, a local
+Writers of one day must take turns: pass `lock` (the Dagster resource passes a lease held in the ledger's database,
+`coordination/leases.py`, so writers on any machine sharing the ledger are serialized); without one, a local
 warehouse takes a file lock (one machine), an object store none. Two unserialized writers still leave one
 complete version (the last manifest wins), but the loser's file may linger until collected as an orphan.
 """

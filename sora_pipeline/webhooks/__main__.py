@@ -43,7 +43,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not config.verifies:
         log.warning("INSECURE TEST MODE: unsigned webhooks are taken (as hints only); never expose this receiver")
-    ledger = Ledger(args.ledger_url)
+    ledger = Ledger.open(args.ledger_url)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -14,7 +14,8 @@ from pydantic import Field
 
 from sora_pipeline.defs.assets.lineage import arrow_rows, selected_results, spec_metadata, table_metadata
 from sora_pipeline.defs.assets.upstream import read_upstream
-from sora_pipeline.ledger import LedgerUnavailable, ResubmitPolicy, recover_day
+from sora_pipeline.coordination import LedgerUnavailable
+from sora_pipeline.ledger import ResubmitPolicy, recover_day
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.defs.platform_resource import FalPlatformResource
 from sora_pipeline.defs.resources import SIMULATOR_KEY, FalVideoResource

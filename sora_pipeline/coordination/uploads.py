@@ -1,6 +1,6 @@
-"""fal storage URLs remembered per image content hash and storage origin (table `fal_uploads`, schema 4), so a
-retry, a re-run or another run of the same image uses the file uploaded before instead of uploading it again —
-until the file is near the end of its lifetime, then it is uploaded once more."""
+"""`UploadCache`: fal storage URLs remembered per image content hash and storage origin (table `fal_uploads`,
+schema 4), so a retry, a re-run or another run of the same image uses the file uploaded before instead of uploading
+it again — until the file is near the end of its lifetime, then it is uploaded once more."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
 
-from .writes import aware
-from .database import read, uploads, utcnow, write
+from .database import Database
+from .engine import read, write
+from .schema import aware, uploads, utcnow
 
 _U = uploads.c
 #: a remembered URL is used while at least this share of its lifetime is left (fal may fetch the image only when
@@ -19,10 +19,12 @@ _U = uploads.c
 REUSE_WHILE_LEFT = 0.25
 
 
-class LedgerUploads:
-    """The upload cache side of `Ledger` (which provides `_engine`)."""
+class UploadCache:
+    """The `fal_uploads` rows of one database."""
 
-    _engine: Engine
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._engine = database.engine
 
     def cached_upload(self, content_sha256: str, storage_origin: str, *, now: datetime | None = None,
                       margin: timedelta | None = None) -> str | None:

@@ -1,5 +1,5 @@
-"""Account-wide admission: the fal account's places in flight, owned by the ledger's database so that every run,
-day, process and machine sharing the ledger shares one cap.
+"""`Admission`: the fal account's places in flight, kept in the shared database so that every run, day, process and
+machine sharing it shares one cap.
 
 A place is a row of `fal_admission`. A broker (one per process, `holder`) files a *ticket* per item that wants a
 place (`state='waiting'`), and `grant` turns the oldest tickets into places (`'holding'`) while fewer than `cap`
@@ -16,9 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from .database import ADMISSION_LOCKS, admission, read, serialize_on_postgres, utcnow, write
+from .database import Database
+from .engine import ADMISSION_LOCKS, read, serialize_on_postgres, write
+from .schema import admission, utcnow
 
 _T = admission.c
 
@@ -54,10 +56,12 @@ def _grant(conn: Connection, account: str, holder: str, cap: int, now: datetime)
     return mine
 
 
-class LedgerAdmission:
-    """The admission side of `Ledger` (which provides `_engine`)."""
+class Admission:
+    """The `fal_admission` rows of one database: places and tickets of every account's brokers."""
 
-    _engine: Engine
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._engine = database.engine
 
     def request_places(self, account: str, holder: str, n: int, *, lease_s: float,
                        now: datetime | None = None) -> list[int]:

@@ -1,5 +1,5 @@
-"""Named leases: one holder at a time per name (e.g. `warehouse:<table uri>:<day>`, the writer of one day),
-held in the ledger's database so that every process and machine sharing the ledger takes turns.
+"""`Leases`: one holder at a time per name (e.g. `warehouse:<table uri>:<day>`, the writer of one day), held in the
+shared database so that every process and machine sharing it takes turns.
 
 A lease is a row of `named_leases` (name, holder, lease_until, acquired_at). `acquire_lease` inserts it, or takes
 it over when its lease has run out (the holder died), in one serialized write transaction (SQLite: BEGIN
@@ -20,12 +20,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.engine import Engine
 
-from .database import leases, read, serialize_on_postgres, utcnow, write
+from .database import Database
+from .engine import LEASE_LOCKS, read, serialize_on_postgres, write
+from .schema import leases, utcnow
 
 _T = leases.c
-LEASE_LOCKS = 0x534F_524C_0000_0000  # advisory lock key space of the named leases ("SORL")
 
 
 class LeaseLost(RuntimeError):
@@ -69,8 +69,8 @@ class HeldLease:
     """A lease held by `hold_lease`: renewed from a thread until released. `ensure_held()` raises `LeaseLost`
     once a renewal found the lease gone (or it ran out unrenewed)."""
 
-    def __init__(self, ledger: LedgerLeases, name: str, holder: str, lease_s: float, since: float):
-        self.ledger, self.name, self.holder, self.lease_s = ledger, name, holder, lease_s
+    def __init__(self, leases: Leases, name: str, holder: str, lease_s: float, since: float):
+        self.leases, self.name, self.holder, self.lease_s = leases, name, holder, lease_s
         self.deadline = since + lease_s  # monotonic; `since` was taken before the acquiring transaction
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -84,7 +84,7 @@ class HeldLease:
         while not self._stop.wait(wait):
             started = time.monotonic()
             try:
-                renewed = self.ledger.renew_lease(self.name, self.holder, lease_s=self.lease_s)
+                renewed = self.leases.renew_lease(self.name, self.holder, lease_s=self.lease_s)
             except Exception as exc:  # the database is away: keep trying until the lease runs out
                 if time.monotonic() > self.deadline:
                     self.lost = f"could not be renewed: {type(exc).__name__}: {exc}"
@@ -103,10 +103,12 @@ class HeldLease:
             raise LeaseLost(f"lease {self.name!r} of {self.holder} was lost ({self.lost})")
 
 
-class LedgerLeases:
-    """The named-lease side of `Ledger` (which provides `_engine`)."""
+class Leases:
+    """The `named_leases` of one database."""
 
-    _engine: Engine
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._engine = database.engine
 
     def acquire_lease(self, name: str, holder: str, *, lease_s: float, now: datetime | None = None,
                       take_over: str | None = None) -> bool:

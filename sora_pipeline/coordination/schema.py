@@ -1,28 +1,26 @@
-"""Tables, engine setup (SQLite WAL + BEGIN IMMEDIATE, pooled PostgreSQL) and ordered schema migrations."""
+"""The shared database's tables and their ordered migrations (`ensure_schema`), with the UTC timestamps they hold.
+
+One schema, one version number (`schema_version`) for every table: the request ledger's `requests` and `attempts`,
+the fal account's `fal_admission`, the `fal_uploads` cache and the `named_leases`."""
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import time
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timezone
-from importlib.util import find_spec
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
     JSON, Boolean, Column, DateTime, Engine, Float, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text,
-    create_engine, event, func, inspect, select, text, update,
+    func, inspect, select, text, update,
 )
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeDecorator
 
-from .file_identity import FileIdentity
+from .engine import MIGRATION_LOCK, write
 
-SQLITE_BUSY_TIMEOUT_S = 60.0
-_PG_LOCK_ID = 0x50_52_41_4C  # advisory lock taken while migrating
+#: the request key of a simulator request from its stored spec (the ledger's `simulator_key`)
+SimulatorKey = Callable[[dict[str, Any]], str]
 
 
 class UTCDateTime(TypeDecorator):
@@ -49,6 +47,12 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return value
 
 
 metadata = MetaData()
@@ -125,12 +129,12 @@ def _simulated(status_url: str | None, output: Any) -> bool:
     return any(isinstance(u, str) and u.startswith("http://") for u in (status_url, video_url))
 
 
-def _migration_2(conn: Connection) -> None:
+def _migration_2(conn: Connection, simulator_key: SimulatorKey | None) -> None:
     """Requests carry their backend (`fal` or `simulator`), and it is part of a simulator request's key: rows of
     older ledgers answered by a simulator (plain-http queue or video URLs; fal is https only) are re-keyed, so a
-    simulator video is never reused as a real one, nor its would-be cost counted against a real budget."""
-    from .model import request_key
-
+    simulator video is never reused as a real one, nor its would-be cost counted against a real budget. The new
+    keys come from `simulator_key` (the ledger's key rule); a database opened without it that has rows to re-key
+    is refused, and nothing of the migration is applied."""
     if "backend" not in {c["name"] for c in inspect(conn).get_columns("requests")}:
         conn.execute(text("ALTER TABLE requests ADD COLUMN backend VARCHAR(16) NOT NULL DEFAULT 'fal'"))
     simulated = {row.request_key for row in conn.execute(select(attempts.c.request_key, attempts.c.status_url,
@@ -140,10 +144,11 @@ def _migration_2(conn: Connection) -> None:
         row = conn.execute(select(requests.c.spec_json).where(requests.c.request_key == key)).first()
         if row is None or not isinstance(row.spec_json, dict):
             continue
+        if simulator_key is None:
+            raise RuntimeError("this ledger database holds simulator requests of schema 1 to re-key: open it with "
+                               "the request ledger (sora_pipeline.ledger.Ledger.open) once")
         spec = dict(row.spec_json)
-        fields = {k: spec[k] for k in ("item_id", "prompt", "resolution", "aspect_ratio", "duration",
-                                       "image_sha256")}
-        new_key = request_key(spec["endpoint_id"], **fields, backend="simulator")
+        new_key = simulator_key(spec)
         conn.execute(update(requests).where(requests.c.request_key == key).values(
             request_key=new_key, backend="simulator", spec_json=spec | {"backend": "simulator"}))
         conn.execute(update(attempts).where(attempts.c.request_key == key).values(request_key=new_key))
@@ -179,143 +184,26 @@ def _migration_4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[uploads, leases], checkfirst=True)
 
 
-# Append new migrations here; never edit an applied one. Each runs in the migrating transaction.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
-LATEST_VERSION = len(MIGRATIONS)
+def migrations(simulator_key: SimulatorKey | None) -> list[Callable[[Connection], None]]:
+    """Append new migrations here; never edit an applied one. Each runs in the migrating transaction."""
+    return [_migration_1, partial(_migration_2, simulator_key=simulator_key), _migration_3, _migration_4]
 
 
-def make_engine(url: str, engine_kwargs: dict[str, Any] | None = None) -> Engine:
-    """An engine whose `write()` transactions are serialized correctly on SQLite and pooled on PostgreSQL."""
-    kwargs = dict(engine_kwargs or {})
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        if u.database in (None, "", ":memory:"):
-            raise ValueError("the ledger needs a file-backed SQLite database (several connections share it)")
-        u = u.set(database=os.path.abspath(u.database))  # the file whose identity is watched (see below)
-        connect_args = dict(kwargs.pop("connect_args", {}))
-        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
-        connect_args.setdefault("check_same_thread", False)
-        engine = create_engine(u, connect_args=connect_args, **kwargs)
-        _install_sqlite_hooks(engine)
-    else:
-        if u.get_backend_name() == "postgresql":
-            u = _postgres_driver(u)
-            connect_args = kwargs.setdefault("connect_args", {})
-            connect_args.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)  # a silent host: fail, do not hang
-        kwargs.setdefault("pool_pre_ping", True)
-        kwargs.setdefault("pool_size", 5)
-        kwargs.setdefault("max_overflow", 10)
-        engine = create_engine(u, **kwargs)
-    return engine
+LATEST_VERSION = len(migrations(None))
 
 
-#: PostgreSQL drivers the ledger is tested with, in the order a plain `postgresql://` URL picks them: psycopg2
-#: first, as SQLAlchemy 2.0 and dagster-postgres do (one URL can serve Dagster's storage and the ledger)
-_PG_DRIVERS = ("psycopg2", "psycopg")
-
-
-def _postgres_driver(u: URL) -> URL:
-    """`postgresql://` → `postgresql+<the first installed of psycopg2, psycopg 3>`; a clear error when the driver a
-    URL needs is not installed."""
-    shown = u.render_as_string(hide_password=True)
-    if "+" in u.drivername:
-        driver = u.get_driver_name()
-        if driver in _PG_DRIVERS and find_spec(driver) is None:
-            raise ImportError(f"ledger URL {shown} needs the {driver} module, which is not installed: "
-                              "install sora_pipeline[postgres]")
-        return u
-    for driver in _PG_DRIVERS:
-        if find_spec(driver) is not None:
-            return u.set(drivername=f"{u.drivername}+{driver}")
-    raise ImportError(f"ledger URL {shown} needs a PostgreSQL driver (psycopg2 or psycopg 3) and neither is "
-                      "installed: install sora_pipeline[postgres]")
-
-
-PG_CONNECT_TIMEOUT_S = 10
-
-
-def _ensure_wal(cur: Any) -> None:
-    """WAL mode, switched once per database file. Switching needs the file to itself, and SQLite may answer
-    "database is locked" at once (without its busy handler) while other connections work: a connection that
-    finds WAL already on does not switch, and a switch that meets a lock is retried for up to the busy timeout."""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-    while True:
-        try:
-            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-                return
-            cur.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def _install_sqlite_hooks(engine: Engine) -> None:
-    watched = FileIdentity(engine.url.database)
-
-    @event.listens_for(engine, "do_connect")
-    def _before_connect(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
-        if watched.identity is not None and watched.current() is None:  # sqlite3 would create an empty file
-            watched.fail("deleted")
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        watched.check()  # a new connection must open the file the engine started with
-        # take transaction control away from the sqlite3 module; SQLAlchemy's "begin" event emits BEGIN
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-            _ensure_wal(cur)
-            cur.execute("PRAGMA synchronous = FULL")  # a recorded request id must survive a power cut
-        finally:
-            cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        watched.check(conn.connection.dbapi_connection)
-        mode = "IMMEDIATE" if conn.get_execution_options().get("ledger_write") else "DEFERRED"
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-ADMISSION_LOCKS = 0x534F_5241_0000_0000  # advisory lock key spaces: one account's grants,
-BUDGET_LOCKS = 0x534F_5241_4200_0000  # one day's budgeted claims
-
-
-def serialize_on_postgres(conn: Connection, space: int, name: str) -> None:
-    """Inside a write transaction, one at a time per (`space`, `name`): a PostgreSQL transaction-level advisory
-    lock. SQLite needs none: its write transactions (BEGIN IMMEDIATE) are serialized already."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": space | zlib.crc32(name.encode())})
-
-
-@contextmanager
-def write(engine: Engine) -> Iterator[Connection]:
-    """A write transaction: BEGIN IMMEDIATE on SQLite (takes the write lock up front), plain BEGIN elsewhere."""
-    with engine.connect() as conn:
-        conn.execution_options(ledger_write=True)
-        with conn.begin():
-            yield conn
-
-
-@contextmanager
-def read(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        with conn.begin():
-            yield conn
-
-
-def ensure_schema(engine: Engine) -> int:
+def ensure_schema(engine: Engine, simulator_key: SimulatorKey | None = None) -> int:
     """Create/upgrade the schema under a lock, applying pending migrations in one transaction; returns the version."""
+    steps = migrations(simulator_key)
     with write(engine) as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_ID})
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         metadata.create_all(conn, tables=[schema_version], checkfirst=True)
         current = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
         if current > LATEST_VERSION:
             raise RuntimeError(f"ledger schema version {current} is newer than this code ({LATEST_VERSION})")
         for version in range(current + 1, LATEST_VERSION + 1):
-            MIGRATIONS[version - 1](conn)
+            steps[version - 1](conn)
             conn.execute(schema_version.insert().values(version=version, applied_at=utcnow()))
         return LATEST_VERSION
+

@@ -1,16 +1,18 @@
-"""Ledger URLs: what cannot work (checked when the code location loads) and a database that does not answer (one
-line when the ledger is opened). Never repeats a password."""
+"""The database's URL: where it lives by default, what cannot work (checked when the code location loads) and a
+database that does not answer (one line when it is opened). Never repeats a password."""
 
 from __future__ import annotations
 
 import os
 from importlib.util import find_spec
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import NoSuchModuleError
 
-from .model import LedgerUnreachable
-from .database import _PG_DRIVERS
+from .engine import _PG_DRIVERS
+from .errors import LedgerUnreachable
 
 
 def url_problem(url: str) -> str | None:
@@ -58,3 +60,22 @@ def unreachable(url: str, exc: BaseException) -> LedgerUnreachable:
     if len(cause) > 300:
         cause = cause[:300] + "…"
     return LedgerUnreachable(u.render_as_string(hide_password=True), host, cause)
+
+
+def default_ledger_url(warehouse_uri: str, dagster_home: str | None) -> str:
+    """Where the ledger lives by default; creates the parent directory.
+
+    A local warehouse (plain path or file:// URI) gets `<warehouse>/_ledger/ledger.sqlite`; otherwise
+    `<dagster_home>/sora_ledger.sqlite`; otherwise `./sora_ledger.sqlite`. `dagster_home` is taken as given
+    (the settings' `DAGSTER_HOME`).
+    """
+    parts = urlsplit(warehouse_uri) if warehouse_uri else None
+    if parts is not None and (parts.scheme == "file" or parts.scheme == "" or len(parts.scheme) == 1):
+        local = unquote(parts.path) if parts.scheme == "file" else warehouse_uri
+        path = Path(local).expanduser().resolve() / "_ledger" / "ledger.sqlite"
+    elif dagster_home:
+        path = Path(dagster_home).expanduser().resolve() / "sora_ledger.sqlite"
+    else:
+        path = Path.cwd() / "sora_ledger.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)

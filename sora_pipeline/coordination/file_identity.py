@@ -7,6 +7,8 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import LedgerFileGone
+
 
 class FileIdentity:
     """The SQLite file this engine opened, by (device, inode). A file deleted or replaced underneath (rm of the
@@ -47,8 +49,6 @@ class FileIdentity:
             return ""
 
     def fail(self, what: str) -> None:
-        from .model import LedgerFileGone
-
         hint = (f"what it held is saved in {self.saved}: move that file to {self.path} (with no -wal/-shm beside "
                 "it) before the next run, which then resumes its requests" if self.saved else
                 "restore it from a backup before the next run; without it, the next run recovers only what the "
