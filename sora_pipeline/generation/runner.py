@@ -21,7 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
 from sora_pipeline.endpoints import EndpointProfile
-from sora_pipeline.fal.errors import AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError, RequestFailedError, TransientError, WaitTimeoutError
+from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError,
+                                      RequestFailedError, TransientError, WaitTimeoutError)
 from sora_pipeline.fal.protocol import QueueHandle, QueueStatus
 from sora_pipeline.generation.admission_broker import AccountAdmission
 from sora_pipeline.generation.cancel import cancel_requests, interrupted_line
@@ -47,8 +48,7 @@ SUBMITS_FIRST_MAX_WAIT = 2.0  # seconds a status stream or a download waits for 
 
 
 class GenerationRunner:
-    """Runs one day's items through the ledger and the fal queue. Call `run(items)` (blocking). A day may mix
-    endpoints: `client_factory(profile)` makes the queue client of one (one each, opened for the run)."""
+    """One day's items through the ledger and fal's queue (`run(items)`, blocking); one client per endpoint."""
 
     def __init__(self, config: GenerationConfig, client_factory: Callable[[EndpointProfile], AsyncFalQueueClient],
                  ledger: Ledger, *, emit: Callable[[str], None] | None = None,
