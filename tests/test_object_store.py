@@ -39,7 +39,7 @@ from sora_pipeline.media.probe import probe_video  # noqa: E402
 from sora_pipeline.warehouse import tables  # noqa: E402
 from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, MIRROR, ORPHAN_AGE_S  # noqa: E402
 from sora_pipeline.warehouse.schemas import Column, TableDef  # noqa: E402
-from sora_pipeline.warehouse.storage import Store  # noqa: E402
+from sora_pipeline.warehouse.files import Store  # noqa: E402
 from sora_pipeline.warehouse.tables import (  # noqa: E402
     collect_table_garbage, current_files, read_day_partition, read_table, write_day_partition,
 )

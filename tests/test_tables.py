@@ -18,7 +18,7 @@ import pytest
 
 from sora_pipeline.warehouse import tables
 from sora_pipeline.warehouse.manifest import DATA_RE, MANIFEST, MIRROR, ORPHAN_AGE_S
-from sora_pipeline.warehouse.storage import Store
+from sora_pipeline.warehouse.files import Store
 from sora_pipeline.warehouse.tables import (collect_table_garbage, current_files, file_uri_for, partition_uri,
                                             read_day_partition, read_table, table_uri, write_day_partition)
 

@@ -202,8 +202,8 @@ class FalVideoResource(dg.ConfigurableResource):
         return FalQueueClient(**self.client_kwargs(profile))
 
 
-def open_ledger(url: str, *, configured: bool) -> Database:
-    """The ledger at `url`; a database that does not answer fails the step with one line (`dagster.Failure`: the
+def open_database(url: str, *, configured: bool) -> Database:
+    """The shared database (ledger, leases, admission, uploads) at `url`; a database that does not answer fails the step with one line (`dagster.Failure`: the
     run's failure message in the UI, the demo and the CLIs) naming SORA_LEDGER_URL, the host and the cause.
     Nothing is submitted before this succeeds."""
     try:

@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from sora_pipeline.coordination import Database, Leases, default_ledger_url
 from sora_pipeline.warehouse import tables
-from sora_pipeline.defs.resources import open_ledger
+from sora_pipeline.defs.resources import open_database
 from sora_pipeline.ledger import Ledger
 from sora_pipeline.warehouse.schemas import TableDef
 
@@ -64,7 +64,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def _opened(self) -> _Opened:
         url = self.resolved_ledger_url()
         if url not in _OPENED:  # a database that does not answer: one line naming SORA_LEDGER_URL (dg.Failure)
-            database = open_ledger(url, configured=bool(self.ledger_url))
+            database = open_database(url, configured=bool(self.ledger_url))
             _OPENED[url] = _Opened(database, Ledger(database, rescue_dir=self.dagster_home), Leases(database))
         return _OPENED[url]
 

@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .storage import Store
+from .files import Store
 
 MANIFEST = "_manifest.json"
 FORMAT = "sora-day-manifest/1"

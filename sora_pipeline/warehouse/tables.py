@@ -36,7 +36,7 @@ import pyarrow.dataset as ds
 
 from .manifest import GC_GRACE_S, MANIFEST, MIRROR, ORPHAN_AGE_S, Manifest, collect_garbage, day_files
 from .manifest import is_legacy_data, new_data_name, read_manifest, table_files, versions_dir
-from .storage import Store, is_local_fs, open_store
+from .files import Store, is_local_fs, open_store
 
 __all__ = ["GC_GRACE_S", "collect_table_garbage", "current_files", "file_uri_for", "is_local_fs", "partition_uri",
            "read_day_partition", "read_table", "table_uri", "write_day_partition"]
