@@ -203,9 +203,9 @@ class FalVideoResource(dg.ConfigurableResource):
 
 
 def open_database(url: str, *, configured: bool) -> Database:
-    """The shared database (ledger, leases, admission, uploads) at `url`; a database that does not answer fails the step with one line (`dagster.Failure`: the
-    run's failure message in the UI, the demo and the CLIs) naming SORA_LEDGER_URL, the host and the cause.
-    Nothing is submitted before this succeeds."""
+    """The shared database (ledger, leases, admission, uploads) at `url`; one that does not answer fails the step
+    with one line (`dagster.Failure`: the run's failure message in the UI, the demo and the CLIs) naming
+    SORA_LEDGER_URL, the host and the cause. Nothing is submitted before this succeeds."""
     try:
         return Database(url, simulator_key=simulator_key)
     except LedgerUnreachable as exc:
