@@ -43,7 +43,7 @@ HAILUO = "fal-ai/minimax/hailuo-2.3/standard/image-to-video"
 #: endpoint → durations used in turn (each within the endpoint's allowed values, checked when the day is written)
 MIX = {SORA: (4, 8), KLING: (5, 10), HAILUO: (6, 10)}
 C, IN_FLIGHT, L = 40, 80, 0.02
-N_FULL, N_QUICK = 40_000, 8_000
+N_FULL, N_QUICK = 40_000, 6_000
 RSS_MB, CPU_MS, GROWTH = 1024.0, 5.0, 1.3
 PARTS = ("catalog", "planning", "generation", "tables", "checks")
 
