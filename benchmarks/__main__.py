@@ -1,11 +1,11 @@
-"""`python -m benchmarks [--full] [p1 p1b p1c p2 p3 p4 p5 scaling p9 p6 ...]` — run the benchmarks (all by default).
+"""`python -m benchmarks [--full] [p1 p1b p1c p2 p3 p4 p5 scaling p9 p7 p8 p6 ...]` — run the benchmarks (all by default).
 
 Each benchmark runs in its own fresh interpreter (clean RSS, no state shared between them); their stdout (one
 summary line each) is shown, their logs (Dagster's console output) go to `benchmarks/.cache/logs/<name>.log`.
 Results: `benchmarks/results/<name>.json` and the table of the run in `benchmarks/results/summary.md`
 (`<name>.full.json` and `summary.full.md` with `--full`).
 Quick mode (default) keeps `make bench` to about ten minutes; `--full` runs the big sizes (P5 with 10,000 items,
-scaling up to 10,000, more repetitions).
+scaling up to 10,000, P8 with 40,000 items, more repetitions).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ BENCHMARKS = {  # alias → module (in running order: P1 before P1b/P1c, which r
     "scaling": "scaling",
     "p9": "p9_rejections",
     "p7": "p7_reconcile",
+    "p8": "p8_many_endpoints",
     "p6": "p6_backfill",  # last: it runs the Dagster daemon, a code server and one process per day
 }
 
