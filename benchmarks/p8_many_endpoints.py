@@ -16,9 +16,10 @@ time).
 The simulator answers at L = 0.02 s with `max_running` = C = 40 (quiet: no line per request); the pipeline keeps
 2C = 80 in flight. Every row uses one small image, so the simulator encodes one clip per endpoint and duration
 (cached on disk). Videos are archived and probed (the default): `--full` runs N = 40,000 and N / 4 = 10,000; quick
-mode (`make bench`) runs 8,000 and 2,000 with the same mix, and `--no-archive` turns archiving off (downloads and
-probes stay). `--n N` picks another size (N and N / 4); `--profile FILE` writes a cProfile of the N-item run worker. The ratios are per-item costs at N over those at N / 4:
-1 when a part grows with the items, 4 when it grows with their square.
+mode (`make bench`) runs 6,000 and 1,500 with the same mix, and `--no-archive` turns archiving off (downloads and
+probes stay). `--n N` picks another size (N and N / 4); `--profile FILE` writes a cProfile of the N-item run
+worker. The ratios are per-item costs at N over those at N / 4: 1 when a part grows with the items, 4 when it grows
+with their square.
 """
 
 from __future__ import annotations
