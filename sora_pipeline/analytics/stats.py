@@ -347,7 +347,7 @@ def daily_stats_rows(day: str | date, generations: pa.Table | None, videos: pa.T
     import duckdb  # here: the table definitions above are read by every load of the code location
 
     day = day.isoformat() if isinstance(day, date) else str(day)
-    con = duckdb.connect()
+    con = duckdb.connect(config={"threads": 1})  # one day's rows: no parallel scan (a smaller peak RSS)
     try:
         for name, data in (("generations", generations), ("video_metadata", videos), ("rejected_items", rejected),
                            ("fal_billing", billing)):
