@@ -152,3 +152,23 @@ def test_a_retired_endpoint_s_rows_are_rejected_before_spend_while_the_others_ru
     meta = {k: getattr(v, "value", v) for k, v in mats[0].materialization.metadata.items()}
     assert f"{KLING3}: absent" in meta["endpoint_status"] and f"{VEO}: deprecated" in meta["endpoint_status"]
     assert f"{SORA_PRO}: active" in meta["endpoint_status"]
+
+
+def test_a_catalog_day_naming_an_endpoint_without_a_profile_stops_before_spend(tmp_path, make_simulator):
+    """The profiles changed between the catalog step and the generations step: one line naming the endpoint and
+    what to do, nothing planned or sent."""
+    from sora_pipeline.warehouse.schemas import CATALOG_ITEMS
+
+    sim = make_simulator(run_latency=0.1)
+    project = make_project(tmp_path, rows=[])
+    write(project, [row("sora", None, 4), row("kling", KLING3, 5)])
+    res = resources(sim.base_url, project, endpoint_id=SORA_PRO)
+    assert materialize_day(res).success and sim.stats()["submits"] == 2
+    items = read_day_partition(project["warehouse_uri"], "catalog_items", DAY).to_pylist()
+    items[1]["endpoint_id"], items[1]["item_id"] = "fal-ai/gone/image-to-video", "gone"
+    res["warehouse"].write(CATALOG_ITEMS, DAY, items)
+    result = materialize_day(res, selection="generations", raise_on_error=False)
+    assert not result.success and sim.stats()["submits"] == 2
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    text = failure.event_specific_data.error.message
+    assert "fal-ai/gone/image-to-video" in text and "catalog step" in text

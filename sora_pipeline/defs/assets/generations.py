@@ -78,6 +78,11 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
                       params=json.loads(r["params"]) if r.get("params") else None,
                       end_image_ref=r.get("end_image_ref"), endpoint_id=r.get("endpoint_id") or fal.endpoint_id)
              for r in arrow_rows(read_upstream(warehouse, "catalog_items", day))]  # missing: fails, naming it
+    unknown = sorted({i.endpoint_id for i in items} - set(fal.endpoints().profiles))
+    if unknown:  # the profiles changed since the catalog step checked the rows: nothing is planned or paid
+        raise dg.Failure(description=f"catalog_items of {day} name endpoint(s) without a profile here: "
+                                     f"{', '.join(unknown)} — restore their profiles (SORA_ENDPOINT_PROFILES) or "
+                                     "materialize the day's catalog step again", allow_retries=False)
     ledger = warehouse.ledger()
     recover_day(ledger, day, warehouse.read("generations", day), queue_base_url=fal.base_url)  # a lost ledger
     used = Counter(i.endpoint_id for i in items)
