@@ -109,7 +109,7 @@ def video_metadata_checks(context: dg.AssetCheckExecutionContext, warehouse: War
     description="no catalog rows of the day were rejected (warning)",
 )
 def no_rejected_rows(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-    reasons = read_upstream(warehouse, "rejected_items", context.partition_key).column("reason")
+    reasons = read_upstream(warehouse, "rejected_items", context.partition_key, ["reason"]).column("reason")
     count, problems = len(reasons), reasons.slice(0, 20).to_pylist()  # (the examples; the table has every row)
     del reasons
     pa.default_memory_pool().release_unused()  # a day may have 100,000 rejected rows; the next steps run here too

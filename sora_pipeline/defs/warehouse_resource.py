@@ -89,6 +89,6 @@ class WarehouseResource(dg.ConfigurableResource):
         return tables.write_day_partition(self.warehouse_uri, table.name, day, data,
                                           storage_options=self.storage_options or None, lock=lease)
 
-    def read(self, table: str, day: str) -> pa.Table | None:
+    def read(self, table: str, day: str, columns: list[str] | None = None) -> pa.Table | None:
         return tables.read_day_partition(self.warehouse_uri, table, day,
-                                         storage_options=self.storage_options or None)
+                                         storage_options=self.storage_options or None, columns=columns)

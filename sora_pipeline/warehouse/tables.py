@@ -165,7 +165,8 @@ def _publish(store: Store, day_dir: str, manifest: Manifest) -> None:
     store.put_atomic(store.join(day_dir, MANIFEST), manifest.to_json())
 
 
-def _read_files(store: Store, files: list[str], partition_base: str | None = None) -> pa.Table:
+def _read_files(store: Store, files: list[str], partition_base: str | None = None,
+                columns: list[str] | None = None) -> pa.Table:
     kwargs: dict[str, Any] = {}
     if partition_base is not None:
         kwargs = {"partitioning": ds.partitioning(_PARTITION_SCHEMA, flavor="hive"),
@@ -175,7 +176,7 @@ def _read_files(store: Store, files: list[str], partition_base: str | None = Non
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     if partition_base is not None:
         schema = schema.append(_PARTITION_SCHEMA.field("date"))
-    return dataset.replace_schema(schema).to_table()
+    return dataset.replace_schema(schema).to_table(columns=columns)
 
 
 def _retrying(read):
@@ -191,14 +192,15 @@ def _retrying(read):
 
 
 def read_day_partition(warehouse_uri: str, table: str, day: date | str,
-                       storage_options: dict | None = None) -> pa.Table | None:
-    """The day's rows of `table` (without a `date` column), or None if the day was never written."""
+                       storage_options: dict | None = None, columns: list[str] | None = None) -> pa.Table | None:
+    """The day's rows of `table` (without a `date` column; only `columns` when given), or None if the day was never
+    written."""
     d = _day(day)
     store, tdir = _locate(warehouse_uri, table, storage_options)
 
     def read() -> pa.Table | None:
         files = day_files(store, tdir, d)
-        return _read_files(store, files) if files else None
+        return _read_files(store, files, columns=columns) if files else None
 
     return _retrying(read)
 

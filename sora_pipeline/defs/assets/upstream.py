@@ -22,10 +22,10 @@ def missing_upstream(table: str, day: str, where: str) -> str:
             f"(e.g. dagster asset materialize --select '*generation_daily_stats' --partition {day})")
 
 
-def read_upstream(warehouse: WarehouseResource, table: str, day: str) -> pa.Table:
-    """The day's rows of `table`; a `dg.Failure` (not retried) naming what to materialize if it was never
-    written."""
-    data = warehouse.read(table, day)
+def read_upstream(warehouse: WarehouseResource, table: str, day: str, columns: list[str] | None = None) -> pa.Table:
+    """The day's rows of `table` (only `columns` when given); a `dg.Failure` (not retried) naming what to
+    materialize if it was never written."""
+    data = warehouse.read(table, day, columns)
     if data is None:
         raise dg.Failure(description=missing_upstream(table, day, warehouse.table_uri(table)), allow_retries=False)
     return data
