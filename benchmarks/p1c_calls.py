@@ -76,8 +76,8 @@ def polling_resource_class():
     from sora_pipeline.defs.resources import FalVideoResource
 
     class PollingFalVideoResource(FalVideoResource):
-        def client_kwargs(self) -> dict:
-            kw = super().client_kwargs()
+        def client_kwargs(self, profile=None) -> dict:
+            kw = super().client_kwargs(profile)
             if "stream" in {f.name for f in dataclasses.fields(kw["poll"])}:
                 kw["poll"] = dataclasses.replace(kw["poll"], stream=False)
             return kw
