@@ -20,6 +20,10 @@ mode (`make bench`) runs 6,000 and 1,500 with the same mix, and `--no-archive` t
 probes stay). `--n N` picks another size (N and N / 4); `--profile FILE` writes a cProfile of the N-item run
 worker. The ratios are per-item costs at N over those at N / 4: 1 when a part grows with the items, 4 when it grows
 with their square.
+
+The baseline measured in the same run (`benchmarks/http_floor.py`, on the same simulator, N / 4 items): the four
+calls of each item with bare httpx and nothing else — the CPU the protocol alone costs this machine; P8 reports
+the pipeline's CPU per item as a multiple of it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import DAY, REPO, Result, maxrss_mb, parse_mode, resources, rnd
+from benchmarks.http_floor import run_floor
 from benchmarks.sim_process import SimProcess, queue_calls
 
 NAME = "p8_many_endpoints"
@@ -253,13 +258,16 @@ def measure(n: int, archive: bool = True, profile_to: str = "") -> dict:
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
         base = _day(home, Path(tmp) / "small", small, sim, archive)
         big = _day(home, Path(tmp) / "big", n, sim, archive, profile_to)
+        sim.reset()
+        floor = run_floor(sim.base_url, small, IN_FLIGHT, MIX)  # the same calls and clips with bare httpx
     ratios = {"cpu_per_item": big["cpu_ms_per_item"] / base["cpu_ms_per_item"],
               "wall_per_item": (big["wall_s"] / n) / (base["wall_s"] / small)}
     for part in PARTS:
         for what in ("cpu_s", "wall_s"):
             a, b = base["parts"][part][what] / small, big["parts"][part][what] / n
             ratios[f"{part}_{what.removesuffix('_s')}_per_item"] = b / a if a > 0 else None
-    return {"n": n, "small_n": small, "archive": archive, "small": base, "big": big, "ratios": ratios}
+    return {"n": n, "small_n": small, "archive": archive, "small": base, "big": big, "ratios": ratios,
+            "floor": floor}
 
 
 def _per_item_ms(day: dict) -> dict[str, float]:
@@ -288,6 +296,8 @@ def run(argv: list[str] | None = None) -> Result:
                    "baseline_cpu_ms_per_item": rnd(base["cpu_ms_per_item"]),
                    "baseline_cpu_ms_per_item_by_part": {p: rnd(v) for p, v in _per_item_ms(base).items()},
                    "ratios_n_over_baseline_per_item": {k: rnd(v) for k, v in ratios.items()},
+                   "http_floor_cpu_ms_per_item": rnd(floor_ms := m["floor"]["cpu_ms_per_item"]),
+                   "cpu_over_http_floor": rnd(big["cpu_ms_per_item"] / floor_ms), "http_floor": m["floor"],
                    "day": big, "baseline_day": base}
     total = big["pipeline_cpu_s"]
     # a part grows faster than the items when its cost per item rises with N; parts under 2% of the CPU are noise
@@ -302,6 +312,11 @@ def run(argv: list[str] | None = None) -> Result:
               f"≤ {CPU_MS:g} ms", ok and big["cpu_ms_per_item"] <= CPU_MS, " ms",
               f"{big['pipeline_cpu_s']:.0f} s CPU over {big['wall_s']:.0f} s wall; by part: {parts_note}"
               f"; simulator {big['simulator_cpu_s']:.0f} s CPU apart")
+    floor = m["floor"]
+    res.check("P8-floor", "the same calls with bare httpx: submit, status stream, result, video (CPU per item)",
+              rnd(floor["cpu_ms_per_item"], 2), "report", None, " ms",
+              f"{floor['n']:,} items, {floor['video_kb_per_item']:.0f} KB of video each, no ledger, file or Dagster: "
+              f"the pipeline's CPU per item is {big['cpu_ms_per_item'] / floor['cpu_ms_per_item']:.2f}× this floor")
     res.check("P8-growth", f"CPU per item at {n:,} / at {m['small_n']:,} (whole run)", rnd(ratios["cpu_per_item"], 2),
               f"≤ {GROWTH:g} in every part (1 = linear)", ok and ratios["cpu_per_item"] <= GROWTH and not grown, "×",
               ("grows faster than the items: " + ", ".join(grown) + "; " if grown else "")

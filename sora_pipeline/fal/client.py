@@ -32,11 +32,12 @@ from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
 from sora_pipeline.fal.error_mapping import RetrySignal
 from sora_pipeline.fal.limits import StreamEventTooLarge
 from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
+from sora_pipeline.fal.pools import ShardedTransport
 from sora_pipeline.fal.protocol import OutgoingRequest, QueueHandle, QueueProtocol, QueueStatus
 
 log = logging.getLogger("sora_pipeline.fal")
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
-IDLE_CONNECTIONS = 4  # kept-alive connections per pool: httpcore checks every idle one on every request
+IDLE_CONNECTIONS = 4  # kept-alive connections of the blocking client: httpcore checks every idle one per request
 
 
 @functools.cache
@@ -64,7 +65,8 @@ class _ClientBase:
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=None)
-        # httpcore scans its whole pool (idle connections quadratically) on every request: keep few idle ones
+        # httpcore scans its whole pool (idle connections quadratically) on every request: the blocking client
+        # keeps few idle ones; the async one splits its connections into small pools (`ShardedTransport`)
         self._limits = httpx.Limits(max_connections=max_connections,
                                     max_keepalive_connections=min(max_connections, IDLE_CONNECTIONS))
 
@@ -190,13 +192,14 @@ class AsyncFalQueueClient(_ClientBase):
 
     def __init__(self, *, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._http = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, transport=transport,
-                                       headers=self.protocol.headers(), verify=shared_ssl_context(),
-                                       follow_redirects=False)
-        # status streams hold a connection each for a whole generation: a pool of their own, so the short calls
-        # (submit, result) do not scan a pool of hundreds of stream connections; same few idle ones kept
-        self._streams = httpx.AsyncClient(timeout=self._timeout, transport=transport, headers=self.protocol.headers(),
-                                          verify=shared_ssl_context(), limits=self._limits, follow_redirects=False)
+        # many small pools (`ShardedTransport`): httpcore's per-request bookkeeping grows with its pool's size.
+        # Status streams hold a connection each for a whole generation: pools of their own, so a short call
+        # (submit, result) never waits behind them
+        self._http, self._streams = (
+            httpx.AsyncClient(timeout=self._timeout, headers=self.protocol.headers(), follow_redirects=False,
+                              transport=transport or ShardedTransport(self._limits.max_connections,
+                                                                      verify=shared_ssl_context()))
+            for _ in range(2))
 
     async def __aenter__(self) -> AsyncFalQueueClient:
         return self

@@ -16,10 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
-from sora_pipeline.fal.client import IDLE_CONNECTIONS, AsyncFalQueueClient, FalQueueClient, shared_ssl_context
+from sora_pipeline.fal.client import AsyncFalQueueClient, FalQueueClient
 from sora_pipeline.endpoints import EndpointProfile
 from sora_pipeline.fal.errors import (AmbiguousSubmitError, AuthenticationError, FalError, RateLimitedError,
                                       RequestFailedError, TransientError, WaitTimeoutError)
@@ -38,7 +37,7 @@ from sora_pipeline.generation.progress import Progress
 from sora_pipeline.generation.stops import key_stopped_the_run, ledger_stopped_the_run
 from sora_pipeline.generation.unknowns import handles_on, payload_fingerprint, resolve_day
 from sora_pipeline.generation.records import Outcome, Planned, WorkItem
-from sora_pipeline.generation.videos import download_and_probe
+from sora_pipeline.generation.videos import download_and_probe, download_client
 from sora_pipeline.coordination import Admission, LedgerUnavailable, UploadCache
 from sora_pipeline.ledger import Decision, Ledger, LedgerEntry, RequestState, would_submit
 from sora_pipeline.redact import install_log_redaction, register_secret
@@ -144,8 +143,7 @@ class GenerationRunner:
         self._downloads = asyncio.Semaphore(cfg.download_concurrency)
         self._images = ImageUploads(UploadCache(self.ledger.database), self._db, cfg)  # large images: fal storage, uploaded once
         failpoint("before_submit")  # planned in the ledger, nothing claimed or sent yet
-        downloads = httpx.AsyncClient(timeout=httpx.Timeout(120.0), verify=shared_ssl_context(),
-                                      limits=httpx.Limits(max_keepalive_connections=IDLE_CONNECTIONS))
+        downloads = download_client()
         admission = (AccountAdmission(Admission(self.ledger.database), self._db, account=cfg.backend, cap=cfg.account_cap,
                                       owner=cfg.owner, lease_s=cfg.admission_lease)
                      if cfg.account_cap else contextlib.nullcontext())
@@ -157,6 +155,7 @@ class GenerationRunner:
             self._admission = await stack.enter_async_context(admission)
             outcomes = await self._process_all(planned, entries)
         self.progress.maybe_log(force=True)
+        self._emit(f"ledger: {self._write.writes:,} writes in {self._write.batches:,} commits (group commit)")
         return list(outcomes)
 
     async def _process_all(self, planned: list[Planned], entries: dict[str, LedgerEntry | None]) -> list[Outcome]:

@@ -8,12 +8,22 @@ from typing import Any
 
 import httpx
 
+from sora_pipeline.fal.client import shared_ssl_context
 from sora_pipeline.fal.errors import FalError
+from sora_pipeline.fal.pools import pooled_async_client
 from sora_pipeline.generation.costs import unit_price
 from sora_pipeline.generation.config import GenerationConfig
 from sora_pipeline.generation.records import Outcome, Planned
 from sora_pipeline.media.download import DownloadError, DownloadRefused, fetch_video
 from sora_pipeline.media.probe import MediaProbeError
+
+DOWNLOAD_CONNECTIONS = 100  # httpx's default cap, as small pools (`ShardedTransport`); a semaphore paces downloads
+
+
+def download_client() -> httpx.AsyncClient:
+    """The run's client for video downloads (no key: the videos' hosts are not fal's queue)."""
+    return pooled_async_client(max_connections=DOWNLOAD_CONNECTIONS, verify=shared_ssl_context(),
+                               timeout=httpx.Timeout(120.0))
 
 
 async def download_and_probe(http: httpx.AsyncClient, cfg: GenerationConfig, p: Planned, out: Outcome, *,
