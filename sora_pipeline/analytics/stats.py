@@ -131,6 +131,8 @@ SUMMARY = TableDef("generation_summary", "The pipeline's work over all days: row
 ))
 
 SOURCE_TABLES = {t.name: t for t in (GENERATIONS, VIDEO_METADATA, REJECTED_ITEMS, FAL_BILLING)}
+#: what the query reads of `rejected_items` (a day of 100,000 rejected rows need not bring their reasons)
+REJECTED_COLUMNS = ["field", "endpoint_id"]
 
 HEADLINE = ("planned", "completed", "failed", "unknown", "skipped", "rejected", "success_rate", "latency_p50_s",
             "latency_p95_s", "latency_max_s", "queue_p50_s", "run_p50_s", "seconds_generated",

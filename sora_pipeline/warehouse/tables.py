@@ -176,6 +176,8 @@ def _read_files(store: Store, files: list[str], partition_base: str | None = Non
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     if partition_base is not None:
         schema = schema.append(_PARTITION_SCHEMA.field("date"))
+    if columns is not None:  # those the files have (a column added later is absent from older days)
+        columns = [c for c in columns if c in schema.names]
     return dataset.replace_schema(schema).to_table(columns=columns)
 
 
@@ -193,8 +195,8 @@ def _retrying(read):
 
 def read_day_partition(warehouse_uri: str, table: str, day: date | str,
                        storage_options: dict | None = None, columns: list[str] | None = None) -> pa.Table | None:
-    """The day's rows of `table` (without a `date` column; only `columns` when given), or None if the day was never
-    written."""
+    """The day's rows of `table` (without a `date` column; only `columns` when given, of those its files have), or
+    None if the day was never written."""
     d = _day(day)
     store, tdir = _locate(warehouse_uri, table, storage_options)
 

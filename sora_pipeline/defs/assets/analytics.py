@@ -22,7 +22,7 @@ from sora_pipeline.defs.assets.upstream import read_upstream
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.analytics.report import days_markdown, endpoints_markdown, headline_markdown
 from sora_pipeline.analytics.stats import (
-    DAILY_STATS, HEADLINE, STATS_LINEAGE, SUMMARY, daily_stats_rows, summary_rows, totals,
+    DAILY_STATS, HEADLINE, REJECTED_COLUMNS, STATS_LINEAGE, SUMMARY, daily_stats_rows, summary_rows, totals,
 )
 from sora_pipeline.warehouse.tables import file_uri_for
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
@@ -98,7 +98,9 @@ def _numbers(row: dict, names) -> dict:
 def generation_daily_stats(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     day = context.partition_key
     # the day's tables must exist (a missing one names what to materialize); fal_billing is read when reconciled
-    rows = daily_stats_rows(day, *(read_upstream(warehouse, t, day) for t in SOURCES[:3]),
+    rows = daily_stats_rows(day, read_upstream(warehouse, "generations", day),
+                            read_upstream(warehouse, "video_metadata", day),
+                            read_upstream(warehouse, "rejected_items", day, columns=REJECTED_COLUMNS),
                             warehouse.read("fal_billing", day))
     (row,) = totals(rows)  # the whole day: the headline, the chart and the log line
     uri = warehouse.write(DAILY_STATS, day, pa.Table.from_pylist(rows, schema=DAILY_STATS.arrow_schema))
