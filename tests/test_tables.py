@@ -108,6 +108,12 @@ def test_write_read_and_replace(warehouse):
     assert files["2026-11-20"][0].endswith(manifest["files"][0])
 
 
+def test_named_columns_read_only_those_the_day_has(warehouse):
+    write_day_partition(warehouse, "t", D1, _table(3))  # item_id, num_frames
+    got = read_day_partition(warehouse, "t", D1, columns=["num_frames", "endpoint_id"])  # a column added later
+    assert got.column_names == ["num_frames"] and got.num_rows == 3
+
+
 def test_missing_day_and_table(warehouse):
     assert read_day_partition(warehouse, "nothing", D1) is None
     assert read_table(warehouse, "nothing") is None
