@@ -49,11 +49,13 @@ class LedgerDatabaseResource(dg.ConfigurableResource):
     url: str | None = Field(default=None, description="SQLAlchemy URL of the shared database: request ledger, "
                             "leases, admission, upload cache (SORA_LEDGER_URL); unset: the SQLite file "
                             "`default_file`")
-    default_file: str | None = Field(default=None, description="the SQLite file while `url` is unset: the code "
-                                     "location sets <warehouse>/_ledger/ledger.sqlite for a local warehouse; "
-                                     "unset: $DAGSTER_HOME/sora_ledger.sqlite, else ./sora_ledger.sqlite")
+    default_file: str | None = Field(default=None, description="the SQLite file while `url` is unset; the code "
+                                     "location sets it from SORA_WAREHOUSE_URI and DAGSTER_HOME: "
+                                     "<warehouse>/_ledger/ledger.sqlite for a local warehouse, else "
+                                     "$DAGSTER_HOME/sora_ledger.sqlite, else ./sora_ledger.sqlite "
+                                     "(unset: the last two)")
     dagster_home: str | None = Field(default=None, description="DAGSTER_HOME: a PostgreSQL ledger's rescue "
-                                     "journal; the default file's folder when `default_file` is unset")
+                                     "journal")
 
     _resolved_url: str | None = PrivateAttr(default=None)
 
