@@ -161,6 +161,8 @@ def run_config_section(defs) -> str:
 
 
 def _default(info) -> str:
+    if info.is_required():  # e.g. a nested resource
+        return "required"
     default = info.default_factory() if info.default_factory is not None else info.default
     if isinstance(default, (bool, type(None))):
         return {None: "null", True: "true", False: "false"}[default]

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result.success:
         print(f"  {SUMMARY_KEY}: FAILED — {_failure(result)}")
         return 1
-    print_report(settings, resources["warehouse"].resolved_ledger_url())
+    print_report(settings, resources["database"].resolved_url())
     return 0
 
 

@@ -24,6 +24,7 @@ from sora_pipeline.analytics.charts import summary_chart
 from sora_pipeline.analytics.query import connect, endpoint_comparison_for
 from sora_pipeline.analytics.stats import DAILY_STATS, daily_stats_rows
 from sora_pipeline.defs.assets.analytics import generation_daily_stats, generation_summary
+from sora_pipeline.defs.database_resource import LedgerDatabaseResource
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
 from sora_pipeline.warehouse.schemas import FAL_BILLING, GENERATIONS, REJECTED_ITEMS, VIDEO_METADATA
 from sora_pipeline.warehouse.tables import read_day_partition
@@ -104,7 +105,8 @@ def _write_days(wh: WarehouseResource) -> list[dict]:
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("endpoints")
-    wh = WarehouseResource(warehouse_uri=str(tmp / "warehouse"), ledger_url=f"sqlite:///{tmp / 'ledger.sqlite'}")
+    wh = WarehouseResource(warehouse_uri=str(tmp / "warehouse"),
+                           database=LedgerDatabaseResource(url=f"sqlite:///{tmp / 'ledger.sqlite'}"))
     gens = _write_days(wh)
     results = {day: dg.materialize([generation_daily_stats], partition_key=day, resources={"warehouse": wh})
                for day in (MIX, ONE, QUIET)}

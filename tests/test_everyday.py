@@ -65,9 +65,11 @@ def test_demo_prints_progress_and_ctrl_c_says_what_became_of_the_requests(projec
 
 
 def _ledger(project) -> Ledger:
-    from sora_pipeline.defs.warehouse_resource import WarehouseResource
+    from sora_pipeline.definitions import build_resources
+    from sora_pipeline.defs.settings import PipelineSettings
 
-    url = WarehouseResource(catalog_uri=project["catalog"], warehouse_uri=project["warehouse"]).resolved_ledger_url()
+    settings = PipelineSettings(catalog_uri=project["catalog"], warehouse_uri=project["warehouse"])
+    url = build_resources(settings)["database"].resolved_url()
     return Ledger.open(url)
 
 

@@ -253,9 +253,9 @@ def _remove_ledger_files(path: Path) -> None:
 
 def _forget_ledger(project: dict) -> None:
     """What a new process does: open the ledger afresh (this process keeps one engine per URL)."""
-    import sora_pipeline.defs.warehouse_resource as wr
+    import sora_pipeline.defs.database_resource as dr
 
-    opened = wr._OPENED.pop(project["ledger_url"], None)
+    opened = dr._OPENED.pop(project["ledger_url"], None)
     if opened is not None:
         opened.database.close()
 

@@ -32,6 +32,7 @@ import fsspec  # noqa: E402
 
 from sora_pipeline.analytics.query import connect  # noqa: E402
 from tests.support.fixtures import CATALOG_SCHEMA, IMAGES  # noqa: E402
+from sora_pipeline.defs.database_resource import LedgerDatabaseResource  # noqa: E402
 from sora_pipeline.defs.warehouse_resource import WarehouseResource, write_lease_name  # noqa: E402
 from sora_pipeline.ledger import Ledger  # noqa: E402
 from sora_pipeline.coordination import LeaseLost  # noqa: E402
@@ -216,8 +217,9 @@ def test_readers_see_another_process_write_despite_fsspecs_listing_cache(s3):
 # ---------------------------------------------------------------- (c) writers of one day take turns
 def test_a_second_writer_waits_for_the_first(tmp_path, s3, ledger_url):
     _fs, root, options = s3
-    wh = WarehouseResource(warehouse_uri=f"{root}/warehouse", ledger_url=ledger_url, storage_options=options)
-    leases = wh.leases()
+    wh = WarehouseResource(warehouse_uri=f"{root}/warehouse", database=LedgerDatabaseResource(url=ledger_url),
+                           storage_options=options)
+    leases = wh.database.leases()
     name = write_lease_name(wh.table_uri("video_metadata"), DAY)
     attempts = []
     real_acquire = leases.acquire_lease
@@ -251,7 +253,7 @@ def test_a_second_writer_waits_for_the_first(tmp_path, s3, ledger_url):
 
 def test_concurrent_writers_never_overlap(s3, ledger_url, monkeypatch):
     _fs, root, options = s3
-    resources_ = [WarehouseResource(warehouse_uri=f"{root}/warehouse", ledger_url=ledger_url,
+    resources_ = [WarehouseResource(warehouse_uri=f"{root}/warehouse", database=LedgerDatabaseResource(url=ledger_url),
                                     storage_options=options) for _ in range(3)]
     inside, most, lock = [0], [0], threading.Lock()
     real_write = tables._write
@@ -319,8 +321,9 @@ def test_a_writer_finds_its_new_version_despite_a_listing_another_writer_cached(
 
 def test_a_crashed_holders_lease_runs_out_and_a_lost_lease_blocks_the_swap(s3, ledger_url):
     _fs, root, options = s3
-    wh = WarehouseResource(warehouse_uri=f"{root}/warehouse", ledger_url=ledger_url, storage_options=options)
-    leases = wh.leases()
+    wh = WarehouseResource(warehouse_uri=f"{root}/warehouse", database=LedgerDatabaseResource(url=ledger_url),
+                           storage_options=options)
+    leases = wh.database.leases()
     name = write_lease_name(wh.table_uri("video_metadata"), DAY)
     assert leases.acquire_lease(name, "crashed-worker", lease_s=1.0)  # never renewed nor released
     wh.write(VERSIONED, DAY, _versioned(5))  # waits for the lease to run out, then takes it over

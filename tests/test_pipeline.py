@@ -136,7 +136,7 @@ def test_rematerializing_a_completed_day_submits_nothing(tmp_path, simulator):
 def test_definitions_load_and_automation(tmp_path, monkeypatch):
     from sora_pipeline.defs.automation import catalog_change_sensor, daily_generation_schedule
     from sora_pipeline.definitions import defs
-    from sora_pipeline.defs.warehouse_resource import WarehouseResource
+    from tests.support.fixtures import warehouse_resource
 
     defs.resolve_all_job_defs()
     assert defs.resolve_job_def("daily_generation_job").partitions_def is not None
@@ -147,7 +147,7 @@ def test_definitions_load_and_automation(tmp_path, monkeypatch):
     assert daily_generation_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
 
     project = make_project(tmp_path, catalog_rows(n=2) + catalog_rows(day="2026-11-21", n=1, prefix="b"))
-    wh = WarehouseResource(**project)
+    wh = warehouse_resource(project)
     with dg.build_sensor_context(resources={"warehouse": wh}) as ctx:
         first = catalog_change_sensor(ctx)
         assert sorted(r.partition_key for r in first) == ["2026-11-20", "2026-11-21"]

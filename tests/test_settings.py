@@ -141,3 +141,21 @@ def test_the_price_table_reaches_the_generations_step_s_prices():
     assert prices.per_second == {"720p": 0.25, "1080p": 0.6}
     assert build_resources(PipelineSettings.from_env({}))["fal"].prices().per_second == {"720p": 0.3, "1080p": 0.5}
 
+
+
+def test_one_database_resource_whose_default_file_follows_the_warehouse(tmp_path):
+    """SORA_LEDGER_URL reaches the `database` resource, which is also the warehouse's (its write leases); unset, the
+    ledger is a SQLite file under a local warehouse, else under DAGSTER_HOME — nothing created until it is used."""
+    from sora_pipeline.coordination import default_ledger_url
+    from sora_pipeline.definitions import build_resources, defs
+
+    assert defs.resources["warehouse"].database is defs.resources["database"]
+    local = build_resources(PipelineSettings(warehouse_uri=str(tmp_path / "wh")))
+    assert local["warehouse"].database is local["database"] and not (tmp_path / "wh").exists()
+    assert local["database"].resolved_url() == f"sqlite:///{(tmp_path / 'wh').resolve()}/_ledger/ledger.sqlite" \
+        == default_ledger_url(str(tmp_path / "wh"), None)
+    home = tmp_path / "home"
+    remote = build_resources(PipelineSettings(warehouse_uri="s3://bucket/wh", dagster_home=str(home)))["database"]
+    assert remote.resolved_url() == f"sqlite:///{home.resolve()}/sora_ledger.sqlite" and home.is_dir()
+    url = "postgresql://sora@db.example:5432/ledger"
+    assert build_resources(PipelineSettings(ledger_url=url))["database"].resolved_url() == url

@@ -62,20 +62,29 @@ def unreachable(url: str, exc: BaseException) -> LedgerUnreachable:
     return LedgerUnreachable(u.render_as_string(hide_password=True), host, cause)
 
 
-def default_ledger_url(warehouse_uri: str, dagster_home: str | None) -> str:
-    """Where the ledger lives by default; creates the parent directory.
+def default_ledger_file(warehouse_uri: str | None, dagster_home: str | None) -> Path:
+    """Where the ledger lives by default (an absolute path; nothing is created).
 
-    A local warehouse (plain path or file:// URI) gets `<warehouse>/_ledger/ledger.sqlite`; otherwise
-    `<dagster_home>/sora_ledger.sqlite`; otherwise `./sora_ledger.sqlite`. `dagster_home` is taken as given
-    (the settings' `DAGSTER_HOME`).
+    A local warehouse (plain path or file:// URI) gets `<warehouse>/_ledger/ledger.sqlite`; otherwise (no
+    warehouse, or not a local one) `<dagster_home>/sora_ledger.sqlite`; otherwise `./sora_ledger.sqlite`.
+    `dagster_home` is taken as given (the settings' `DAGSTER_HOME`).
     """
     parts = urlsplit(warehouse_uri) if warehouse_uri else None
     if parts is not None and (parts.scheme == "file" or parts.scheme == "" or len(parts.scheme) == 1):
         local = unquote(parts.path) if parts.scheme == "file" else warehouse_uri
-        path = Path(local).expanduser().resolve() / "_ledger" / "ledger.sqlite"
-    elif dagster_home:
-        path = Path(dagster_home).expanduser().resolve() / "sora_ledger.sqlite"
-    else:
-        path = Path.cwd() / "sora_ledger.sqlite"
+        return Path(local).expanduser().resolve() / "_ledger" / "ledger.sqlite"
+    if dagster_home:
+        return Path(dagster_home).expanduser().resolve() / "sora_ledger.sqlite"
+    return Path.cwd() / "sora_ledger.sqlite"
+
+
+def sqlite_file_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite file `path`; creates its folder."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
+
+
+def default_ledger_url(warehouse_uri: str | None, dagster_home: str | None) -> str:
+    """The URL of `default_ledger_file`; creates its folder."""
+    return sqlite_file_url(default_ledger_file(warehouse_uri, dagster_home))

@@ -17,6 +17,7 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+from sora_pipeline.coordination import default_ledger_file  # noqa: E402
 from sora_pipeline.defs.settings import ConfigError, PipelineSettings, TransferCapsConfig, load_settings  # noqa: E402
 from sora_pipeline.generation.failpoints import arm  # noqa: E402
 
@@ -103,13 +104,18 @@ from sora_pipeline.defs.checks import ALL_CHECKS  # noqa: E402
 from sora_pipeline.redact import install_log_redaction  # noqa: E402
 from sora_pipeline.defs.platform_resource import FalPlatformResource  # noqa: E402
 from sora_pipeline.defs.resources import FalVideoResource  # noqa: E402
+from sora_pipeline.defs.database_resource import LedgerDatabaseResource  # noqa: E402
 from sora_pipeline.defs.warehouse_resource import WarehouseResource  # noqa: E402
 
 
 def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -> dict:
     """The code location's resources from `settings` (this process's, `SETTINGS`, when None); `fal_overrides` are
-    more `FalVideoResource` fields (the demo sets the embedded simulator's latency)."""
+    more `FalVideoResource` fields (the demo sets the embedded simulator's latency). One `database` instance is
+    the `database` resource and the warehouse's; its default file follows the warehouse (`default_ledger_file`)."""
     settings = settings or SETTINGS
+    database = LedgerDatabaseResource(
+        url=settings.ledger_url, dagster_home=settings.dagster_home,
+        default_file=str(default_ledger_file(settings.warehouse_uri, settings.dagster_home)))
     return {
         "fal": FalVideoResource(
             endpoint_id=settings.endpoint_id, queue_url=settings.queue_url,
@@ -120,8 +126,8 @@ def build_resources(settings: PipelineSettings | None = None, **fal_overrides) -
             webhook_url=settings.webhook_url, caps=TransferCapsConfig.of(settings.caps),
             price_table=settings.price_table, **fal_overrides),
         "warehouse": WarehouseResource(catalog_uri=settings.catalog_uri, warehouse_uri=settings.warehouse_uri,
-                                       ledger_url=settings.ledger_url, image_roots=list(settings.image_roots),
-                                       dagster_home=settings.dagster_home),
+                                       image_roots=list(settings.image_roots), database=database),
+        "database": database,
         "fal_platform": FalPlatformResource(
             api_url=settings.platform_url, key=dg.EnvVar("FAL_KEY") if settings.has_fal_key else None,
             admin_key=dg.EnvVar("FAL_ADMIN_KEY") if settings.has_admin_key else None,

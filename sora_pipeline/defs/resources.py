@@ -17,9 +17,6 @@ from sora_pipeline.fal.urls import check_base_url, split_endpoint
 from sora_pipeline.redact import install_log_redaction, register_secret
 from sora_pipeline.defs.settings import DEFAULT_POLL_INTERVAL, TransferCapsConfig
 
-from sora_pipeline.coordination import Database, LedgerUnreachable
-from sora_pipeline.ledger import simulator_key
-
 SIMULATOR_KEY = "simulator-local-key"  # the simulator wants *a* key; this one is not a secret
 log = logging.getLogger("sora_pipeline")
 
@@ -201,15 +198,3 @@ class FalVideoResource(dg.ConfigurableResource):
     def sync_client(self, profile: EndpointProfile | None = None) -> FalQueueClient:
         return FalQueueClient(**self.client_kwargs(profile))
 
-
-def open_database(url: str, *, configured: bool) -> Database:
-    """The shared database (ledger, leases, admission, uploads) at `url`; one that does not answer fails the step
-    with one line (`dagster.Failure`: the run's failure message in the UI, the demo and the CLIs) naming
-    SORA_LEDGER_URL, the host and the cause. Nothing is submitted before this succeeds."""
-    try:
-        return Database(url, simulator_key=simulator_key)
-    except LedgerUnreachable as exc:
-        where = f"SORA_LEDGER_URL={exc.url}" if configured else f"{exc.url} (SORA_LEDGER_URL unset: the default)"
-        raise dg.Failure(description=f"the request ledger does not answer: {where}, {exc.host}: {exc.cause} — "
-                                     "start that database or set SORA_LEDGER_URL to one that answers; nothing was "
-                                     "submitted") from None

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from sora_pipeline.defs.code_location import CHECKS, DAILY_ASSETS
+from sora_pipeline.defs.database_resource import LedgerDatabaseResource
 from sora_pipeline.defs.platform_resource import FalPlatformResource
 from sora_pipeline.defs.resources import FalVideoResource
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
@@ -71,7 +72,8 @@ def write_catalog(catalog_uri: str, rows: list[dict], name: str = "part-0.parque
 
 
 def make_project(root: Path, rows: list[dict] | None = None) -> dict[str, str]:
-    """Catalog under <root>/data/catalog with images in <root>/data/images; warehouse and SQLite ledger in root."""
+    """Catalog under <root>/data/catalog with images in <root>/data/images; warehouse and SQLite ledger in root.
+    The keys are `WarehouseResource` fields, and `ledger_url` (SORA_LEDGER_URL: the database resource's `url`)."""
     data = root / "data"
     write_images(str(data))
     write_catalog(str(data / "catalog"), rows if rows is not None else catalog_rows())
@@ -79,11 +81,18 @@ def make_project(root: Path, rows: list[dict] | None = None) -> dict[str, str]:
             "ledger_url": f"sqlite:///{root / 'ledger.sqlite'}"}
 
 
+def warehouse_resource(project: dict) -> WarehouseResource:
+    """`project`'s warehouse, holding its write leases in `project`'s database (`ledger_url`)."""
+    fields = {k: v for k, v in project.items() if k != "ledger_url"}
+    return WarehouseResource(**fields, database=LedgerDatabaseResource(url=project["ledger_url"]))
+
+
 def resources(sim_url: str, project: dict, **fal_overrides: Any) -> dict:
     """The code location's resources, pointed at a simulator (quick polls; override anything)."""
     platform = {k: fal_overrides.pop(k) for k in ("platform_url", "admin_key") if k in fal_overrides}
     fal = dict(queue_url=sim_url, poll_interval=0.05, max_concurrency=8, retry_total_timeout=30.0) | fal_overrides
-    return {"fal": FalVideoResource(**fal), "warehouse": WarehouseResource(**project),
+    warehouse = warehouse_resource(project)
+    return {"fal": FalVideoResource(**fal), "warehouse": warehouse, "database": warehouse.database,
             "fal_platform": FalPlatformResource(api_url=platform.get("platform_url", f"{sim_url}/v1"),
                                                 admin_key=platform.get("admin_key"))}
 

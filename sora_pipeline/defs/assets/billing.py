@@ -12,6 +12,7 @@ import dagster as dg
 
 from sora_pipeline.billing.reconcile import KnownRequest, billing_window, findings, reconcile
 from sora_pipeline.defs.assets.lineage import arrow_rows, spec_metadata, table_metadata
+from sora_pipeline.defs.database_resource import LedgerDatabaseResource
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.defs.platform_resource import FalPlatformResource
 from sora_pipeline.defs.warehouse_resource import WarehouseResource
@@ -43,10 +44,10 @@ def known_requests(attempts: list[dict]) -> list[KnownRequest]:
                 "`billable_units` from the result; null until fal reports it). Requests fal billed that the "
                 "ledger never submitted are listed with `known_to_ledger = false`.",
 )
-def fal_billing(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+def fal_billing(context: dg.AssetExecutionContext, warehouse: WarehouseResource, database: LedgerDatabaseResource,
                 fal_platform: FalPlatformResource) -> dg.MaterializeResult:
     day, now = context.partition_key, datetime.now(UTC)
-    ledger = warehouse.ledger()
+    ledger = database.ledger()
     known = known_requests(ledger.submitted_attempts(day))
     events, source_note = None, "no FAL_ADMIN_KEY: billed cost from the results' billable units × unit price"
     if fal_platform.admin_key:

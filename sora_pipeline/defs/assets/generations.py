@@ -16,6 +16,7 @@ from sora_pipeline.defs.assets.lineage import arrow_rows, selected_results, spec
 from sora_pipeline.defs.assets.upstream import read_upstream
 from sora_pipeline.coordination import LedgerUnavailable
 from sora_pipeline.ledger import ResubmitPolicy, recover_day
+from sora_pipeline.defs.database_resource import LedgerDatabaseResource
 from sora_pipeline.defs.partitions import daily_partitions
 from sora_pipeline.defs.platform_resource import FalPlatformResource
 from sora_pipeline.defs.resources import SIMULATOR_KEY, FalVideoResource
@@ -64,7 +65,7 @@ class GenerationRunConfig(dg.Config):
     can_subset=True,  # both tables are always written; events only for the selected ones
 )
 def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, fal: FalVideoResource,
-                warehouse: WarehouseResource, fal_platform: FalPlatformResource):
+                warehouse: WarehouseResource, database: LedgerDatabaseResource, fal_platform: FalPlatformResource):
     from sora_pipeline.generation.config import GenerationConfig
     from sora_pipeline.generation.records import WorkItem
     from sora_pipeline.generation.runner import GenerationRunner
@@ -83,7 +84,7 @@ def generations(context: dg.AssetExecutionContext, config: GenerationRunConfig, 
         raise dg.Failure(description=f"catalog_items of {day} name endpoint(s) without a profile here: "
                                      f"{', '.join(unknown)} — restore their profiles (SORA_ENDPOINT_PROFILES) or "
                                      "materialize the day's catalog step again", allow_retries=False)
-    ledger = warehouse.ledger()
+    ledger = database.ledger()
     recover_day(ledger, day, warehouse.read("generations", day), queue_base_url=fal.base_url)  # a lost ledger
     used = Counter(i.endpoint_id for i in items)
     context.log.info(f"backend={fal.backend} endpoint={fal.endpoint_id} queue={fal.base_url} ledger={ledger!r}"
