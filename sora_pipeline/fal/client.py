@@ -30,7 +30,7 @@ from sora_pipeline.fal.errors import RequestFailedError, WaitTimeoutError
 from sora_pipeline.endpoints import DEFAULT_ENDPOINT_ID, EndpointProfile
 from sora_pipeline.fal.models import ImageToVideoInput, ImageToVideoOutput
 from sora_pipeline.fal.error_mapping import RetrySignal
-from sora_pipeline.fal.limits import StreamEventTooLarge
+from sora_pipeline.fal.limits import StreamEventTooLarge, araw_chunks, raw_chunks
 from sora_pipeline.fal.policies import PollPolicy, RetryPolicy
 from sora_pipeline.fal.pools import ShardedTransport
 from sora_pipeline.fal.protocol import OutgoingRequest, QueueHandle, QueueProtocol, QueueStatus
@@ -139,7 +139,7 @@ class FalQueueClient(_ClientBase):
                     try:
                         with self._http.stream(req.method, req.url, **self._request_kwargs(req)) as response:
                             body = self.protocol.body_reader(response, req.phase, request_id)
-                            for chunk in response.iter_bytes():
+                            for chunk in raw_chunks(response):  # decoded by the reader, boundedly
                                 if body.feed(chunk):
                                     break
                     except httpx.HTTPError as exc:
@@ -219,7 +219,7 @@ class AsyncFalQueueClient(_ClientBase):
                     try:
                         async with self._http.stream(req.method, req.url, **self._request_kwargs(req)) as response:
                             body = self.protocol.body_reader(response, req.phase, request_id)
-                            async for chunk in response.aiter_bytes():
+                            async for chunk in araw_chunks(response):  # decoded by the reader, boundedly
                                 if body.feed(chunk):
                                     break
                     except httpx.HTTPError as exc:
@@ -290,8 +290,8 @@ class AsyncFalQueueClient(_ClientBase):
                 async with self._streams.stream(req.method, req.url, params=req.params) as response:
                     if response.status_code != 200:
                         return None  # no stream here (or an error/redirect the polling path maps properly)
-                    lines = self.protocol.line_splitter()  # capped: a line without end never fills memory
-                    async for chunk in response.aiter_bytes():
+                    lines = self.protocol.line_splitter(response)  # capped: an endless line never fills memory
+                    async for chunk in araw_chunks(response):
                         for line in lines.feed(chunk):
                             if not line.startswith("data:"):
                                 continue

@@ -4,13 +4,16 @@ status-stream line at `max_stream_event_bytes` (setting `SORA_MAX_STREAM_EVENT_B
 `LineSplitter`); error and redirect answers are only cut. `byte_cap`, `parse_byte_cap` and `describe_bytes` serve
 the video download cap (`SORA_MAX_VIDEO_BYTES`) and the upload settings too. Nothing here reads the environment:
 the pipeline's settings (`sora_pipeline.defs.settings`) parse the variables with `parse_byte_cap` and pass the
-caps down. The queue clients feed these the chunks they read; `read_capped` (one sync request: no redirect
+caps down. The queue clients feed these the raw chunks they read (`raw_chunks`), which `BoundedDecoder` decodes a
+piece at a time, so a compressed answer meets the same caps; `read_capped` (one sync request: no redirect
 followed, the answer read up to a cap, strict JSON) is the shared reader of the other fal APIs."""
 
 from __future__ import annotations
 
 import json
 import time
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,10 @@ DEFAULT_MAX_STREAM_EVENT_BYTES = 1 * MiB  # one line of the status stream
 MAX_VIDEO_BYTES_ENV = "SORA_MAX_VIDEO_BYTES"
 DEFAULT_MAX_VIDEO_BYTES = 2 << 30  # 2 GiB: a 12 s 1080p clip is tens of MB
 ERROR_BODY_BYTES = 64 * 1024  # error and redirect answers are read this far (they only feed a message), then cut
+#: what the capped readers ask for (and all `BoundedDecoder` reads): httpx's default would add br / zstd when those
+#: packages happen to be installed
+ACCEPT_ENCODING = "gzip, deflate"
+DECODED_PIECE = 64 * 1024  # a compressed chunk is decoded this much at a time: a decompression bomb meets the cap
 
 
 def byte_cap(value: int | None, env_var: str, default: int) -> int:
@@ -62,12 +69,13 @@ def describe_bytes(n: int) -> str:
 
 
 def too_large(phase: Phase, request_id: str | None, status_code: int, max_json_bytes: int, *,
-              declared: int | None = None) -> Exception:
-    """The error for a JSON answer over `max_json_bytes`. Submit: ambiguous (fal may have accepted it);
-    status: retryable (the request may still finish: it stays resumable); result and cancel: not retryable
-    (the same oversized answer would come again; an oversized result is never accepted as completed)."""
+              declared: int | None = None, why: str | None = None) -> Exception:
+    """The error for a JSON answer over `max_json_bytes` (or one it cannot read: `why`). Submit: ambiguous (fal
+    may have accepted it); status: retryable (the request may still finish: it stays resumable); result and
+    cancel: not retryable (the same answer would come again; an unread result is never accepted as completed)."""
     cap = f"the {describe_bytes(max_json_bytes)} cap on JSON answers (max_json_bytes / {MAX_JSON_BYTES_ENV})"
-    text = (f"the {phase} answer declares Content-Length {declared}, over {cap}; it was not read"
+    text = (f"the {phase} answer: {why}; it was not read" if why is not None
+            else f"the {phase} answer declares Content-Length {declared}, over {cap}; it was not read"
             if declared is not None else f"the {phase} answer is larger than {cap}; reading stopped there")
     if phase == "submit":
         return AmbiguousSubmitError(f"{text}; fal may have accepted the submit", status_code=status_code)
@@ -78,6 +86,66 @@ def too_large(phase: Phase, request_id: str | None, status_code: int, max_json_b
     return RequestFailedError(text, status_code=status_code, request_id=request_id, retryable=False)
 
 
+class UnreadableEncoding(ValueError):
+    """An answer in a Content-Encoding the capped readers do not decode (they ask for `ACCEPT_ENCODING`)."""
+
+
+class BoundedDecoder:
+    """An answer's body as its Content-Encoding says (none, gzip or deflate), from the raw chunks read off the
+    wire (`aiter_raw`), decoded at most `DECODED_PIECE` bytes at a time: a few compressed bytes never expand into
+    memory at once, so the reader's cap stops a decompression bomb where httpx's own decoding would first inflate a
+    whole chunk (64 KiB of gzip can hold 64 MiB). Another encoding raises `UnreadableEncoding` up front."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        self._raw_fallback = False
+        if encoding in ("", "identity") or response.is_stream_consumed:  # read already (a test transport's answer)
+            self._inflate = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":  # zlib-wrapped as the RFC says; raw deflate too (as httpx accepts)
+            self._inflate = zlib.decompressobj()
+            self._raw_fallback = True
+        else:
+            raise UnreadableEncoding(f"the answer's Content-Encoding {encoding[:40]!r} is not one this client reads "
+                                     f"(it asks for {ACCEPT_ENCODING})")
+
+    def pieces(self, raw: bytes) -> Iterator[bytes]:
+        """The decoded bytes of `raw`, in pieces of at most `DECODED_PIECE` bytes."""
+        if self._inflate is None:
+            if raw:
+                yield raw
+            return
+        while raw:
+            try:
+                piece = self._inflate.decompress(raw, DECODED_PIECE)
+            except zlib.error as exc:
+                if self._raw_fallback:  # not zlib-wrapped: raw deflate from the start
+                    self._inflate, self._raw_fallback = zlib.decompressobj(-zlib.MAX_WBITS), False
+                    continue
+                raise UnreadableEncoding(f"the answer's compressed body is corrupt ({exc})") from None
+            self._raw_fallback = False
+            raw = self._inflate.unconsumed_tail
+            if piece:
+                yield piece
+            elif self._inflate.eof:
+                return  # anything after the end of the compressed stream is ignored
+
+
+def raw_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body as it came off the wire, for a `BoundedDecoder` (an answer read already: its content)."""
+    return iter((response.content,)) if response.is_stream_consumed else response.iter_raw()
+
+
+def araw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """`raw_chunks` of an async response."""
+    return _just(response.content) if response.is_stream_consumed else response.aiter_raw()
+
+
+async def _just(content: bytes) -> AsyncIterator[bytes]:
+    yield content
+
+
 class StreamEventTooLarge(Exception):
     """A status-stream line grew past `max_stream_event_bytes` without a newline: the stream is abandoned."""
 
@@ -86,11 +154,17 @@ class LineSplitter:
     """Splits a byte stream into text lines (`\n` or `\r\n`), holding at most `max_line` bytes of a line that
     has not ended yet: a line longer than that raises `StreamEventTooLarge` (memory stays bounded)."""
 
-    def __init__(self, max_line: int) -> None:
-        self.max_line = max_line
+    def __init__(self, max_line: int, decoder: BoundedDecoder | None = None) -> None:
+        self.max_line, self.decoder = max_line, decoder
         self._pending = bytearray()
 
-    def feed(self, chunk: bytes) -> list[str]:
+    def feed(self, raw: bytes) -> list[str]:
+        """The lines that end in `raw` (a raw chunk, decoded by `decoder` when given)."""
+        if self.decoder is None:
+            return self._split(raw)
+        return [line for piece in self.decoder.pieces(raw) for line in self._split(piece)]
+
+    def _split(self, chunk: bytes) -> list[str]:
         self._pending += chunk
         if b"\n" not in chunk:
             self._check(len(self._pending))
@@ -125,17 +199,28 @@ class BodyReader:
         declared = content_length(response)
         if self.strict and declared is not None and declared > self.cap:
             raise too_large(phase, request_id, response.status_code, max_json_bytes, declared=declared)
+        try:
+            self._decoder = BoundedDecoder(response)
+        except UnreadableEncoding as exc:
+            raise too_large(phase, request_id, response.status_code, max_json_bytes, why=str(exc)) from None
 
-    def feed(self, chunk: bytes) -> bool:
-        """Take a chunk; True when reading should stop (an error answer cut at its cap)."""
-        if self._size + len(chunk) > self.cap:
-            if self.strict:
-                raise too_large(self.phase, self.request_id, self.response.status_code, self.max_json_bytes)
-            self._chunks.append(chunk[:self.cap - self._size])
-            self._size = self.cap
-            return True
-        self._chunks.append(chunk)
-        self._size += len(chunk)
+    def feed(self, raw: bytes) -> bool:
+        """Take a raw chunk (`aiter_raw`: decoded here, boundedly); True when reading should stop (an error answer
+        cut at its cap)."""
+        try:
+            for chunk in self._decoder.pieces(raw):
+                if self._size + len(chunk) > self.cap:
+                    if self.strict:
+                        raise too_large(self.phase, self.request_id, self.response.status_code,
+                                        self.max_json_bytes)
+                    self._chunks.append(chunk[:self.cap - self._size])
+                    self._size = self.cap
+                    return True
+                self._chunks.append(chunk)
+                self._size += len(chunk)
+        except UnreadableEncoding as exc:
+            raise too_large(self.phase, self.request_id, self.response.status_code, self.max_json_bytes,
+                            why=str(exc)) from None
         return False
 
     def finish(self) -> httpx.Response:
@@ -198,6 +283,7 @@ def read_capped(client: httpx.Client, method: str, url: str, *, max_bytes: int,
     `AnswerRefused`; other answers are cut at `min(max_bytes, ERROR_BODY_BYTES)`. Network errors raise
     `httpx.HTTPError` for the caller to map."""
     started, chunks, size, cut = time.monotonic(), [], 0, False
+    kwargs["headers"] = {**(kwargs.get("headers") or {}), "Accept-Encoding": ACCEPT_ENCODING}
     with client.stream(method, url, follow_redirects=False, **kwargs) as response:
         ok = 200 <= response.status_code < 300
         cap = max_bytes if ok else min(max_bytes, ERROR_BODY_BYTES)
@@ -205,17 +291,21 @@ def read_capped(client: httpx.Client, method: str, url: str, *, max_bytes: int,
         if ok and declared is not None and declared > cap:
             raise AnswerRefused(f"the answer declares Content-Length {declared:,}, over the "
                                 f"{describe_bytes(cap)} cap; it was not read", cap=cap, declared=declared)
-        for chunk in response.iter_bytes():
-            if size + len(chunk) > cap:
-                if ok:
-                    raise AnswerRefused(f"the answer is larger than the {describe_bytes(cap)} cap; reading "
-                                        "stopped there", cap=cap)
-                chunks.append(chunk[:cap - size])
-                cut = True
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if max_seconds is not None and time.monotonic() - started > max_seconds:
-                raise AnswerRefused(f"the answer took over {max_seconds:g} s; reading stopped", cap=cap,
-                                    seconds=max_seconds)
+        try:
+            decoder = BoundedDecoder(response)
+            for chunk in (piece for raw in raw_chunks(response) for piece in decoder.pieces(raw)):
+                if size + len(chunk) > cap:
+                    if ok:
+                        raise AnswerRefused(f"the answer is larger than the {describe_bytes(cap)} cap; reading "
+                                            "stopped there", cap=cap)
+                    chunks.append(chunk[:cap - size])
+                    cut = True
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    raise AnswerRefused(f"the answer took over {max_seconds:g} s; reading stopped", cap=cap,
+                                        seconds=max_seconds)
+        except UnreadableEncoding as exc:
+            raise AnswerRefused(f"{exc}; it was not read", cap=cap) from None
         return CappedAnswer(response.status_code, response.headers, b"".join(chunks), cut)

@@ -25,6 +25,8 @@ from sora_pipeline.fal.platform import billable_units
 from sora_pipeline.fal.error_mapping import Phase, RetrySignal
 from sora_pipeline.fal.errors import AmbiguousSubmitError, InputValidationError, RequestFailedError, TransientError
 from sora_pipeline.fal.limits import (
+    ACCEPT_ENCODING,
+    BoundedDecoder,
     DEFAULT_MAX_JSON_BYTES,
     DEFAULT_MAX_STREAM_EVENT_BYTES,
     MAX_JSON_BYTES_ENV,
@@ -114,7 +116,7 @@ class QueueProtocol:
                 f"key={'set' if self._key else 'unset'})")
 
     def headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "sora-pipeline/0.1"}
+        headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING, "User-Agent": "sora-pipeline/0.1"}
         if self._key is not None:
             headers["Authorization"] = f"Key {self._key.get_secret_value()}"
         return headers
@@ -211,9 +213,10 @@ class QueueProtocol:
         """A capped reader for this answer's body (raises at once if its Content-Length is over the cap)."""
         return BodyReader(response, phase, self.max_json_bytes, request_id)
 
-    def line_splitter(self) -> LineSplitter:
-        """A capped line splitter for the status stream."""
-        return LineSplitter(self.max_stream_event_bytes)
+    def line_splitter(self, response: httpx.Response | None = None) -> LineSplitter:
+        """A capped line splitter for the status stream (decoding `response`'s raw chunks, boundedly, when given:
+        an encoding it cannot read raises `limits.UnreadableEncoding`)."""
+        return LineSplitter(self.max_stream_event_bytes, BoundedDecoder(response) if response is not None else None)
 
     def too_large(self, phase: Phase, request_id: str | None, status_code: int, *,
                   declared: int | None = None) -> Exception:

@@ -36,7 +36,8 @@ import httpx
 from pydantic import SecretStr
 
 from sora_pipeline.fal.errors import FalError
-from sora_pipeline.fal.limits import MiB, content_length, describe_bytes, parse_byte_cap
+from sora_pipeline.fal.limits import (ACCEPT_ENCODING, BoundedDecoder, MiB, UnreadableEncoding, araw_chunks,
+                                      content_length, describe_bytes, parse_byte_cap)
 from sora_pipeline.fal.policies import RetryPolicy
 from sora_pipeline.fal.urls import origin, origin_url
 from sora_pipeline.redact import register_secret
@@ -159,7 +160,8 @@ class StorageUploader:
             uploaded_at = datetime.now(UTC)  # the lifetime counts from before the upload: never overestimated
             try:
                 async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, verify=self._verify,
-                                             transport=self._transport) as http:
+                                             transport=self._transport,
+                                             headers={"Accept-Encoding": ACCEPT_ENCODING}) as http:
                     upload_url, file_url = await self._initiate(http, content_type, file_name)
                     await self._put(http, upload_url, data, content_type)
             except _Retry as signal:
@@ -204,13 +206,21 @@ class StorageUploader:
                 if 200 <= code < 300 and declared is not None and declared > ANSWER_BYTES:
                     raise StorageUploadError(self._too_large(what, declared), status_code=code, retryable=False)
                 chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
+                try:
+                    decoder = BoundedDecoder(response)
+                except UnreadableEncoding as exc:
+                    raise StorageUploadError(f"the fal storage {what} answer: {exc}", status_code=code,
+                                             retryable=False) from None
+                async for raw in araw_chunks(response):
+                    for chunk in decoder.pieces(raw):
+                        size += len(chunk)
+                        if size > ANSWER_BYTES:
+                            if 200 <= code < 300:
+                                raise StorageUploadError(self._too_large(what), status_code=code, retryable=False)
+                            break  # an error answer only feeds a message: cut
+                        chunks.append(chunk)
                     if size > ANSWER_BYTES:
-                        if 200 <= code < 300:
-                            raise StorageUploadError(self._too_large(what), status_code=code, retryable=False)
-                        break  # an error answer only feeds a message: cut
-                    chunks.append(chunk)
+                        break
         except httpx.HTTPError as exc:
             raise _Retry(StorageUploadError(f"network error on the fal storage {what} to {_where(url)} "
                                             f"({type(exc).__name__})", retryable=True)) from None

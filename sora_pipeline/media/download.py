@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import fsspec
 import httpx
 
-from sora_pipeline.fal.limits import DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV, byte_cap, describe_bytes
+from sora_pipeline.fal.limits import (ACCEPT_ENCODING, DEFAULT_MAX_VIDEO_BYTES, MAX_VIDEO_BYTES_ENV, BoundedDecoder,
+                                      UnreadableEncoding, araw_chunks, byte_cap, describe_bytes)
 from sora_pipeline.fal.urls import origin_url
 
 DEFAULT_MIN_FREE_BYTES = 256 << 20  # free space the temp directory must keep (at least) to start a download
@@ -94,19 +95,29 @@ async def download_video(http: httpx.AsyncClient, url: str, *, queue_base_url: s
     os.chmod(path, FILE_MODE)  # mkstemp's 0600 would follow the file into the archive
     try:
         with os.fdopen(fd, "wb") as out:
-            async with http.stream("GET", url, follow_redirects=False) as response:
+            async with http.stream("GET", url, follow_redirects=False,
+                                   headers={"Accept-Encoding": ACCEPT_ENCODING}) as response:
                 _check_answer(response, url, cap, os.path.dirname(path), min_free_bytes)
                 content_type = response.headers.get("content-type")
-                async for chunk in response.aiter_bytes():  # as read (≤ 64 KiB): no re-chunking copy
-                    size += len(chunk)
-                    if size > cap:
-                        raise DownloadTooLarge(_too_large(url, cap))
-                    out.write(chunk)
-                    digest.update(chunk)
+                decoder = _decoder(response, url)
+                async for raw in araw_chunks(response):  # as read (≤ 64 KiB), decoded boundedly
+                    for chunk in decoder.pieces(raw):
+                        size += len(chunk)
+                        if size > cap:
+                            raise DownloadTooLarge(_too_large(url, cap))
+                        out.write(chunk)
+                        digest.update(chunk)
     except BaseException:
         os.unlink(path)
         raise
     return DownloadedFile(path=path, sha256=digest.hexdigest(), size=size, content_type=content_type)
+
+
+def _decoder(response: httpx.Response, url: str) -> BoundedDecoder:
+    try:
+        return BoundedDecoder(response)
+    except UnreadableEncoding as exc:
+        raise DownloadRefused(f"the video at {_shown(url)}: {exc}") from None
 
 
 def _shown(url: str) -> str:
