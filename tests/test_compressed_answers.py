@@ -162,3 +162,19 @@ def test_honest_compressed_answers_still_read(hostile, kind):
         assert client.result(client.protocol.handle_for("req-1")).video.url == RESULT["video"]["url"]
     with httpx.Client() as http:
         assert json.loads(read_capped(http, "GET", f"{_url(hostile)}/x", max_bytes=MB).body) == RESULT
+
+
+def test_a_compressed_chunk_of_newlines_is_split_a_piece_at_a_time():
+    from itertools import islice
+
+    from sora_pipeline.fal.limits import BoundedDecoder, LineSplitter
+
+    class Wire(httpx.SyncByteStream):  # an answer not read yet: its bytes as they came off the wire
+        def __iter__(self):
+            yield b""
+
+    body = gzip.compress(b"\n" * (16 * MB))  # 16 KB on the wire
+    response = httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=Wire())
+    splitter = LineSplitter(1 * MB, BoundedDecoder(response))
+    first, peak = _peak(lambda: list(islice(splitter.feed(body), 10)))
+    assert first == [""] * 10 and peak < 4 * MB, peak  # 16 million lines were never one list

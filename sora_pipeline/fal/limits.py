@@ -158,11 +158,11 @@ class LineSplitter:
         self.max_line, self.decoder = max_line, decoder
         self._pending = bytearray()
 
-    def feed(self, raw: bytes) -> list[str]:
-        """The lines that end in `raw` (a raw chunk, decoded by `decoder` when given)."""
-        if self.decoder is None:
-            return self._split(raw)
-        return [line for piece in self.decoder.pieces(raw) for line in self._split(piece)]
+    def feed(self, raw: bytes) -> Iterator[str]:
+        """The lines that end in `raw` (a raw chunk, decoded by `decoder` when given), one decoded piece at a time:
+        a compressed chunk of newlines never becomes one list of millions of lines."""
+        for piece in (raw,) if self.decoder is None else self.decoder.pieces(raw):
+            yield from self._split(piece)
 
     def _split(self, chunk: bytes) -> list[str]:
         self._pending += chunk
